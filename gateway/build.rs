@@ -1,0 +1,27 @@
+//! Finds the eBPF object that `cargo xtask build` produced and hands its path to the crate,
+//! which embeds it. Building the object here would rebuild it for every profile (dev,
+//! release, clippy); xtask builds it once.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=GATEWAY_EBPF_OBJECT");
+    let path = match std::env::var_os("GATEWAY_EBPF_OBJECT") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+            manifest.join("../target/ebpf/bpfel-unknown-none/release/gateway")
+        }
+    };
+    if !path.is_file() {
+        eprintln!(
+            "error: the eBPF object {} does not exist.\n\
+             Build it first with `cargo xtask build` (it also builds this crate), or point\n\
+             GATEWAY_EBPF_OBJECT at a built object.",
+            path.display()
+        );
+        std::process::exit(1);
+    }
+    let path = path.canonicalize().unwrap_or(path);
+    println!("cargo:rerun-if-changed={}", path.display());
+    println!("cargo:rustc-env=GATEWAY_EBPF_OBJECT={}", path.display());
+}

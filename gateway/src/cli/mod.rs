@@ -1,0 +1,48 @@
+//! The `gateway` command line (clap). Each subcommand lives in its own module and returns the
+//! process exit status; this module only dispatches.
+
+mod common;
+mod config_cmd;
+mod deny;
+mod run;
+mod stats;
+mod token;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about = "eBPF-assisted edge gateway for HTTP APIs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (data plane, and the proxy when configured). SIGINT/SIGTERM stop it.
+    Run(run::RunArgs),
+    /// Kernel counters from the pinned maps: totals by verdict and the top sources.
+    Stats(stats::StatsArgs),
+    /// Manage the deny list (exact addresses and CIDR prefixes) in the pinned maps.
+    #[command(subcommand)]
+    Deny(deny::DenyCommand),
+    /// Verify, inspect and mint JWTs.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Validate a configuration file.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Deny(cmd) => deny::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
+        Command::Config(cmd) => config_cmd::run(cmd),
+    }
+}

@@ -1,0 +1,198 @@
+//! `gateway stats`: the kernel's counters, read from the pinned maps.
+
+use super::common::{fail, human_duration, MapsArgs, EXIT_FAILURE, EXIT_USAGE};
+use crate::ebpf::{clock, PinnedMaps};
+use clap::{Args, ValueEnum};
+use gateway_common::{counter, SourceStats};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Machine-readable output (one JSON document; one per line with --watch).
+    #[arg(long)]
+    json: bool,
+    /// How many sources to list.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    top: usize,
+    /// Order of the source list.
+    #[arg(long, value_enum, default_value_t = SortBy::Packets)]
+    sort: SortBy,
+    /// Print again every SECS seconds until interrupted.
+    #[arg(long, value_name = "SECS")]
+    watch: Option<u64>,
+    #[command(flatten)]
+    maps: MapsArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SortBy {
+    Packets,
+    Drops,
+    Syns,
+}
+
+/// `gateway stats --json`. Field names are a stable contract.
+#[derive(Debug, Serialize)]
+pub struct StatsJson {
+    pub pin_path: String,
+    /// Every counter in `gateway_common::counter::NAMES`, summed over CPUs.
+    pub totals: BTreeMap<&'static str, u64>,
+    pub sources_tracked: usize,
+    pub deny_entries: usize,
+    pub top_sources: Vec<SourceJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceJson {
+    pub addr: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub syns: u64,
+    pub drops_deny: u64,
+    pub drops_rate: u64,
+    pub monitored_rate: u64,
+    pub last_seen_secs_ago: f64,
+}
+
+impl SourceJson {
+    fn new(addr: IpAddr, s: &SourceStats, now: u64) -> Self {
+        Self {
+            addr: addr.to_string(),
+            packets: s.packets,
+            bytes: s.bytes,
+            syns: s.syns,
+            drops_deny: s.drops_deny,
+            drops_rate: s.drops_rate,
+            monitored_rate: s.monitored_rate,
+            last_seen_secs_ago: now.saturating_sub(s.last_seen_ns) as f64 / 1e9,
+        }
+    }
+}
+
+pub fn run(args: StatsArgs) -> ExitCode {
+    if args.watch == Some(0) {
+        return fail(EXIT_USAGE, "--watch needs at least 1 second");
+    }
+    let maps = match args.maps.open() {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    loop {
+        let snapshot = match collect(&maps, args.top, args.sort) {
+            Ok(s) => s,
+            Err(e) => return fail(EXIT_FAILURE, e),
+        };
+        let printed = if args.json {
+            let text = if args.watch.is_some() {
+                serde_json::to_string(&snapshot)
+            } else {
+                serde_json::to_string_pretty(&snapshot)
+            };
+            text.map(|t| println!("{t}"))
+        } else {
+            print_table(&snapshot);
+            Ok(())
+        };
+        if let Err(e) = printed {
+            return fail(EXIT_FAILURE, e);
+        }
+        match args.watch {
+            Some(secs) => {
+                std::thread::sleep(Duration::from_secs(secs));
+                if !args.json {
+                    println!();
+                }
+            }
+            None => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+fn collect(
+    maps: &PinnedMaps,
+    top: usize,
+    sort: SortBy,
+) -> Result<StatsJson, crate::ebpf::MapsError> {
+    let totals = maps.totals()?;
+    let mut sources = maps.sources()?;
+    let deny_entries = maps.deny_list()?.len();
+    let now = clock::monotonic_ns();
+    let key = |s: &SourceStats| match sort {
+        SortBy::Packets => (s.packets, s.drops_deny + s.drops_rate),
+        SortBy::Drops => (s.drops_deny + s.drops_rate, s.packets),
+        SortBy::Syns => (s.syns, s.packets),
+    };
+    sources.sort_by(|a, b| key(&b.1).cmp(&key(&a.1)).then(a.0.cmp(&b.0)));
+    Ok(StatsJson {
+        pin_path: maps.dir().display().to_string(),
+        totals: counter::NAMES
+            .iter()
+            .zip(totals.iter())
+            .map(|(n, v)| (*n, *v))
+            .collect(),
+        sources_tracked: sources.len(),
+        deny_entries,
+        top_sources: sources
+            .iter()
+            .take(top)
+            .map(|(a, s)| SourceJson::new(*a, s, now))
+            .collect(),
+    })
+}
+
+fn print_table(s: &StatsJson) {
+    let t = |name: &str| s.totals.get(name).copied().unwrap_or(0);
+    println!("data plane maps at {}", s.pin_path);
+    println!(
+        "packets {}  bytes {}  ipv4 {}  ipv6 {}  new tcp {}  fragments {}",
+        t("packets"),
+        t("bytes"),
+        t("ipv4"),
+        t("ipv6"),
+        t("new_tcp"),
+        t("fragments")
+    );
+    println!("verdicts:");
+    for name in [
+        "passed",
+        "allowed",
+        "dropped_deny",
+        "dropped_deny_cidr",
+        "dropped_rate",
+        "monitored_rate",
+        "deny_expired",
+        "malformed",
+        "non_ip",
+        "events_lost",
+    ] {
+        println!("  {name:<20} {:>14}", t(name));
+    }
+    println!(
+        "sources tracked {}  deny entries {}",
+        s.sources_tracked, s.deny_entries
+    );
+    if s.top_sources.is_empty() {
+        return;
+    }
+    println!(
+        "{:<40} {:>12} {:>14} {:>10} {:>12} {:>12} {:>10} {:>10}",
+        "SOURCE", "PACKETS", "BYTES", "SYNS", "DROP DENY", "DROP RATE", "MONITORED", "LAST SEEN"
+    );
+    for src in &s.top_sources {
+        println!(
+            "{:<40} {:>12} {:>14} {:>10} {:>12} {:>12} {:>10} {:>10}",
+            src.addr,
+            src.packets,
+            src.bytes,
+            src.syns,
+            src.drops_deny,
+            src.drops_rate,
+            src.monitored_rate,
+            human_duration(Duration::from_secs_f64(src.last_seen_secs_ago.max(0.0))) + " ago"
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! The TOML configuration: loading, and errors that name the file, the line and the key.
+//!
+//! Each section has its own module and validation; this module owns the file as a whole.
+//! Unknown keys are errors everywhere (`deny_unknown_fields`), so a typo never silently
+//! falls back to a default.
+
+pub mod ebpf;
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub use ebpf::{DataPlaneMode, EbpfConfig};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The kernel data plane. Absent: no data plane.
+    pub ebpf: Option<EbpfConfig>,
+}
+
+/// A configuration that cannot be used, located as precisely as we can.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {key}: {message}", .path.display())]
+    Invalid {
+        path: PathBuf,
+        /// 1-based; 0 when the problem is not on one line (a missing section, say).
+        line: usize,
+        /// Dotted key, e.g. `ebpf.syn_rate`.
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, key) = match e.span() {
+                Some(span) => locate_span(text, span.start),
+                None => (0, String::new()),
+            };
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                key,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        if let Some(ebpf) = &config.ebpf {
+            ebpf.validate().map_err(|issue| issue.locate(path, text, "ebpf"))?;
+        }
+        Ok(config)
+    }
+}
+
+/// A validation problem found after parsing: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl Issue {
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// Turns the issue into an error pointing at the key's line in `section`.
+    fn locate(self, path: &Path, text: &str, section: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: find_key_line(text, section, self.key).unwrap_or(0),
+            key: format!("{section}.{}", self.key),
+            message: self.message,
+        }
+    }
+}
+
+/// The 1-based line of byte offset `pos`, and the dotted key written on that line (section
+/// header plus the key before `=`), as best the text tells.
+fn locate_span(text: &str, pos: usize) -> (usize, String) {
+    let pos = pos.min(text.len());
+    let before = text.get(..pos).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let mut section = String::new();
+    let mut key = String::new();
+    for (i, line) in text.lines().enumerate() {
+        if i + 1 > line_no {
+            break;
+        }
+        let trimmed = line.trim();
+        if let Some(name) = section_header(trimmed) {
+            section = name.to_string();
+            key.clear();
+        } else if let Some((k, _)) = trimmed.split_once('=') {
+            if !trimmed.starts_with('#') {
+                key = k.trim().trim_matches('"').to_string();
+            }
+        }
+    }
+    let dotted = match (section.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => section,
+        (false, false) => format!("{section}.{key}"),
+    };
+    (line_no, dotted)
+}
+
+fn section_header(line: &str) -> Option<&str> {
+    let inner = line.strip_prefix('[')?;
+    let inner = inner.strip_prefix('[').unwrap_or(inner);
+    let end = inner.find(']')?;
+    Some(inner[..end].trim())
+}
+
+/// The 1-based line where `key` is set inside `[section]`.
+fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    let mut section_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(name) = section_header(trimmed) {
+            current = name.to_string();
+            if current == section {
+                section_line = Some(i + 1);
+            }
+            continue;
+        }
+        if current == section {
+            if let Some((k, _)) = trimmed.split_once('=') {
+                if k.trim().trim_matches('"') == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    section_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(Path::new("gw.toml"), text)
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = err("[ebpf]\ninterface = \"lo\"\nsyn_rte = 5\n");
+        assert!(e.starts_with("gw.toml:3: ebpf.syn_rte: unknown field `syn_rte`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let e = err("[epbf]\ninterface = \"lo\"\n");
+        assert!(e.starts_with("gw.toml:1: "), "{e}");
+        assert!(e.contains("unknown field `epbf`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = err("[ebpf]\ninterface = \"lo\"\n\nsyn_rate = \"fast\"\n");
+        assert!(e.starts_with("gw.toml:4: ebpf.syn_rate: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_line() {
+        let e = err("[ebpf]\ninterface = \"lo\"\nmode = \"tc\"\ndeny = [\"10.0.0.0/40\"]\n");
+        assert!(e.starts_with("gw.toml:4: ebpf.deny: "), "{e}");
+        assert!(e.contains("prefix length 40"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = err("[ebpf]\ninterface = lo\n");
+        assert!(e.starts_with("gw.toml:2: "), "{e}");
+    }
+
+    #[test]
+    fn empty_config_is_valid() {
+        let c = Config::parse(Path::new("gw.toml"), "").expect("empty is fine");
+        assert!(c.ebpf.is_none());
+    }
+}

@@ -1,0 +1,256 @@
+//! Loading and attaching the kernel programs, with errors that say what to do.
+
+use super::maps::{MapsError, PinnedMaps};
+use crate::config::{DataPlaneMode, EbpfConfig};
+use aya::maps::{MapData, RingBuf};
+use aya::programs::{tc, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::util::KernelVersion;
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use gateway_common::{map_name, program_name};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The kernel object built by `cargo xtask build` (see build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GATEWAY_EBPF_OBJECT"));
+
+/// `statfs` magic of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error(
+        "{} is not on a bpf filesystem, so maps cannot be pinned there: mount one with \
+         `mount -t bpf bpf /sys/fs/bpf`, or set [ebpf] pin_path to a directory under a bpffs mount",
+        .0.display()
+    )]
+    BpffsNotMounted(PathBuf),
+    #[error("cannot create the pin directory {}: {source}", .path.display())]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no such interface `{0}` (see `ip link`)")]
+    NoSuchInterface(String),
+    #[error(
+        "permission denied loading BPF programs: run as root, or grant CAP_BPF, CAP_NET_ADMIN \
+         and CAP_PERFMON"
+    )]
+    PermissionDenied,
+    #[error("the kernel verifier rejected program `{program}`: {source}\nverifier log:\n{log}")]
+    Verifier {
+        program: &'static str,
+        log: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the BPF object: {0}")]
+    Object(#[source] EbpfError),
+    #[error("program `{0}` is missing from the BPF object (stale build? run `cargo xtask build`)")]
+    MissingProgram(&'static str),
+    #[error("cannot attach to `{interface}` in {mode} mode: {source}; {hint}")]
+    Attach {
+        interface: String,
+        mode: DataPlaneMode,
+        hint: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("program `{program}`: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("invalid [ebpf] config: {0}")]
+    Config(String),
+}
+
+/// A loaded and attached data plane. Dropping it detaches the programs; the pinned maps (and
+/// with them the deny list) stay for the next start and for the CLI.
+pub struct DataPlane {
+    // Owns the programs and their links: dropping it detaches.
+    _ebpf: Ebpf,
+    maps: PinnedMaps,
+    events: Option<RingBuf<MapData>>,
+    interface: String,
+    mode: DataPlaneMode,
+}
+
+impl DataPlane {
+    /// Loads the programs, reuses or creates the pinned maps, writes the config into them and
+    /// attaches. `cfg` must have been validated.
+    pub fn start(cfg: &EbpfConfig) -> Result<Self, LoadError> {
+        let interface = cfg
+            .interface
+            .clone()
+            .ok_or_else(|| LoadError::Config("interface is required".into()))?;
+        if !Path::new("/sys/class/net").join(&interface).exists() {
+            return Err(LoadError::NoSuchInterface(interface));
+        }
+        prepare_pin_dir(&cfg.pin_path)?;
+        // Maps pinned by an older build must match our layout before the programs use them.
+        if cfg.pin_path.join(map_name::DENY).exists() {
+            PinnedMaps::open(&cfg.pin_path)?;
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&cfg.pin_path)
+            .load(OBJECT)
+            .map_err(classify_load_error)?;
+
+        let mut maps = PinnedMaps::open(&cfg.pin_path)?;
+        let kernel = cfg.to_kernel().map_err(|i| LoadError::Config(i.message))?;
+        maps.write_config(&kernel)?;
+        maps.replace_allow(&cfg.allow_nets().map_err(|i| LoadError::Config(i.message))?)?;
+        maps.sync_config_denies(&cfg.deny_targets().map_err(|i| LoadError::Config(i.message))?)?;
+
+        attach(&mut ebpf, &interface, cfg.mode)?;
+        let events = ebpf
+            .take_map(map_name::EVENTS)
+            .and_then(|m| RingBuf::try_from(m).ok());
+        tracing::info!(
+            interface = %interface,
+            mode = %cfg.mode,
+            pin_path = %cfg.pin_path.display(),
+            "data plane attached"
+        );
+        Ok(Self {
+            _ebpf: ebpf,
+            maps,
+            events,
+            interface,
+            mode: cfg.mode,
+        })
+    }
+
+    pub fn maps(&mut self) -> &mut PinnedMaps {
+        &mut self.maps
+    }
+
+    /// The rate-limit event ring buffer; it has one consumer, so it can be taken once.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    pub fn mode(&self) -> DataPlaneMode {
+        self.mode
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        tracing::info!(interface = %self.interface, mode = %self.mode, "data plane detached");
+    }
+}
+
+fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
+    // The nearest existing ancestor tells which filesystem the pins would land on.
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => break,
+        }
+    }
+    match rustix::fs::statfs(probe) {
+        Ok(st) if st.f_type as i64 == BPF_FS_MAGIC => {}
+        _ => return Err(LoadError::BpffsNotMounted(dir.to_path_buf())),
+    }
+    std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn classify_load_error(e: EbpfError) -> LoadError {
+    if let EbpfError::MapError(m) = &e {
+        if let aya::maps::MapError::CreateError { io_error, .. } = m {
+            if io_error.kind() == io::ErrorKind::PermissionDenied {
+                return LoadError::PermissionDenied;
+            }
+        }
+    }
+    LoadError::Object(e)
+}
+
+fn program_error(program: &'static str, e: ProgramError) -> LoadError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if io_error.kind() == io::ErrorKind::PermissionDenied && verifier_log.to_string().is_empty() {
+                LoadError::PermissionDenied
+            } else {
+                LoadError::Verifier {
+                    program,
+                    log: verifier_log.to_string(),
+                    source: io_error,
+                }
+            }
+        }
+        source => LoadError::Program { program, source },
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, interface: &str, mode: DataPlaneMode) -> Result<(), LoadError> {
+    let attach_err = |hint: &'static str| {
+        move |source| LoadError::Attach {
+            interface: interface.to_string(),
+            mode,
+            hint,
+            source,
+        }
+    };
+    match mode {
+        DataPlaneMode::Xdp | DataPlaneMode::XdpGeneric => {
+            let prog: &mut Xdp = ebpf
+                .program_mut(program_name::XDP)
+                .ok_or(LoadError::MissingProgram(program_name::XDP))?
+                .try_into()
+                .map_err(|e| program_error(program_name::XDP, e))?;
+            prog.load().map_err(|e| program_error(program_name::XDP, e))?;
+            if mode == DataPlaneMode::Xdp {
+                prog.attach(interface, XdpMode::Driver).map_err(attach_err(
+                    "the interface's driver may not support native XDP (loopback does not): \
+                     set [ebpf] mode = \"xdp-generic\" or \"tc\"; if another XDP program is \
+                     attached, detach it first (`ip link set dev IFACE xdp off`)",
+                ))?;
+            } else {
+                prog.attach(interface, XdpMode::Skb).map_err(attach_err(
+                    "if another XDP program is attached, detach it first \
+                     (`ip link set dev IFACE xdp off`)",
+                ))?;
+            }
+        }
+        DataPlaneMode::Tc => {
+            // Kernels before 6.6 have no tcx; the classic path needs a clsact qdisc.
+            let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+            if !tcx {
+                // Fails harmlessly when the qdisc exists; a real problem shows at attach.
+                if let Err(e) = tc::qdisc_add_clsact(interface) {
+                    tracing::debug!(error = %e, interface, "clsact qdisc not added");
+                }
+            }
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(program_name::TC)
+                .ok_or(LoadError::MissingProgram(program_name::TC))?
+                .try_into()
+                .map_err(|e| program_error(program_name::TC, e))?;
+            prog.load().map_err(|e| program_error(program_name::TC, e))?;
+            prog.attach(interface, TcAttachType::Ingress)
+                .map_err(attach_err("check that the interface is up and TC is available"))?;
+        }
+        DataPlaneMode::Off => {}
+    }
+    Ok(())
+}
