@@ -8,7 +8,8 @@ fn main() {
     let path = match std::env::var_os("GATEWAY_EBPF_OBJECT") {
         Some(p) => PathBuf::from(p),
         None => {
-            let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+            let manifest =
+                PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
             manifest.join("../target/ebpf/bpfel-unknown-none/release/gateway")
         }
     };

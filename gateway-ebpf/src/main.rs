@@ -1,35 +1,36 @@
 //! The gateway's kernel data plane: one packet path, attached as XDP or as TC clsact ingress.
 //!
-//! Per packet: parse (Ethernet, up to two VLAN tags, IPv4/IPv6, TCP/UDP) → allow list →
-//! exact deny → CIDR deny → per-source counters → SYN token bucket for protected ports.
-//! Anything that cannot be parsed passes untouched and is counted: the kernel stack is the
-//! authority on malformed packets, we never drop one by mistake.
+//! Per packet: parse (Ethernet, up to two VLAN tags, IPv4/IPv6, TCP/UDP) → the source's
+//! entry (counters, and its classification against the allow list, the exact deny map and
+//! the CIDR deny list, cached until user space changes a list or the matched entry expires)
+//! → SYN token bucket for protected ports. A passing packet from a known source thus costs
+//! one hash lookup. Anything that cannot be parsed passes untouched and is counted: the
+//! kernel stack is the authority on malformed packets, we never drop one by mistake.
+//!
+//! Per-source and per-entry counters use plain adds: a locked add per counter would cost more
+//! than the rest of the path, and two CPUs updating one source at the same instant lose at
+//! most a count. The global totals are per-CPU and exact.
 #![no_std]
 #![no_main]
-// The BPF target has atomic add but no compare-and-swap, so core's `AtomicU64::fetch_add` is
-// not available; the intrinsic lowers to the BPF atomic add instruction.
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
 
 mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::ffi::c_void;
 use gateway_common::{
-    config_flag, counter, limits, AllowEntry, DataPlaneConfig, DenyEntry, RateLimitEvent,
+    class, config_flag, counter, limits, AllowEntry, DataPlaneConfig, DenyEntry, RateLimitEvent,
     SourceKey, SourceStats, Totals,
 };
-use parse::{Parsed, Packet};
+use parse::{Packet, Parsed};
 
 #[map]
-static SOURCES: LruHashMap<SourceKey, SourceStats> =
-    LruHashMap::pinned(limits::MAX_SOURCES, 0);
+static SOURCES: LruHashMap<SourceKey, SourceStats> = LruHashMap::pinned(limits::MAX_SOURCES, 0);
 
 #[map]
 static DENY: HashMap<SourceKey, DenyEntry> = HashMap::pinned(limits::MAX_DENY, 0);
@@ -42,6 +43,9 @@ static ALLOW_CIDR: LpmTrie<SourceKey, AllowEntry> = LpmTrie::pinned(limits::MAX_
 
 #[map]
 static CONFIG: Array<DataPlaneConfig> = Array::pinned(1, 0);
+
+#[map]
+static GENERATION: Array<u64> = Array::pinned(1, 0);
 
 #[map]
 static TOTALS: PerCpuArray<Totals> = PerCpuArray::pinned(1, 0);
@@ -73,7 +77,11 @@ const TC_PULL_BYTES: u32 = 256;
 pub fn gateway_tc(ctx: TcContext) -> i32 {
     let len = ctx.len();
     // Best effort: if the pull fails the parser sees a short packet and passes it.
-    let _ = ctx.pull_data(if len < TC_PULL_BYTES { len } else { TC_PULL_BYTES });
+    let _ = ctx.pull_data(if len < TC_PULL_BYTES {
+        len
+    } else {
+        TC_PULL_BYTES
+    });
     match process(ctx.data(), ctx.data_end(), u64::from(len)) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
@@ -110,7 +118,11 @@ fn process(data: usize, data_end: usize, len: u64) -> Verdict {
 /// The decision for a packet whose source is known.
 #[inline(always)]
 fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -> Verdict {
-    totals[if pkt.ipv4 { counter::IPV4 } else { counter::IPV6 } as usize] += 1;
+    totals[if pkt.ipv4 {
+        counter::IPV4
+    } else {
+        counter::IPV6
+    } as usize] += 1;
     if pkt.fragment {
         totals[counter::FRAGMENTS as usize] += 1;
     }
@@ -120,52 +132,42 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
     if pkt.syn {
         totals[counter::NEW_TCP as usize] += 1;
     }
+    // CLOCK_MONOTONIC_COARSE: a tick (1-4 ms) of resolution is plenty for TTLs and
+    // connection rates, and it costs a fraction of the precise clock on every packet.
     // SAFETY: the helper only reads the clock.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let prefix = Key::new(128, pkt.src);
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Read before any list lookup: a change that lands after it bumps the generation
+    // again, so the next packet classifies afresh.
+    let generation = match GENERATION.get(0) {
+        Some(g) => *g,
+        None => 0,
+    };
 
-    if let Some(allow) = ALLOW_CIDR.get(&prefix) {
-        atomic_add(&allow.hits, 1);
-        totals[counter::ALLOWED as usize] += 1;
-        if let Some(stats) = source_stats(&pkt.src, now) {
-            count_packet(stats, pkt, len, now);
-        }
-        return Verdict::Pass;
+    let Some((stats, created)) = source_stats(&pkt.src, now) else {
+        // Only if the LRU map refused an insert; classify without remembering.
+        let mut scratch = SourceStats::default();
+        classify(&mut scratch, &pkt.src, now, generation);
+        return apply_class(&mut scratch, &pkt.src, totals);
+    };
+    stats.packets += 1;
+    stats.bytes += len;
+    if pkt.syn {
+        stats.syns += 1;
     }
-
-    let mut stats = source_stats(&pkt.src, now);
-    if let Some(stats) = stats.as_deref_mut() {
-        count_packet(stats, pkt, len, now);
+    stats.last_seen_ns = now;
+    if created
+        || stats.cached_gen != generation
+        || (stats.cached_until_ns != 0 && now >= stats.cached_until_ns)
+    {
+        classify(stats, &pkt.src, now, generation);
     }
-
-    // Exact entries first: they carry a TTL and are what the abuse engine writes.
-    if let Some(entry) = DENY.get_ptr(&pkt.src) {
-        // SAFETY: a value pointer from a successful lookup, valid for this program run.
-        let entry = unsafe { &*entry };
-        if deny_in_force(entry, now) {
-            atomic_add(&entry.hits, 1);
-            if let Some(stats) = stats.as_deref() {
-                atomic_add(&stats.drops_deny, 1);
-            }
-            totals[counter::DROP_DENY as usize] += 1;
-            return Verdict::Drop;
-        }
-        totals[counter::DENY_EXPIRED as usize] += 1;
-    }
-    if let Some(entry) = DENY_CIDR.get(&prefix) {
-        if deny_in_force(entry, now) {
-            atomic_add(&entry.hits, 1);
-            if let Some(stats) = stats.as_deref() {
-                atomic_add(&stats.drops_deny, 1);
-            }
-            totals[counter::DROP_DENY_CIDR as usize] += 1;
-            return Verdict::Drop;
-        }
-        totals[counter::DENY_EXPIRED as usize] += 1;
+    let verdict = apply_class(stats, &pkt.src, totals);
+    if verdict == Verdict::Drop || stats.cached_class == class::ALLOWED {
+        return verdict;
     }
 
     if pkt.syn {
-        if let (Some(stats), Some(cfg)) = (stats, CONFIG.get(0)) {
+        if let Some(cfg) = CONFIG.get(0) {
             if cfg.flags & config_flag::SYN_LIMIT != 0 && cfg.is_protected(pkt.dst_port) {
                 return rate_limit(stats, cfg, pkt, now, totals);
             }
@@ -174,17 +176,103 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
     Verdict::Pass
 }
 
+/// Looks the source up in the allow list, the exact deny map and the CIDR deny list, and
+/// caches the outcome in its stats until the lists change or the matched entry expires.
+#[inline(always)]
+fn classify(stats: &mut SourceStats, src: &SourceKey, now: u64, generation: u64) {
+    stats.cached_gen = generation;
+    stats.cached_until_ns = 0;
+    let prefix = Key::new(128, *src);
+    if ALLOW_CIDR.get(&prefix).is_some() {
+        stats.cached_class = class::ALLOWED;
+        return;
+    }
+    let mut expired = false;
+    // Exact entries first: they carry a TTL and are what the abuse engine writes.
+    if let Some(entry) = DENY.get_ptr(src) {
+        // SAFETY: a value pointer from a successful lookup, valid for this program run.
+        let entry = unsafe { &*entry };
+        if deny_in_force(entry, now) {
+            stats.cached_class = class::DENY_EXACT;
+            stats.cached_until_ns = entry.expires_ns;
+            return;
+        }
+        expired = true;
+    }
+    if let Some(entry) = DENY_CIDR.get(&prefix) {
+        if deny_in_force(entry, now) {
+            stats.cached_class = class::DENY_CIDR;
+            stats.cached_until_ns = entry.expires_ns;
+            return;
+        }
+        expired = true;
+    }
+    stats.cached_class = if expired {
+        class::PASS_EXPIRED
+    } else {
+        class::PASS
+    };
+}
+
+/// Counts and decides by the cached class. Drops look the entry up once more to count its
+/// hits; passing packets cost no list lookup at all.
+#[inline(always)]
+fn apply_class(
+    stats: &mut SourceStats,
+    src: &SourceKey,
+    totals: &mut [u64; counter::COUNT as usize],
+) -> Verdict {
+    match stats.cached_class {
+        class::ALLOWED => {
+            totals[counter::ALLOWED as usize] += 1;
+            Verdict::Pass
+        }
+        class::DENY_EXACT => {
+            if let Some(entry) = DENY.get_ptr_mut(src) {
+                // SAFETY: a value pointer from a successful lookup, valid for this run.
+                unsafe { (*entry).hits += 1 };
+            }
+            stats.drops_deny += 1;
+            totals[counter::DROP_DENY as usize] += 1;
+            Verdict::Drop
+        }
+        class::DENY_CIDR => {
+            let prefix = Key::new(128, *src);
+            // SAFETY: the map pointer is the map definition the loader relocated; the
+            // helper returns a pointer to the value or null.
+            let entry = unsafe {
+                bpf_map_lookup_elem(
+                    &DENY_CIDR as *const _ as *mut c_void,
+                    &prefix as *const _ as *const c_void,
+                )
+            } as *mut DenyEntry;
+            if !entry.is_null() {
+                // SAFETY: non-null value pointer from the lookup, valid for this run.
+                unsafe { (*entry).hits += 1 };
+            }
+            stats.drops_deny += 1;
+            totals[counter::DROP_DENY_CIDR as usize] += 1;
+            Verdict::Drop
+        }
+        class::PASS_EXPIRED => {
+            totals[counter::DENY_EXPIRED as usize] += 1;
+            Verdict::Pass
+        }
+        _ => Verdict::Pass,
+    }
+}
+
 #[inline(always)]
 fn deny_in_force(entry: &DenyEntry, now: u64) -> bool {
     entry.expires_ns == 0 || now < entry.expires_ns
 }
 
-/// The source's counters, created on its first packet (full bucket).
+/// The source's counters, created on its first packet (full bucket); `true` when created.
 #[inline(always)]
-fn source_stats(src: &SourceKey, now: u64) -> Option<&'static mut SourceStats> {
+fn source_stats(src: &SourceKey, now: u64) -> Option<(&'static mut SourceStats, bool)> {
     if let Some(p) = SOURCES.get_ptr_mut(src) {
         // SAFETY: a value pointer from a successful lookup, valid for this program run.
-        return Some(unsafe { &mut *p });
+        return Some((unsafe { &mut *p }, false));
     }
     let burst = match CONFIG.get(0) {
         Some(cfg) => cfg.syn_burst_ns,
@@ -198,19 +286,9 @@ fn source_stats(src: &SourceKey, now: u64) -> Option<&'static mut SourceStats> {
         ..SourceStats::default()
     };
     // BPF_NOEXIST: another CPU may have created it in between; then we use theirs.
-    let _ = SOURCES.insert(src, &fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
+    let _ = SOURCES.insert(src, fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
     // SAFETY: as above.
-    SOURCES.get_ptr_mut(src).map(|p| unsafe { &mut *p })
-}
-
-#[inline(always)]
-fn count_packet(stats: &mut SourceStats, pkt: &Packet, len: u64, now: u64) {
-    atomic_add(&stats.packets, 1);
-    atomic_add(&stats.bytes, len);
-    if pkt.syn {
-        atomic_add(&stats.syns, 1);
-    }
-    stats.last_seen_ns = now;
+    SOURCES.get_ptr_mut(src).map(|p| (unsafe { &mut *p }, true))
 }
 
 /// Token bucket on new connections. The bucket holds nanoseconds of credit; one SYN costs
@@ -238,11 +316,11 @@ fn rate_limit(
 
     let enforce = cfg.flags & config_flag::ENFORCE != 0;
     let limited_total = if enforce {
-        atomic_add(&stats.drops_rate, 1);
+        stats.drops_rate += 1;
         totals[counter::DROP_RATE as usize] += 1;
         stats.drops_rate
     } else {
-        atomic_add(&stats.monitored_rate, 1);
+        stats.monitored_rate += 1;
         totals[counter::MONITOR_RATE as usize] += 1;
         stats.monitored_rate
     };
@@ -268,17 +346,6 @@ fn rate_limit(
     } else {
         Verdict::Pass
     }
-}
-
-/// Adds to a counter shared between CPUs. The result is unused so this compiles to the
-/// non-fetching BPF atomic add, which every kernel with BPF atomics supports.
-#[inline(always)]
-fn atomic_add(field: &u64, v: u64) {
-    let ptr = field as *const u64 as *mut u64;
-    // SAFETY: `field` points into a map value that lives for the whole program run, is
-    // 8-byte aligned (all map values are), and is only ever written atomically; plain reads
-    // of it tolerate a concurrent add.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(ptr, v) };
 }
 
 #[cfg(not(test))]

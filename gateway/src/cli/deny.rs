@@ -3,12 +3,13 @@
 //! Input is validated completely before any map is opened, so a bad argument never leaves a
 //! half-written change behind.
 
-use super::common::{fail, human_duration, MapsArgs, EXIT_FAILURE, EXIT_USAGE};
+use super::common::{emit, fail, human_duration, MapsArgs, EXIT_FAILURE, EXIT_USAGE};
 use crate::ebpf::maps::{new_deny_entry, origin_name, DenyRecord};
 use crate::ebpf::{clock, Target};
 use clap::Subcommand;
 use gateway_common::{limits, origin};
 use serde::Serialize;
+use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -77,7 +78,11 @@ fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, maps: &MapsArgs) -
     if reason.len() > limits::REASON_LEN {
         return fail(
             EXIT_USAGE,
-            format!("--reason is {} bytes; at most {} fit", reason.len(), limits::REASON_LEN),
+            format!(
+                "--reason is {} bytes; at most {} fit",
+                reason.len(),
+                limits::REASON_LEN
+            ),
         );
     }
     let mut maps = match maps.open() {
@@ -161,34 +166,38 @@ fn list(json: bool, maps: &MapsArgs) -> ExitCode {
     };
     let now = clock::monotonic_ns();
     let rows: Vec<DenyJson> = records.iter().map(|r| DenyJson::new(r, now)).collect();
+    let mut out = String::new();
     if json {
         match serde_json::to_string_pretty(&rows) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => out = s + "\n",
             Err(e) => return fail(EXIT_FAILURE, e),
         }
-        return ExitCode::SUCCESS;
-    }
-    if rows.is_empty() {
-        println!("deny list is empty ({})", maps.dir().display());
-        return ExitCode::SUCCESS;
-    }
-    println!(
-        "{:<40} {:<14} {:>12} {:>12}  REASON",
-        "ADDRESS/PREFIX", "ORIGIN", "TIME LEFT", "HITS"
-    );
-    for (row, rec) in rows.iter().zip(&records) {
-        let left = if row.expired {
-            "expired".to_string()
-        } else {
-            match rec.time_left(now) {
-                Some(d) => human_duration(d),
-                None => "until removed".to_string(),
-            }
-        };
-        println!(
-            "{:<40} {:<14} {:>12} {:>12}  {}",
-            row.target, row.origin, left, row.hits, row.reason
+    } else if rows.is_empty() {
+        let _ = writeln!(out, "deny list is empty ({})", maps.dir().display());
+    } else {
+        let _ = writeln!(
+            out,
+            "{:<40} {:<14} {:>13} {:>12}  REASON",
+            "ADDRESS/PREFIX", "ORIGIN", "TIME LEFT", "HITS"
         );
+        for (row, rec) in rows.iter().zip(&records) {
+            let left = if row.expired {
+                "expired".to_string()
+            } else {
+                match rec.time_left(now) {
+                    Some(d) => human_duration(d),
+                    None => "until removed".to_string(),
+                }
+            };
+            let _ = writeln!(
+                out,
+                "{:<40} {:<14} {:>13} {:>12}  {}",
+                row.target, row.origin, left, row.hits, row.reason
+            );
+        }
     }
-    ExitCode::SUCCESS
+    match emit(&out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
 }

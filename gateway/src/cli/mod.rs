@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about = "eBPF-assisted edge gateway for HTTP APIs")]
+#[command(
+    name = "gateway",
+    version,
+    about = "eBPF-assisted edge gateway for HTTP APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -106,7 +106,10 @@ fn reload(path: &Path, running: &EbpfConfig, maps: &mut PinnedMaps) {
             return;
         }
     };
-    if new.interface != running.interface || new.mode != running.mode || new.pin_path != running.pin_path {
+    if new.interface != running.interface
+        || new.mode != running.mode
+        || new.pin_path != running.pin_path
+    {
         tracing::error!("reload refused: interface, mode and pin_path change only with a restart");
         return;
     }

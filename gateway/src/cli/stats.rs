@@ -1,11 +1,12 @@
 //! `gateway stats`: the kernel's counters, read from the pinned maps.
 
-use super::common::{fail, human_duration, MapsArgs, EXIT_FAILURE, EXIT_USAGE};
+use super::common::{emit, fail, human_duration, MapsArgs, EXIT_FAILURE, EXIT_USAGE};
 use crate::ebpf::{clock, PinnedMaps};
 use clap::{Args, ValueEnum};
 use gateway_common::{counter, SourceStats};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -86,25 +87,29 @@ pub fn run(args: StatsArgs) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(EXIT_FAILURE, e),
         };
-        let printed = if args.json {
-            let text = if args.watch.is_some() {
+        let text = if args.json {
+            let json = if args.watch.is_some() {
                 serde_json::to_string(&snapshot)
             } else {
                 serde_json::to_string_pretty(&snapshot)
             };
-            text.map(|t| println!("{t}"))
+            match json {
+                Ok(t) => t + "\n",
+                Err(e) => return fail(EXIT_FAILURE, e),
+            }
         } else {
-            print_table(&snapshot);
-            Ok(())
+            render_table(&snapshot)
         };
-        if let Err(e) = printed {
-            return fail(EXIT_FAILURE, e);
+        if let Err(code) = emit(&text) {
+            return code;
         }
         match args.watch {
             Some(secs) => {
                 std::thread::sleep(Duration::from_secs(secs));
                 if !args.json {
-                    println!();
+                    if let Err(code) = emit("\n") {
+                        return code;
+                    }
                 }
             }
             None => return ExitCode::SUCCESS,
@@ -144,10 +149,12 @@ fn collect(
     })
 }
 
-fn print_table(s: &StatsJson) {
+fn render_table(s: &StatsJson) -> String {
+    let mut out = String::new();
     let t = |name: &str| s.totals.get(name).copied().unwrap_or(0);
-    println!("data plane maps at {}", s.pin_path);
-    println!(
+    let _ = writeln!(out, "data plane maps at {}", s.pin_path);
+    let _ = writeln!(
+        out,
         "packets {}  bytes {}  ipv4 {}  ipv6 {}  new tcp {}  fragments {}",
         t("packets"),
         t("bytes"),
@@ -156,7 +163,7 @@ fn print_table(s: &StatsJson) {
         t("new_tcp"),
         t("fragments")
     );
-    println!("verdicts:");
+    let _ = writeln!(out, "verdicts:");
     for name in [
         "passed",
         "allowed",
@@ -169,21 +176,24 @@ fn print_table(s: &StatsJson) {
         "non_ip",
         "events_lost",
     ] {
-        println!("  {name:<20} {:>14}", t(name));
+        let _ = writeln!(out, "  {name:<20} {:>14}", t(name));
     }
-    println!(
+    let _ = writeln!(
+        out,
         "sources tracked {}  deny entries {}",
         s.sources_tracked, s.deny_entries
     );
     if s.top_sources.is_empty() {
-        return;
+        return out;
     }
-    println!(
+    let _ = writeln!(
+        out,
         "{:<40} {:>12} {:>14} {:>10} {:>12} {:>12} {:>10} {:>10}",
         "SOURCE", "PACKETS", "BYTES", "SYNS", "DROP DENY", "DROP RATE", "MONITORED", "LAST SEEN"
     );
     for src in &s.top_sources {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<40} {:>12} {:>14} {:>10} {:>12} {:>12} {:>10} {:>10}",
             src.addr,
             src.packets,
@@ -195,4 +205,5 @@ fn print_table(s: &StatsJson) {
             human_duration(Duration::from_secs_f64(src.last_seen_secs_ago.max(0.0))) + " ago"
         );
     }
+    out
 }

@@ -128,13 +128,22 @@ impl EbpfConfig {
             }
         }
         if !self.pin_path.is_absolute() {
-            return Err(Issue::new("pin_path", "must be an absolute path under a bpffs mount"));
+            return Err(Issue::new(
+                "pin_path",
+                "must be an absolute path under a bpffs mount",
+            ));
         }
         if self.syn_rate > 1_000_000_000 {
-            return Err(Issue::new("syn_rate", "must be at most 1000000000 per second"));
+            return Err(Issue::new(
+                "syn_rate",
+                "must be at most 1000000000 per second",
+            ));
         }
         if self.syn_rate > 0 && self.syn_burst == 0 {
-            return Err(Issue::new("syn_burst", "must be at least 1 when syn_rate is set"));
+            return Err(Issue::new(
+                "syn_burst",
+                "must be at least 1 when syn_rate is set",
+            ));
         }
         if self.protected_ports.contains(&0) {
             return Err(Issue::new("protected_ports", "port 0 is not a port"));
@@ -180,7 +189,8 @@ impl EbpfConfig {
         if self.enforce {
             cfg.flags |= config_flag::ENFORCE;
         }
-        cfg.event_interval_ns = u64::try_from(self.event_interval()?.as_nanos()).unwrap_or(u64::MAX);
+        cfg.event_interval_ns =
+            u64::try_from(self.event_interval()?.as_nanos()).unwrap_or(u64::MAX);
         Ok(cfg)
     }
 }
@@ -188,7 +198,10 @@ impl EbpfConfig {
 fn parse_targets(key: &'static str, items: &[String]) -> Result<Vec<Target>, Issue> {
     items
         .iter()
-        .map(|s| s.parse::<Target>().map_err(|e| Issue::new(key, e.to_string())))
+        .map(|s| {
+            s.parse::<Target>()
+                .map_err(|e| Issue::new(key, e.to_string()))
+        })
         .collect()
 }
 
@@ -247,24 +260,79 @@ mod tests {
             ..EbpfConfig::default()
         };
         let cases = [
-            (EbpfConfig { interface: None, ..base() }, "interface"),
             (
-                EbpfConfig { interface: Some("a-very-long-name0".into()), ..base() },
+                EbpfConfig {
+                    interface: None,
+                    ..base()
+                },
                 "interface",
             ),
-            (EbpfConfig { interface: Some("a/b".into()), ..base() }, "interface"),
-            (EbpfConfig { pin_path: "rel".into(), ..base() }, "pin_path"),
-            (EbpfConfig { syn_burst: 0, ..base() }, "syn_burst"),
-            (EbpfConfig { protected_ports: vec![0], ..base() }, "protected_ports"),
-            (EbpfConfig { allow: vec!["x".into()], ..base() }, "allow"),
-            (EbpfConfig { deny: vec!["1.2.3.4/33".into()], ..base() }, "deny"),
-            (EbpfConfig { event_interval: "soon".into(), ..base() }, "event_interval"),
+            (
+                EbpfConfig {
+                    interface: Some("a-very-long-name0".into()),
+                    ..base()
+                },
+                "interface",
+            ),
+            (
+                EbpfConfig {
+                    interface: Some("a/b".into()),
+                    ..base()
+                },
+                "interface",
+            ),
+            (
+                EbpfConfig {
+                    pin_path: "rel".into(),
+                    ..base()
+                },
+                "pin_path",
+            ),
+            (
+                EbpfConfig {
+                    syn_burst: 0,
+                    ..base()
+                },
+                "syn_burst",
+            ),
+            (
+                EbpfConfig {
+                    protected_ports: vec![0],
+                    ..base()
+                },
+                "protected_ports",
+            ),
+            (
+                EbpfConfig {
+                    allow: vec!["x".into()],
+                    ..base()
+                },
+                "allow",
+            ),
+            (
+                EbpfConfig {
+                    deny: vec!["1.2.3.4/33".into()],
+                    ..base()
+                },
+                "deny",
+            ),
+            (
+                EbpfConfig {
+                    event_interval: "soon".into(),
+                    ..base()
+                },
+                "event_interval",
+            ),
         ];
         for (c, key) in cases {
             assert_eq!(c.validate().map_err(|i| i.key), Err(key));
         }
         assert_eq!(base().validate(), Ok(()));
-        let off = EbpfConfig { interface: None, mode: DataPlaneMode::Off, ..base() };
+        let off = EbpfConfig {
+            interface: None,
+            mode: DataPlaneMode::Off,
+            ..base()
+        };
         assert_eq!(off.validate(), Ok(()));
     }
 }

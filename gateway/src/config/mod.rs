@@ -65,7 +65,8 @@ impl Config {
             }
         })?;
         if let Some(ebpf) = &config.ebpf {
-            ebpf.validate().map_err(|issue| issue.locate(path, text, "ebpf"))?;
+            ebpf.validate()
+                .map_err(|issue| issue.locate(path, text, "ebpf"))?;
         }
         Ok(config)
     }
@@ -171,7 +172,10 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = err("[ebpf]\ninterface = \"lo\"\nsyn_rte = 5\n");
-        assert!(e.starts_with("gw.toml:3: ebpf.syn_rte: unknown field `syn_rte`"), "{e}");
+        assert!(
+            e.starts_with("gw.toml:3: ebpf.syn_rte: unknown field `syn_rte`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -184,7 +188,10 @@ mod tests {
     #[test]
     fn wrong_type_names_the_key() {
         let e = err("[ebpf]\ninterface = \"lo\"\n\nsyn_rate = \"fast\"\n");
-        assert!(e.starts_with("gw.toml:4: ebpf.syn_rate: invalid type"), "{e}");
+        assert!(
+            e.starts_with("gw.toml:4: ebpf.syn_rate: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]

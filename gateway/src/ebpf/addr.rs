@@ -73,8 +73,7 @@ impl FromStr for Target {
         if len == max {
             return Ok(Target::Addr(addr));
         }
-        let net =
-            IpNet::new(addr, len).map_err(|_| TargetError::NotAnAddress(s.to_string()))?;
+        let net = IpNet::new(addr, len).map_err(|_| TargetError::NotAnAddress(s.to_string()))?;
         if net.trunc() != net {
             return Err(TargetError::HostBitsSet {
                 input: s.to_string(),
@@ -130,7 +129,6 @@ pub fn net_of(prefix_len: u32, key: &SourceKey) -> Option<IpNet> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,7 +156,10 @@ mod tests {
             Ok(Target::Addr("10.1.2.3".parse().unwrap()))
         );
         assert!(matches!("10.0.0.0/8".parse::<Target>(), Ok(Target::Net(_))));
-        assert!(matches!("2001:db8::/32".parse::<Target>(), Ok(Target::Net(_))));
+        assert!(matches!(
+            "2001:db8::/32".parse::<Target>(),
+            Ok(Target::Net(_))
+        ));
         assert!(matches!(
             "10.0.0.0/33".parse::<Target>(),
             Err(TargetError::PrefixTooLong { .. })
@@ -171,14 +172,27 @@ mod tests {
             "10.0.0.1/8".parse::<Target>(),
             Err(TargetError::HostBitsSet { .. })
         ));
-        for bad in ["", "foo", "10.0.0", "10.0.0.0/x", "10.0.0.0/-1", "1.2.3.4/ 8"] {
+        for bad in [
+            "",
+            "foo",
+            "10.0.0",
+            "10.0.0.0/x",
+            "10.0.0.0/-1",
+            "1.2.3.4/ 8",
+        ] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn lpm_round_trip() {
-        for s in ["10.0.0.0/8", "192.0.2.0/24", "2001:db8::/32", "0.0.0.0/0", "::/0"] {
+        for s in [
+            "10.0.0.0/8",
+            "192.0.2.0/24",
+            "2001:db8::/32",
+            "0.0.0.0/0",
+            "::/0",
+        ] {
             let Target::Net(net) = s.parse::<Target>().unwrap() else {
                 panic!("{s}")
             };

@@ -70,7 +70,10 @@ mod tests {
         b[34] = 1;
         let ev = decode(&b).unwrap();
         assert_eq!(addr::addr_of(&ev.addr).to_string(), "10.0.0.9");
-        assert_eq!((ev.ts_ns, ev.limited_total, ev.dst_port, ev.enforced), (7, 3, 443, 1));
+        assert_eq!(
+            (ev.ts_ns, ev.limited_total, ev.dst_port, ev.enforced),
+            (7, 3, 443, 1)
+        );
         assert!(decode(&b[..20]).is_none());
     }
 }

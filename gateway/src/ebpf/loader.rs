@@ -47,7 +47,7 @@ pub enum LoadError {
         source: io::Error,
     },
     #[error("cannot load the BPF object: {0}")]
-    Object(#[source] EbpfError),
+    Object(#[source] Box<EbpfError>),
     #[error("program `{0}` is missing from the BPF object (stale build? run `cargo xtask build`)")]
     MissingProgram(&'static str),
     #[error("cannot attach to `{interface}` in {mode} mode: {source}; {hint}")]
@@ -56,13 +56,13 @@ pub enum LoadError {
         mode: DataPlaneMode,
         hint: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("program `{program}`: {source}")]
     Program {
         program: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error(transparent)]
     Maps(#[from] MapsError),
@@ -92,22 +92,15 @@ impl DataPlane {
         if !Path::new("/sys/class/net").join(&interface).exists() {
             return Err(LoadError::NoSuchInterface(interface));
         }
-        prepare_pin_dir(&cfg.pin_path)?;
-        // Maps pinned by an older build must match our layout before the programs use them.
-        if cfg.pin_path.join(map_name::DENY).exists() {
-            PinnedMaps::open(&cfg.pin_path)?;
-        }
-
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&cfg.pin_path)
-            .load(OBJECT)
-            .map_err(classify_load_error)?;
-
+        let mut ebpf = load_object(&cfg.pin_path)?;
         let mut maps = PinnedMaps::open(&cfg.pin_path)?;
         let kernel = cfg.to_kernel().map_err(|i| LoadError::Config(i.message))?;
         maps.write_config(&kernel)?;
         maps.replace_allow(&cfg.allow_nets().map_err(|i| LoadError::Config(i.message))?)?;
-        maps.sync_config_denies(&cfg.deny_targets().map_err(|i| LoadError::Config(i.message))?)?;
+        maps.sync_config_denies(
+            &cfg.deny_targets()
+                .map_err(|i| LoadError::Config(i.message))?,
+        )?;
 
         attach(&mut ebpf, &interface, cfg.mode)?;
         let events = ebpf
@@ -152,6 +145,21 @@ impl Drop for DataPlane {
     }
 }
 
+/// Loads the object into the kernel with its maps pinned under `pin_path` (reusing maps
+/// already pinned there), without loading or attaching any program. The gateway attaches
+/// afterwards; tests and benchmarks run the programs through `BPF_PROG_TEST_RUN`.
+pub fn load_object(pin_path: &Path) -> Result<Ebpf, LoadError> {
+    prepare_pin_dir(pin_path)?;
+    // Maps pinned by an older build must match our layout before the programs use them.
+    if pin_path.join(map_name::DENY).exists() {
+        PinnedMaps::open(pin_path)?;
+    }
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_path)
+        .load(OBJECT)
+        .map_err(classify_load_error)
+}
+
 fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
     // The nearest existing ancestor tells which filesystem the pins would land on.
     let mut probe = dir;
@@ -161,9 +169,11 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
             None => break,
         }
     }
-    match rustix::fs::statfs(probe) {
-        Ok(st) if st.f_type as i64 == BPF_FS_MAGIC => {}
-        _ => return Err(LoadError::BpffsNotMounted(dir.to_path_buf())),
+    // f_type is i64 here but narrower on some architectures.
+    #[allow(clippy::useless_conversion)]
+    let on_bpffs = rustix::fs::statfs(probe).is_ok_and(|st| i64::from(st.f_type) == BPF_FS_MAGIC);
+    if !on_bpffs {
+        return Err(LoadError::BpffsNotMounted(dir.to_path_buf()));
     }
     std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
         path: dir.to_path_buf(),
@@ -172,14 +182,12 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
 }
 
 fn classify_load_error(e: EbpfError) -> LoadError {
-    if let EbpfError::MapError(m) = &e {
-        if let aya::maps::MapError::CreateError { io_error, .. } = m {
-            if io_error.kind() == io::ErrorKind::PermissionDenied {
-                return LoadError::PermissionDenied;
-            }
+    if let EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) = &e {
+        if io_error.kind() == io::ErrorKind::PermissionDenied {
+            return LoadError::PermissionDenied;
         }
     }
-    LoadError::Object(e)
+    LoadError::Object(Box::new(e))
 }
 
 fn program_error(program: &'static str, e: ProgramError) -> LoadError {
@@ -188,7 +196,9 @@ fn program_error(program: &'static str, e: ProgramError) -> LoadError {
             io_error,
             verifier_log,
         } => {
-            if io_error.kind() == io::ErrorKind::PermissionDenied && verifier_log.to_string().is_empty() {
+            if io_error.kind() == io::ErrorKind::PermissionDenied
+                && verifier_log.to_string().is_empty()
+            {
                 LoadError::PermissionDenied
             } else {
                 LoadError::Verifier {
@@ -198,7 +208,10 @@ fn program_error(program: &'static str, e: ProgramError) -> LoadError {
                 }
             }
         }
-        source => LoadError::Program { program, source },
+        source => LoadError::Program {
+            program,
+            source: Box::new(source),
+        },
     }
 }
 
@@ -208,7 +221,7 @@ fn attach(ebpf: &mut Ebpf, interface: &str, mode: DataPlaneMode) -> Result<(), L
             interface: interface.to_string(),
             mode,
             hint,
-            source,
+            source: Box::new(source),
         }
     };
     match mode {
@@ -218,7 +231,8 @@ fn attach(ebpf: &mut Ebpf, interface: &str, mode: DataPlaneMode) -> Result<(), L
                 .ok_or(LoadError::MissingProgram(program_name::XDP))?
                 .try_into()
                 .map_err(|e| program_error(program_name::XDP, e))?;
-            prog.load().map_err(|e| program_error(program_name::XDP, e))?;
+            prog.load()
+                .map_err(|e| program_error(program_name::XDP, e))?;
             if mode == DataPlaneMode::Xdp {
                 prog.attach(interface, XdpMode::Driver).map_err(attach_err(
                     "the interface's driver may not support native XDP (loopback does not): \
@@ -246,9 +260,12 @@ fn attach(ebpf: &mut Ebpf, interface: &str, mode: DataPlaneMode) -> Result<(), L
                 .ok_or(LoadError::MissingProgram(program_name::TC))?
                 .try_into()
                 .map_err(|e| program_error(program_name::TC, e))?;
-            prog.load().map_err(|e| program_error(program_name::TC, e))?;
+            prog.load()
+                .map_err(|e| program_error(program_name::TC, e))?;
             prog.attach(interface, TcAttachType::Ingress)
-                .map_err(attach_err("check that the interface is up and TC is available"))?;
+                .map_err(attach_err(
+                    "check that the interface is up and TC is available",
+                ))?;
         }
         DataPlaneMode::Off => {}
     }

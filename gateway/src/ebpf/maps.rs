@@ -47,20 +47,20 @@ pub enum MapsError {
         path: PathBuf,
         dir: PathBuf,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("cannot open the pinned map {}: {source}", .path.display())]
     Open {
         path: PathBuf,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("{op} on map {map} failed: {source}")]
     Op {
         op: &'static str,
         map: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
 }
 
@@ -133,6 +133,7 @@ pub struct PinnedMaps {
     allow: LpmTrie<MapData, SourceKey, AllowEntry>,
     config: Array<MapData, DataPlaneConfig>,
     totals: PerCpuArray<MapData, Totals>,
+    generation: Array<MapData, u64>,
 }
 
 /// Opens the pinned map `name` under `dir` as `T`.
@@ -144,12 +145,12 @@ where
     let data = MapData::from_pin(&path).map_err(|e| classify_open_error(&path, e))?;
     let map = Map::from_map_data(data).map_err(|source| MapsError::Open {
         path: path.clone(),
-        source,
+        source: Box::new(source),
     })?;
     T::try_from(map).map_err(|source| MapsError::Incompatible {
         path,
         dir: dir.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -166,13 +167,17 @@ fn classify_open_error(path: &Path, e: MapError) -> MapsError {
         Some(io::ErrorKind::PermissionDenied) => MapsError::PermissionDenied(path.to_path_buf()),
         _ => MapsError::Open {
             path: path.to_path_buf(),
-            source: e,
+            source: Box::new(e),
         },
     }
 }
 
 fn op(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
-    move |source| MapsError::Op { op, map, source }
+    move |source| MapsError::Op {
+        op,
+        map,
+        source: Box::new(source),
+    }
 }
 
 impl PinnedMaps {
@@ -189,6 +194,7 @@ impl PinnedMaps {
             allow: open_pinned(dir, map_name::ALLOW_CIDR)?,
             config: open_pinned(dir, map_name::CONFIG)?,
             totals: open_pinned(dir, map_name::TOTALS)?,
+            generation: open_pinned(dir, map_name::GENERATION)?,
         })
     }
 
@@ -196,8 +202,26 @@ impl PinnedMaps {
         &self.dir
     }
 
+    /// Tells the kernel that the lists changed: every source is classified again on its next
+    /// packet. A fresh random value (not an increment) so that two processes changing lists
+    /// at once can never write the same value twice.
+    fn bump_generation(&mut self) -> Result<(), MapsError> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(clock::monotonic_ns());
+        h.write_u32(std::process::id());
+        self.generation
+            .set(0, h.finish(), 0)
+            .map_err(op("update", map_name::GENERATION))
+    }
+
     /// Adds or replaces a deny entry (exact address or prefix).
     pub fn deny(&mut self, target: &Target, entry: &DenyEntry) -> Result<(), MapsError> {
+        self.write_deny(target, entry)?;
+        self.bump_generation()
+    }
+
+    fn write_deny(&mut self, target: &Target, entry: &DenyEntry) -> Result<(), MapsError> {
         match target {
             Target::Addr(a) => self
                 .deny
@@ -214,6 +238,12 @@ impl PinnedMaps {
 
     /// Removes a deny entry; `false` when there was none.
     pub fn undeny(&mut self, target: &Target) -> Result<bool, MapsError> {
+        let removed = self.remove_deny(target)?;
+        self.bump_generation()?;
+        Ok(removed)
+    }
+
+    fn remove_deny(&mut self, target: &Target) -> Result<bool, MapsError> {
         let res = match target {
             Target::Addr(a) => self.deny.remove(&addr::key_of(*a)),
             Target::Net(n) => {
@@ -284,7 +314,7 @@ impl PinnedMaps {
             .map(|r| r.target)
             .collect();
         for t in &stale {
-            self.undeny(t)?;
+            self.remove_deny(t)?;
         }
         for t in nets {
             let hits = match self.find_deny(t)? {
@@ -293,9 +323,9 @@ impl PinnedMaps {
             };
             let mut entry = new_deny_entry(0, origin::CONFIG, "config");
             entry.hits = hits;
-            self.deny(t, &entry)?;
+            self.write_deny(t, &entry)?;
         }
-        Ok(())
+        self.bump_generation()
     }
 
     /// Makes the allow list exactly `nets` (the config owns it).
@@ -321,18 +351,19 @@ impl PinnedMaps {
                     .map_err(op("insert", map_name::ALLOW_CIDR))?;
             }
         }
-        Ok(())
+        self.bump_generation()
     }
 
-    /// The allow list with hit counts.
-    pub fn allow_list(&self) -> Result<Vec<(IpNet, u64)>, MapsError> {
+    /// The allow list.
+    pub fn allow_list(&self) -> Result<Vec<IpNet>, MapsError> {
         let mut out = Vec::new();
-        for item in self.allow.iter() {
-            let (key, entry) = item.map_err(op("iterate", map_name::ALLOW_CIDR))?;
+        for key in self.allow.keys() {
+            let key = key.map_err(op("iterate", map_name::ALLOW_CIDR))?;
             if let Some(net) = addr::net_of(key.prefix_len(), &key.data()) {
-                out.push((net, entry.hits));
+                out.push(net);
             }
         }
+        out.sort_by_key(|n| n.to_string());
         Ok(out)
     }
 
@@ -343,7 +374,9 @@ impl PinnedMaps {
     }
 
     pub fn read_config(&self) -> Result<DataPlaneConfig, MapsError> {
-        self.config.get(&0, 0).map_err(op("lookup", map_name::CONFIG))
+        self.config
+            .get(&0, 0)
+            .map_err(op("lookup", map_name::CONFIG))
     }
 
     /// The global counters, summed over CPUs, indexed by [`counter`].

@@ -1,0 +1,142 @@
+//! Data plane cost per packet, measured in the kernel by `BPF_PROG_TEST_RUN` with many
+//! repeats (the kernel reports the mean time per run, so syscall overhead is excluded), next
+//! to two reference programs loaded and run the same way: one that only returns XDP_PASS
+//! (the floor) and one that does a single hash lookup (the cost of any per-source state).
+//!
+//! Needs root (it loads programs). Run with `cargo xtask bench` or
+//! `cargo bench -p gateway --bench dataplane`.
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::Ebpf;
+use criterion::{criterion_group, criterion_main, Criterion};
+use gateway::config::EbpfConfig;
+use gateway::ebpf::maps::new_deny_entry;
+use gateway::ebpf::{loader, PinnedMaps, Target};
+use gateway_common::{origin, program_name};
+use gateway_tests::netns::Bpffs;
+use gateway_tests::packet::{self, ACK, SYN};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Runs per test-run syscall; the kernel averages over them.
+const REPEAT: u32 = 10_000;
+
+fn per_packet(prog: &Xdp, pkt: &[u8], expect: u32, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(u64::from(REPEAT)) as u32;
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            repeat: n,
+            ..TestRunOptions::default()
+        };
+        let r = prog.test_run(opts).expect("test run");
+        assert_eq!(r.return_value, expect, "unexpected verdict");
+        total += r.duration * n;
+        left -= u64::from(n);
+    }
+    total
+}
+
+fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+    let prog: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+    prog.load().expect("verifier accepts");
+    prog
+}
+
+fn bench(c: &mut Criterion) {
+    assert!(
+        nix_is_root(),
+        "the data plane benchmark loads BPF programs: run it as root"
+    );
+    let fs = Bpffs::new(&format!("bench-{}", std::process::id())).expect("bpffs");
+    let mut ebpf = loader::load_object(&fs.pin_path()).expect("load");
+    load_xdp(&mut ebpf, program_name::XDP);
+    let floor_path = Path::new(env!("GATEWAY_EBPF_OBJECT")).with_file_name("floor");
+    let mut floor = Ebpf::load_file(&floor_path).expect("load the floor programs");
+    load_xdp(&mut floor, "floor_pass");
+    load_xdp(&mut floor, "floor_lookup");
+
+    let mut maps = PinnedMaps::open(&fs.pin_path()).unwrap();
+    let cfg = EbpfConfig {
+        interface: Some("lo".into()),
+        protected_ports: vec![443],
+        syn_rate: 1_000_000_000,
+        syn_burst: 1_000_000,
+        ..EbpfConfig::default()
+    };
+    maps.write_config(&cfg.to_kernel().unwrap()).unwrap();
+    let denied: Target = "10.1.1.1".parse().unwrap();
+    let net: Target = "10.2.0.0/16".parse().unwrap();
+    maps.deny(&denied, &new_deny_entry(0, origin::MANUAL, "bench"))
+        .unwrap();
+    maps.deny(&net, &new_deny_entry(0, origin::MANUAL, "bench"))
+        .unwrap();
+    // Realistic map sizes: a few thousand tracked sources and deny entries.
+    for i in 0..4096u32 {
+        let a = Ipv4Addr::from(0x0a64_0000 + i);
+        maps.deny(
+            &Target::Addr(a.into()),
+            &new_deny_entry(0, origin::MANUAL, "fill"),
+        )
+        .unwrap();
+    }
+
+    let known = packet::tcp4(Ipv4Addr::new(10, 9, 9, 9), 80, ACK);
+    let deny_hit = packet::tcp4(Ipv4Addr::new(10, 1, 1, 1), 80, ACK);
+    let cidr_hit = packet::tcp4(Ipv4Addr::new(10, 2, 3, 4), 80, ACK);
+    let syn = packet::tcp4(Ipv4Addr::new(10, 9, 9, 10), 443, SYN);
+
+    let prog: &Xdp = ebpf.program(program_name::XDP).unwrap().try_into().unwrap();
+    let floor_prog: &Xdp = floor.program("floor_pass").unwrap().try_into().unwrap();
+    let lookup_prog: &Xdp = floor.program("floor_lookup").unwrap().try_into().unwrap();
+    // Make the "known source" known before measuring.
+    per_packet(prog, &known, 2, 1);
+
+    let mut g = c.benchmark_group("xdp_per_packet");
+    g.bench_function("floor_xdp_pass", |b| {
+        b.iter_custom(|n| per_packet(floor_prog, &known, 2, n))
+    });
+    g.bench_function("floor_one_hash_lookup", |b| {
+        b.iter_custom(|n| per_packet(lookup_prog, &known, 2, n))
+    });
+    g.bench_function("pass_known_source", |b| {
+        b.iter_custom(|n| per_packet(prog, &known, 2, n))
+    });
+    g.bench_function("drop_deny_hit", |b| {
+        b.iter_custom(|n| per_packet(prog, &deny_hit, 1, n))
+    });
+    g.bench_function("drop_cidr", |b| {
+        b.iter_custom(|n| per_packet(prog, &cidr_hit, 1, n))
+    });
+    g.bench_function("syn_token_taken", |b| {
+        b.iter_custom(|n| per_packet(prog, &syn, 2, n))
+    });
+    g.finish();
+    drop(maps);
+    drop(ebpf);
+    drop(fs);
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = bench
+}
+criterion_main!(benches);
