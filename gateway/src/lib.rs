@@ -5,13 +5,22 @@
 //! - [`ebpf`]: loading, attaching and pinning the kernel programs; typed map access.
 //! - [`jwt`]: JWS/JWT parsing, signature verification and claims checks.
 //! - [`keys`]: the key store (PEM, JWK/JWKS files, JWKS URLs, HMAC secrets).
+//! - [`policy`]: bearer tokens, scopes per method, claims forwarded as headers.
+//! - [`tls`]: TLS termination (rustls), certificates by SNI, reload.
+//! - [`proxy`]: listeners, the request path, routes and upstream pools.
+//! - [`metrics`], [`admin`]: counters and the loopback admin endpoint.
 //! - [`cli`]: the `gateway` command line.
 // `deny`, not `forbid`: one audited exception registers the event ring buffer's fd with tokio
 // (see `ebpf::events::consume`); everything else is safe code.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod ebpf;
 pub mod jwt;
 pub mod keys;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod tls;

@@ -1,17 +1,30 @@
 //! `gateway run`: start what the config asks for and run until SIGINT/SIGTERM.
 //!
-//! With only an `[ebpf]` section the gateway runs the data plane alone, for hosts where
-//! another proxy serves the traffic. SIGHUP re-reads the config and applies what can change
-//! live (rates, ports, enforce, allow and deny lists).
+//! Start order: data plane → keys and verifier → TLS → listeners → admin; each step fails
+//! start-up with what went wrong. With only an `[ebpf]` section the gateway runs the data
+//! plane alone, for hosts where another proxy serves the traffic. SIGHUP re-reads the config
+//! and applies what can change live. SIGTERM/SIGINT stop accepting, drain in-flight
+//! requests up to `[listen] shutdown_grace`, then detach the programs.
 
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
-use crate::config::{Config, DataPlaneMode, EbpfConfig};
+use crate::admin;
+use crate::config::{Config, DataPlaneMode};
 use crate::ebpf::{clock, events, DataPlane, PinnedMaps};
+use crate::jwt::Verifier;
+use crate::keys::KeyStore;
+use crate::metrics::Metrics;
+use crate::proxy::server::{self, Listeners};
+use crate::proxy::Proxy;
+use crate::tls::{self, CertStore};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 pub const DEFAULT_CONFIG: &str = "/etc/gateway/gateway.toml";
 
@@ -31,27 +44,33 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let Some(ebpf) = config.ebpf.filter(|e| e.mode != DataPlaneMode::Off) else {
+    let data_plane = config
+        .ebpf
+        .as_ref()
+        .is_some_and(|e| e.mode != DataPlaneMode::Off);
+    if !data_plane && !config.has_proxy() {
         return fail(
             EXIT_USAGE,
             format!(
-                "{}: nothing to run: the config has no [ebpf] section with a mode other than \"off\"",
+                "{}: nothing to run: no [listen] section and no [ebpf] section with a mode other than \"off\"",
                 args.config.display()
             ),
         );
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("gateway")
-        .build()
-    {
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("gateway");
+    if config.runtime.worker_threads > 0 {
+        builder.worker_threads(config.runtime.worker_threads);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(serve(&args.config, ebpf))
+    runtime.block_on(serve(&args.config, config))
 }
 
-async fn serve(config_path: &Path, ebpf: EbpfConfig) -> ExitCode {
+/// Everything started for one `gateway run`, stopped in reverse order.
+async fn serve(config_path: &Path, config: Config) -> ExitCode {
     // Handlers first, so a signal that arrives during start-up is not lost.
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
@@ -61,58 +80,216 @@ async fn serve(config_path: &Path, ebpf: EbpfConfig) -> ExitCode {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => return fail(EXIT_FAILURE, "cannot install signal handlers"),
     };
-    let mut plane = match DataPlane::start(&ebpf) {
-        Ok(p) => p,
-        Err(e) => return fail(EXIT_FAILURE, e),
+
+    let ebpf = config.ebpf.clone().filter(|e| e.mode != DataPlaneMode::Off);
+    let mut plane = match &ebpf {
+        Some(cfg) => match DataPlane::start(cfg) {
+            Ok(p) => Some(p),
+            Err(e) => return fail(EXIT_FAILURE, e),
+        },
+        None => None,
     };
-    if let Some(ring) = plane.take_events() {
+    if let Some(ring) = plane.as_mut().and_then(DataPlane::take_events) {
         tokio::spawn(async move {
             if let Err(e) = events::consume(ring, events::log_event).await {
                 tracing::error!(error = %e, "rate-limit event reader stopped");
             }
         });
     }
-    eprintln!(
-        "gateway: data plane running on {} ({}), maps pinned at {}; `gateway stats --pin-path {}` shows counters",
-        plane.interface(),
-        plane.mode(),
-        ebpf.pin_path.display(),
-        ebpf.pin_path.display()
-    );
+    if let (Some(p), Some(cfg)) = (&plane, &ebpf) {
+        eprintln!(
+            "gateway: data plane running on {} ({}), maps pinned at {}; `gateway stats --pin-path {}` shows counters",
+            p.interface(),
+            p.mode(),
+            cfg.pin_path.display(),
+            cfg.pin_path.display()
+        );
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut proxy_task = None;
+    let mut certs = None;
+    let mut admin_task = None;
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut metrics = None;
+    if config.has_proxy() {
+        match start_proxy(&config, shutdown_rx.clone()).await {
+            Ok(started) => {
+                proxy_task = Some(started.task);
+                certs = started.certs;
+                metrics = Some(started.metrics);
+            }
+            Err(e) => return fail(EXIT_FAILURE, e),
+        }
+    }
+    if let Some(admin_cfg) = &config.admin {
+        let m = metrics
+            .clone()
+            .unwrap_or_else(|| Arc::new(Metrics::new(&[], &[])));
+        if let Some(cfg) = &ebpf {
+            m.set_pin_path(cfg.pin_path.clone());
+        }
+        match admin::bind(admin_cfg).await {
+            Ok(listener) => {
+                eprintln!(
+                    "gateway: admin endpoint on http://{}",
+                    listener.local_addr()
+                );
+                let mut rx = shutdown_rx.clone();
+                let stop = async move {
+                    while !*rx.borrow() {
+                        if rx.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                admin_task = Some(tokio::spawn(listener.serve(m, ready.clone(), stop)));
+            }
+            Err(e) => return fail(EXIT_FAILURE, e),
+        }
+    }
+    ready.store(true, Ordering::Relaxed);
+
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(config_path, &ebpf, plane.maps()),
+            _ = hup.recv() => reload(config_path, &config, plane.as_mut(), certs.as_deref()),
             _ = sweep.tick() => {
-                if let Err(e) = sweep_expired(plane.maps()) {
-                    tracing::warn!(error = %e, "removing expired deny entries failed");
+                if let Some(p) = plane.as_mut() {
+                    if let Err(e) = sweep_expired(p.maps()) {
+                        tracing::warn!(error = %e, "removing expired deny entries failed");
+                    }
                 }
             }
         }
     }
     tracing::info!("signal received, stopping");
+    ready.store(false, Ordering::Relaxed);
+    let _ = shutdown_tx.send(true);
+    if let Some(t) = proxy_task {
+        let _ = t.await;
+    }
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
     drop(plane);
     ExitCode::SUCCESS
 }
 
-/// Applies a changed `[ebpf]` section; what needs a re-attach is refused with a log line.
-fn reload(path: &Path, running: &EbpfConfig, maps: &mut PinnedMaps) {
+/// The running proxy's handles.
+struct StartedProxy {
+    task: tokio::task::JoinHandle<()>,
+    certs: Option<Arc<CertStore>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Keys, verifier, upstreams, listeners and TLS; errors name what failed.
+async fn start_proxy(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<StartedProxy, String> {
+    let listen = config.listen.clone().unwrap_or_default();
+    let route_names: Vec<String> = config
+        .route
+        .iter()
+        .map(|r| r.name.clone().unwrap_or_else(|| r.path_prefix.clone()))
+        .collect();
+    let upstream_names: Vec<String> = config.upstream.iter().map(|u| u.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
+
+    let verifier = match &config.jwt {
+        None => None,
+        Some(jwt) => {
+            let (store, urls) = KeyStore::from_config(&jwt.keys).map_err(|e| e.to_string())?;
+            for source in urls {
+                let delay = match source.refresh().await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(url = source.url(), error = %e, "first JWKS fetch failed; retrying in the background");
+                        std::time::Duration::from_secs(5)
+                    }
+                };
+                source.spawn(delay);
+                metrics.add_jwks_source(source);
+            }
+            let v = Arc::new(Verifier::new(jwt.clone(), store).map_err(|e| e.to_string())?);
+            metrics.set_verifier(v.clone());
+            Some(v)
+        }
+    };
+    if let Some(cfg) = config
+        .ebpf
+        .as_ref()
+        .filter(|e| e.mode != DataPlaneMode::Off)
+    {
+        metrics.set_pin_path(cfg.pin_path.clone());
+    }
+
+    let (acceptor, certs) = match &config.tls {
+        Some(tls_cfg) if !listen.https.is_empty() => {
+            let store =
+                Arc::new(CertStore::load(&tls_cfg.certificates).map_err(|e| e.to_string())?);
+            let server = tls::server_config(tls_cfg, store.clone()).map_err(|e| e.to_string())?;
+            (Some(TlsAcceptor::from(Arc::new(server))), Some(store))
+        }
+        _ => (None, None),
+    };
+    let proxy = Arc::new(Proxy::new(config, verifier, metrics.clone()));
+    for (u, cfg) in proxy.upstreams().iter().zip(&config.upstream) {
+        if let Some(hc) = &cfg.health_check {
+            tokio::spawn(
+                u.clone()
+                    .health_checks(hc.path.clone(), hc.interval.0, hc.timeout.0),
+            );
+        }
+    }
+    let listeners = Listeners::bind(&listen).await.map_err(|e| e.to_string())?;
+    for (addr, tls) in listeners.local_addrs() {
+        eprintln!(
+            "gateway: proxy listening on {}://{addr}",
+            if tls { "https" } else { "http" }
+        );
+    }
+    let task = tokio::spawn(server::serve(proxy, listeners, acceptor, listen, shutdown));
+    Ok(StartedProxy {
+        task,
+        certs,
+        metrics,
+    })
+}
+
+/// SIGHUP: re-reads the config and applies what can change live: certificate and key files
+/// (new handshakes use them; open connections keep theirs) and the data plane's rates,
+/// ports and lists. What needs a restart is refused with a log line.
+fn reload(path: &Path, running: &Config, plane: Option<&mut DataPlane>, certs: Option<&CertStore>) {
     let new = match Config::load(path) {
-        Ok(c) => c.ebpf.unwrap_or_default(),
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "reload refused: config is invalid; keeping the running one");
             return;
         }
     };
-    if new.interface != running.interface
-        || new.mode != running.mode
-        || new.pin_path != running.pin_path
-    {
-        tracing::error!("reload refused: interface, mode and pin_path change only with a restart");
+    if let (Some(store), Some(tls)) = (certs, &new.tls) {
+        match store.reload(&tls.certificates) {
+            Ok(()) => tracing::info!("certificates reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload failed; keeping the current ones")
+            }
+        }
+    }
+    let (Some(plane), Some(old)) = (plane, running.ebpf.as_ref()) else {
+        return;
+    };
+    let new = new.ebpf.unwrap_or_default();
+    if new.interface != old.interface || new.mode != old.mode || new.pin_path != old.pin_path {
+        tracing::error!(
+            "data plane reload refused: interface, mode and pin_path change only with a restart"
+        );
         return;
     }
+    let maps = plane.maps();
     let applied = (|| -> Result<(), String> {
         let kernel = new.to_kernel().map_err(|i| i.message)?;
         let allow = new.allow_nets().map_err(|i| i.message)?;
@@ -122,8 +299,8 @@ fn reload(path: &Path, running: &EbpfConfig, maps: &mut PinnedMaps) {
         maps.sync_config_denies(&deny).map_err(|e| e.to_string())
     })();
     match applied {
-        Ok(()) => tracing::info!("config reloaded"),
-        Err(e) => tracing::error!(error = %e, "reload failed"),
+        Ok(()) => tracing::info!("data plane config reloaded"),
+        Err(e) => tracing::error!(error = %e, "data plane reload failed"),
     }
 }
 

@@ -4,19 +4,42 @@
 //! Unknown keys are errors everywhere (`deny_unknown_fields`), so a typo never silently
 //! falls back to a default.
 
+pub mod admin;
 pub mod ebpf;
+pub mod env;
+pub mod proxy;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+pub use admin::AdminConfig;
 pub use ebpf::{DataPlaneMode, EbpfConfig};
+pub use proxy::{
+    AuthMode, CertConfig, HealthCheckConfig, ListenConfig, RouteConfig, RuntimeConfig, TlsConfig,
+    UpstreamConfig,
+};
+
+use crate::jwt::VerifierConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Client-facing listeners and connection limits. Absent: no proxy.
+    pub listen: Option<ListenConfig>,
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+    /// Token verification (issuers, audiences, key sources, leeway, cache).
+    pub jwt: Option<VerifierConfig>,
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
     /// The kernel data plane. Absent: no data plane.
     pub ebpf: Option<EbpfConfig>,
+    /// Metrics and health on loopback. Absent: no admin endpoint.
+    pub admin: Option<AdminConfig>,
 }
 
 /// A configuration that cannot be used, located as precisely as we can.
@@ -50,8 +73,19 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Parses and validates configuration text; `path` is only used in errors.
+    /// Parses and validates configuration text; `path` is only used in errors. `${VAR}`
+    /// references are expanded from the process environment first.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let expanded = env::expand(text, |name| std::env::var(name).ok()).map_err(|e| {
+            let (_, key) = locate_span(text, line_start(text, e.line));
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: e.line,
+                key,
+                message: e.message,
+            }
+        })?;
+        let text = expanded.as_str();
         let config: Config = toml::from_str(text).map_err(|e| {
             let (line, key) = match e.span() {
                 Some(span) => locate_span(text, span.start),
@@ -64,12 +98,106 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        if let Some(ebpf) = &config.ebpf {
-            ebpf.validate()
-                .map_err(|issue| issue.locate(path, text, "ebpf"))?;
-        }
+        config
+            .validate()
+            .map_err(|(at, issue)| issue.locate(path, text, at))?;
         Ok(config)
     }
+
+    /// Checks each section, then how the sections refer to each other.
+    fn validate(&self) -> Result<(), (Section, Issue)> {
+        let one = |name: &'static str| Section { name, index: None };
+        let nth = |name: &'static str, i: usize| Section {
+            name,
+            index: Some(i),
+        };
+        if let Some(ebpf) = &self.ebpf {
+            ebpf.validate().map_err(|i| (one("ebpf"), i))?;
+        }
+        if let Some(admin) = &self.admin {
+            admin.validate().map_err(|i| (one("admin"), i))?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|i| (one("tls"), i))?;
+        }
+        if let Some(jwt) = &self.jwt {
+            jwt.validate()
+                .map_err(|e| (one("jwt"), Issue::new("keys", e.to_string())))?;
+        }
+        for (i, u) in self.upstream.iter().enumerate() {
+            u.validate().map_err(|e| (nth("upstream", i), e))?;
+            if self.upstream[..i].iter().any(|o| o.name == u.name) {
+                return Err((
+                    nth("upstream", i),
+                    Issue::new("name", format!("upstream `{}` is defined twice", u.name)),
+                ));
+            }
+        }
+        for (i, r) in self.route.iter().enumerate() {
+            r.validate().map_err(|e| (nth("route", i), e))?;
+            if !self.upstream.iter().any(|u| u.name == r.upstream) {
+                return Err((
+                    nth("route", i),
+                    Issue::new(
+                        "upstream",
+                        format!("no [[upstream]] is named `{}`", r.upstream),
+                    ),
+                ));
+            }
+            if r.auth != AuthMode::None && self.jwt.is_none() {
+                return Err((
+                    nth("route", i),
+                    Issue::new("auth", "routes that check tokens need a [jwt] section"),
+                ));
+            }
+        }
+        if let Some(listen) = &self.listen {
+            listen.validate().map_err(|i| (one("listen"), i))?;
+            if listen.https.is_empty() && listen.http.is_empty() {
+                return Err((
+                    one("listen"),
+                    Issue::new("https", "no listener: set https or http"),
+                ));
+            }
+            if !listen.https.is_empty() && self.tls.is_none() {
+                return Err((
+                    one("listen"),
+                    Issue::new("https", "HTTPS listeners need a [tls] section"),
+                ));
+            }
+            if self.route.is_empty() {
+                return Err((
+                    one("listen"),
+                    Issue::new("https", "listeners need at least one [[route]]"),
+                ));
+            }
+        } else if !self.route.is_empty() {
+            return Err((
+                nth("route", 0),
+                Issue::new("path_prefix", "routes need a [listen] section"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the config runs a proxy (listeners and routes).
+    pub fn has_proxy(&self) -> bool {
+        self.listen.is_some()
+    }
+}
+
+/// Where an issue was found: a section, and for `[[array]]` sections which one (0-based).
+#[derive(Debug, Clone, Copy)]
+struct Section {
+    name: &'static str,
+    index: Option<usize>,
+}
+
+fn line_start(text: &str, line: usize) -> usize {
+    text.split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum()
 }
 
 /// A validation problem found after parsing: which key, and what is wrong with it.
@@ -88,11 +216,15 @@ impl Issue {
     }
 
     /// Turns the issue into an error pointing at the key's line in `section`.
-    fn locate(self, path: &Path, text: &str, section: &str) -> ConfigError {
+    fn locate(self, path: &Path, text: &str, section: Section) -> ConfigError {
+        let key = match section.index {
+            Some(i) => format!("{}[{i}].{}", section.name, self.key),
+            None => format!("{}.{}", section.name, self.key),
+        };
         ConfigError::Invalid {
             path: path.to_path_buf(),
-            line: find_key_line(text, section, self.key).unwrap_or(0),
-            key: format!("{section}.{}", self.key),
+            line: find_key_line(text, section.name, section.index, self.key).unwrap_or(0),
+            key,
             message: self.message,
         }
     }
@@ -135,20 +267,27 @@ fn section_header(line: &str) -> Option<&str> {
     Some(inner[..end].trim())
 }
 
-/// The 1-based line where `key` is set inside `[section]`.
-fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
-    let mut current = String::new();
+/// The 1-based line where `key` is set inside `[section]` (or the `index`-th
+/// `[[section]]`); the section header's line when the key is not written there.
+fn find_key_line(text: &str, section: &str, index: Option<usize>, key: &str) -> Option<usize> {
+    let mut seen = 0usize;
+    let mut inside = false;
     let mut section_line = None;
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if let Some(name) = section_header(trimmed) {
-            current = name.to_string();
-            if current == section {
-                section_line = Some(i + 1);
+            inside = false;
+            if name == section {
+                let this = seen;
+                seen += 1;
+                if index.is_none_or(|want| want == this) {
+                    inside = true;
+                    section_line = Some(i + 1);
+                }
             }
             continue;
         }
-        if current == section {
+        if inside {
             if let Some((k, _)) = trimmed.split_once('=') {
                 if k.trim().trim_matches('"') == key {
                     return Some(i + 1);

@@ -1,0 +1,299 @@
+//! `[runtime]`, `[listen]`, `[tls]`, `[[upstream]]` and `[[route]]`: the proxy's sections.
+
+use super::Issue;
+use crate::keys::DurationSecs;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn secs(s: u64) -> DurationSecs {
+    DurationSecs(Duration::from_secs(s))
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads; 0 = one per CPU.
+    pub worker_threads: usize,
+}
+
+/// `[listen]`: where clients connect, and the limits every connection lives under.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// TLS listeners (need `[tls]`).
+    pub https: Vec<SocketAddr>,
+    /// Plain-HTTP listeners, for use behind another TLS terminator.
+    pub http: Vec<SocketAddr>,
+    /// Open connections one source address may hold; more are closed at accept.
+    pub max_connections_per_source: usize,
+    /// Open connections in total; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Time for a TLS handshake.
+    pub tls_handshake_timeout: DurationSecs,
+    /// Time to receive a request's headers (slowloris), also the keep-alive idle limit.
+    pub header_read_timeout: DurationSecs,
+    /// Largest request head (request line and headers) in bytes.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: u64,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace: DurationSecs,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            https: Vec::new(),
+            http: Vec::new(),
+            max_connections_per_source: 256,
+            max_connections: 10_000,
+            tls_handshake_timeout: secs(10),
+            header_read_timeout: secs(10),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_concurrent_streams: 128,
+            shutdown_grace: secs(10),
+        }
+    }
+}
+
+impl ListenConfig {
+    pub fn validate(&self) -> Result<(), Issue> {
+        if self.max_connections_per_source == 0 {
+            return Err(Issue::new(
+                "max_connections_per_source",
+                "must be at least 1",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(Issue::new("max_connections", "must be at least 1"));
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(Issue::new("max_header_bytes", "must be at least 1024"));
+        }
+        if self.max_headers == 0 {
+            return Err(Issue::new("max_headers", "must be at least 1"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(Issue::new("max_concurrent_streams", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(Issue::new(key, "must be longer than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[tls]`: certificates chosen by SNI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The first one is the default for clients that send no (or an unknown) server name.
+    pub certificates: Vec<CertConfig>,
+    /// Stateless session resumption (TLS 1.3 tickets, TLS 1.2 tickets).
+    #[serde(default = "yes")]
+    pub session_tickets: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One certificate chain and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// SNI names this certificate serves; empty = the names in the certificate are not
+    /// consulted, it serves as default only.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+impl TlsConfig {
+    pub fn validate(&self) -> Result<(), Issue> {
+        if self.certificates.is_empty() {
+            return Err(Issue::new(
+                "certificates",
+                "at least one certificate is needed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[[upstream]]`: a named pool of servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `host:port` of each server (plain HTTP/1.1 with keep-alive).
+    pub servers: Vec<SocketAddr>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: DurationSecs,
+    /// Until the upstream's response headers arrive.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: DurationSecs,
+    /// Idle keep-alive connections kept per server.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_server: usize,
+    /// Consecutive connection failures that take a server out of rotation (passive check).
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// How long a failed server stays out before it is tried again.
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: DurationSecs,
+    /// Active health check; absent = passive checks only.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+fn default_connect_timeout() -> DurationSecs {
+    secs(3)
+}
+fn default_request_timeout() -> DurationSecs {
+    secs(30)
+}
+fn default_max_idle() -> usize {
+    64
+}
+fn default_max_fails() -> u32 {
+    3
+}
+fn default_fail_timeout() -> DurationSecs {
+    secs(10)
+}
+
+/// Periodic `GET path`; a 2xx or 3xx answer within the timeout is healthy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(default = "default_hc_interval")]
+    pub interval: DurationSecs,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: DurationSecs,
+}
+
+fn default_hc_interval() -> DurationSecs {
+    secs(5)
+}
+fn default_hc_timeout() -> DurationSecs {
+    secs(2)
+}
+
+impl UpstreamConfig {
+    pub fn validate(&self) -> Result<(), Issue> {
+        if self.name.is_empty() {
+            return Err(Issue::new("name", "must not be empty"));
+        }
+        if self.servers.is_empty() {
+            return Err(Issue::new(
+                "servers",
+                format!("upstream `{}` has no servers", self.name),
+            ));
+        }
+        if self.max_fails == 0 {
+            return Err(Issue::new("max_fails", "must be at least 1"));
+        }
+        if let Some(hc) = &self.health_check {
+            if !hc.path.starts_with('/') {
+                return Err(Issue::new("health_check", "path must start with `/`"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a route needs a token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A valid token with the method's scopes, or 401/403.
+    #[default]
+    Required,
+    /// Without a token the request passes anonymously; a token that is present must be valid
+    /// (and its claims are forwarded).
+    Optional,
+    /// No token checks; forwarded claim headers are still stripped.
+    None,
+}
+
+/// `[[route]]`: which requests go where, under which policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in metrics; defaults to the path prefix.
+    pub name: Option<String>,
+    /// Host (without port, case-insensitive); absent = any host.
+    pub host: Option<String>,
+    /// Path prefix, matched case-sensitively against the normalised path.
+    pub path_prefix: String,
+    /// Methods this route serves; absent = all.
+    pub methods: Option<Vec<String>>,
+    /// Name of an `[[upstream]]`.
+    pub upstream: String,
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Scopes each method needs, e.g. `{ GET = ["read"], POST = ["write"] }`. Absent: GET and
+    /// HEAD need `read`; POST, PUT, PATCH and DELETE need `write`. A method not listed needs
+    /// every scope listed for any method (the strictest).
+    pub scopes: Option<BTreeMap<String, Vec<String>>>,
+    /// Claims forwarded as request headers, e.g. `{ sub = "X-Auth-Sub" }`. Client-sent copies
+    /// of these headers are always removed.
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, String>,
+    /// Forward the client's `Authorization` header upstream.
+    #[serde(default = "yes")]
+    pub forward_authorization: bool,
+    /// Accept a token in the `access_token` query parameter (RFC 6750 §2.3) when no header
+    /// carries one. Off by default: query strings end up in logs.
+    #[serde(default)]
+    pub query_token: bool,
+}
+
+impl RouteConfig {
+    pub fn validate(&self) -> Result<(), Issue> {
+        if !self.path_prefix.starts_with('/') {
+            return Err(Issue::new("path_prefix", "must start with `/`"));
+        }
+        for (claim, header) in &self.claim_headers {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(Issue::new(
+                    "claim_headers",
+                    format!("`{header}` (for claim `{claim}`) is not a valid header name"),
+                ));
+            }
+        }
+        for m in self
+            .methods
+            .iter()
+            .flatten()
+            .chain(self.scopes.iter().flat_map(|s| s.keys()))
+        {
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                return Err(Issue::new(
+                    "methods",
+                    format!("`{m}` is not an HTTP method"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

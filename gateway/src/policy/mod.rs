@@ -1,0 +1,265 @@
+//! Who may do what: bearer-token extraction (RFC 6750), the scopes each method needs, the
+//! RFC 6750 refusals, and verified claims turned into request headers.
+
+use crate::config::RouteConfig;
+use crate::jwt::VerifiedToken;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use std::collections::BTreeMap;
+
+/// Why a request carries no usable bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// No bearer credentials at all (no header, or another scheme): 401 without error code.
+    Missing,
+    /// Credentials that are not one well-formed bearer token (`invalid_request`).
+    Invalid(&'static str),
+}
+
+/// The characters of RFC 6750's b64token: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+"
+/// / "/" ) *"="`.
+fn is_b64token(t: &str) -> bool {
+    let body = t.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+/// The bearer token of a request: exactly one `Authorization` header, scheme `Bearer` (any
+/// case), one token. Two headers, a comma-joined list, or junk after the token are refused.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenProblem> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(TokenProblem::Missing);
+    };
+    if values.next().is_some() {
+        return Err(TokenProblem::Invalid("more than one Authorization header"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| TokenProblem::Invalid("the Authorization header is not ASCII"))?;
+    let (scheme, rest) = match value.split_once(' ') {
+        Some((s, r)) => (s, r),
+        None => (value, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenProblem::Missing);
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() {
+        return Err(TokenProblem::Invalid("the bearer token is empty"));
+    }
+    if token.contains(',') || token.contains(' ') {
+        return Err(TokenProblem::Invalid("more than one credential"));
+    }
+    if !is_b64token(token) {
+        return Err(TokenProblem::Invalid(
+            "the bearer token has invalid characters",
+        ));
+    }
+    Ok(token)
+}
+
+/// The `access_token` query parameter, for routes that allow it.
+pub fn query_token(query: Option<&str>) -> Result<&str, TokenProblem> {
+    let mut found = None;
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("access_token=") {
+            if found.is_some() {
+                return Err(TokenProblem::Invalid(
+                    "more than one access_token parameter",
+                ));
+            }
+            found = Some(v);
+        }
+    }
+    match found {
+        None => Err(TokenProblem::Missing),
+        Some(t) if is_b64token(t) => Ok(t),
+        Some(_) => Err(TokenProblem::Invalid(
+            "the access_token parameter is malformed",
+        )),
+    }
+}
+
+/// Scopes each method needs on one route.
+#[derive(Debug, Clone)]
+pub struct ScopePolicy {
+    by_method: Vec<(Method, Vec<String>)>,
+    /// For methods not listed: every scope any method needs.
+    strictest: Vec<String>,
+}
+
+impl ScopePolicy {
+    /// The seed's policy: GET and HEAD need `read`; POST, PUT, PATCH and DELETE need `write`.
+    pub fn read_write() -> Self {
+        let read = || vec!["read".to_string()];
+        let write = || vec!["write".to_string()];
+        Self::from_pairs(vec![
+            (Method::GET, read()),
+            (Method::HEAD, read()),
+            (Method::POST, write()),
+            (Method::PUT, write()),
+            (Method::PATCH, write()),
+            (Method::DELETE, write()),
+        ])
+    }
+
+    /// From the config's `scopes` table (method names already validated); `None` = seed policy.
+    pub fn from_config(scopes: Option<&BTreeMap<String, Vec<String>>>) -> Self {
+        match scopes {
+            None => Self::read_write(),
+            Some(map) => Self::from_pairs(
+                map.iter()
+                    .filter_map(|(m, s)| Some((Method::from_bytes(m.as_bytes()).ok()?, s.clone())))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn from_pairs(by_method: Vec<(Method, Vec<String>)>) -> Self {
+        let mut strictest: Vec<String> = Vec::new();
+        for s in by_method.iter().flat_map(|(_, s)| s) {
+            if !strictest.contains(s) {
+                strictest.push(s.clone());
+            }
+        }
+        Self {
+            by_method,
+            strictest,
+        }
+    }
+
+    /// The scopes `method` needs (all of them).
+    pub fn required(&self, method: &Method) -> &[String] {
+        self.by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, s)| s.as_slice())
+            .unwrap_or(&self.strictest)
+    }
+
+    /// The first required scope the token lacks; `None` when it has them all. Whole-token
+    /// matches only (`write` never matches `thread:writer`).
+    pub fn missing<'a>(&'a self, method: &Method, token: &VerifiedToken) -> Option<&'a str> {
+        self.required(method)
+            .iter()
+            .find(|s| !token.has_scope(s))
+            .map(String::as_str)
+    }
+}
+
+/// Claims copied into request headers for the upstream.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimHeaders {
+    pairs: Vec<(String, HeaderName)>,
+}
+
+impl ClaimHeaders {
+    pub fn from_route(route: &RouteConfig) -> Self {
+        Self {
+            pairs: route
+                .claim_headers
+                .iter()
+                .filter_map(|(c, h)| Some((c.clone(), HeaderName::from_bytes(h.as_bytes()).ok()?)))
+                .collect(),
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.pairs.iter().map(|(_, h)| h)
+    }
+
+    /// Adds the headers for the claims the token has. Strings go as they are, arrays of
+    /// strings space-separated (so `scp` reads like `scope`), other values as JSON; values
+    /// that cannot be a header (control characters) are left out.
+    pub fn apply(&self, token: &VerifiedToken, headers: &mut HeaderMap) {
+        for (claim, header) in &self.pairs {
+            let Some(v) = token.claim(claim) else {
+                continue;
+            };
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(items) if items.iter().all(|i| i.is_string()) => items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                other => other.to_string(),
+            };
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                headers.insert(header.clone(), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        assert_eq!(
+            bearer_token(&auth(&["Bearer abc.def.ghi"])),
+            Ok("abc.def.ghi")
+        );
+        assert_eq!(bearer_token(&auth(&["bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&auth(&["BEARER  abc=="])), Ok("abc=="));
+        assert_eq!(bearer_token(&auth(&[])), Err(TokenProblem::Missing));
+        assert_eq!(
+            bearer_token(&auth(&["Basic dXNlcjpwYXNz"])),
+            Err(TokenProblem::Missing)
+        );
+        assert_eq!(
+            bearer_token(&auth(&["Bea abc"])),
+            Err(TokenProblem::Missing)
+        );
+        for bad in [
+            vec!["Bearer"],
+            vec!["Bearer "],
+            vec!["Bearer a, Bearer b"],
+            vec!["Bearer a b"],
+            vec!["Bearer a", "Bearer a"],
+            vec!["Bearer a=b"],
+            vec!["Bearer a\"b"],
+        ] {
+            assert!(
+                matches!(bearer_token(&auth(&bad)), Err(TokenProblem::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_extraction() {
+        assert_eq!(query_token(Some("a=1&access_token=x.y.z")), Ok("x.y.z"));
+        assert_eq!(query_token(None), Err(TokenProblem::Missing));
+        assert!(matches!(
+            query_token(Some("access_token=a&access_token=b")),
+            Err(TokenProblem::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn seed_policy_and_strictest() {
+        let p = ScopePolicy::read_write();
+        assert_eq!(p.required(&Method::GET), ["read"]);
+        assert_eq!(p.required(&Method::PATCH), ["write"]);
+        assert_eq!(p.required(&Method::OPTIONS), ["read", "write"]);
+        let custom = BTreeMap::from([("GET".to_string(), vec!["items:read".to_string()])]);
+        let p = ScopePolicy::from_config(Some(&custom));
+        assert_eq!(p.required(&Method::DELETE), ["items:read"]);
+    }
+}

@@ -1,0 +1,484 @@
+//! One request's path: framing checks → path normalisation → route → bearer token → verify
+//! → scopes → headers for the upstream → upstream → response. Every refusal is answered here,
+//! before the upstream pays anything, and counted by reason.
+
+use super::route::{self, Route};
+use super::upstream::{Upstream, UpstreamError};
+use super::{full_body, path, BoxError, ProxyBody};
+use crate::config::{AuthMode, Config};
+use crate::jwt::{now_unix, VerifiedToken, Verifier};
+use crate::metrics::Metrics;
+use crate::policy::{self, TokenProblem};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the server knows about a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Everything the request path needs, built once at start.
+pub struct Proxy {
+    routes: Vec<Route>,
+    upstreams: Vec<Arc<Upstream>>,
+    verifier: Option<Arc<Verifier>>,
+    metrics: Arc<Metrics>,
+    /// Every configured claim header: client-sent copies are removed on every route.
+    claim_header_names: Vec<HeaderName>,
+    max_body_bytes: u64,
+    realm: HeaderValue,
+}
+
+/// A refusal built before the request is consumed (boxed: responses are large).
+type Refusal = Box<Response<ProxyBody>>;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the proxy
+/// credentials meant for us.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+impl Proxy {
+    pub fn new(config: &Config, verifier: Option<Arc<Verifier>>, metrics: Arc<Metrics>) -> Self {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstream
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u)))
+            .collect();
+        let routes: Vec<Route> = config
+            .route
+            .iter()
+            .map(|r| {
+                let idx = config
+                    .upstream
+                    .iter()
+                    .position(|u| u.name == r.upstream)
+                    .unwrap_or(0);
+                Route::new(r, idx)
+            })
+            .collect();
+        let mut claim_header_names: Vec<HeaderName> = Vec::new();
+        for name in routes.iter().flat_map(|r| r.claim_headers.names()) {
+            if !claim_header_names.contains(name) {
+                claim_header_names.push(name.clone());
+            }
+        }
+        let listen = config.listen.clone().unwrap_or_default();
+        Self {
+            routes,
+            upstreams,
+            verifier,
+            metrics,
+            claim_header_names,
+            max_body_bytes: listen.max_body_bytes,
+            realm: HeaderValue::from_static("gateway"),
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The hyper service body: never fails, every problem is a response.
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let is_head = req.method() == http::Method::HEAD;
+        let (route, mut resp) = self.route_and_forward(conn, req).await;
+        self.metrics.request(route, resp.status().as_u16());
+        if is_head {
+            // A HEAD response has no body; our own refusals must not send one either.
+            *resp.body_mut() = super::empty_body();
+        }
+        Ok(resp)
+    }
+
+    async fn route_and_forward(
+        &self,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> (Option<usize>, Response<ProxyBody>) {
+        if let Err(resp) = self.check_framing(&req) {
+            return (None, *resp);
+        }
+        let path = match path::normalize(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    None,
+                    plain_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+                )
+            }
+        };
+        let host = request_host(&req);
+        let Some((idx, route)) = route::find(&self.routes, host.as_deref(), &path, req.method())
+        else {
+            return (
+                None,
+                plain_error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no route for this request",
+                ),
+            );
+        };
+        let token = match self.authorize(route, &req) {
+            Ok(t) => t,
+            Err(resp) => {
+                drain(req.into_body()).await;
+                return (Some(idx), *resp);
+            }
+        };
+        let resp = self
+            .forward(conn, route, req, &path, host.as_deref(), token.as_deref())
+            .await;
+        (Some(idx), resp)
+    }
+
+    /// Requests HTTP forbids or we will not carry are refused, never forwarded.
+    fn check_framing(&self, req: &Request<Incoming>) -> Result<(), Refusal> {
+        let h = req.headers();
+        if req.version() <= Version::HTTP_11
+            && h.contains_key(header::TRANSFER_ENCODING)
+            && h.contains_key(header::CONTENT_LENGTH)
+        {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+        if let Some(first) = lengths.next() {
+            if lengths.any(|other| other != first) {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "conflicting Content-Length",
+                ));
+            }
+            match first
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                None => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "invalid Content-Length",
+                    ))
+                }
+                Some(n) if n > self.max_body_bytes => {
+                    return Err(refuse(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "the request body is too large",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The verified token (if any) or the refusal.
+    fn authorize(
+        &self,
+        route: &Route,
+        req: &Request<Incoming>,
+    ) -> Result<Option<Arc<VerifiedToken>>, Refusal> {
+        if route.auth == AuthMode::None {
+            return Ok(None);
+        }
+        let mut found = policy::bearer_token(req.headers());
+        if found == Err(TokenProblem::Missing) && route.query_token {
+            found = policy::query_token(req.uri().query());
+        }
+        let raw = match found {
+            Ok(t) => t,
+            Err(TokenProblem::Missing) if route.auth == AuthMode::Optional => return Ok(None),
+            Err(TokenProblem::Missing) => {
+                self.metrics.denial("missing_token");
+                return Err(self.unauthorized(None, "a bearer token is required"));
+            }
+            Err(TokenProblem::Invalid(why)) => {
+                self.metrics.denial("invalid_request");
+                return Err(self.unauthorized(Some("invalid_request"), why));
+            }
+        };
+        let Some(verifier) = &self.verifier else {
+            // The config check refuses token routes without [jwt]; be safe anyway.
+            return Err(refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no verifier",
+            ));
+        };
+        let started = Instant::now();
+        let verified = verifier.verify(raw, now_unix());
+        self.metrics.verify_latency(started.elapsed());
+        let token = match verified {
+            Ok(t) => t,
+            Err(rejection) => {
+                let reason = rejection.reason();
+                self.metrics.denial(reason);
+                let description = if reason == "expired" {
+                    "the token expired"
+                } else {
+                    "the token is not valid"
+                };
+                return Err(self.unauthorized(Some("invalid_token"), description));
+            }
+        };
+        if let Some(scope) = route.scopes.missing(req.method(), &token) {
+            self.metrics.denial("insufficient_scope");
+            return Err(self.forbidden(scope));
+        }
+        Ok(Some(token))
+    }
+
+    fn unauthorized(&self, error: Option<&str>, description: &str) -> Refusal {
+        let realm = self.realm.to_str().unwrap_or("gateway");
+        let challenge = match error {
+            None => format!("Bearer realm=\"{realm}\""),
+            Some(e) => format!(
+                "Bearer realm=\"{realm}\", error=\"{e}\", error_description=\"{description}\""
+            ),
+        };
+        with_challenge(
+            plain_error(
+                StatusCode::UNAUTHORIZED,
+                error.unwrap_or("unauthorized"),
+                description,
+            ),
+            &challenge,
+        )
+    }
+
+    fn forbidden(&self, scope: &str) -> Refusal {
+        let realm = self.realm.to_str().unwrap_or("gateway");
+        // Scope tokens are NQCHAR without `"` or `\`; anything else never reaches here
+        // from a validated config, but keep the header well-formed regardless.
+        let scope: String = scope.chars().filter(|c| *c != '"' && *c != '\\').collect();
+        let challenge =
+            format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\"");
+        with_challenge(
+            plain_error(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                &format!("the token lacks the scope `{scope}`"),
+            ),
+            &challenge,
+        )
+    }
+
+    async fn forward(
+        &self,
+        conn: ConnInfo,
+        route: &Route,
+        req: Request<Incoming>,
+        path: &str,
+        host: Option<&str>,
+        token: Option<&VerifiedToken>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        for name in &self.claim_header_names {
+            headers.remove(name);
+        }
+        if !route.forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
+        if let Some(t) = token {
+            route.claim_headers.apply(t, headers);
+        }
+        set_forwarding_headers(headers, conn, host);
+        if !headers.contains_key(header::HOST) {
+            if let Some(auth) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+        }
+        let target = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        parts.uri = match target.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return plain_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "invalid request target",
+                )
+            }
+        };
+        parts.version = Version::HTTP_11;
+        let body = Limited::new(
+            body,
+            usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+        )
+        .map_err(BoxError::from)
+        .boxed();
+        let Some(upstream) = self.upstreams.get(route.upstream) else {
+            return plain_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no upstream");
+        };
+        match upstream.send(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+            }
+            Err(e) => {
+                self.metrics.upstream_error(route.upstream, e.kind());
+                tracing::warn!(error = %e, route = %route.name, "upstream failed");
+                upstream_error_response(&e)
+            }
+        }
+    }
+}
+
+/// Reads (and discards) a little of a refused request's body before we answer, so that a
+/// client still sending a small body gets our status rather than a reset stream (HTTP/2) or
+/// a closed connection. Bounded in bytes and time: a refusal never waits on a slow client.
+async fn drain(mut body: Incoming) {
+    const MAX_BYTES: usize = 64 * 1024;
+    const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(MAX_WAIT, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+                if seen > MAX_BYTES {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+fn upstream_error_response(e: &UpstreamError) -> Response<ProxyBody> {
+    let (code, message) = match e.status() {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            ("service_unavailable", "no upstream server is available")
+        }
+        StatusCode::GATEWAY_TIMEOUT => (
+            "gateway_timeout",
+            "the upstream server did not answer in time",
+        ),
+        _ => ("bad_gateway", "the upstream server could not be reached"),
+    };
+    plain_error(e.status(), code, message)
+}
+
+/// The request's host, lower-case, without port: the URI authority (HTTP/2, absolute form)
+/// or the Host header.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.host().to_ascii_lowercase());
+    }
+    let raw = req.headers().get(header::HOST)?.to_str().ok()?;
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => raw.split(':').next().unwrap_or(raw),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    // Transfer-Encoding is hop-by-hop too; hyper frames the body for the next hop itself.
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// We are the edge: client-sent forwarding headers are replaced, not trusted.
+fn set_forwarding_headers(headers: &mut HeaderMap, conn: ConnInfo, host: Option<&str>) {
+    let ip = conn.peer.ip();
+    let proto = if conn.tls { "https" } else { "http" };
+    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut forwarded = format!("for={node};proto={proto}");
+    if let Some(h) = host.filter(|h| {
+        h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    }) {
+        forwarded.push_str(&format!(";host=\"{h}\""));
+    }
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// A small JSON error body without internals.
+pub fn plain_error(status: StatusCode, error: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": error, "message": message }).to_string() + "\n";
+    let mut resp = Response::new(full_body(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn with_challenge(mut resp: Response<ProxyBody>, challenge: &str) -> Refusal {
+    if let Ok(v) = HeaderValue::from_str(challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    Box::new(resp)
+}
+
+fn refuse(status: StatusCode, error: &str, message: &str) -> Refusal {
+    Box::new(plain_error(status, error, message))
+}

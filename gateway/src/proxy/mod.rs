@@ -1,0 +1,33 @@
+//! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`]),
+//! routing ([`route`], [`path`]) and upstream pools ([`upstream`]).
+
+pub mod handler;
+pub mod path;
+pub mod route;
+pub mod server;
+pub mod upstream;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+pub use handler::{ConnInfo, Proxy};
+pub use route::Route;
+
+/// Errors a body may carry on its way through.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request sent upstream and every response sent to clients.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+pub fn empty_body() -> ProxyBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn full_body(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}

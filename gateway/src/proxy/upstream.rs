@@ -1,0 +1,260 @@
+//! Upstream pools: round robin over healthy servers, pooled keep-alive connections, connect
+//! and request timeouts, passive health (consecutive connection failures take a server out
+//! for a while) and optional active checks.
+
+use super::{empty_body, ProxyBody};
+use crate::config::UpstreamConfig;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why an upstream did not answer; each maps to a status for the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// Every server is out of rotation: 503.
+    #[error("no healthy server in upstream `{0}`")]
+    NoHealthy(String),
+    /// Could not connect: 502.
+    #[error("cannot connect to {addr} (upstream `{upstream}`): {detail}")]
+    Connect {
+        upstream: String,
+        addr: SocketAddr,
+        detail: String,
+    },
+    /// No response headers in time: 504.
+    #[error("{addr} (upstream `{upstream}`) did not answer within {timeout:?}")]
+    Timeout {
+        upstream: String,
+        addr: SocketAddr,
+        timeout: Duration,
+    },
+    /// The exchange broke: 502.
+    #[error("{addr} (upstream `{upstream}`): {detail}")]
+    Protocol {
+        upstream: String,
+        addr: SocketAddr,
+        detail: String,
+    },
+}
+
+impl UpstreamError {
+    /// The status the client gets.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::NoHealthy(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::NoHealthy(_) => "no_healthy",
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Protocol { .. } => "protocol",
+        }
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    /// `http://addr`, the prefix of every request URI to this server.
+    base: String,
+    /// Consecutive connection failures.
+    fails: AtomicU32,
+    /// Milliseconds since the pool's epoch until which the server is out (passive check).
+    down_until_ms: AtomicU64,
+    /// Verdict of the active check (true without one).
+    active_ok: AtomicBool,
+}
+
+/// One named pool.
+pub struct Upstream {
+    name: String,
+    servers: Vec<Server>,
+    next: AtomicUsize,
+    client: Client<HttpConnector, ProxyBody>,
+    request_timeout: Duration,
+    max_fails: u32,
+    fail_timeout: Duration,
+    epoch: Instant,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout.0));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(cfg.max_idle_per_server)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Self {
+            name: cfg.name.clone(),
+            servers: cfg
+                .servers
+                .iter()
+                .map(|&addr| Server {
+                    addr,
+                    base: format!("http://{addr}"),
+                    fails: AtomicU32::new(0),
+                    down_until_ms: AtomicU64::new(0),
+                    active_ok: AtomicBool::new(true),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            client,
+            request_timeout: cfg.request_timeout.0,
+            max_fails: cfg.max_fails,
+            fail_timeout: cfg.fail_timeout.0,
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn usable(&self, s: &Server, now_ms: u64) -> bool {
+        s.active_ok.load(Ordering::Relaxed)
+            && (s.fails.load(Ordering::Relaxed) < self.max_fails
+                || now_ms >= s.down_until_ms.load(Ordering::Relaxed))
+    }
+
+    /// The next healthy server, round robin.
+    fn pick(&self) -> Option<&Server> {
+        let n = self.servers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        (0..n)
+            .map(|i| &self.servers[(start + i) % n])
+            .find(|s| self.usable(s, now))
+    }
+
+    fn record(&self, s: &Server, connect_failed: bool) {
+        if connect_failed {
+            let fails = s.fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if fails >= self.max_fails {
+                let until = self.now_ms()
+                    + u64::try_from(self.fail_timeout.as_millis()).unwrap_or(u64::MAX / 2);
+                s.down_until_ms.store(until, Ordering::Relaxed);
+                if fails == self.max_fails {
+                    tracing::warn!(upstream = %self.name, server = %s.addr, "server out of rotation after {fails} failed connections");
+                }
+            }
+        } else if s.fails.load(Ordering::Relaxed) != 0 {
+            s.fails.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends `req` (whose URI holds only path and query) to the next healthy server.
+    pub async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let server = self
+            .pick()
+            .ok_or_else(|| UpstreamError::NoHealthy(self.name.clone()))?;
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri: Uri = format!("{}{pq}", server.base)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| self.protocol(server, e))?;
+        *req.uri_mut() = uri;
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                addr: server.addr,
+                timeout: self.request_timeout,
+            }),
+            Ok(Ok(resp)) => {
+                self.record(server, false);
+                Ok(resp)
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                self.record(server, true);
+                Err(UpstreamError::Connect {
+                    upstream: self.name.clone(),
+                    addr: server.addr,
+                    detail: error_chain(&e),
+                })
+            }
+            Ok(Err(e)) => Err(self.protocol(server, error_chain(&e))),
+        }
+    }
+
+    fn protocol(&self, s: &Server, detail: impl std::fmt::Display) -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: self.name.clone(),
+            addr: s.addr,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Runs the active health check of every server until the task is dropped.
+    pub async fn health_checks(
+        self: Arc<Self>,
+        path: String,
+        interval: Duration,
+        timeout: Duration,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for s in &self.servers {
+                let ok = self.probe(s, &path, timeout).await;
+                let was = s.active_ok.swap(ok, Ordering::Relaxed);
+                if was != ok {
+                    if ok {
+                        tracing::info!(upstream = %self.name, server = %s.addr, "health check passes: server back in rotation");
+                    } else {
+                        tracing::warn!(upstream = %self.name, server = %s.addr, "health check fails: server out of rotation");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn probe(&self, s: &Server, path: &str, timeout: Duration) -> bool {
+        let Ok(req) = Request::get(format!("{}{path}", s.base))
+            .header(http::header::USER_AGENT, "gateway-health-check")
+            .body(empty_body())
+        else {
+            return false;
+        };
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => resp.status().is_success() || resp.status().is_redirection(),
+            _ => false,
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
