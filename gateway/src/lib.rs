@@ -9,14 +9,17 @@
 //! - [`tls`]: TLS termination (rustls), certificates by SNI, reload.
 //! - [`proxy`]: listeners, the request path, routes and upstream pools.
 //! - [`metrics`], [`admin`]: counters and the loopback admin endpoint.
+//! - [`deny`]: the deny list (kernel maps + durable state file); [`abuse`]: automatic bans.
 //! - [`cli`]: the `gateway` command line.
 // `deny`, not `forbid`: one audited exception registers the event ring buffer's fd with tokio
 // (see `ebpf::events::consume`); everything else is safe code.
 #![deny(unsafe_code)]
 
+pub mod abuse;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod deny;
 pub mod ebpf;
 pub mod jwt;
 pub mod keys;

@@ -895,8 +895,8 @@ mod tests {
         use crate::keys::{KeyStore, VerifyingKey};
         let secret = [7u8; 32];
         let key = VerifyingKey::hmac(&secret, None, None, "test").expect("hmac key");
-        let v = Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key]))
-            .expect("verifier");
+        let v =
+            Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key])).expect("verifier");
         let v = Arc::new(v);
         let m = Metrics::new(&[], &[]);
         m.set_verifier(Arc::clone(&v));

@@ -38,9 +38,10 @@ impl Env {
     fn write_config(&self, mode: &str, extra: &str) -> PathBuf {
         let path = self.dir.join("gateway.toml");
         let text = format!(
-            "[ebpf]\ninterface = \"{}\"\nmode = \"{mode}\"\npin_path = \"{}\"\n{extra}\n",
+            "[ebpf]\ninterface = \"{}\"\nmode = \"{mode}\"\npin_path = \"{}\"\nstate_file = \"{}\"\n{extra}\n",
             self.pair.server_if,
-            self.pin()
+            self.pin(),
+            self.dir.join("deny-state.json").display()
         );
         std::fs::write(&path, text).expect("write config");
         path

@@ -1,4 +1,5 @@
-//! Reading a running gateway's `/metrics` from the command line (`gateway stats`).
+//! Talking to a running gateway's admin endpoint from the command line: `/metrics` for
+//! `gateway stats`, `/deny` for `gateway deny`.
 //!
 //! Blocking and minimal on purpose: the CLI has no runtime, and the peer is our own admin
 //! endpoint. The request is HTTP/1.0, so the answer can never be chunked and ends when the
@@ -29,10 +30,36 @@ pub enum FetchError {
 
 /// GETs `path` from `addr`; the body of a 200 answer.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, FetchError> {
+    match request(addr, "GET", path, None, None, timeout)? {
+        (200, body) => Ok(body),
+        (status, _) => Err(FetchError::Status(status)),
+    }
+}
+
+/// One request to the admin endpoint (optionally with a JSON body and a bearer token): the
+/// status and the body, whatever the status.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), FetchError> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    match json_body {
+        Some(b) => req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        )),
+        None => req.push_str("\r\n"),
+    }
     stream.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     stream.take(MAX_RESPONSE + 1).read_to_end(&mut raw)?;
@@ -53,11 +80,9 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, Fe
         .next()
         .and_then(|s| s.parse().ok())
         .ok_or(FetchError::NotHttp)?;
-    if status != 200 {
-        return Err(FetchError::Status(status));
-    }
     let body = raw.split_off(head_end + 4);
-    String::from_utf8(body).map_err(|_| FetchError::NotUtf8)
+    let body = String::from_utf8(body).map_err(|_| FetchError::NotUtf8)?;
+    Ok((status, body))
 }
 
 /// One sample line of the Prometheus text format.

@@ -1,13 +1,17 @@
-//! The admin HTTP endpoint: `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
+//! The admin HTTP endpoint: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
+//! the deny API (`/deny`, see [`deny_api`]).
 //!
-//! Small on purpose: HTTP/1.1 only, GET/HEAD only, no authentication (hence loopback by
-//! default, see [`crate::config::admin`]). It runs on the gateway's runtime, so it guards
+//! Small on purpose: HTTP/1.1 only; the read-only paths take GET/HEAD and no authentication
+//! (hence loopback by default, see [`crate::config::admin`]); the deny API needs a loopback
+//! client or the configured API token. It runs on the gateway's runtime, so it guards
 //! against a misbehaving local client eating resources: a bounded number of connections and a
 //! header-read timeout that also closes idle keep-alive connections.
 
 pub mod client;
+pub mod deny_api;
 
 use crate::config::admin::AdminConfig;
+use crate::deny::DenyStore;
 use crate::metrics::Metrics;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -56,6 +60,8 @@ pub enum AdminError {
 pub struct AdminListener {
     listener: TcpListener,
     addr: SocketAddr,
+    deny: Option<(Arc<DenyStore>, deny_api::Access)>,
+    access: deny_api::Access,
 }
 
 /// Validates `cfg` and binds its address, so that start-up can fail with an error naming the
@@ -69,15 +75,46 @@ pub async fn bind(cfg: &AdminConfig) -> Result<AdminListener, AdminError> {
         addr: cfg.listen,
         source,
     };
+    let access = match &cfg.api_token_file {
+        None => deny_api::Access::Loopback,
+        Some(path) => {
+            let token = std::fs::read(path).map_err(|e| AdminError::Invalid {
+                key: "api_token_file",
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let token = token.trim_ascii().to_vec();
+            if token.len() < 16 {
+                return Err(AdminError::Invalid {
+                    key: "api_token_file",
+                    message: format!("{}: the token must be at least 16 bytes", path.display()),
+                });
+            }
+            deny_api::Access::token(&token).ok_or_else(|| AdminError::Invalid {
+                key: "api_token_file",
+                message: "the system random generator failed".into(),
+            })?
+        }
+    };
     let listener = TcpListener::bind(cfg.listen).await.map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
-    Ok(AdminListener { listener, addr })
+    Ok(AdminListener {
+        listener,
+        addr,
+        deny: None,
+        access,
+    })
 }
 
 impl AdminListener {
     /// The bound address (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Serves the deny API from `store` too.
+    pub fn with_deny(mut self, store: Arc<DenyStore>) -> Self {
+        self.deny = Some((store, self.access.clone()));
+        self
     }
 
     /// Serves until `shutdown` resolves: then stops accepting, lets in-flight requests finish
@@ -102,8 +139,8 @@ impl AdminListener {
                 a = self.listener.accept() => a,
             };
             while conns.try_join_next().is_some() {}
-            let stream = match accepted {
-                Ok((stream, _peer)) => stream,
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(addr = %self.addr, error = %e, "admin endpoint: accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -116,9 +153,18 @@ impl AdminListener {
                 continue;
             }
             let (metrics, ready) = (Arc::clone(&metrics), Arc::clone(&ready));
-            let service = hyper::service::service_fn(move |req| {
-                let resp = handle(&req, &metrics, &ready);
-                async move { Ok::<_, Infallible>(resp) }
+            let deny = self.deny.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (metrics, ready, deny) = (metrics.clone(), ready.clone(), deny.clone());
+                async move {
+                    let resp = match &deny {
+                        Some((store, access)) if req.uri().path().starts_with("/deny") => {
+                            deny_api::handle(req, peer, store, access).await
+                        }
+                        _ => handle(&req, &metrics, &ready),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut stop = stop_rx.clone();

@@ -1,15 +1,22 @@
-//! `gateway deny add | del | list`: the deny list in the pinned maps.
+//! `gateway deny add | del | list`: the deny list.
 //!
-//! Input is validated completely before any map is opened, so a bad argument never leaves a
-//! half-written change behind.
+//! While a gateway runs, the command goes through its admin endpoint's deny API, so the
+//! gateway's maps, state file and connection handling change together. Otherwise it works
+//! on the pinned maps and the state file directly. The output is the same either way. Input
+//! is validated completely first, so a bad argument never leaves a half-written change.
 
 use super::common::{emit, fail, human_duration, MapsArgs, EXIT_FAILURE, EXIT_USAGE};
-use crate::ebpf::maps::{new_deny_entry, origin_name, DenyRecord};
-use crate::ebpf::{clock, Target};
-use clap::Subcommand;
-use gateway_common::{limits, origin};
-use serde::Serialize;
+use crate::admin::client;
+use crate::admin::deny_api::AddRequest;
+use crate::config::ebpf::DEFAULT_STATE_FILE;
+use crate::config::Config;
+use crate::deny::{DenyStore, DenyView};
+use crate::ebpf::Target;
+use clap::{Args, Subcommand};
+use gateway_common::limits;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -26,13 +33,13 @@ pub enum DenyCommand {
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
-        maps: MapsArgs,
+        at: Where,
     },
     /// Remove a deny entry (the exact address or prefix that was added).
     Del {
         target: String,
         #[command(flatten)]
-        maps: MapsArgs,
+        at: Where,
     },
     /// List deny entries with time left and hit counts.
     List {
@@ -40,8 +47,92 @@ pub enum DenyCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        maps: MapsArgs,
+        at: Where,
     },
+}
+
+/// Which gateway's deny list.
+#[derive(Debug, Args)]
+pub struct Where {
+    #[command(flatten)]
+    maps: MapsArgs,
+    /// The running gateway's admin endpoint [default: the config's [admin] listen; with
+    /// neither --config nor --pin-path, 127.0.0.1:9901].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// File with the admin API token (when the gateway requires one).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// The deny state file used when no gateway runs [default: the config's [ebpf]
+    /// state_file; with neither --config nor --pin-path, /var/lib/gateway/deny-state.json].
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
+}
+
+/// How long to wait for a running gateway's admin endpoint.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The two ways to reach the deny list.
+enum Backend {
+    Api {
+        addr: SocketAddr,
+        token: Option<String>,
+    },
+    Local(DenyStore),
+}
+
+impl Where {
+    /// The running gateway's API if it answers, else the maps and the state file.
+    fn backend(&self) -> Result<Backend, ExitCode> {
+        let config = match &self.maps.config {
+            Some(path) => Some(Config::load(path).map_err(|e| fail(EXIT_USAGE, e))?),
+            None => None,
+        };
+        let defaults = self.maps.config.is_none() && self.maps.pin_path.is_none();
+        let admin = self.admin.or_else(|| match &config {
+            Some(c) => c.admin.as_ref().map(|a| a.listen),
+            None if defaults => Some(crate::config::admin::DEFAULT_LISTEN),
+            None => None,
+        });
+        let token = match &self.api_token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| fail(EXIT_USAGE, format!("cannot read {}: {e}", p.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        if let Some(addr) = admin {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
+                return Ok(Backend::Api { addr, token });
+            }
+        }
+        let state_file = self.state_file.clone().or_else(|| match &config {
+            Some(c) => c.ebpf.as_ref().map(|e| e.state_file.clone()),
+            None if defaults => Some(PathBuf::from(DEFAULT_STATE_FILE)),
+            None => None,
+        });
+        let maps = self.maps.open()?;
+        Ok(Backend::Local(DenyStore::new(Some(maps), state_file, Vec::new())))
+    }
+}
+
+impl Backend {
+    /// A request to the API; the body of a 2xx answer, else its error as one line.
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
+        let Backend::Api { addr, token } = self else {
+            return Err("no API".into());
+        };
+        match client::request(*addr, method, path, body, token.as_deref(), ADMIN_TIMEOUT) {
+            Ok((status, body)) if (200..300).contains(&status) => Ok(body),
+            Ok((_, body)) => Err(serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| body.trim().to_string())),
+            Err(e) => Err(format!("admin endpoint {addr}: {e}")),
+        }
+    }
 }
 
 pub fn run(cmd: DenyCommand) -> ExitCode {
@@ -50,10 +141,10 @@ pub fn run(cmd: DenyCommand) -> ExitCode {
             target,
             ttl,
             reason,
-            maps,
-        } => add(&target, ttl.as_deref(), reason.as_deref(), &maps),
-        DenyCommand::Del { target, maps } => del(&target, &maps),
-        DenyCommand::List { json, maps } => list(json, &maps),
+            at,
+        } => add(&target, ttl.as_deref(), reason.as_deref(), &at),
+        DenyCommand::Del { target, at } => del(&target, &at),
+        DenyCommand::List { json, at } => list(json, &at),
     }
 }
 
@@ -65,12 +156,12 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, maps: &MapsArgs) -> ExitCode {
+fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, at: &Where) -> ExitCode {
     let target: Target = match target.parse() {
         Ok(t) => t,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let ttl = match ttl.map(parse_ttl).transpose() {
+    let ttl_value = match ttl.map(parse_ttl).transpose() {
         Ok(t) => t,
         Err(e) => return fail(EXIT_USAGE, e),
     };
@@ -78,94 +169,78 @@ fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, maps: &MapsArgs) -
     if reason.len() > limits::REASON_LEN {
         return fail(
             EXIT_USAGE,
-            format!(
-                "--reason is {} bytes; at most {} fit",
-                reason.len(),
-                limits::REASON_LEN
-            ),
+            format!("--reason is {} bytes; at most {} fit", reason.len(), limits::REASON_LEN),
         );
     }
-    let mut maps = match maps.open() {
-        Ok(m) => m,
+    let backend = match at.backend() {
+        Ok(b) => b,
         Err(code) => return code,
     };
-    let mut entry = new_deny_entry(clock::expiry_ns(ttl), origin::MANUAL, reason);
-    if let Ok(Some(old)) = maps.find_deny(&target) {
-        entry.hits = old.hits;
-    }
-    if let Err(e) = maps.deny(&target, &entry) {
+    let done = match &backend {
+        Backend::Api { .. } => {
+            let body = AddRequest {
+                target: target.to_string(),
+                ttl: ttl.map(str::to_string),
+                reason: Some(reason.to_string()),
+            };
+            let body = serde_json::to_string(&body).unwrap_or_default();
+            backend.call("POST", "/deny", Some(&body)).map(|_| ())
+        }
+        Backend::Local(store) => store
+            .add(target, ttl_value, "manual", reason, 1)
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = done {
         return fail(EXIT_FAILURE, e);
     }
-    match ttl {
-        Some(ttl) => println!("denied {target} for {} ({reason})", human_duration(ttl)),
-        None => println!("denied {target} until removed ({reason})"),
-    }
-    ExitCode::SUCCESS
+    let text = match ttl_value {
+        Some(ttl) => format!("denied {target} for {} ({reason})\n", human_duration(ttl)),
+        None => format!("denied {target} until removed ({reason})\n"),
+    };
+    emit(&text).err().unwrap_or(ExitCode::SUCCESS)
 }
 
-fn del(target: &str, maps: &MapsArgs) -> ExitCode {
+fn del(target: &str, at: &Where) -> ExitCode {
     let target: Target = match target.parse() {
         Ok(t) => t,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let mut maps = match maps.open() {
-        Ok(m) => m,
+    let backend = match at.backend() {
+        Ok(b) => b,
         Err(code) => return code,
     };
-    match maps.undeny(&target) {
-        Ok(true) => {
-            println!("removed {target}");
-            ExitCode::SUCCESS
+    let done = match &backend {
+        Backend::Api { .. } => {
+            let path = format!("/deny/{}", target.to_string().replace('/', "%2F"));
+            backend.call("DELETE", &path, None).map(|_| true)
         }
+        Backend::Local(store) => store.remove(&target).map_err(|e| e.to_string()),
+    };
+    match done {
+        Ok(true) => emit(&format!("removed {target}\n")).err().unwrap_or(ExitCode::SUCCESS),
         Ok(false) => fail(EXIT_FAILURE, format!("{target} is not on the deny list")),
         Err(e) => fail(EXIT_FAILURE, e),
     }
 }
 
-/// One entry of `deny list --json`. Field names are a stable contract.
-#[derive(Debug, Serialize)]
-pub struct DenyJson {
-    pub target: String,
-    /// `address` or `prefix`.
-    pub kind: &'static str,
-    pub origin: &'static str,
-    pub reason: String,
-    /// Seconds left, rounded up; `null` when the entry lasts until removed.
-    pub expires_in_secs: Option<u64>,
-    pub expired: bool,
-    pub hits: u64,
-}
-
-impl DenyJson {
-    pub fn new(r: &DenyRecord, now: u64) -> Self {
-        Self {
-            target: r.target.to_string(),
-            kind: match r.target {
-                Target::Addr(_) => "address",
-                Target::Net(_) => "prefix",
-            },
-            origin: origin_name(r.entry.origin),
-            reason: r.reason(),
-            expires_in_secs: r
-                .time_left(now)
-                .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
-            expired: r.expired(now),
-            hits: r.entry.hits,
-        }
-    }
-}
-
-fn list(json: bool, maps: &MapsArgs) -> ExitCode {
-    let maps = match maps.open() {
-        Ok(m) => m,
+fn list(json: bool, at: &Where) -> ExitCode {
+    let backend = match at.backend() {
+        Ok(b) => b,
         Err(code) => return code,
     };
-    let records = match maps.deny_list() {
-        Ok(r) => r,
-        Err(e) => return fail(EXIT_FAILURE, e),
+    let rows: Vec<DenyView> = match &backend {
+        Backend::Api { .. } => match backend
+            .call("GET", "/deny", None)
+            .and_then(|b| serde_json::from_str(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => return fail(EXIT_FAILURE, e),
+        },
+        Backend::Local(store) => match store.list() {
+            Ok(r) => r,
+            Err(e) => return fail(EXIT_FAILURE, e),
+        },
     };
-    let now = clock::monotonic_ns();
-    let rows: Vec<DenyJson> = records.iter().map(|r| DenyJson::new(r, now)).collect();
     let mut out = String::new();
     if json {
         match serde_json::to_string_pretty(&rows) {
@@ -173,19 +248,19 @@ fn list(json: bool, maps: &MapsArgs) -> ExitCode {
             Err(e) => return fail(EXIT_FAILURE, e),
         }
     } else if rows.is_empty() {
-        let _ = writeln!(out, "deny list is empty ({})", maps.dir().display());
+        out.push_str("deny list is empty\n");
     } else {
         let _ = writeln!(
             out,
             "{:<40} {:<14} {:>13} {:>12}  REASON",
             "ADDRESS/PREFIX", "ORIGIN", "TIME LEFT", "HITS"
         );
-        for (row, rec) in rows.iter().zip(&records) {
+        for row in &rows {
             let left = if row.expired {
                 "expired".to_string()
             } else {
-                match rec.time_left(now) {
-                    Some(d) => human_duration(d),
+                match row.expires_in_secs {
+                    Some(s) => human_duration(Duration::from_secs(s)),
                     None => "until removed".to_string(),
                 }
             };
@@ -196,8 +271,5 @@ fn list(json: bool, maps: &MapsArgs) -> ExitCode {
             );
         }
     }
-    match emit(&out) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(code) => code,
-    }
+    emit(&out).err().unwrap_or(ExitCode::SUCCESS)
 }

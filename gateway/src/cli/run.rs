@@ -7,9 +7,11 @@
 //! requests up to `[listen] shutdown_grace`, then detach the programs.
 
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
+use crate::abuse::{AbuseEngine, Signal};
 use crate::admin;
+use crate::deny::DenyStore;
 use crate::config::{Config, DataPlaneMode};
-use crate::ebpf::{clock, events, DataPlane, PinnedMaps};
+use crate::ebpf::{events, DataPlane, PinnedMaps};
 use crate::jwt::Verifier;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
@@ -89,9 +91,27 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
         },
         None => None,
     };
+    // The deny list: the data plane's maps (when it runs) and the durable state file. At
+    // start, bans still in force come back from the file (after a reboot the pins are gone).
+    let deny = match open_deny_store(&config, plane.is_some()) {
+        Ok(d) => d,
+        Err(e) => return fail(EXIT_FAILURE, e),
+    };
+    deny.persist_in_background();
+    let abuse = config
+        .abuse
+        .as_ref()
+        .map(|cfg| Arc::new(AbuseEngine::new(cfg, deny.clone())));
     if let Some(ring) = plane.as_mut().and_then(DataPlane::take_events) {
+        let abuse = abuse.clone();
         tokio::spawn(async move {
-            if let Err(e) = events::consume(ring, events::log_event).await {
+            let on_event = move |ev: gateway_common::RateLimitEvent| {
+                events::log_event(ev);
+                if let Some(a) = &abuse {
+                    a.record(crate::ebpf::addr::addr_of(&ev.addr), Signal::KernelRate);
+                }
+            };
+            if let Err(e) = events::consume(ring, on_event).await {
                 tracing::error!(error = %e, "rate-limit event reader stopped");
             }
         });
@@ -113,7 +133,7 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = None;
     if config.has_proxy() {
-        match start_proxy(&config, shutdown_rx.clone()).await {
+        match start_proxy(&config, abuse.clone(), shutdown_rx.clone()).await {
             Ok(started) => {
                 proxy_task = Some(started.task);
                 certs = started.certs;
@@ -143,6 +163,7 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
                         }
                     }
                 };
+                let listener = listener.with_deny(deny.clone());
                 admin_task = Some(tokio::spawn(listener.serve(m, ready.clone(), stop)));
             }
             Err(e) => return fail(EXIT_FAILURE, e),
@@ -157,10 +178,8 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
             _ = int.recv() => break,
             _ = hup.recv() => reload(config_path, &config, plane.as_mut(), certs.as_deref()),
             _ = sweep.tick() => {
-                if let Some(p) = plane.as_mut() {
-                    if let Err(e) = sweep_expired(p.maps()) {
-                        tracing::warn!(error = %e, "removing expired deny entries failed");
-                    }
+                if let Err(e) = deny.sweep() {
+                    tracing::warn!(error = %e, "removing expired deny entries failed");
                 }
             }
         }
@@ -174,6 +193,7 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    deny.flush();
     drop(plane);
     ExitCode::SUCCESS
 }
@@ -188,6 +208,7 @@ struct StartedProxy {
 /// Keys, verifier, upstreams, listeners and TLS; errors name what failed.
 async fn start_proxy(
     config: &Config,
+    abuse: Option<Arc<AbuseEngine>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StartedProxy, String> {
     let listen = config.listen.clone().unwrap_or_default();
@@ -236,7 +257,11 @@ async fn start_proxy(
         }
         _ => (None, None),
     };
-    let proxy = Arc::new(Proxy::new(config, verifier, metrics.clone()));
+    let mut proxy = Proxy::new(config, verifier, metrics.clone());
+    if let Some(a) = abuse {
+        proxy = proxy.with_abuse(a);
+    }
+    let proxy = Arc::new(proxy);
     for (u, cfg) in proxy.upstreams().iter().zip(&config.upstream) {
         if let Some(hc) = &cfg.health_check {
             tokio::spawn(
@@ -304,20 +329,23 @@ fn reload(path: &Path, running: &Config, plane: Option<&mut DataPlane>, certs: O
     }
 }
 
-/// Removes deny entries whose TTL has passed.
-fn sweep_expired(maps: &mut PinnedMaps) -> Result<(), crate::ebpf::MapsError> {
-    let now = clock::monotonic_ns();
-    for record in maps.deny_list()? {
-        if !record.expired(now) {
-            continue;
-        }
-        // Re-read: a `deny add` may have renewed it since the listing.
-        if let Some(current) = maps.find_deny(&record.target)? {
-            if current.expires_ns != 0 && current.expires_ns <= now {
-                maps.undeny(&record.target)?;
-                tracing::info!(target = %record.target, "deny entry expired");
-            }
-        }
+/// The deny store of this gateway: its own handle on the pinned maps (when the data plane
+/// runs), the state file of `[ebpf]` (when configured), the config's allow list.
+fn open_deny_store(config: &Config, data_plane: bool) -> Result<Arc<DenyStore>, String> {
+    let ebpf = config.ebpf.as_ref();
+    let maps = match ebpf.filter(|_| data_plane) {
+        Some(cfg) => Some(PinnedMaps::open(&cfg.pin_path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let allow = match ebpf {
+        Some(cfg) => cfg.allow_nets().map_err(|i| i.message)?,
+        None => Vec::new(),
+    };
+    let store = DenyStore::new(maps, ebpf.map(|e| e.state_file.clone()), allow);
+    match store.restore() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(restored = n, "deny entries restored from the state file"),
+        Err(e) => return Err(e.to_string()),
     }
-    Ok(())
+    Ok(Arc::new(store))
 }

@@ -25,6 +25,10 @@ pub struct AdminConfig {
     /// operational detail, so this must be a deliberate choice.
     #[serde(default)]
     pub allow_non_loopback: bool,
+    /// File holding a bearer token that the deny API (`/deny`) requires. Without it, the
+    /// deny API answers loopback clients only.
+    #[serde(default)]
+    pub api_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -32,6 +36,7 @@ impl Default for AdminConfig {
         Self {
             listen: DEFAULT_LISTEN,
             allow_non_loopback: false,
+            api_token_file: None,
         }
     }
 }

@@ -11,6 +11,9 @@ use std::time::Duration;
 /// Where the maps are pinned unless the config says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/gateway";
 
+/// Where the deny list is kept across reboots unless the config says otherwise.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/gateway/deny-state.json";
+
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 const MAX_IFNAME: usize = 15;
 
@@ -50,6 +53,9 @@ impl std::fmt::Display for DataPlaneMode {
 fn default_pin_path() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_PATH)
 }
+fn default_state_file() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_FILE)
+}
 fn default_syn_rate() -> u32 {
     100
 }
@@ -73,6 +79,9 @@ pub struct EbpfConfig {
     pub mode: DataPlaneMode,
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
+    /// The deny list's durable copy (pinned maps do not survive a reboot; this file does).
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
     /// TCP destination ports whose new connections are rate limited per source. Empty: none.
     #[serde(default)]
     pub protected_ports: Vec<u16>,
@@ -102,6 +111,7 @@ impl Default for EbpfConfig {
             interface: None,
             mode: DataPlaneMode::default(),
             pin_path: default_pin_path(),
+            state_file: default_state_file(),
             protected_ports: Vec::new(),
             syn_rate: default_syn_rate(),
             syn_burst: default_syn_burst(),

@@ -4,6 +4,7 @@
 //! Unknown keys are errors everywhere (`deny_unknown_fields`), so a typo never silently
 //! falls back to a default.
 
+pub mod abuse;
 pub mod admin;
 pub mod ebpf;
 pub mod env;
@@ -12,6 +13,7 @@ pub mod proxy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+pub use abuse::AbuseConfig;
 pub use admin::AdminConfig;
 pub use ebpf::{DataPlaneMode, EbpfConfig};
 pub use proxy::{
@@ -40,6 +42,8 @@ pub struct Config {
     pub ebpf: Option<EbpfConfig>,
     /// Metrics and health on loopback. Absent: no admin endpoint.
     pub admin: Option<AdminConfig>,
+    /// Bans for abusive sources. Absent: no automatic bans.
+    pub abuse: Option<AbuseConfig>,
 }
 
 /// A configuration that cannot be used, located as precisely as we can.
@@ -116,6 +120,9 @@ impl Config {
         }
         if let Some(admin) = &self.admin {
             admin.validate().map_err(|i| (one("admin"), i))?;
+        }
+        if let Some(abuse) = &self.abuse {
+            abuse.validate().map_err(|i| (one("abuse"), i))?;
         }
         if let Some(tls) = &self.tls {
             tls.validate().map_err(|i| (one("tls"), i))?;

@@ -5,7 +5,9 @@
 use super::route::{self, Route};
 use super::upstream::{Upstream, UpstreamError};
 use super::{full_body, path, BoxError, ProxyBody};
+use crate::abuse::{AbuseEngine, Signal};
 use crate::config::{AuthMode, Config};
+use crate::deny::DenyStore;
 use crate::jwt::{now_unix, VerifiedToken, Verifier};
 use crate::metrics::Metrics;
 use crate::policy::{self, TokenProblem};
@@ -36,6 +38,7 @@ pub struct Proxy {
     claim_header_names: Vec<HeaderName>,
     max_body_bytes: u64,
     realm: HeaderValue,
+    abuse: Option<Arc<AbuseEngine>>,
 }
 
 /// A refusal built before the request is consumed (boxed: responses are large).
@@ -88,7 +91,23 @@ impl Proxy {
             claim_header_names,
             max_body_bytes: listen.max_body_bytes,
             realm: HeaderValue::from_static("gateway"),
+            abuse: None,
         }
+    }
+
+    /// Feeds the abuse engine with this proxy's signals, and closes banned sources'
+    /// connections.
+    pub fn with_abuse(mut self, engine: Arc<AbuseEngine>) -> Self {
+        self.abuse = Some(engine);
+        self
+    }
+
+    pub fn abuse(&self) -> Option<&Arc<AbuseEngine>> {
+        self.abuse.as_ref()
+    }
+
+    pub fn deny_store(&self) -> Option<&Arc<DenyStore>> {
+        self.abuse.as_ref().map(|a| a.store())
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -111,7 +130,17 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let is_head = req.method() == http::Method::HEAD;
         let (route, mut resp) = self.route_and_forward(conn, req).await;
-        self.metrics.request(route, resp.status().as_u16());
+        let status = resp.status();
+        self.metrics.request(route, status.as_u16());
+        if let Some(abuse) = &self.abuse {
+            let ip = conn.peer.ip();
+            abuse.record(ip, Signal::Request);
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                abuse.record(ip, Signal::AuthFailure);
+            } else if status.is_client_error() {
+                abuse.record(ip, Signal::ClientError);
+            }
+        }
         if is_head {
             // A HEAD response has no body; our own refusals must not send one either.
             *resp.body_mut() = super::empty_body();

@@ -3,11 +3,11 @@
 //! shutdown (stop accepting, let in-flight requests finish up to a deadline).
 
 use super::handler::{ConnInfo, Proxy};
+use crate::abuse::{AbuseEngine, Signal};
 use crate::config::ListenConfig;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -97,8 +97,9 @@ impl Drop for SourceSlot {
     }
 }
 
-/// Serves every listener until `shutdown` flips to true, then waits for in-flight requests
-/// up to `shutdown_grace`.
+/// Serves every listener until `shutdown` flips to true, then lets every connection finish
+/// its in-flight requests (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY)
+/// for up to `shutdown_grace`.
 pub async fn serve(
     proxy: Arc<Proxy>,
     listeners: Listeners,
@@ -106,54 +107,56 @@ pub async fn serve(
     cfg: ListenConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = Arc::new(GracefulShutdown::new());
-    let builder = Arc::new(http_builder(&cfg));
-    let permits = Arc::new(Semaphore::new(cfg.max_connections));
-    let limit = Arc::new(SourceLimit {
-        max: cfg.max_connections_per_source,
-        open: Mutex::new(HashMap::new()),
+    let shared = Arc::new(Shared {
+        proxy,
+        builder: http_builder(&cfg),
+        permits: Arc::new(Semaphore::new(cfg.max_connections)),
+        limit: Arc::new(SourceLimit {
+            max: cfg.max_connections_per_source,
+            open: Mutex::new(HashMap::new()),
+        }),
+        handshake_timeout: cfg.tls_handshake_timeout.0,
+        shutdown: shutdown.clone(),
     });
     let mut tasks = Vec::new();
     for (listener, is_tls) in listeners.bound {
         let acceptor = if is_tls { tls.clone() } else { None };
-        tasks.push(tokio::spawn(accept_loop(
-            listener,
-            acceptor,
-            proxy.clone(),
-            builder.clone(),
-            permits.clone(),
-            limit.clone(),
-            graceful.clone(),
-            cfg.clone(),
-            shutdown.clone(),
-        )));
+        tasks.push(tokio::spawn(accept_loop(listener, acceptor, shared.clone())));
     }
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            break;
-        }
-    }
+    wait_true(&mut shutdown).await;
     for t in &tasks {
         t.abort();
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    // The accept loops are gone, so this is the last handle.
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        return;
-    };
+    // Every open connection holds a permit: all permits back means all connections done.
+    let max = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
+    let open = cfg.max_connections - shared.permits.available_permits();
     let grace = cfg.shutdown_grace.0;
-    tracing::info!(
-        in_flight = graceful.count(),
-        "draining connections for up to {grace:?}"
-    );
-    if tokio::time::timeout(grace, graceful.shutdown())
+    tracing::info!(open, "draining connections for up to {grace:?}");
+    if tokio::time::timeout(grace, shared.permits.acquire_many(max))
         .await
         .is_err()
     {
         tracing::warn!("drain deadline passed; closing the remaining connections");
     }
+}
+
+/// Resolves once the flag is true (or its sender is gone).
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What every accept loop and connection shares.
+struct Shared {
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    permits: Arc<Semaphore>,
+    limit: Arc<SourceLimit>,
+    handshake_timeout: std::time::Duration,
+    shutdown: watch::Receiver<bool>,
 }
 
 fn http_builder(cfg: &ListenConfig) -> auto::Builder<TokioExecutor> {
@@ -173,28 +176,18 @@ fn http_builder(cfg: &ListenConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    permits: Arc<Semaphore>,
-    limit: Arc<SourceLimit>,
-    graceful: Arc<GracefulShutdown>,
-    cfg: ListenConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
     loop {
         let permit = tokio::select! {
-            _ = shutdown.changed() => return,
-            p = permits.clone().acquire_owned() => match p {
+            _ = wait_true(&mut shutdown) => return,
+            p = shared.permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
         };
         let (stream, peer) = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = wait_true(&mut shutdown) => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -205,9 +198,18 @@ async fn accept_loop(
                 }
             },
         };
-        let Some(slot) = limit.take(peer.ip()) else {
+        let proxy = &shared.proxy;
+        if proxy.deny_store().is_some_and(|d| d.is_denied(peer.ip())) {
+            // Denied sources never get here when the data plane runs; without it, this is
+            // where they stop.
+            proxy.metrics().connection_refused("denied");
+            continue;
+        }
+        let Some(slot) = shared.limit.take(peer.ip()) else {
             proxy.metrics().connection_refused("per_source_limit");
-            drop(stream);
+            if let Some(a) = proxy.abuse() {
+                a.record(peer.ip(), Signal::ConnectionRefused);
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -215,70 +217,92 @@ async fn accept_loop(
             peer,
             tls: tls.is_some(),
         };
-        let proxy = proxy.clone();
-        let builder = builder.clone();
+        let shared = shared.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
-        let handshake_timeout = cfg.tls_handshake_timeout.0;
         tokio::spawn(async move {
             let _permit = permit;
             let _slot = slot;
-            proxy.metrics().connection_opened();
-            serve_connection(
-                stream,
-                conn,
-                tls,
-                handshake_timeout,
-                proxy.clone(),
-                &builder,
-                watcher,
-            )
-            .await;
-            proxy.metrics().connection_closed();
+            shared.proxy.metrics().connection_opened();
+            match tls {
+                None => drive(stream, conn, &shared).await,
+                Some(acceptor) => {
+                    if let Some(s) = handshake(acceptor, stream, conn, &shared).await {
+                        drive(s, conn, &shared).await;
+                    }
+                }
+            }
+            shared.proxy.metrics().connection_closed();
         });
     }
 }
 
-async fn serve_connection(
+/// The TLS handshake under its deadline; failures are counted and reported to the abuse
+/// engine.
+async fn handshake(
+    acceptor: TlsAcceptor,
     stream: TcpStream,
     conn: ConnInfo,
-    tls: Option<TlsAcceptor>,
-    handshake_timeout: std::time::Duration,
-    proxy: Arc<Proxy>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-) {
-    let metrics = proxy.metrics().clone();
-    let service = service_fn(move |req| proxy.clone().handle(conn, req));
-    match tls {
-        None => {
-            let c = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(c.into_owned()).await {
-                tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
-            }
+    shared: &Shared,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let metrics = shared.proxy.metrics();
+    let outcome = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await;
+    match outcome {
+        Ok(Ok(s)) => {
+            metrics.tls_handshake(true);
+            return Some(s);
         }
-        Some(acceptor) => {
-            let tls_stream =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => {
-                        metrics.tls_handshake(true);
-                        s
-                    }
-                    Ok(Err(e)) => {
-                        metrics.tls_handshake(false);
-                        tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics.tls_handshake(false);
-                        tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let c = builder.serve_connection(TokioIo::new(tls_stream), service);
-            if let Err(e) = watcher.watch(c.into_owned()).await {
+        Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
+    }
+    metrics.tls_handshake(false);
+    if let Some(a) = shared.proxy.abuse() {
+        a.record(conn.peer.ip(), Signal::TlsFailure);
+    }
+    None
+}
+
+/// Serves HTTP on one connection until it ends; on shutdown, or when its source gets
+/// banned, it finishes the requests in flight and closes.
+async fn drive<I>(io: I, conn: ConnInfo, shared: &Shared)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let proxy = shared.proxy.clone();
+    let service = service_fn(move |req| proxy.clone().handle(conn, req));
+    let connection = shared.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut shutdown = shared.shutdown.clone();
+    let why = tokio::select! {
+        r = connection.as_mut() => {
+            if let Err(e) = r {
                 tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
             }
+            return;
+        }
+        _ = wait_true(&mut shutdown) => "shutting down",
+        () = banned(shared.proxy.abuse().cloned(), conn.peer.ip()) => "source banned",
+    };
+    tracing::debug!(peer = %conn.peer, "closing connection: {why}");
+    connection.as_mut().graceful_shutdown();
+    if let Err(e) = connection.await {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves when `ip` gets denied (never, without an abuse engine): the connection is then
+/// closed, so a banned source loses the connections it already had.
+async fn banned(abuse: Option<Arc<AbuseEngine>>, ip: IpAddr) {
+    let Some(abuse) = abuse else {
+        return std::future::pending().await;
+    };
+    let store = abuse.store().clone();
+    let mut changes = store.subscribe();
+    loop {
+        if store.is_denied(ip) {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

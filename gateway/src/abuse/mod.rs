@@ -1,0 +1,419 @@
+//! The abuse engine: per-source signals (refused tokens, client errors, request rate, failed
+//! TLS handshakes, connections over the limit, kernel rate-limit trips) counted over sliding
+//! windows; a source that crosses a rule's limit is banned through the [`DenyStore`], so its
+//! next packet is dropped in the kernel.
+//!
+//! Memory is bounded: sources live in sharded LRU maps (the least recently seen are
+//! forgotten first). The hot path takes one shard's lock for a few counter updates; the ban
+//! itself (a map write, then the state file) happens after the lock is released.
+
+mod window;
+
+pub use window::Window;
+
+use crate::config::abuse::{AbuseConfig, Rule};
+use crate::deny::{DenyError, DenyStore};
+use crate::ebpf::Target;
+use ipnet::{IpNet, Ipv6Net};
+use lru::LruCache;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// What a source did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    AuthFailure,
+    ClientError,
+    Request,
+    TlsFailure,
+    ConnectionRefused,
+    KernelRate,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 6] = [
+        Signal::AuthFailure,
+        Signal::ClientError,
+        Signal::Request,
+        Signal::TlsFailure,
+        Signal::ConnectionRefused,
+        Signal::KernelRate,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The rule's key in `[abuse]`, also the deny entry's origin.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::AuthFailure => "auth_failures",
+            Signal::ClientError => "client_errors",
+            Signal::Request => "rate",
+            Signal::TlsFailure => "tls_failures",
+            Signal::ConnectionRefused => "connections",
+            Signal::KernelRate => "kernel_rate",
+        }
+    }
+}
+
+const SIGNALS: usize = Signal::ALL.len();
+const SHARDS: usize = 64;
+
+/// A rule in the units the engine works in.
+#[derive(Debug, Clone, Copy)]
+struct CompiledRule {
+    limit: u32,
+    window_ms: u64,
+    ban: Duration,
+}
+
+impl From<&Rule> for CompiledRule {
+    fn from(r: &Rule) -> Self {
+        Self {
+            limit: r.limit,
+            window_ms: u64::try_from(r.window.0.as_millis()).unwrap_or(u64::MAX),
+            ban: r.ban.0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SourceState {
+    windows: [Window; SIGNALS],
+    /// Bans so far; each doubles the next.
+    offenses: u32,
+    /// While banned, further events are not counted again.
+    banned_until_ms: u64,
+}
+
+/// A ban the engine decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub target: Target,
+    pub signal: Signal,
+    pub ban: Duration,
+    pub offenses: u32,
+    pub count: u32,
+}
+
+/// Bans and would-be bans (monitor mode) per signal, for metrics.
+#[derive(Debug, Default)]
+pub struct AbuseCounters {
+    pub bans: [AtomicU64; SIGNALS],
+    pub monitored: [AtomicU64; SIGNALS],
+}
+
+pub struct AbuseEngine {
+    rules: [Option<CompiledRule>; SIGNALS],
+    monitor: bool,
+    ipv6_prefix: u8,
+    max_ban: Duration,
+    shards: Vec<Mutex<LruCache<IpAddr, SourceState>>>,
+    hasher: foldhash::fast::FixedState,
+    store: Arc<DenyStore>,
+    epoch: Instant,
+    counters: AbuseCounters,
+}
+
+impl AbuseEngine {
+    pub fn new(cfg: &AbuseConfig, store: Arc<DenyStore>) -> Self {
+        let per_shard = NonZeroUsize::new((cfg.max_sources / SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        let rule_for = |s: Signal| {
+            match s {
+                Signal::AuthFailure => cfg.auth_failures.as_ref(),
+                Signal::ClientError => cfg.client_errors.as_ref(),
+                Signal::Request => cfg.requests.as_ref(),
+                Signal::TlsFailure => cfg.tls_failures.as_ref(),
+                Signal::ConnectionRefused => cfg.connections.as_ref(),
+                Signal::KernelRate => cfg.kernel_rate.as_ref(),
+            }
+            .map(CompiledRule::from)
+        };
+        Self {
+            rules: Signal::ALL.map(rule_for),
+            monitor: cfg.monitor,
+            ipv6_prefix: cfg.ipv6_prefix,
+            max_ban: cfg.max_ban.0,
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
+            hasher: foldhash::fast::FixedState::default(),
+            store,
+            epoch: Instant::now(),
+            counters: AbuseCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &AbuseCounters {
+        &self.counters
+    }
+
+    /// The address a source is tracked and banned by: IPv4 as is, IPv6 by prefix.
+    fn key(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => Ipv6Net::new(v6, self.ipv6_prefix)
+                    .map(|n| IpAddr::V6(n.network()))
+                    .unwrap_or(ip),
+            },
+            v4 => v4,
+        }
+    }
+
+    fn target(&self, key: IpAddr) -> Target {
+        match key {
+            IpAddr::V6(v6) if self.ipv6_prefix < 128 => Ipv6Net::new(v6, self.ipv6_prefix)
+                .map(|n| Target::Net(IpNet::V6(n)))
+                .unwrap_or(Target::Addr(key)),
+            _ => Target::Addr(key),
+        }
+    }
+
+    fn shard(&self, key: &IpAddr) -> &Mutex<LruCache<IpAddr, SourceState>> {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        let i = (h.finish() as usize) % self.shards.len();
+        &self.shards[i]
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts one event; bans the source (synchronously: the kernel map is written before
+    /// this returns) when it crosses the rule's limit. Returns the decision, if any.
+    pub fn record(&self, ip: IpAddr, signal: Signal) -> Option<Decision> {
+        let rule = self.rules[signal.index()]?;
+        let key = self.key(ip);
+        let now = self.now_ms();
+        let (count, offenses) = {
+            let mut shard = self.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);
+            let state = shard.get_or_insert_mut(key, SourceState::default);
+            if now < state.banned_until_ms {
+                return None;
+            }
+            let count = state.windows[signal.index()].add(now, rule.window_ms);
+            if count <= rule.limit {
+                return None;
+            }
+            state.offenses = state.offenses.saturating_add(1);
+            state.windows = Default::default();
+            let ban = self.ban_length(rule.ban, state.offenses);
+            state.banned_until_ms = now.saturating_add(u64::try_from(ban.as_millis()).unwrap_or(u64::MAX));
+            (count, state.offenses)
+        };
+        let decision = Decision {
+            target: self.target(key),
+            signal,
+            ban: self.ban_length(rule.ban, offenses),
+            offenses,
+            count,
+        };
+        self.apply(&decision, rule);
+        Some(decision)
+    }
+
+    /// `ban` doubled for each earlier offense, capped at `max_ban`.
+    fn ban_length(&self, ban: Duration, offenses: u32) -> Duration {
+        let doublings = offenses.saturating_sub(1).min(32);
+        ban.saturating_mul(1u32 << doublings.min(31)).min(self.max_ban)
+    }
+
+    fn apply(&self, d: &Decision, rule: CompiledRule) {
+        let reason = format!(
+            "{}: {} in {}s",
+            d.signal.name(),
+            d.count,
+            rule.window_ms / 1000
+        );
+        if self.monitor {
+            self.counters.monitored[d.signal.index()].fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target_addr = %d.target, signal = d.signal.name(), ban_secs = d.ban.as_secs(), offenses = d.offenses, "abuse: would ban (monitor mode)");
+            return;
+        }
+        match self
+            .store
+            .add(d.target, Some(d.ban), d.signal.name(), &reason, d.offenses)
+        {
+            Ok(()) => {
+                self.counters.bans[d.signal.index()].fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target_addr = %d.target, signal = d.signal.name(), ban_secs = d.ban.as_secs(), offenses = d.offenses, reason = %reason, "abuse: banned");
+            }
+            Err(DenyError::Allowed(_)) => {
+                tracing::info!(target_addr = %d.target, signal = d.signal.name(), "abuse: limit crossed by an allow-listed source; not banned");
+                self.forget(d.target);
+            }
+            Err(e) => {
+                tracing::error!(target_addr = %d.target, error = %e, "abuse: ban could not be written");
+                self.forget(d.target);
+            }
+        }
+    }
+
+    /// Clears a source's ban bookkeeping (the ban did not happen).
+    fn forget(&self, target: Target) {
+        let key = match target {
+            Target::Addr(a) => a,
+            Target::Net(n) => n.network(),
+        };
+        let mut shard = self.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = shard.get_mut(&key) {
+            s.banned_until_ms = 0;
+            s.offenses = s.offenses.saturating_sub(1);
+        }
+    }
+
+    /// The deny store the engine bans through.
+    pub fn store(&self) -> &Arc<DenyStore> {
+        &self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::DurationSecs;
+
+    fn engine(cfg: AbuseConfig, allow: Vec<IpNet>) -> AbuseEngine {
+        AbuseEngine::new(&cfg, Arc::new(DenyStore::new(None, None, allow)))
+    }
+
+    fn rule(limit: u32, ban_secs: u64) -> Option<Rule> {
+        Some(Rule {
+            limit,
+            window: DurationSecs(Duration::from_secs(10)),
+            ban: DurationSecs(Duration::from_secs(ban_secs)),
+        })
+    }
+
+    #[test]
+    fn bans_after_the_limit_and_escalates() {
+        let e = engine(
+            AbuseConfig {
+                auth_failures: rule(3, 60),
+                ..AbuseConfig::default()
+            },
+            vec![],
+        );
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(e.record(ip, Signal::AuthFailure), None);
+        }
+        let d = e.record(ip, Signal::AuthFailure).expect("fourth failure bans");
+        assert_eq!((d.ban, d.offenses), (Duration::from_secs(60), 1));
+        assert!(e.store().is_denied(ip));
+        assert!(!e.store().is_denied("192.0.2.2".parse().unwrap()));
+        // While banned, nothing more is counted.
+        assert_eq!(e.record(ip, Signal::AuthFailure), None);
+        assert_eq!(e.counters().bans[0].load(Ordering::Relaxed), 1);
+        // A second offense doubles.
+        assert_eq!(e.ban_length(Duration::from_secs(60), 2), Duration::from_secs(120));
+        assert_eq!(e.ban_length(Duration::from_secs(60), 40), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn ipv6_is_banned_by_prefix() {
+        let e = engine(
+            AbuseConfig {
+                auth_failures: rule(1, 60),
+                ..AbuseConfig::default()
+            },
+            vec![],
+        );
+        assert_eq!(e.record("2001:db8:1:2::1".parse().unwrap(), Signal::AuthFailure), None);
+        // Another host in the same /64 adds to the same count.
+        let d = e
+            .record("2001:db8:1:2::ffff".parse().unwrap(), Signal::AuthFailure)
+            .unwrap();
+        assert_eq!(d.target.to_string(), "2001:db8:1:2::/64");
+        assert!(e.store().is_denied("2001:db8:1:2:abcd::9".parse().unwrap()));
+        assert!(!e.store().is_denied("2001:db8:1:3::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn monitor_mode_and_allow_list_ban_nothing() {
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let m = engine(
+            AbuseConfig {
+                monitor: true,
+                auth_failures: rule(1, 60),
+                ..AbuseConfig::default()
+            },
+            vec![],
+        );
+        m.record(ip, Signal::AuthFailure);
+        assert!(m.record(ip, Signal::AuthFailure).is_some());
+        assert!(!m.store().is_denied(ip));
+        assert_eq!(m.counters().monitored[0].load(Ordering::Relaxed), 1);
+
+        let a = engine(
+            AbuseConfig {
+                auth_failures: rule(1, 60),
+                ..AbuseConfig::default()
+            },
+            vec!["192.0.2.0/24".parse().unwrap()],
+        );
+        for _ in 0..10 {
+            a.record(ip, Signal::AuthFailure);
+        }
+        assert!(!a.store().is_denied(ip));
+        assert_eq!(a.counters().bans[0].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_few_expired_tokens_never_ban_with_defaults() {
+        let e = engine(AbuseConfig::default(), vec![]);
+        let ip: IpAddr = "192.0.2.3".parse().unwrap();
+        for _ in 0..10 {
+            assert_eq!(e.record(ip, Signal::AuthFailure), None);
+        }
+        assert_eq!(e.record(ip, Signal::Request), None, "request rate is off by default");
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let e = engine(
+            AbuseConfig {
+                max_sources: 640,
+                ..AbuseConfig::default()
+            },
+            vec![],
+        );
+        for i in 0..100_000u32 {
+            e.record(IpAddr::from(std::net::Ipv4Addr::from(i)), Signal::AuthFailure);
+        }
+        let total: usize = e.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total <= 640, "{total}");
+    }
+
+    #[test]
+    fn concurrent_recording_counts_every_event() {
+        let e = Arc::new(engine(
+            AbuseConfig {
+                auth_failures: rule(4_000, 60),
+                ..AbuseConfig::default()
+            },
+            vec![],
+        ));
+        let ip: IpAddr = "192.0.2.77".parse().unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let e = e.clone();
+                s.spawn(move || {
+                    for _ in 0..500 {
+                        e.record(ip, Signal::AuthFailure);
+                    }
+                });
+            }
+        });
+        // 4000 events: exactly at the limit, no ban yet; the next one bans.
+        assert!(!e.store().is_denied(ip));
+        assert!(e.record(ip, Signal::AuthFailure).is_some());
+    }
+}

@@ -1,0 +1,162 @@
+//! The deny API on the admin endpoint: `GET /deny`, `POST /deny`, `DELETE /deny/{target}`.
+//! `gateway deny` uses it while a gateway runs, so that the running gateway's view, maps and
+//! state file change together.
+
+use crate::deny::{DenyError, DenyStore};
+use crate::ebpf::Target;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Largest request body: one entry.
+const MAX_BODY: usize = 4096;
+
+const JSON: &str = "application/json";
+
+/// `POST /deny` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    pub target: String,
+    /// `90s`, `10m`, ...; absent: until removed.
+    pub ttl: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Who may use the API.
+#[derive(Clone)]
+pub enum Access {
+    /// Clients on loopback only.
+    Loopback,
+    /// Any client with the bearer token whose HMAC (under a random key) is `tag`: comparing
+    /// tags with ring's constant-time verify keeps the token out of timing side channels.
+    Token {
+        key: ring::hmac::Key,
+        tag: ring::hmac::Tag,
+    },
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::Loopback => "Access::Loopback",
+            Access::Token { .. } => "Access::Token(..)",
+        })
+    }
+}
+
+impl Access {
+    /// Token access; `None` when the system random generator fails.
+    pub fn token(token: &[u8]) -> Option<Self> {
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).ok()?;
+        let tag = ring::hmac::sign(&key, token);
+        Some(Access::Token { key, tag })
+    }
+}
+
+impl Access {
+    fn allows(&self, req: &Request<Incoming>, peer: SocketAddr) -> bool {
+        match self {
+            Access::Loopback => peer.ip().is_loopback(),
+            Access::Token { key, tag } => req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|got| {
+                    ring::hmac::verify(key, got.trim().as_bytes(), tag.as_ref()).is_ok()
+                }),
+        }
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    super::response(status, JSON, body + "\n")
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    json(
+        status,
+        serde_json::json!({ "error": message.to_string() }).to_string(),
+    )
+}
+
+/// Handles a request whose path starts with `/deny`.
+pub async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    store: &DenyStore,
+    access: &Access,
+) -> Response<Full<Bytes>> {
+    if !access.allows(&req, peer) {
+        return error(StatusCode::FORBIDDEN, "the deny API needs a loopback client or the API token");
+    }
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/deny") => match store.list() {
+            Ok(list) => json(
+                StatusCode::OK,
+                serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        (Method::POST, "/deny") => add(req, store).await,
+        (Method::DELETE, p) if p.starts_with("/deny/") => {
+            let raw = &p["/deny/".len()..];
+            let target = raw.replace("%2F", "/").replace("%2f", "/");
+            match target.parse::<Target>() {
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+                Ok(t) => match store.remove(&t) {
+                    Ok(true) => json(StatusCode::OK, serde_json::json!({ "removed": t.to_string() }).to_string()),
+                    Ok(false) => error(StatusCode::NOT_FOUND, format!("{t} is not on the deny list")),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                },
+            }
+        }
+        (_, "/deny") => {
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST");
+            r.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static("GET, POST"),
+            );
+            r
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+async fn add(req: Request<Incoming>, store: &DenyStore) -> Response<Full<Bytes>> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large or broken"),
+    };
+    let add: AddRequest = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    let target = match add.target.parse::<Target>() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let ttl = match add.ttl.as_deref().map(humantime::parse_duration).transpose() {
+        Ok(Some(d)) if d.is_zero() => return error(StatusCode::BAD_REQUEST, "ttl must be longer than zero"),
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid ttl: {e}")),
+    };
+    let reason = add.reason.unwrap_or_else(|| "manual".into());
+    if reason.len() > gateway_common::limits::REASON_LEN {
+        return error(StatusCode::BAD_REQUEST, "reason is longer than 64 bytes");
+    }
+    match store.add(target, ttl, "manual", &reason, 1) {
+        Ok(()) => json(
+            StatusCode::OK,
+            serde_json::json!({ "denied": target.to_string() }).to_string(),
+        ),
+        Err(e @ DenyError::Allowed(_)) => error(StatusCode::CONFLICT, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}

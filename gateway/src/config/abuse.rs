@@ -1,0 +1,102 @@
+//! `[abuse]`: which behaviour gets a source banned, for how long.
+
+use super::Issue;
+use crate::keys::DurationSecs;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// A limit over a sliding window, and the ban for crossing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Events allowed within `window`; the one after bans.
+    pub limit: u32,
+    pub window: DurationSecs,
+    /// First ban; repeat offenders get it doubled each time, up to `max_ban`.
+    pub ban: DurationSecs,
+}
+
+fn rule(limit: u32, window: u64, ban: u64) -> Option<Rule> {
+    Some(Rule {
+        limit,
+        window: DurationSecs(Duration::from_secs(window)),
+        ban: DurationSecs(Duration::from_secs(ban)),
+    })
+}
+
+/// `[abuse]`. Each signal's rule may be set to `false`-like absence by omitting it only when
+/// the default is off; write `requests = { ... }` to turn request-rate bans on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AbuseConfig {
+    /// Log and count what would be banned, ban nothing.
+    pub monitor: bool,
+    /// IPv6 sources are tracked and banned per prefix of this length (one host owns a /64).
+    pub ipv6_prefix: u8,
+    /// Sources tracked at once (least recently seen are forgotten first).
+    pub max_sources: usize,
+    /// Ceiling of escalating bans.
+    pub max_ban: DurationSecs,
+    /// Refused tokens (any reason). Default: 20 in 10 s → 5 min.
+    pub auth_failures: Option<Rule>,
+    /// Other 4xx answers caused by the client (bad requests, unknown routes). Default: 50 in
+    /// 10 s → 5 min.
+    pub client_errors: Option<Rule>,
+    /// All requests. Default: off.
+    pub requests: Option<Rule>,
+    /// Failed TLS handshakes. Default: 20 in 10 s → 5 min.
+    pub tls_failures: Option<Rule>,
+    /// Connections refused over `[listen] max_connections_per_source`. Default: 50 in 10 s → 5 min.
+    pub connections: Option<Rule>,
+    /// SYN rate-limit trips reported by the kernel. Default: 5 in 60 s → 10 min.
+    pub kernel_rate: Option<Rule>,
+}
+
+impl Default for AbuseConfig {
+    fn default() -> Self {
+        Self {
+            monitor: false,
+            ipv6_prefix: 64,
+            max_sources: 100_000,
+            max_ban: DurationSecs(Duration::from_secs(3600)),
+            auth_failures: rule(20, 10, 300),
+            client_errors: rule(50, 10, 300),
+            requests: None,
+            tls_failures: rule(20, 10, 300),
+            connections: rule(50, 10, 300),
+            kernel_rate: rule(5, 60, 600),
+        }
+    }
+}
+
+impl AbuseConfig {
+    pub fn validate(&self) -> Result<(), Issue> {
+        if self.ipv6_prefix == 0 || self.ipv6_prefix > 128 {
+            return Err(Issue::new("ipv6_prefix", "must be between 1 and 128"));
+        }
+        if self.max_sources < 64 {
+            return Err(Issue::new("max_sources", "must be at least 64"));
+        }
+        for (key, r) in [
+            ("auth_failures", &self.auth_failures),
+            ("client_errors", &self.client_errors),
+            ("requests", &self.requests),
+            ("tls_failures", &self.tls_failures),
+            ("connections", &self.connections),
+            ("kernel_rate", &self.kernel_rate),
+        ] {
+            if let Some(r) = r {
+                if r.limit == 0 {
+                    return Err(Issue::new(key, "limit must be at least 1"));
+                }
+                if r.window.0.is_zero() || r.ban.0.is_zero() {
+                    return Err(Issue::new(key, "window and ban must be longer than zero"));
+                }
+                if r.ban.0 > self.max_ban.0 {
+                    return Err(Issue::new(key, "ban is longer than max_ban"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
