@@ -74,6 +74,49 @@ impl GatewayProcess {
     /// Starts `gateway run --config FILE` (inside `netns` if given) and waits until it says
     /// the data plane runs, or fails with its log.
     pub fn start(netns: Option<&str>, config: &Path, log: &Path) -> Result<Self> {
+        let mut proc = Self::spawn(netns, config, log)?;
+        proc.wait_for("data plane running", Duration::from_secs(20))?;
+        Ok(proc)
+    }
+
+    /// Starts `gateway run --config FILE` for a proxy and waits until it has logged
+    /// `listeners` lines `gateway: proxy listening on SCHEME://ADDR` (the listeners are bound
+    /// by then). Listeners configured with port 0 get their real port from these lines.
+    /// `env` is added to the process's environment (for `${VAR}` in the config).
+    pub fn start_proxy(
+        config: &Path,
+        log: &Path,
+        listeners: usize,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self> {
+        let mut proc = Self::spawn_with_env(None, config, log, env)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if proc.proxy_listeners().len() >= listeners {
+                return Ok(proc);
+            }
+            proc.check_running("the proxy listeners")?;
+            if Instant::now() > deadline {
+                bail!(
+                    "gateway did not log {listeners} proxy listener(s) within 20 s:\n{}",
+                    proc.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `gateway run --config FILE` without waiting for anything.
+    pub fn spawn(netns: Option<&str>, config: &Path, log: &Path) -> Result<Self> {
+        Self::spawn_with_env(netns, config, log, &[])
+    }
+
+    fn spawn_with_env(
+        netns: Option<&str>,
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self> {
         let stderr = File::create(log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = match netns {
             Some(ns) => {
@@ -89,14 +132,77 @@ impl GatewayProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
         let child = cmd.spawn().context("spawn gateway run")?;
-        let mut proc = Self {
+        Ok(Self {
             child: Some(child),
             log: log.to_path_buf(),
-        };
-        proc.wait_for("data plane running", Duration::from_secs(20))?;
-        Ok(proc)
+        })
+    }
+
+    /// The proxy listeners the log announced so far: (address, is TLS), in log order.
+    pub fn proxy_listeners(&self) -> Vec<(std::net::SocketAddr, bool)> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| l.split("gateway: proxy listening on ").nth(1))
+            .filter_map(|url| {
+                let (scheme, addr) = url.trim().split_once("://")?;
+                Some((addr.parse().ok()?, scheme == "https"))
+            })
+            .collect()
+    }
+
+    /// The first announced listener of the kind asked for (TLS or plain).
+    pub fn listener(&self, tls: bool) -> Option<std::net::SocketAddr> {
+        self.proxy_listeners()
+            .into_iter()
+            .find(|(_, t)| *t == tls)
+            .map(|(a, _)| a)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self.pid().context("the gateway was already stopped")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("send {signal} to the gateway"))
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .context("the gateway was already stopped")?;
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Fails with the log if the process has exited.
+    fn check_running(&mut self, waiting_for: &str) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "gateway exited ({status}) before {waiting_for}:\n{}",
+                    self.log_text()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Waits until the log contains `needle`; fails if the process exits first.
@@ -106,14 +212,7 @@ impl GatewayProcess {
             if self.log_text().contains(needle) {
                 return Ok(());
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "gateway exited ({status}) before `{needle}`:\n{}",
-                        self.log_text()
-                    );
-                }
-            }
+            self.check_running(&format!("`{needle}`"))?;
             if Instant::now() > deadline {
                 bail!(
                     "gateway did not log `{needle}` within {timeout:?}:\n{}",

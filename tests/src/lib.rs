@@ -1,9 +1,13 @@
 //! Support for the gateway's tests: crafted packets, privilege checks, network namespaces
-//! with veth pairs, bpffs mounts, and the gateway process. Everything a test creates is
+//! with veth pairs, bpffs mounts, the gateway process, and for the proxy a test CA, real
+//! HTTP/1.1 and HTTP/2 clients over TLS, and an echo upstream. Everything a test creates is
 //! removed by a `Drop` guard, so a failing test cleans up too.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod gateway;
 pub mod netns;
 pub mod packet;
 pub mod privileged;
+pub mod tls;
+pub mod upstream;

@@ -7,7 +7,8 @@
 
 use std::env;
 use std::fs;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -75,7 +76,30 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "`nft` for packet filtering inside the test namespaces",
     ),
+    // The shared HAProxy peer (../shared/peers/haproxy): its correctness matrix runs against
+    // the gateway as a test, with a second HAProxy as the upstream.
+    (
+        "haproxy",
+        "HAProxy 2.6, the upstream of the peer matrix test (its service is not started)",
+    ),
+    (
+        "python3",
+        "the peer harness's token minter (mint.py, standard library only)",
+    ),
+    ("wrk", "HTTP/1.1 load for the peer benchmark (bench.sh)"),
+    (
+        "nghttp2-client",
+        "h2load, HTTP/2 load for the peer benchmark (bench.sh)",
+    ),
 ];
+
+/// Packages whose install would start a distribution service; they are installed with a
+/// policy-rc.d that forbids service starts (see `ServiceStartBlock`).
+const NO_SERVICE_START: &[&str] = &["haproxy"];
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+/// Marks a policy-rc.d written by setup, so a run interrupted before removing it is cleaned
+/// up by the next one.
+const POLICY_RC_D_MARK: &str = "# written by `cargo xtask setup`";
 
 /// Packages that must be at least this version: Debian 12 main also carries rustc-web 1.85,
 /// which cannot build the eBPF crate; 1.96 comes from bookworm-security.
@@ -117,6 +141,11 @@ impl Missing {
         if !self.packages.is_empty() {
             cmds.push(format!("{sudo}apt-get update"));
             cmds.push(format!("{sudo}{APT_INSTALL} {}", self.packages.join(" ")));
+            if self.packages.iter().any(|p| NO_SERVICE_START.contains(p)) {
+                cmds.push(format!(
+                    "# (setup installs haproxy with a temporary {POLICY_RC_D} that exits 101, so its service does not start)"
+                ));
+            }
         }
         if self.toolchain_link {
             cmds.push(format!("rustup toolchain link {TOOLCHAIN} /usr"));
@@ -268,7 +297,8 @@ fn print_not_debian() {
     eprintln!("    mount -t bpf bpf {BPFFS}");
     eprintln!("Elsewhere, provide the equivalents (a Rust toolchain with rust-src usable with RUSTC_BOOTSTRAP=1,");
     eprintln!("linked into rustup as `{TOOLCHAIN}`; bpf-linker {BPF_LINKER_VERSION} for that toolchain's LLVM; iproute2, ping,");
-    eprintln!("hping3, curl, openssl, nftables; bpffs at {BPFFS}), then set GATEWAY_SKIP_SETUP=1.");
+    eprintln!("hping3, curl, openssl, nftables, haproxy 2.6, python3, wrk, h2load; bpffs at {BPFFS}), then set");
+    eprintln!("GATEWAY_SKIP_SETUP=1.");
 }
 
 /// Returns the packages that are not installed or are older than their minimum version.
@@ -315,11 +345,73 @@ fn install_packages(packages: &[&str]) -> Result<()> {
     Cmd::new("apt-get")
         .args(["-o", lock_wait, "update"])
         .run()?;
+    let services: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| NO_SERVICE_START.contains(p))
+        .collect();
+    let _block = ServiceStartBlock::for_packages(&services)?;
     Cmd::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["-o", lock_wait, "install", "-y", "--no-install-recommends"])
         .args(packages)
         .run()
+}
+
+/// A temporary `/usr/sbin/policy-rc.d` that exits 101 ("action forbidden"), so installing
+/// haproxy does not start the distribution's haproxy service; removed on drop. An existing
+/// policy-rc.d that setup did not write is left alone (it already decides about services).
+struct ServiceStartBlock {
+    path: PathBuf,
+}
+
+impl ServiceStartBlock {
+    fn for_packages(services: &[&str]) -> Result<Option<Self>> {
+        Self::at(Path::new(POLICY_RC_D), services)
+    }
+
+    fn at(path: &Path, services: &[&str]) -> Result<Option<Self>> {
+        if services.is_empty() {
+            return Ok(None);
+        }
+        let shown = path.display();
+        match fs::read_to_string(path) {
+            Ok(text) if !text.contains(POLICY_RC_D_MARK) => {
+                note(&format!(
+                    "{shown} exists (not written by setup): it decides whether {} starts",
+                    services.join(", ")
+                ));
+                return Ok(None);
+            }
+            Ok(_) => note(&format!(
+                "{shown} left over from an interrupted setup: reusing it"
+            )),
+            Err(_) => {}
+        }
+        println!(
+            "==> writing a temporary {shown} (exit 101) so that installing {} starts no service",
+            services.join(", ")
+        );
+        fs::write(path, format!("#!/bin/sh\n{POLICY_RC_D_MARK}: no service starts while it installs packages; removed after.\nexit 101\n"))
+            .with_context(|| format!("write {shown}"))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("make {shown} executable"))?;
+        Ok(Some(Self {
+            path: path.to_path_buf(),
+        }))
+    }
+}
+
+impl Drop for ServiceStartBlock {
+    fn drop(&mut self) {
+        let shown = self.path.display();
+        match fs::remove_file(&self.path) {
+            Ok(()) => println!("==> removed the temporary {shown}"),
+            Err(e) => {
+                eprintln!("setup: could not remove the temporary {shown} ({e}); remove it by hand")
+            }
+        }
+    }
 }
 
 fn check_toolchain_link() -> bool {
@@ -448,4 +540,38 @@ fn check_bpffs() -> bool {
         missing(&format!("bpffs at {BPFFS} (maps are pinned there)"));
     }
     mounted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_start_block_is_temporary_and_respects_an_existing_policy() {
+        let dir = env::temp_dir().join(format!("xtask-policy-rc-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy-rc.d");
+
+        assert!(ServiceStartBlock::at(&path, &[]).unwrap().is_none());
+
+        let block = ServiceStartBlock::at(&path, &["haproxy"]).unwrap();
+        assert!(block.is_some());
+        let status = std::process::Command::new(&path).status().unwrap();
+        assert_eq!(status.code(), Some(101), "forbids service starts");
+        drop(block);
+        assert!(!path.exists(), "removed after the install");
+
+        // Someone else's policy stays as it is.
+        fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        assert!(ServiceStartBlock::at(&path, &["haproxy"])
+            .unwrap()
+            .is_none());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexit 0\n");
+
+        // One left over by an interrupted setup is reused, then removed.
+        fs::write(&path, format!("#!/bin/sh\n{POLICY_RC_D_MARK}\nexit 101\n")).unwrap();
+        drop(ServiceStartBlock::at(&path, &["haproxy"]).unwrap());
+        assert!(!path.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

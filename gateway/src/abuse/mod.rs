@@ -16,7 +16,7 @@ use crate::deny::{DenyError, DenyStore};
 use crate::ebpf::Target;
 use ipnet::{IpNet, Ipv6Net};
 use lru::LruCache;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,7 +122,8 @@ pub struct AbuseEngine {
 
 impl AbuseEngine {
     pub fn new(cfg: &AbuseConfig, store: Arc<DenyStore>) -> Self {
-        let per_shard = NonZeroUsize::new((cfg.max_sources / SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        let per_shard =
+            NonZeroUsize::new((cfg.max_sources / SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
         let rule_for = |s: Signal| {
             match s {
                 Signal::AuthFailure => cfg.auth_failures.as_ref(),
@@ -176,9 +177,7 @@ impl AbuseEngine {
     }
 
     fn shard(&self, key: &IpAddr) -> &Mutex<LruCache<IpAddr, SourceState>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let i = (h.finish() as usize) % self.shards.len();
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
         &self.shards[i]
     }
 
@@ -193,7 +192,10 @@ impl AbuseEngine {
         let key = self.key(ip);
         let now = self.now_ms();
         let (count, offenses) = {
-            let mut shard = self.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);
+            let mut shard = self
+                .shard(&key)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let state = shard.get_or_insert_mut(key, SourceState::default);
             if now < state.banned_until_ms {
                 return None;
@@ -205,7 +207,8 @@ impl AbuseEngine {
             state.offenses = state.offenses.saturating_add(1);
             state.windows = Default::default();
             let ban = self.ban_length(rule.ban, state.offenses);
-            state.banned_until_ms = now.saturating_add(u64::try_from(ban.as_millis()).unwrap_or(u64::MAX));
+            state.banned_until_ms =
+                now.saturating_add(u64::try_from(ban.as_millis()).unwrap_or(u64::MAX));
             (count, state.offenses)
         };
         let decision = Decision {
@@ -222,7 +225,8 @@ impl AbuseEngine {
     /// `ban` doubled for each earlier offense, capped at `max_ban`.
     fn ban_length(&self, ban: Duration, offenses: u32) -> Duration {
         let doublings = offenses.saturating_sub(1).min(32);
-        ban.saturating_mul(1u32 << doublings.min(31)).min(self.max_ban)
+        ban.saturating_mul(1u32 << doublings.min(31))
+            .min(self.max_ban)
     }
 
     fn apply(&self, d: &Decision, rule: CompiledRule) {
@@ -262,7 +266,10 @@ impl AbuseEngine {
             Target::Addr(a) => a,
             Target::Net(n) => n.network(),
         };
-        let mut shard = self.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(&key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(s) = shard.get_mut(&key) {
             s.banned_until_ms = 0;
             s.offenses = s.offenses.saturating_sub(1);
@@ -305,7 +312,9 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(e.record(ip, Signal::AuthFailure), None);
         }
-        let d = e.record(ip, Signal::AuthFailure).expect("fourth failure bans");
+        let d = e
+            .record(ip, Signal::AuthFailure)
+            .expect("fourth failure bans");
         assert_eq!((d.ban, d.offenses), (Duration::from_secs(60), 1));
         assert!(e.store().is_denied(ip));
         assert!(!e.store().is_denied("192.0.2.2".parse().unwrap()));
@@ -313,8 +322,14 @@ mod tests {
         assert_eq!(e.record(ip, Signal::AuthFailure), None);
         assert_eq!(e.counters().bans[0].load(Ordering::Relaxed), 1);
         // A second offense doubles.
-        assert_eq!(e.ban_length(Duration::from_secs(60), 2), Duration::from_secs(120));
-        assert_eq!(e.ban_length(Duration::from_secs(60), 40), Duration::from_secs(3600));
+        assert_eq!(
+            e.ban_length(Duration::from_secs(60), 2),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            e.ban_length(Duration::from_secs(60), 40),
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]
@@ -326,7 +341,10 @@ mod tests {
             },
             vec![],
         );
-        assert_eq!(e.record("2001:db8:1:2::1".parse().unwrap(), Signal::AuthFailure), None);
+        assert_eq!(
+            e.record("2001:db8:1:2::1".parse().unwrap(), Signal::AuthFailure),
+            None
+        );
         // Another host in the same /64 adds to the same count.
         let d = e
             .record("2001:db8:1:2::ffff".parse().unwrap(), Signal::AuthFailure)
@@ -373,7 +391,11 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(e.record(ip, Signal::AuthFailure), None);
         }
-        assert_eq!(e.record(ip, Signal::Request), None, "request rate is off by default");
+        assert_eq!(
+            e.record(ip, Signal::Request),
+            None,
+            "request rate is off by default"
+        );
     }
 
     #[test]
@@ -386,7 +408,10 @@ mod tests {
             vec![],
         );
         for i in 0..100_000u32 {
-            e.record(IpAddr::from(std::net::Ipv4Addr::from(i)), Signal::AuthFailure);
+            e.record(
+                IpAddr::from(std::net::Ipv4Addr::from(i)),
+                Signal::AuthFailure,
+            );
         }
         let total: usize = e.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= 640, "{total}");

@@ -33,17 +33,14 @@ pub enum Access {
     Loopback,
     /// Any client with the bearer token whose HMAC (under a random key) is `tag`: comparing
     /// tags with ring's constant-time verify keeps the token out of timing side channels.
-    Token {
-        key: ring::hmac::Key,
-        tag: ring::hmac::Tag,
-    },
+    Token(Box<(ring::hmac::Key, ring::hmac::Tag)>),
 }
 
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Access::Loopback => "Access::Loopback",
-            Access::Token { .. } => "Access::Token(..)",
+            Access::Token(_) => "Access::Token(..)",
         })
     }
 }
@@ -54,7 +51,7 @@ impl Access {
         let rng = ring::rand::SystemRandom::new();
         let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).ok()?;
         let tag = ring::hmac::sign(&key, token);
-        Some(Access::Token { key, tag })
+        Some(Access::Token(Box::new((key, tag))))
     }
 }
 
@@ -62,13 +59,13 @@ impl Access {
     fn allows(&self, req: &Request<Incoming>, peer: SocketAddr) -> bool {
         match self {
             Access::Loopback => peer.ip().is_loopback(),
-            Access::Token { key, tag } => req
+            Access::Token(kt) => req
                 .headers()
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .is_some_and(|got| {
-                    ring::hmac::verify(key, got.trim().as_bytes(), tag.as_ref()).is_ok()
+                    ring::hmac::verify(&kt.0, got.trim().as_bytes(), kt.1.as_ref()).is_ok()
                 }),
         }
     }
@@ -93,7 +90,10 @@ pub async fn handle(
     access: &Access,
 ) -> Response<Full<Bytes>> {
     if !access.allows(&req, peer) {
-        return error(StatusCode::FORBIDDEN, "the deny API needs a loopback client or the API token");
+        return error(
+            StatusCode::FORBIDDEN,
+            "the deny API needs a loopback client or the API token",
+        );
     }
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
@@ -111,8 +111,14 @@ pub async fn handle(
             match target.parse::<Target>() {
                 Err(e) => error(StatusCode::BAD_REQUEST, e),
                 Ok(t) => match store.remove(&t) {
-                    Ok(true) => json(StatusCode::OK, serde_json::json!({ "removed": t.to_string() }).to_string()),
-                    Ok(false) => error(StatusCode::NOT_FOUND, format!("{t} is not on the deny list")),
+                    Ok(true) => json(
+                        StatusCode::OK,
+                        serde_json::json!({ "removed": t.to_string() }).to_string(),
+                    ),
+                    Ok(false) => error(
+                        StatusCode::NOT_FOUND,
+                        format!("{t} is not on the deny list"),
+                    ),
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
                 },
             }
@@ -132,7 +138,12 @@ pub async fn handle(
 async fn add(req: Request<Incoming>, store: &DenyStore) -> Response<Full<Bytes>> {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large or broken"),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is too large or broken",
+            )
+        }
     };
     let add: AddRequest = match serde_json::from_slice(&body) {
         Ok(a) => a,
@@ -142,8 +153,15 @@ async fn add(req: Request<Incoming>, store: &DenyStore) -> Response<Full<Bytes>>
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let ttl = match add.ttl.as_deref().map(humantime::parse_duration).transpose() {
-        Ok(Some(d)) if d.is_zero() => return error(StatusCode::BAD_REQUEST, "ttl must be longer than zero"),
+    let ttl = match add
+        .ttl
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+    {
+        Ok(Some(d)) if d.is_zero() => {
+            return error(StatusCode::BAD_REQUEST, "ttl must be longer than zero")
+        }
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid ttl: {e}")),
     };

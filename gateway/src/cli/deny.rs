@@ -78,7 +78,7 @@ enum Backend {
         addr: SocketAddr,
         token: Option<String>,
     },
-    Local(DenyStore),
+    Local(Box<DenyStore>),
 }
 
 impl Where {
@@ -114,7 +114,11 @@ impl Where {
             None => None,
         });
         let maps = self.maps.open()?;
-        Ok(Backend::Local(DenyStore::new(Some(maps), state_file, Vec::new())))
+        Ok(Backend::Local(Box::new(DenyStore::new(
+            Some(maps),
+            state_file,
+            Vec::new(),
+        ))))
     }
 }
 
@@ -169,7 +173,11 @@ fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, at: &Where) -> Exi
     if reason.len() > limits::REASON_LEN {
         return fail(
             EXIT_USAGE,
-            format!("--reason is {} bytes; at most {} fit", reason.len(), limits::REASON_LEN),
+            format!(
+                "--reason is {} bytes; at most {} fit",
+                reason.len(),
+                limits::REASON_LEN
+            ),
         );
     }
     let backend = match at.backend() {
@@ -217,7 +225,9 @@ fn del(target: &str, at: &Where) -> ExitCode {
         Backend::Local(store) => store.remove(&target).map_err(|e| e.to_string()),
     };
     match done {
-        Ok(true) => emit(&format!("removed {target}\n")).err().unwrap_or(ExitCode::SUCCESS),
+        Ok(true) => emit(&format!("removed {target}\n"))
+            .err()
+            .unwrap_or(ExitCode::SUCCESS),
         Ok(false) => fail(EXIT_FAILURE, format!("{target} is not on the deny list")),
         Err(e) => fail(EXIT_FAILURE, e),
     }

@@ -9,8 +9,8 @@
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
 use crate::abuse::{AbuseEngine, Signal};
 use crate::admin;
-use crate::deny::DenyStore;
 use crate::config::{Config, DataPlaneMode};
+use crate::deny::DenyStore;
 use crate::ebpf::{events, DataPlane, PinnedMaps};
 use crate::jwt::Verifier;
 use crate::keys::KeyStore;

@@ -114,7 +114,9 @@ impl DenyStore {
     /// From now on the state file is written by a background thread, updates in order,
     /// batched when they come quickly. [`DenyStore::flush`] waits for it.
     pub fn persist_in_background(&self) {
-        let Some(state) = self.state.clone() else { return };
+        let Some(state) = self.state.clone() else {
+            return;
+        };
         let (tx, rx) = std::sync::mpsc::channel::<Update>();
         let worker = std::thread::Builder::new()
             .name("deny-state".into())
@@ -136,20 +138,35 @@ impl DenyStore {
                 *self.writer.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
                 *self.worker.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
             }
-            Err(e) => tracing::warn!(error = %e, "no background writer; the state file is written inline"),
+            Err(e) => {
+                tracing::warn!(error = %e, "no background writer; the state file is written inline")
+            }
         }
     }
 
     /// Waits until every queued state-file update is written (at shutdown).
     pub fn flush(&self) {
-        drop(self.writer.lock().unwrap_or_else(PoisonError::into_inner).take());
-        if let Some(h) = self.worker.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        drop(
+            self.writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        if let Some(h) = self
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             let _ = h.join();
         }
     }
 
     /// Applies `f` to the state file's entries, inline or through the writer thread.
-    fn persist(&self, f: impl FnOnce(&mut Vec<StateEntry>) + Send + 'static) -> Result<(), DenyError> {
+    fn persist(
+        &self,
+        f: impl FnOnce(&mut Vec<StateEntry>) + Send + 'static,
+    ) -> Result<(), DenyError> {
         let Some(state) = &self.state else {
             return Ok(());
         };
@@ -180,13 +197,18 @@ impl DenyStore {
             let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
             let mono = clock::monotonic_ns();
             for e in &entries {
-                let Ok(target) = e.target.parse::<Target>() else { continue };
+                let Ok(target) = e.target.parse::<Target>() else {
+                    continue;
+                };
                 if maps.find_deny(&target)?.is_none() {
                     let expires_ns = match e.expires_unix {
                         0 => 0,
                         t => mono.saturating_add((t - now).saturating_mul(1_000_000_000)),
                     };
-                    maps.deny(&target, &new_deny_entry(expires_ns, origin_code(&e.origin), &e.reason))?;
+                    maps.deny(
+                        &target,
+                        &new_deny_entry(expires_ns, origin_code(&e.origin), &e.reason),
+                    )?;
                     restored += 1;
                 }
             }
@@ -378,7 +400,8 @@ impl DenyStore {
                     kind: kind_of(&t).to_string(),
                     origin: origin_name(origin_code(&e.origin)).to_string(),
                     reason: e.reason.clone(),
-                    expires_in_secs: (e.expires_unix != 0).then(|| e.expires_unix.saturating_sub(now)),
+                    expires_in_secs: (e.expires_unix != 0)
+                        .then(|| e.expires_unix.saturating_sub(now)),
                     expired: e.expires_unix != 0 && e.expires_unix <= now,
                     hits: 0,
                 })

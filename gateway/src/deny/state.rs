@@ -159,8 +159,13 @@ mod tests {
             offenses: 1,
         };
         f.save(std::slice::from_ref(&e)).unwrap();
-        f.update(|v| v.push(StateEntry { target: "10.0.0.2".into(), ..e.clone() }))
-            .unwrap();
+        f.update(|v| {
+            v.push(StateEntry {
+                target: "10.0.0.2".into(),
+                ..e.clone()
+            })
+        })
+        .unwrap();
         assert_eq!(f.load().unwrap().len(), 2);
         fs::write(f.path(), b"{").unwrap();
         assert!(matches!(f.load(), Err(StateError::Corrupt { .. })));

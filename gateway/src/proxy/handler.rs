@@ -37,9 +37,13 @@ pub struct Proxy {
     /// Every configured claim header: client-sent copies are removed on every route.
     claim_header_names: Vec<HeaderName>,
     max_body_bytes: u64,
+    max_header_bytes: usize,
     realm: HeaderValue,
     abuse: Option<Arc<AbuseEngine>>,
 }
+
+/// How long a request with an unknown `kid` waits for the JWKS refetch it triggered.
+const KID_REFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A refusal built before the request is consumed (boxed: responses are large).
 type Refusal = Box<Response<ProxyBody>>;
@@ -90,6 +94,7 @@ impl Proxy {
             metrics,
             claim_header_names,
             max_body_bytes: listen.max_body_bytes,
+            max_header_bytes: listen.max_header_bytes,
             realm: HeaderValue::from_static("gateway"),
             abuse: None,
         }
@@ -123,13 +128,25 @@ impl Proxy {
     }
 
     /// The hyper service body: never fails, every problem is a response.
+    /// `ambiguous_framing`: the request head had both Content-Length and Transfer-Encoding
+    /// (see [`super::framing`]); hyper has already reconciled them, we refuse the request.
     pub async fn handle(
         self: Arc<Self>,
         conn: ConnInfo,
         req: Request<Incoming>,
+        ambiguous_framing: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let is_head = req.method() == http::Method::HEAD;
-        let (route, mut resp) = self.route_and_forward(conn, req).await;
+        let (route, mut resp) = if ambiguous_framing {
+            let r = plain_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "both Transfer-Encoding and Content-Length",
+            );
+            (None, r)
+        } else {
+            self.route_and_forward(conn, req).await
+        };
         let status = resp.status();
         self.metrics.request(route, status.as_u16());
         if let Some(abuse) = &self.abuse {
@@ -177,7 +194,7 @@ impl Proxy {
                 ),
             );
         };
-        let token = match self.authorize(route, &req) {
+        let token = match self.authorize(route, &req).await {
             Ok(t) => t,
             Err(resp) => {
                 drain(req.into_body()).await;
@@ -193,14 +210,14 @@ impl Proxy {
     /// Requests HTTP forbids or we will not carry are refused, never forwarded.
     fn check_framing(&self, req: &Request<Incoming>) -> Result<(), Refusal> {
         let h = req.headers();
-        if req.version() <= Version::HTTP_11
-            && h.contains_key(header::TRANSFER_ENCODING)
-            && h.contains_key(header::CONTENT_LENGTH)
-        {
+        // hyper's HTTP/1 buffer cannot go below 8 KiB; the configured limit is exact here,
+        // for both protocols (name, ": ", value, CRLF per header).
+        let head: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        if head > self.max_header_bytes {
             return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "both Transfer-Encoding and Content-Length",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "the request headers are too large",
             ));
         }
         let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
@@ -238,7 +255,7 @@ impl Proxy {
     }
 
     /// The verified token (if any) or the refusal.
-    fn authorize(
+    async fn authorize(
         &self,
         route: &Route,
         req: &Request<Incoming>,
@@ -271,7 +288,11 @@ impl Proxy {
             ));
         };
         let started = Instant::now();
-        let verified = verifier.verify(raw, now_unix());
+        // An unknown `kid` may mean the issuer rotated keys: a JWKS source refetches (rate
+        // limited, single flight) and the token gets one more try.
+        let verified = verifier
+            .verify_async(raw, now_unix(), KID_REFETCH_WAIT)
+            .await;
         self.metrics.verify_latency(started.elapsed());
         let token = match verified {
             Ok(t) => t,

@@ -1,6 +1,7 @@
 //! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`]),
 //! routing ([`route`], [`path`]) and upstream pools ([`upstream`]).
 
+pub mod framing;
 pub mod handler;
 pub mod path;
 pub mod route;

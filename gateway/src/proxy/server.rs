@@ -2,6 +2,7 @@
 //! deadline, HTTP/1.1 and HTTP/2 with header, stream and timeout limits, and graceful
 //! shutdown (stop accepting, let in-flight requests finish up to a deadline).
 
+use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
 use crate::abuse::{AbuseEngine, Signal};
 use crate::config::ListenConfig;
@@ -116,12 +117,17 @@ pub async fn serve(
             open: Mutex::new(HashMap::new()),
         }),
         handshake_timeout: cfg.tls_handshake_timeout.0,
+        shutdown_grace: cfg.shutdown_grace.0,
         shutdown: shutdown.clone(),
     });
     let mut tasks = Vec::new();
     for (listener, is_tls) in listeners.bound {
         let acceptor = if is_tls { tls.clone() } else { None };
-        tasks.push(tokio::spawn(accept_loop(listener, acceptor, shared.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            shared.clone(),
+        )));
     }
     wait_true(&mut shutdown).await;
     for t in &tasks {
@@ -156,8 +162,13 @@ struct Shared {
     permits: Arc<Semaphore>,
     limit: Arc<SourceLimit>,
     handshake_timeout: std::time::Duration,
+    shutdown_grace: std::time::Duration,
     shutdown: watch::Receiver<bool>,
 }
+
+/// A banned source's connection gets this long to receive its last response; its packets
+/// are already dropped, so nothing it sends (not even its FIN) arrives any more.
+const BANNED_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn http_builder(cfg: &ListenConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -268,24 +279,36 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = shared.proxy.clone();
-    let service = service_fn(move |req| proxy.clone().handle(conn, req));
-    let connection = shared.builder.serve_connection(TokioIo::new(io), service);
+    let verdicts = Arc::new(Verdicts::default());
+    let watched = FramingWatch::new(io, verdicts.clone());
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        // One verdict per HTTP/1 request head, taken in order (HTTP/2 has none).
+        let ambiguous = req.version() < hyper::Version::HTTP_2 && verdicts.next_is_ambiguous();
+        proxy.clone().handle(conn, req, ambiguous)
+    });
+    let connection = shared
+        .builder
+        .serve_connection(TokioIo::new(watched), service);
     tokio::pin!(connection);
     let mut shutdown = shared.shutdown.clone();
-    let why = tokio::select! {
+    let (why, grace) = tokio::select! {
         r = connection.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
             }
             return;
         }
-        _ = wait_true(&mut shutdown) => "shutting down",
-        () = banned(shared.proxy.abuse().cloned(), conn.peer.ip()) => "source banned",
+        _ = wait_true(&mut shutdown) => ("shutting down", shared.shutdown_grace),
+        () = banned(shared.proxy.abuse().cloned(), conn.peer.ip()) => ("source banned", BANNED_CLOSE_GRACE),
     };
     tracing::debug!(peer = %conn.peer, "closing connection: {why}");
     connection.as_mut().graceful_shutdown();
-    if let Err(e) = connection.await {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    match tokio::time::timeout(grace, connection).await {
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error")
+        }
+        Ok(Ok(())) => {}
+        Err(_) => tracing::debug!(peer = %conn.peer, "connection dropped after {grace:?}: {why}"),
     }
 }
 

@@ -1,0 +1,339 @@
+//! Spotting HTTP/1 request heads with both `Content-Length` and `Transfer-Encoding`.
+//!
+//! hyper follows RFC 9112 §6.3 for such a request: it drops the `Content-Length`, reads the
+//! body as chunked and closes the connection afterwards, so by the time the handler sees the
+//! request the conflict is gone. It is still how request smuggling starts, and the gateway
+//! refuses it (the RFC allows either). So the bytes from the client pass through
+//! [`FramingWatch`] on their way to hyper: it follows the HTTP/1 framing (heads, then bodies
+//! by length or by chunks) and records one verdict per request head, in order; the handler
+//! takes them in the same order, since hyper serves HTTP/1 requests one after another.
+//!
+//! The watch only reads; it never changes a byte. When it cannot follow the stream (HTTP/2,
+//! an upgrade, garbage) it stops looking and hyper's own checks stand alone.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Longest head the watch follows; beyond it hyper refuses the request anyway.
+const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size or trailer line followed.
+const MAX_LINE: usize = 4096;
+
+/// The verdicts of one connection: `true` for a head with both framing headers.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    queue: Mutex<VecDeque<bool>>,
+}
+
+impl Verdicts {
+    /// The verdict for the next request hyper hands to the service (`false` when the watch
+    /// has none, e.g. after it stopped following).
+    pub fn next_is_ambiguous(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+            .unwrap_or(false)
+    }
+
+    fn push(&self, ambiguous: bool) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(ambiguous);
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Collecting a request head into `line`.
+    Head,
+    /// Skipping a body of known length.
+    Body(u64),
+    /// Collecting a chunk-size line.
+    ChunkSize,
+    /// Skipping chunk data, then its CRLF.
+    ChunkData(u64),
+    /// Collecting trailer lines until the empty one.
+    Trailers,
+    /// Not following any more.
+    Lost,
+}
+
+/// Passes reads through, following the request framing.
+pub struct FramingWatch<I> {
+    inner: I,
+    state: State,
+    line: Vec<u8>,
+    verdicts: Arc<Verdicts>,
+}
+
+impl<I> FramingWatch<I> {
+    pub fn new(inner: I, verdicts: Arc<Verdicts>) -> Self {
+        Self {
+            inner,
+            state: State::Head,
+            line: Vec::new(),
+            verdicts,
+        }
+    }
+
+    /// Advances the state machine over bytes the client sent.
+    fn observe(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                State::Lost => return,
+                State::Body(left) => {
+                    let n = (left.min(data.len() as u64)) as usize;
+                    data = &data[n..];
+                    self.state = if left == n as u64 {
+                        State::Head
+                    } else {
+                        State::Body(left - n as u64)
+                    };
+                }
+                State::ChunkData(left) => {
+                    let n = (left.min(data.len() as u64)) as usize;
+                    data = &data[n..];
+                    self.state = if left == n as u64 {
+                        // The CRLF after the data is read as an (empty) chunk-size line.
+                        State::ChunkSize
+                    } else {
+                        State::ChunkData(left - n as u64)
+                    };
+                }
+                State::Head => {
+                    let (taken, done) = self.collect(data, b"\r\n\r\n", MAX_HEAD);
+                    data = &data[taken..];
+                    if done {
+                        self.end_of_head();
+                    }
+                }
+                State::ChunkSize => {
+                    let (taken, done) = self.collect(data, b"\n", MAX_LINE);
+                    data = &data[taken..];
+                    if done {
+                        self.end_of_chunk_size();
+                    }
+                }
+                State::Trailers => {
+                    let (taken, done) = self.collect(data, b"\n", MAX_LINE);
+                    data = &data[taken..];
+                    if done {
+                        let blank = self.line.iter().all(|b| *b == b'\r' || *b == b'\n');
+                        self.line.clear();
+                        if blank {
+                            self.state = State::Head;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends `data` to the current line up to and including `end`; returns the bytes taken
+    /// and whether `end` was reached. Too long a line loses the stream.
+    fn collect(&mut self, data: &[u8], end: &[u8], max: usize) -> (usize, bool) {
+        for (i, &b) in data.iter().enumerate() {
+            // Leading CRLFs before a request line are allowed (RFC 9112 §2.2).
+            if matches!(self.state, State::Head)
+                && self.line.is_empty()
+                && (b == b'\r' || b == b'\n')
+            {
+                continue;
+            }
+            self.line.push(b);
+            if self.line.ends_with(end) {
+                return (i + 1, true);
+            }
+            if self.line.len() > max {
+                self.lose();
+                return (data.len(), false);
+            }
+        }
+        (data.len(), false)
+    }
+
+    fn lose(&mut self) {
+        self.state = State::Lost;
+        self.line = Vec::new();
+    }
+
+    fn end_of_head(&mut self) {
+        if self.line.starts_with(b"PRI * HTTP/2") {
+            // HTTP/2 with prior knowledge: frames from here on.
+            return self.lose();
+        }
+        let (mut length, mut chunked, mut has_cl, mut has_te, mut upgrade) =
+            (None, false, false, false, false);
+        for raw in self.line.split(|b| *b == b'\n').skip(1) {
+            let Some(colon) = raw.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let name = raw[..colon].trim_ascii();
+            let value = raw[colon + 1..].trim_ascii();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                has_cl = true;
+                length = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                has_te = true;
+                chunked = value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
+            }
+        }
+        self.line.clear();
+        self.verdicts.push(has_cl && has_te);
+        self.state = if upgrade {
+            State::Lost
+        } else if has_te {
+            if chunked {
+                State::ChunkSize
+            } else {
+                State::Lost
+            }
+        } else {
+            match length {
+                Some(0) | None if !has_cl => State::Head,
+                Some(0) => State::Head,
+                Some(n) => State::Body(n),
+                None => State::Lost,
+            }
+        };
+    }
+
+    fn end_of_chunk_size(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        let digits = line
+            .split(|b| *b == b';' || *b == b'\r' || *b == b'\n')
+            .next()
+            .unwrap_or(&[])
+            .trim_ascii();
+        if digits.is_empty() {
+            // The CRLF that ends chunk data.
+            self.line = line;
+            self.line.clear();
+            return;
+        }
+        match std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| u64::from_str_radix(d, 16).ok())
+        {
+            Some(0) => self.state = State::Trailers,
+            Some(n) => self.state = State::ChunkData(n),
+            None => self.lose(),
+        }
+        if !matches!(self.state, State::Lost) {
+            self.line = line;
+            self.line.clear();
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            if !matches!(self.state, State::Lost) {
+                self.observe(&buf.filled()[before..]);
+            }
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FramingWatch<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts(stream: &[&[u8]]) -> Vec<bool> {
+        let v = Arc::new(Verdicts::default());
+        let mut w = FramingWatch::new((), v.clone());
+        for part in stream {
+            w.observe(part);
+        }
+        let q = v.queue.lock().unwrap();
+        q.iter().copied().collect()
+    }
+
+    #[test]
+    fn follows_pipelined_requests_with_bodies() {
+        let s: &[u8] = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\
+            POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhe\r\n\r\n0\r\nX-T: 1\r\n\r\n\
+            GET /c HTTP/1.1\r\nHost: x\r\n\r\n\
+            POST /d HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+            GET /e HTTP/1.1\r\n\r\n";
+        assert_eq!(verdicts(&[s]), vec![false, false, false, true, false]);
+        // The same stream one byte at a time.
+        let bytes: Vec<&[u8]> = s.chunks(1).collect();
+        assert_eq!(verdicts(&bytes), vec![false, false, false, true, false]);
+    }
+
+    #[test]
+    fn body_bytes_that_look_like_heads_are_not_heads() {
+        let body = "GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let s = format!(
+            "POST /a HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}GET /b HTTP/1.1\r\n\r\n",
+            body.len()
+        );
+        assert_eq!(verdicts(&[s.as_bytes()]), vec![false, false]);
+    }
+
+    #[test]
+    fn stops_following_what_it_cannot() {
+        assert_eq!(
+            verdicts(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"]),
+            Vec::<bool>::new()
+        );
+        let long = vec![b'a'; MAX_HEAD + 10];
+        assert_eq!(verdicts(&[&long, b"\r\n\r\n"]), Vec::<bool>::new());
+        assert_eq!(
+            verdicts(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]),
+            vec![false]
+        );
+    }
+}

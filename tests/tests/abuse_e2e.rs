@@ -1,0 +1,389 @@
+//! The abuse engine end to end: the real gateway in a server namespace with XDP on its veth
+//! and a TLS listener, a real HTTPS client (curl) in a client namespace sending bad tokens,
+//! and the kernel dropping the client's packets once the engine has banned it.
+
+use gateway_tests::gateway::{cli, cli_ok, source_stats, stats, GatewayProcess};
+use gateway_tests::netns::{exec_in, in_netns, run, tag, Bpffs, NetnsPair};
+use gateway_tests::privileged;
+use socket2::{Domain, Socket, Type};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const HTTPS_PORT: u16 = 8443;
+const UPSTREAM_PORT: u16 = 8090;
+const ATTACKER: Ipv4Addr = NetnsPair::CLIENT4;
+const GOOD: Ipv4Addr = NetnsPair::CLIENT4_B;
+
+/// A minimal upstream in the server namespace: answers every request with 200 `ok`.
+struct Upstream {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(ns: &str) -> Self {
+        let addr = SocketAddr::from((NetnsPair::SERVER4, UPSTREAM_PORT));
+        let listener = in_netns(ns, move || TcpListener::bind(addr))
+            .expect("enter netns")
+            .expect("bind upstream");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 8192];
+                        let _ = s.read(&mut buf);
+                        let _ = s.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Env {
+    pair: NetnsPair,
+    fs: Bpffs,
+    dir: PathBuf,
+    secret: PathBuf,
+    _upstream: Upstream,
+}
+
+fn env(test: &str, short: &str) -> Option<Env> {
+    if !privileged::require(test) {
+        return None;
+    }
+    let t = tag(short);
+    let pair = NetnsPair::new(&t).expect("namespaces and veth");
+    let fs = Bpffs::new(&t).expect("bpffs");
+    let dir = fs.root().to_path_buf();
+    // The server certificate (for 10.77.0.1) and the HMAC secret tokens are signed with.
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=10.77.0.1",
+            "-addext",
+            "subjectAltName=IP:10.77.0.1",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("tls.key"))
+        .arg("-out")
+        .arg(dir.join("tls.crt")))
+    .expect("openssl makes a certificate");
+    let secret = dir.join("hs256.secret");
+    std::fs::write(&secret, b"abuse-e2e-secret-0123456789abcdef").expect("secret");
+    let upstream = Upstream::start(&pair.server);
+    Some(Env {
+        pair,
+        fs,
+        dir,
+        secret,
+        _upstream: upstream,
+    })
+}
+
+impl Env {
+    fn pin(&self) -> String {
+        self.fs.pin_path().display().to_string()
+    }
+
+    fn config(&self, abuse: &str, ebpf_extra: &str) -> PathBuf {
+        let d = self.dir.display();
+        let text = format!(
+            r#"
+[listen]
+https = ["10.77.0.1:{HTTPS_PORT}"]
+header_read_timeout = "5s"
+
+[tls]
+[[tls.certificates]]
+cert = "{d}/tls.crt"
+key = "{d}/tls.key"
+
+[jwt]
+[[jwt.keys]]
+secret_file = "{secret}"
+alg = "HS256"
+
+[[upstream]]
+name = "app"
+servers = ["10.77.0.1:{UPSTREAM_PORT}"]
+
+[[route]]
+path_prefix = "/api/"
+upstream = "app"
+
+[abuse]
+{abuse}
+
+[ebpf]
+interface = "{iface}"
+mode = "xdp"
+pin_path = "{pin}"
+state_file = "{d}/deny-state.json"
+{ebpf_extra}
+"#,
+            secret = self.secret.display(),
+            iface = self.pair.server_if,
+            pin = self.pin(),
+        );
+        let path = self.dir.join("gateway.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn start(&self, config: &Path) -> GatewayProcess {
+        let mut gw = GatewayProcess::start(
+            Some(&self.pair.server),
+            config,
+            &self.dir.join("gateway.log"),
+        )
+        .expect("gateway starts");
+        gw.wait_for("proxy listening", Duration::from_secs(10))
+            .expect("proxy listens");
+        gw
+    }
+
+    fn token(&self) -> String {
+        cli_ok(&[
+            "token",
+            "mint",
+            "--key",
+            &self.secret.display().to_string(),
+            "--alg",
+            "HS256",
+            "--claims",
+            r#"{"scope":"read write","sub":"good-client"}"#,
+        ])
+        .trim()
+        .to_string()
+    }
+
+    /// One HTTPS GET from `src` in the client namespace; the status, or 0 when no HTTP
+    /// answer came (connection refused, dropped or reset).
+    fn get(&self, src: Ipv4Addr, token: &str) -> u16 {
+        let out = exec_in(&self.pair.client, "curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "3",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["--interface", &src.to_string()])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("https://10.77.0.1:{HTTPS_PORT}/api/items"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// A TCP handshake from `src`; `true` if the server answered the SYN in time.
+    fn connects(&self, src: Ipv4Addr) -> bool {
+        in_netns(&self.pair.client, move || -> std::io::Result<()> {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            s.bind(&SocketAddr::from((src, 0)).into())?;
+            let to = SocketAddr::V4(SocketAddrV4::new(NetnsPair::SERVER4, HTTPS_PORT));
+            s.connect_timeout(&to.into(), Duration::from_millis(700))
+        })
+        .expect("enter netns")
+        .is_ok()
+    }
+
+    fn deny_list(&self, config: &Path) -> serde_json::Value {
+        let out = cli_ok(&[
+            "deny",
+            "list",
+            "--json",
+            "--config",
+            &config.display().to_string(),
+        ]);
+        serde_json::from_str(&out).expect("deny list --json")
+    }
+
+    /// Sends `n` requests with a token that is not valid from the attacker.
+    fn fail(&self, n: usize) -> Vec<u16> {
+        (0..n).map(|_| self.get(ATTACKER, "not.a.token")).collect()
+    }
+}
+
+/// Polls `f` until it is true or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+const RULE: &str = r#"auth_failures = { limit = 5, window = "30s", ban = "3s" }
+max_ban = "1h""#;
+
+#[test]
+fn failures_ban_in_the_kernel_then_expire_and_escalate() {
+    let Some(env) = env("failures_ban_in_the_kernel_then_expire_and_escalate", "ab") else {
+        return;
+    };
+    let cfg = env.config(RULE, "");
+    let gw = env.start(&cfg);
+    let good = env.token();
+    assert_eq!(env.get(GOOD, &good), 200, "a valid token is relayed");
+
+    // Five refusals are within the limit; the sixth crosses it.
+    let statuses = env.fail(5);
+    assert_eq!(statuses, vec![401; 5]);
+    assert!(env.connects(ATTACKER), "not banned yet");
+    let crossing = env.get(ATTACKER, "not.a.token");
+    assert!(crossing == 401 || crossing == 0, "{crossing}");
+
+    // Banned: the next SYN gets no SYN-ACK (dropped in XDP), the other client is served.
+    assert!(
+        !env.connects(ATTACKER),
+        "the banned source's SYN is dropped"
+    );
+    assert_eq!(env.get(GOOD, &good), 200);
+    let s = stats(&env.fs.pin_path());
+    let src = source_stats(&s, &ATTACKER.to_string()).expect("tracked");
+    assert!(src["drops_deny"].as_u64().unwrap() >= 1, "{src}");
+    let list = env.deny_list(&cfg);
+    let entry = &list[0];
+    assert_eq!(entry["target"], ATTACKER.to_string(), "{list}");
+    assert_eq!(entry["origin"], "auth_failures");
+    assert!(entry["expires_in_secs"].as_u64().unwrap() <= 3, "{entry}");
+
+    // The ban ends with its TTL.
+    assert!(
+        eventually(Duration::from_secs(8), || env.connects(ATTACKER)),
+        "ban expired"
+    );
+    assert_eq!(
+        env.get(ATTACKER, &good),
+        200,
+        "and the source is served again"
+    );
+
+    // A repeat offender gets double the ban.
+    env.fail(6);
+    assert!(!env.connects(ATTACKER));
+    let entry = &env.deny_list(&cfg)[0];
+    let left = entry["expires_in_secs"].as_u64().unwrap();
+    assert!((4..=6).contains(&left), "second ban is 6 s: {entry}");
+    drop(gw);
+    let log = std::fs::read_to_string(env.dir.join("gateway.log")).unwrap_or_default();
+    assert!(log.contains("abuse: banned"), "{log}");
+}
+
+#[test]
+fn monitor_mode_bans_nothing_but_reports() {
+    let Some(env) = env("monitor_mode_bans_nothing_but_reports", "am") else {
+        return;
+    };
+    let cfg = env.config(&format!("monitor = true\n{RULE}"), "");
+    let gw = env.start(&cfg);
+    assert_eq!(env.fail(10), vec![401; 10]);
+    assert!(env.connects(ATTACKER), "monitor mode bans nothing");
+    assert_eq!(env.deny_list(&cfg), serde_json::json!([]));
+    drop(gw);
+    let log = std::fs::read_to_string(env.dir.join("gateway.log")).unwrap_or_default();
+    assert!(log.contains("would ban (monitor mode)"), "{log}");
+}
+
+#[test]
+fn allow_listed_sources_are_never_banned() {
+    let Some(env) = env("allow_listed_sources_are_never_banned", "aa") else {
+        return;
+    };
+    let cfg = env.config(RULE, &format!("allow = [\"{ATTACKER}\"]"));
+    let gw = env.start(&cfg);
+    assert_eq!(env.fail(12), vec![401; 12]);
+    assert!(env.connects(ATTACKER), "allow-listed: never banned");
+    assert_eq!(env.deny_list(&cfg), serde_json::json!([]));
+    drop(gw);
+}
+
+#[test]
+fn bans_survive_a_restart_and_a_reboot() {
+    let Some(env) = env("bans_survive_a_restart_and_a_reboot", "ar") else {
+        return;
+    };
+    let cfg = env.config(
+        r#"auth_failures = { limit = 2, window = "30s", ban = "5m" }"#,
+        "",
+    );
+    let mut gw = env.start(&cfg);
+    env.fail(3);
+    assert!(!env.connects(ATTACKER), "banned");
+    let status = gw.stop().expect("running");
+    assert!(status.success(), "{status}: {}", gw.log_text());
+
+    // Restart: the pinned map still holds the ban.
+    let mut gw = env.start(&cfg);
+    assert!(!env.connects(ATTACKER), "still banned after a restart");
+    let status = gw.stop().expect("running");
+    assert!(status.success(), "{status}: {}", gw.log_text());
+
+    // Reboot: the pins are gone; the state file brings the ban back.
+    for name in std::fs::read_dir(env.fs.pin_path()).expect("pins") {
+        std::fs::remove_file(name.expect("entry").path()).expect("unpin");
+    }
+    let out = cli(&["deny", "list", "--pin-path", &env.pin()]);
+    assert!(!out.status.success(), "no maps pinned any more");
+    let gw = env.start(&cfg);
+    assert!(
+        gw.log_text().contains("restored from the state file"),
+        "{}",
+        gw.log_text()
+    );
+    assert!(
+        !env.connects(ATTACKER),
+        "the ban is back in force after the reboot"
+    );
+    let list = env.deny_list(&cfg);
+    assert_eq!(list[0]["origin"], "auth_failures", "{list}");
+    assert!(list[0]["expires_in_secs"].as_u64().unwrap() > 240);
+}
