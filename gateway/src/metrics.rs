@@ -129,6 +129,11 @@ struct SourceLabel {
     source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabel {
+    signal: &'static str,
+}
+
 /// One route's request counters: lazily created series per status slot.
 struct RouteRequests {
     name: String,
@@ -367,6 +372,11 @@ impl Metrics {
         self.scrape.verifier.store(Some(v));
     }
 
+    /// The abuse engine whose bans (and would-be bans in monitor mode) are reported.
+    pub fn set_abuse(&self, a: Arc<crate::abuse::AbuseEngine>) {
+        self.scrape.abuse.store(Some(a));
+    }
+
     /// A JWKS URL source whose refresh counters and key-set age are reported at scrape time.
     /// (The verifier's key store says whether any source is stale, but not when each last
     /// succeeded or how often it failed; those live on the source.)
@@ -470,6 +480,7 @@ impl EncodeMetric for LatencyHistogram {
 #[derive(Debug, Default)]
 struct ScrapeSources {
     verifier: ArcSwapOption<Verifier>,
+    abuse: ArcSwapOption<crate::abuse::AbuseEngine>,
     jwks: Mutex<Vec<JwksSource>>,
     pin_path: Mutex<Option<PathBuf>>,
 }
@@ -548,6 +559,7 @@ impl Collector for ScrapeSources {
             )?;
         }
         self.encode_jwks(&mut enc)?;
+        self.encode_abuse(&mut enc)?;
         self.encode_kernel(&mut enc)
     }
 }
@@ -600,6 +612,36 @@ impl ScrapeSources {
                     source: url.clone(),
                 };
                 ConstCounter::new(get(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_abuse(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::abuse::Signal;
+        use std::sync::atomic::Ordering;
+        let Some(a) = self.abuse.load_full() else {
+            return Ok(());
+        };
+        let c = a.counters();
+        for (name, help, values) in [
+            (
+                "abuse_bans",
+                "Sources banned by the abuse engine, by signal",
+                &c.bans,
+            ),
+            (
+                "abuse_would_ban",
+                "Bans the abuse engine would have made (monitor mode), by signal",
+                &c.monitored,
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (signal, v) in Signal::ALL.iter().zip(values.iter()) {
+                let labels = SignalLabel {
+                    signal: signal.name(),
+                };
+                ConstCounter::new(v.load(Ordering::Relaxed)).encode(m.encode_family(&labels)?)?;
             }
         }
         Ok(())

@@ -4,7 +4,6 @@
 
 use std::env;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -246,15 +245,6 @@ impl Cmd {
             bail!("command failed ({status}): {line}");
         }
         Ok(())
-    }
-
-    /// Prints the command and replaces this process with it (the child gets our terminal and
-    /// signals directly; its exit status becomes ours). Returns only on failure to exec.
-    pub fn exec(&self) -> anyhow::Error {
-        let line = self.display();
-        println!("==> {line}");
-        let err = self.command().exec();
-        anyhow::Error::new(err).context(format!("could not start `{line}`"))
     }
 
     /// Runs quietly and returns stdout (trimmed) when the command exits with 0.

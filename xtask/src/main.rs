@@ -6,6 +6,7 @@
 mod bench;
 mod build_cmd;
 mod cmd;
+mod demo;
 mod run;
 mod setup;
 mod test;

@@ -108,6 +108,15 @@ pub struct AbuseCounters {
     pub monitored: [AtomicU64; SIGNALS],
 }
 
+impl std::fmt::Debug for AbuseEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AbuseEngine")
+            .field("monitor", &self.monitor)
+            .field("ipv6_prefix", &self.ipv6_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct AbuseEngine {
     rules: [Option<CompiledRule>; SIGNALS],
     monitor: bool,

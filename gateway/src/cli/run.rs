@@ -259,6 +259,7 @@ async fn start_proxy(
     };
     let mut proxy = Proxy::new(config, verifier, metrics.clone());
     if let Some(a) = abuse {
+        metrics.set_abuse(a.clone());
         proxy = proxy.with_abuse(a);
     }
     let proxy = Arc::new(proxy);

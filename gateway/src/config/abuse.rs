@@ -24,8 +24,24 @@ fn rule(limit: u32, window: u64, ban: u64) -> Option<Rule> {
     })
 }
 
-/// `[abuse]`. Each signal's rule may be set to `false`-like absence by omitting it only when
-/// the default is off; write `requests = { ... }` to turn request-rate bans on.
+/// A rule as written: a table, or `false` to switch a default rule off.
+fn rule_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Rule>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Off(bool),
+        On(Rule),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Off(false) => Ok(None),
+        Raw::Off(true) => Err(serde::de::Error::custom(
+            "`true` is not a rule: write { limit = .., window = \"..\", ban = \"..\" }",
+        )),
+        Raw::On(r) => Ok(Some(r)),
+    }
+}
+
+/// `[abuse]`. A rule left out keeps its default; `name = false` switches it off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AbuseConfig {
@@ -38,17 +54,23 @@ pub struct AbuseConfig {
     /// Ceiling of escalating bans.
     pub max_ban: DurationSecs,
     /// Refused tokens (any reason). Default: 20 in 10 s → 5 min.
+    #[serde(deserialize_with = "rule_or_off")]
     pub auth_failures: Option<Rule>,
     /// Other 4xx answers caused by the client (bad requests, unknown routes). Default: 50 in
     /// 10 s → 5 min.
+    #[serde(deserialize_with = "rule_or_off")]
     pub client_errors: Option<Rule>,
     /// All requests. Default: off.
+    #[serde(deserialize_with = "rule_or_off")]
     pub requests: Option<Rule>,
     /// Failed TLS handshakes. Default: 20 in 10 s → 5 min.
+    #[serde(deserialize_with = "rule_or_off")]
     pub tls_failures: Option<Rule>,
     /// Connections refused over `[listen] max_connections_per_source`. Default: 50 in 10 s → 5 min.
+    #[serde(deserialize_with = "rule_or_off")]
     pub connections: Option<Rule>,
     /// SYN rate-limit trips reported by the kernel. Default: 5 in 60 s → 10 min.
+    #[serde(deserialize_with = "rule_or_off")]
     pub kernel_rate: Option<Rule>,
 }
 
@@ -98,5 +120,23 @@ impl AbuseConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_default_switch_off_and_override() {
+        let c: AbuseConfig = toml::from_str(
+            "auth_failures = false\nrequests = { limit = 100, window = \"1s\", ban = \"1m\" }",
+        )
+        .unwrap();
+        assert_eq!(c.auth_failures, None);
+        assert_eq!(c.requests.map(|r| r.limit), Some(100));
+        assert_eq!(c.tls_failures, AbuseConfig::default().tls_failures);
+        assert!(toml::from_str::<AbuseConfig>("auth_failures = true").is_err());
+        assert!(toml::from_str::<AbuseConfig>("auth_failures = { limit = 1 }").is_err());
     }
 }

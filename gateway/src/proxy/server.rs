@@ -133,6 +133,10 @@ pub async fn serve(
     for t in &tasks {
         t.abort();
     }
+    // An accept loop waiting in accept() holds a permit too: let them go first.
+    for t in tasks {
+        let _ = t.await;
+    }
     // Every open connection holds a permit: all permits back means all connections done.
     let max = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
     let open = cfg.max_connections - shared.permits.available_permits();
