@@ -387,3 +387,144 @@ fn bans_survive_a_restart_and_a_reboot() {
     assert_eq!(list[0]["origin"], "auth_failures", "{list}");
     assert!(list[0]["expires_in_secs"].as_u64().unwrap() > 240);
 }
+
+/// Runs `gateway ARGS...` inside namespace `ns` (where the gateway's loopback admin
+/// endpoint is).
+fn cli_in(ns: &str, args: &[&str]) -> std::process::Output {
+    let mut c = exec_in(ns, &gateway_tests::gateway::bin().display().to_string());
+    c.args(args).output().expect("run gateway in the namespace")
+}
+
+#[test]
+fn deny_api_and_cli_go_through_the_running_gateway() {
+    let Some(env) = env("deny_api_and_cli_go_through_the_running_gateway", "ad") else {
+        return;
+    };
+    let token_file = env.dir.join("api.token");
+    std::fs::write(&token_file, "0123456789abcdef-admin-token\n").unwrap();
+    let cfg = env.config("auth_failures = false", "");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[admin]\nlisten = \"127.0.0.1:9901\"\napi_token_file = \"{}\"\n",
+        token_file.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let gw = env.start(&cfg);
+    let c = cfg.display().to_string();
+    let t = token_file.display().to_string();
+
+    // Without the token the running gateway's API refuses, and the CLI says so.
+    let out = cli_in(
+        &env.pair.server,
+        &["deny", "add", "10.77.0.2", "--config", &c],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("needs a loopback client or the API token"),
+        "{err}"
+    );
+    assert!(env.connects(ATTACKER), "nothing was written");
+
+    // With it, the entry goes in through the API and drops at once.
+    let out = cli_in(
+        &env.pair.server,
+        &[
+            "deny",
+            "add",
+            "10.77.0.2",
+            "--ttl",
+            "5m",
+            "--reason",
+            "api",
+            "--config",
+            &c,
+            "--api-token-file",
+            &t,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "denied 10.77.0.2 for 5m00s (api)"
+    );
+    assert!(!env.connects(ATTACKER));
+    let out = cli_in(
+        &env.pair.server,
+        &[
+            "deny",
+            "list",
+            "--json",
+            "--config",
+            &c,
+            "--api-token-file",
+            &t,
+        ],
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list[0]["target"], "10.77.0.2");
+    assert_eq!(list[0]["origin"], "manual");
+    assert_eq!(list[0]["reason"], "api");
+
+    // The API itself, with curl: list, add a prefix, delete it, refuse junk.
+    let curl = |args: &[&str]| -> String {
+        let out = exec_in(&env.pair.server, "curl")
+            .args([
+                "-s",
+                "--max-time",
+                "3",
+                "-H",
+                "Authorization: Bearer 0123456789abcdef-admin-token",
+            ])
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let posted = curl(&[
+        "-X",
+        "POST",
+        "--data",
+        r#"{"target":"10.78.0.0/16","ttl":"1m"}"#,
+        "http://127.0.0.1:9901/deny",
+    ]);
+    assert!(posted.contains("10.78.0.0/16"), "{posted}");
+    assert!(curl(&["http://127.0.0.1:9901/deny"]).contains("10.78.0.0/16"));
+    let deleted = curl(&["-X", "DELETE", "http://127.0.0.1:9901/deny/10.78.0.0%2F16"]);
+    assert!(deleted.contains("removed"), "{deleted}");
+    let junk = curl(&[
+        "-X",
+        "POST",
+        "--data",
+        r#"{"target":"nope"}"#,
+        "http://127.0.0.1:9901/deny",
+    ]);
+    assert!(junk.contains("not an IP address"), "{junk}");
+
+    // The CLI removes through the API too; the state file follows.
+    let out = cli_in(
+        &env.pair.server,
+        &[
+            "deny",
+            "del",
+            "10.77.0.2",
+            "--config",
+            &c,
+            "--api-token-file",
+            &t,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.connects(ATTACKER));
+    drop(gw);
+    let state = std::fs::read_to_string(env.dir.join("deny-state.json")).unwrap();
+    assert!(!state.contains("10.77.0.2"), "{state}");
+}
