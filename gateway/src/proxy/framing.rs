@@ -135,27 +135,48 @@ impl<I> FramingWatch<I> {
         }
     }
 
-    /// Appends `data` to the current line up to and including `end`; returns the bytes taken
-    /// and whether `end` was reached. Too long a line loses the stream.
+    /// Appends `data` to the current line up to and including `end` (whose last byte is
+    /// `\n`); returns the bytes taken and whether `end` was reached. Too long a line loses
+    /// the stream. Scans for `\n` and copies in bulk: this runs on every request byte.
     fn collect(&mut self, data: &[u8], end: &[u8], max: usize) -> (usize, bool) {
-        for (i, &b) in data.iter().enumerate() {
+        let mut start = 0;
+        if matches!(self.state, State::Head) && self.line.is_empty() {
             // Leading CRLFs before a request line are allowed (RFC 9112 §2.2).
-            if matches!(self.state, State::Head)
-                && self.line.is_empty()
-                && (b == b'\r' || b == b'\n')
-            {
-                continue;
-            }
-            self.line.push(b);
-            if self.line.ends_with(end) {
-                return (i + 1, true);
-            }
-            if self.line.len() > max {
-                self.lose();
-                return (data.len(), false);
-            }
+            start = data
+                .iter()
+                .position(|b| *b != b'\r' && *b != b'\n')
+                .unwrap_or(data.len());
         }
+        let mut from = start;
+        while let Some(off) = data[from..].iter().position(|b| *b == b'\n') {
+            let nl = from + off;
+            if self.ends_with(&data[start..=nl], end) {
+                if self.line.len() + (nl + 1 - start) > max {
+                    self.lose();
+                    return (data.len(), false);
+                }
+                self.line.extend_from_slice(&data[start..=nl]);
+                return (nl + 1, true);
+            }
+            from = nl + 1;
+        }
+        if self.line.len() + (data.len() - start) > max {
+            self.lose();
+            return (data.len(), false);
+        }
+        self.line.extend_from_slice(&data[start..]);
         (data.len(), false)
+    }
+
+    /// Whether the current line followed by `chunk` ends with `end`.
+    fn ends_with(&self, chunk: &[u8], end: &[u8]) -> bool {
+        if chunk.len() >= end.len() {
+            return chunk.ends_with(end);
+        }
+        let need = end.len() - chunk.len();
+        self.line.len() >= need
+            && self.line[self.line.len() - need..] == end[..need]
+            && chunk == &end[need..]
     }
 
     fn lose(&mut self) {

@@ -16,6 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,8 +174,10 @@ impl Proxy {
         if let Err(resp) = self.check_framing(&req) {
             return (None, *resp);
         }
-        let path = match path::normalize(req.uri().path()) {
-            Ok(p) => p,
+        // `None`: the path is already normal and the request's own URI is forwarded as is.
+        let normalized = match path::normalize(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(p)) => Some(p),
             Err(e) => {
                 return (
                     None,
@@ -182,8 +185,9 @@ impl Proxy {
                 )
             }
         };
-        let host = request_host(&req);
-        let Some((idx, route)) = route::find(&self.routes, host.as_deref(), &path, req.method())
+        let host = request_host(&req).map(|h| h.into_owned());
+        let path = normalized.as_deref().unwrap_or(req.uri().path());
+        let Some((idx, route)) = route::find(&self.routes, host.as_deref(), path, req.method())
         else {
             return (
                 None,
@@ -202,7 +206,14 @@ impl Proxy {
             }
         };
         let resp = self
-            .forward(conn, route, req, &path, host.as_deref(), token.as_deref())
+            .forward(
+                conn,
+                route,
+                req,
+                normalized,
+                host.as_deref(),
+                token.as_deref(),
+            )
             .await;
         (Some(idx), resp)
     }
@@ -354,7 +365,7 @@ impl Proxy {
         conn: ConnInfo,
         route: &Route,
         req: Request<Incoming>,
-        path: &str,
+        normalized: Option<String>,
         host: Option<&str>,
         token: Option<&VerifiedToken>,
     ) -> Response<ProxyBody> {
@@ -378,20 +389,25 @@ impl Proxy {
                 }
             }
         }
-        let target = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        };
-        parts.uri = match target.parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return plain_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "invalid request target",
-                )
-            }
-        };
+        // Origin form for the upstream: the normalised path, or the request's own when it
+        // was normal already (absolute-form targets lose scheme and authority).
+        if normalized.is_some() || parts.uri.scheme().is_some() {
+            let path = normalized.as_deref().unwrap_or(parts.uri.path());
+            let target = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            parts.uri = match target.parse() {
+                Ok(u) => u,
+                Err(_) => {
+                    return plain_error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "invalid request target",
+                    )
+                }
+            };
+        }
         parts.version = Version::HTTP_11;
         let body = Limited::new(
             body,
@@ -453,16 +469,22 @@ fn upstream_error_response(e: &UpstreamError) -> Response<ProxyBody> {
 
 /// The request's host, lower-case, without port: the URI authority (HTTP/2, absolute form)
 /// or the Host header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.host().to_ascii_lowercase());
-    }
-    let raw = req.headers().get(header::HOST)?.to_str().ok()?;
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => raw.split(':').next().unwrap_or(raw),
+fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+    let host = match req.uri().authority() {
+        Some(a) => a.host(),
+        None => {
+            let raw = req.headers().get(header::HOST)?.to_str().ok()?;
+            match raw.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(v6),
+                None => raw.split(':').next().unwrap_or(raw),
+            }
+        }
     };
-    Some(host.to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.

@@ -16,6 +16,8 @@ pub enum PathError {
     BadEscape,
 }
 
+use std::borrow::Cow;
+
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -59,11 +61,20 @@ fn decode_unreserved(segment: &str, out: &mut String) -> Result<(), PathError> {
     Ok(())
 }
 
-/// The normalised form of an origin-form path (without the query).
-pub fn normalize(path: &str) -> Result<String, PathError> {
+/// The normalised form of an origin-form path (without the query); borrowed when the path
+/// is already normal, which is the common case and costs no allocation.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    // Nothing to decode, collapse or resolve: no escape, no empty or dot segment.
+    if !path.contains('%') && !path.contains("//") && !path.contains("/.") {
+        return Ok(Cow::Borrowed(path));
+    }
+    normalize_slow(path).map(Cow::Owned)
+}
+
+fn normalize_slow(path: &str) -> Result<String, PathError> {
     if !path.is_ascii() {
         // hyper only hands us ASCII; anything else is not a valid request target.
         return Err(PathError::BadEscape);
@@ -122,6 +133,16 @@ mod tests {
             ("/api/a%20b", "/api/a%20b"),
         ] {
             assert_eq!(normalize(input).as_deref(), Ok(want), "{input}");
+            if matches!(normalize(input), Ok(Cow::Borrowed(_))) {
+                assert_eq!(input, want, "borrowed only when unchanged");
+            }
+        }
+    }
+
+    #[test]
+    fn plain_paths_are_borrowed() {
+        for p in ["/", "/api/items", "/api/", "/a-b_c~d/e.json"] {
+            assert!(matches!(normalize(p), Ok(Cow::Borrowed(_))), "{p}");
         }
     }
 
