@@ -59,12 +59,13 @@ pub fn run(args: RunArgs) -> ExitCode {
             ),
         );
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().thread_name("gateway");
-    if config.runtime.worker_threads > 0 {
-        builder.worker_threads(config.runtime.worker_threads);
-    }
-    let runtime = match builder.build() {
+    // The main runtime runs signals, the admin endpoint, key refreshes and the data plane's
+    // housekeeping; the proxy has worker threads of its own (`[runtime] worker_threads`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("gateway")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
     };
@@ -262,7 +263,6 @@ async fn start_proxy(
         metrics.set_abuse(a.clone());
         proxy = proxy.with_abuse(a);
     }
-    let proxy = Arc::new(proxy);
     for (u, cfg) in proxy.upstreams().iter().zip(&config.upstream) {
         if let Some(hc) = &cfg.health_check {
             tokio::spawn(
@@ -271,14 +271,30 @@ async fn start_proxy(
             );
         }
     }
-    let listeners = Listeners::bind(&listen).await.map_err(|e| e.to_string())?;
+    let workers = match config.runtime.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listeners = Listeners::bind(&listen, workers).map_err(|e| e.to_string())?;
     for (addr, tls) in listeners.local_addrs() {
         eprintln!(
             "gateway: proxy listening on {}://{addr}",
             if tls { "https" } else { "http" }
         );
     }
-    let task = tokio::spawn(server::serve(proxy, listeners, acceptor, listen, shutdown));
+    let mut proxies = Vec::with_capacity(workers);
+    for _ in 1..workers {
+        proxies.push(Arc::new(proxy.for_worker(config)));
+    }
+    proxies.push(Arc::new(proxy));
+    let threads = server::spawn_workers(proxies, listeners, acceptor, &listen, shutdown)
+        .map_err(|e| format!("cannot start the proxy workers: {e}"))?;
+    // One task that ends when every worker has drained and stopped.
+    let task = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
     Ok(StartedProxy {
         task,
         certs,

@@ -16,7 +16,8 @@ fn secs(s: u64) -> DurationSecs {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Tokio worker threads; 0 = one per CPU.
+    /// Proxy worker threads, each a single-threaded runtime with its own listener sockets
+    /// (SO_REUSEPORT) and upstream connections; 0 = one per CPU.
     pub worker_threads: usize,
 }
 

@@ -101,6 +101,27 @@ impl Proxy {
         }
     }
 
+    /// A copy for another worker runtime: the same routes, verifier, metrics and abuse
+    /// engine, the same upstream health, but connection pools of its own.
+    pub fn for_worker(&self, config: &Config) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            upstreams: self
+                .upstreams
+                .iter()
+                .zip(&config.upstream)
+                .map(|(u, cfg)| Arc::new(u.for_worker(cfg)))
+                .collect(),
+            verifier: self.verifier.clone(),
+            metrics: self.metrics.clone(),
+            claim_header_names: self.claim_header_names.clone(),
+            max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
+            realm: self.realm.clone(),
+            abuse: self.abuse.clone(),
+        }
+    }
+
     /// Feeds the abuse engine with this proxy's signals, and closes banned sources'
     /// connections.
     pub fn with_abuse(mut self, engine: Arc<AbuseEngine>) -> Self {
@@ -307,6 +328,14 @@ impl Proxy {
         self.metrics.verify_latency(started.elapsed());
         let token = match verified {
             Ok(t) => t,
+            Err(_) if !policy::is_b64token(raw) => {
+                // Not even the syntax of a bearer token (RFC 6750 §2.1).
+                self.metrics.denial("invalid_request");
+                return Err(self.unauthorized(
+                    Some("invalid_request"),
+                    "the bearer token has invalid characters",
+                ));
+            }
             Err(rejection) => {
                 let reason = rejection.reason();
                 self.metrics.denial(reason);

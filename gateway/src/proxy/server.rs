@@ -28,32 +28,98 @@ pub enum ServerError {
     },
 }
 
-/// Bound listeners, before serving: binding first lets start-up fail with the address.
+/// Bound listeners, before serving: binding first lets start-up fail with the address. Each
+/// address gets one socket per worker (SO_REUSEPORT), so the kernel spreads connections over
+/// the workers and a worker never wakes another.
 pub struct Listeners {
-    bound: Vec<(TcpListener, bool)>,
+    per_worker: Vec<Vec<(std::net::TcpListener, bool)>>,
+    addrs: Vec<(SocketAddr, bool)>,
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 impl Listeners {
-    pub async fn bind(cfg: &ListenConfig) -> Result<Self, ServerError> {
-        let mut bound = Vec::new();
-        for (addrs, tls) in [(&cfg.https, true), (&cfg.http, false)] {
-            for &addr in addrs {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServerError::Bind { addr, source })?;
-                bound.push((l, tls));
+    pub fn bind(cfg: &ListenConfig, workers: usize) -> Result<Self, ServerError> {
+        let workers = workers.max(1);
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for (list, tls) in [(&cfg.https, true), (&cfg.http, false)] {
+            for &addr in list {
+                let bind_err = |source| ServerError::Bind { addr, source };
+                let first = reuseport_listener(addr).map_err(bind_err)?;
+                // Port 0: the others join the port the first one got.
+                let actual = first.local_addr().map_err(bind_err)?;
+                addrs.push((actual, tls));
+                per_worker[0].push((first, tls));
+                for w in per_worker.iter_mut().skip(1) {
+                    w.push((reuseport_listener(actual).map_err(bind_err)?, tls));
+                }
             }
         }
-        Ok(Self { bound })
+        Ok(Self { per_worker, addrs })
     }
 
     /// Actual addresses (port 0 resolved), TLS first, in config order.
     pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
-        self.bound
-            .iter()
-            .filter_map(|(l, tls)| l.local_addr().ok().map(|a| (a, *tls)))
-            .collect()
+        self.addrs.clone()
     }
+}
+
+/// Limits shared by every worker: total connections and connections per source.
+pub struct Limits {
+    permits: Arc<Semaphore>,
+    source: Arc<SourceLimit>,
+}
+
+impl Limits {
+    pub fn new(cfg: &ListenConfig) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(cfg.max_connections)),
+            source: Arc::new(SourceLimit {
+                max: cfg.max_connections_per_source,
+                open: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// Starts one worker thread per proxy, each with a single-threaded runtime serving its own
+/// listener sockets; they stop (after draining) when `shutdown` flips to true.
+pub fn spawn_workers(
+    proxies: Vec<Arc<Proxy>>,
+    listeners: Listeners,
+    tls: Option<TlsAcceptor>,
+    cfg: &ListenConfig,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let limits = Limits::new(cfg);
+    let mut handles = Vec::new();
+    for (i, (proxy, socks)) in proxies.into_iter().zip(listeners.per_worker).enumerate() {
+        let (tls, cfg, shutdown, limits) =
+            (tls.clone(), cfg.clone(), shutdown.clone(), limits.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("gateway-w{i}"))
+                .spawn(move || runtime.block_on(serve(proxy, socks, tls, cfg, shutdown, limits)))?,
+        );
+    }
+    Ok(handles)
 }
 
 /// Open connections per source address; the guard gives the slot back.
@@ -98,30 +164,36 @@ impl Drop for SourceSlot {
     }
 }
 
-/// Serves every listener until `shutdown` flips to true, then lets every connection finish
-/// its in-flight requests (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY)
-/// for up to `shutdown_grace`.
+/// Serves one worker's listeners until `shutdown` flips to true, then lets every connection
+/// finish its in-flight requests (HTTP/1.1 closes after the current response, HTTP/2 sends
+/// GOAWAY) for up to `shutdown_grace`.
 pub async fn serve(
     proxy: Arc<Proxy>,
-    listeners: Listeners,
+    listeners: Vec<(std::net::TcpListener, bool)>,
     tls: Option<TlsAcceptor>,
     cfg: ListenConfig,
     mut shutdown: watch::Receiver<bool>,
+    limits: Arc<Limits>,
 ) {
     let shared = Arc::new(Shared {
         proxy,
         builder: http_builder(&cfg),
-        permits: Arc::new(Semaphore::new(cfg.max_connections)),
-        limit: Arc::new(SourceLimit {
-            max: cfg.max_connections_per_source,
-            open: Mutex::new(HashMap::new()),
-        }),
+        permits: limits.permits.clone(),
+        local: Arc::new(Semaphore::new(cfg.max_connections)),
+        limit: limits.source.clone(),
         handshake_timeout: cfg.tls_handshake_timeout.0,
         shutdown_grace: cfg.shutdown_grace.0,
         shutdown: shutdown.clone(),
     });
     let mut tasks = Vec::new();
-    for (listener, is_tls) in listeners.bound {
+    for (listener, is_tls) in listeners {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "listener could not join the runtime");
+                continue;
+            }
+        };
         let acceptor = if is_tls { tls.clone() } else { None };
         tasks.push(tokio::spawn(accept_loop(
             listener,
@@ -133,16 +205,18 @@ pub async fn serve(
     for t in &tasks {
         t.abort();
     }
-    // An accept loop waiting in accept() holds a permit too: let them go first.
     for t in tasks {
         let _ = t.await;
     }
-    // Every open connection holds a permit: all permits back means all connections done.
+    // Every open connection of this worker holds a local permit: all of them back means all
+    // connections done.
     let max = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
-    let open = cfg.max_connections - shared.permits.available_permits();
+    let open = cfg.max_connections - shared.local.available_permits();
     let grace = cfg.shutdown_grace.0;
-    tracing::info!(open, "draining connections for up to {grace:?}");
-    if tokio::time::timeout(grace, shared.permits.acquire_many(max))
+    if open > 0 {
+        tracing::info!(open, "draining connections for up to {grace:?}");
+    }
+    if tokio::time::timeout(grace, shared.local.acquire_many(max))
         .await
         .is_err()
     {
@@ -163,7 +237,10 @@ async fn wait_true(rx: &mut watch::Receiver<bool>) {
 struct Shared {
     proxy: Arc<Proxy>,
     builder: auto::Builder<TokioExecutor>,
+    /// Connections of all workers (`max_connections`).
     permits: Arc<Semaphore>,
+    /// Connections of this worker, for draining.
+    local: Arc<Semaphore>,
     limit: Arc<SourceLimit>,
     handshake_timeout: std::time::Duration,
     shutdown_grace: std::time::Duration,
@@ -201,6 +278,9 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
                 Err(_) => return,
             },
         };
+        let Ok(local) = shared.local.clone().try_acquire_owned() else {
+            return;
+        };
         let (stream, peer) = tokio::select! {
             _ = wait_true(&mut shutdown) => return,
             r = listener.accept() => match r {
@@ -236,6 +316,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _local = local;
             let _slot = slot;
             shared.proxy.metrics().connection_opened();
             match tls {

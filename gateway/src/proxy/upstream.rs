@@ -77,11 +77,12 @@ struct Server {
     active_ok: AtomicBool,
 }
 
-/// One named pool.
+/// One named pool. Each proxy worker has its own (its own keep-alive connections, used only
+/// by that worker's runtime); the servers' health and the round-robin position are shared.
 pub struct Upstream {
     name: String,
-    servers: Vec<Server>,
-    next: AtomicUsize,
+    servers: Arc<Vec<Server>>,
+    next: Arc<AtomicUsize>,
     client: Client<HttpConnector, ProxyBody>,
     request_timeout: Duration,
     max_fails: u32,
@@ -91,33 +92,41 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout.0));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.max_idle_per_server)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Self {
             name: cfg.name.clone(),
-            servers: cfg
-                .servers
-                .iter()
-                .map(|&addr| Server {
-                    addr,
-                    base: format!("http://{addr}"),
-                    fails: AtomicU32::new(0),
-                    down_until_ms: AtomicU64::new(0),
-                    active_ok: AtomicBool::new(true),
-                })
-                .collect(),
-            next: AtomicUsize::new(0),
-            client,
+            servers: Arc::new(
+                cfg.servers
+                    .iter()
+                    .map(|&addr| Server {
+                        addr,
+                        base: format!("http://{addr}"),
+                        fails: AtomicU32::new(0),
+                        down_until_ms: AtomicU64::new(0),
+                        active_ok: AtomicBool::new(true),
+                    })
+                    .collect(),
+            ),
+            next: Arc::new(AtomicUsize::new(0)),
+            client: client(cfg),
             request_timeout: cfg.request_timeout.0,
             max_fails: cfg.max_fails,
             fail_timeout: cfg.fail_timeout.0,
             epoch: Instant::now(),
+        }
+    }
+
+    /// The same pool (health, rotation) with a connection pool of its own, for another
+    /// worker.
+    pub fn for_worker(&self, cfg: &UpstreamConfig) -> Self {
+        Self {
+            name: self.name.clone(),
+            servers: self.servers.clone(),
+            next: self.next.clone(),
+            client: client(cfg),
+            request_timeout: self.request_timeout,
+            max_fails: self.max_fails,
+            fail_timeout: self.fail_timeout,
+            epoch: self.epoch,
         }
     }
 
@@ -219,7 +228,7 @@ impl Upstream {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for s in &self.servers {
+            for s in self.servers.iter() {
                 let ok = self.probe(s, &path, timeout).await;
                 let was = s.active_ok.swap(ok, Ordering::Relaxed);
                 if was != ok {
@@ -245,6 +254,17 @@ impl Upstream {
             _ => false,
         }
     }
+}
+
+fn client(cfg: &UpstreamConfig) -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(cfg.connect_timeout.0));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(cfg.max_idle_per_server)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
 }
 
 /// The error and its causes on one line.
