@@ -42,26 +42,21 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// Every prefix-less metric name is registered under this prefix.
 pub const PREFIX: &str = "gateway";
 
+/// The auth layer's own refusal reasons, beside the verifier's codes.
+pub const AUTH_LAYER_REASONS: [&str; 3] =
+    ["missing_token", "invalid_request", "insufficient_scope"];
+
 /// Denial reasons with their own series: the verifier's stable codes
-/// ([`crate::jwt::Rejection::reason`]) and the auth layer's own. Anything else counts as
-/// `other`, so a new code shows up instead of disappearing.
-pub const DENIAL_REASONS: &[&str] = &[
-    "malformed",
-    "alg_not_allowed",
-    "key_not_found",
-    "bad_signature",
-    "expired",
-    "not_yet_valid",
-    "missing_claim",
-    "bad_issuer",
-    "bad_audience",
-    "unsupported_crit",
-    "too_large",
-    "typ_mismatch",
-    "missing_token",
-    "invalid_request",
-    "insufficient_scope",
-];
+/// ([`crate::jwt::REASONS`]) and the auth layer's own. Anything else counts as `other`, so a
+/// new code shows up instead of disappearing.
+pub static DENIAL_REASONS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| {
+        crate::jwt::REASONS
+            .iter()
+            .chain(AUTH_LAYER_REASONS.iter())
+            .copied()
+            .collect()
+    });
 
 /// Kinds of upstream failure with their own series; anything else counts as `other`.
 pub const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "timeout", "no_healthy", "protocol"];
@@ -212,7 +207,7 @@ impl Metrics {
             "Requests refused by the auth layer, by reason",
             denial_family.clone(),
         );
-        let denials = with_other(DENIAL_REASONS)
+        let denials = with_other(&DENIAL_REASONS)
             .map(|reason| denial_family.get_or_create_owned(&ReasonLabel { reason }))
             .collect();
 
@@ -320,7 +315,7 @@ impl Metrics {
 
     /// One refusal by the auth layer; `reason` outside [`DENIAL_REASONS`] counts as `other`.
     pub fn denial(&self, reason: &str) {
-        if let Some(c) = self.denials.get(slot(DENIAL_REASONS, reason)) {
+        if let Some(c) = self.denials.get(slot(&DENIAL_REASONS, reason)) {
             c.inc();
         }
     }

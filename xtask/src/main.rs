@@ -38,7 +38,8 @@ enum Command {
     Run(run::RunArgs),
     /// Setup, build, rustfmt, clippy, then every test (privileged ones included).
     Test(test::TestArgs),
-    /// Build the eBPF object, then run the criterion benchmarks of the gateway crate.
+    /// Every benchmark: JWT and data-plane micro benchmarks, the side-by-side comparison with
+    /// HAProxy, XDP vs nftables drop rate, memory; writes bench/results/<timestamp>.md.
     Bench(bench::BenchArgs),
 }
 
