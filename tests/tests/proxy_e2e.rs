@@ -1256,3 +1256,77 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// One TLS handshake with `server_name` (`None`: connect by IP, which sends no SNI), using
+/// `config`; the certificate the server presented and whether the session was resumed.
+async fn handshake(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<&str>,
+) -> (Vec<u8>, bool) {
+    use rustls::pki_types::ServerName;
+    let name = match server_name {
+        Some(n) => ServerName::try_from(n.to_string()).expect("name"),
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let (_, session) = tls.get_ref();
+    let cert = session.peer_certificates().expect("certificate")[0].to_vec();
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    // TLS 1.3 tickets arrive after the handshake: read until the server's answer so the
+    // client has stored them.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /open/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut sink)).await;
+    (cert, resumed)
+}
+
+#[test]
+fn certificates_are_chosen_by_sni_and_sessions_resume() {
+    let mut gw = Gw::start(Setup::default());
+    // A second certificate for the name `localhost`; the first stays the default.
+    let sni = gw.ca.issue("gateway-test-sni", 7).expect("second cert");
+    sni.write(&gw.path("sni.crt"), &gw.path("sni.key"))
+        .expect("write");
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(gw.path("gateway.toml"))
+        .expect("config");
+    writeln!(
+        config,
+        "\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\nserver_names = [\"localhost\"]",
+        gw.path("sni.crt").display(),
+        gw.path("sni.key").display()
+    )
+    .expect("append");
+    gw.proc.signal(Signal::SIGHUP).expect("SIGHUP");
+    gw.proc
+        .wait_for("certificates reloaded", Duration::from_secs(10))
+        .expect("reloaded");
+
+    let addr = gw.https.addr();
+    let rt = runtime();
+    rt.block_on(async {
+        let fresh = gw.ca.client_config(&[b"http/1.1"]).expect("client config");
+        let (cert, _) = handshake(addr, fresh.clone(), Some("localhost")).await;
+        assert_eq!(cert, sni.der, "SNI `localhost` selects its certificate");
+        let (cert, _) = handshake(addr, fresh, None).await;
+        assert_eq!(cert, gw.cert.der, "no SNI: the default certificate");
+
+        // Session resumption: a client that keeps its sessions resumes the second time.
+        let mut resuming = (*gw.ca.client_config(&[b"http/1.1"]).expect("config")).clone();
+        resuming.resumption = rustls::client::Resumption::in_memory_sessions(16);
+        let resuming = Arc::new(resuming);
+        let (_, first) = handshake(addr, resuming.clone(), Some("localhost")).await;
+        let (_, second) = handshake(addr, resuming, Some("localhost")).await;
+        assert!(!first, "the first handshake is a full one");
+        assert!(second, "the second handshake resumes the session");
+    });
+}
