@@ -65,6 +65,9 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// More than one problem: one line each.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 impl Config {
@@ -102,89 +105,98 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        config
+        let mut errors: Vec<ConfigError> = config
             .validate()
-            .map_err(|(at, issue)| issue.locate(path, text, at))?;
-        Ok(config)
+            .into_iter()
+            .map(|(at, issue)| issue.locate(path, text, at))
+            .collect();
+        match errors.len() {
+            0 => Ok(config),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
     }
 
-    /// Checks each section, then how the sections refer to each other.
-    fn validate(&self) -> Result<(), (Section, Issue)> {
+    /// Checks each section, then how the sections refer to each other; every problem found
+    /// (the first of each section or array entry), in file order of sections.
+    fn validate(&self) -> Vec<(Section, Issue)> {
         let one = |name: &'static str| Section { name, index: None };
         let nth = |name: &'static str, i: usize| Section {
             name,
             index: Some(i),
         };
+        let mut found = Vec::new();
+        let mut check = |at: Section, r: Result<(), Issue>| {
+            if let Err(i) = r {
+                found.push((at, i));
+            }
+        };
         if let Some(ebpf) = &self.ebpf {
-            ebpf.validate().map_err(|i| (one("ebpf"), i))?;
+            check(one("ebpf"), ebpf.validate());
         }
         if let Some(admin) = &self.admin {
-            admin.validate().map_err(|i| (one("admin"), i))?;
+            check(one("admin"), admin.validate());
         }
         if let Some(abuse) = &self.abuse {
-            abuse.validate().map_err(|i| (one("abuse"), i))?;
+            check(one("abuse"), abuse.validate());
         }
         if let Some(tls) = &self.tls {
-            tls.validate().map_err(|i| (one("tls"), i))?;
+            check(one("tls"), tls.validate());
         }
         if let Some(jwt) = &self.jwt {
-            jwt.validate()
-                .map_err(|e| (one("jwt"), Issue::new("keys", e.to_string())))?;
+            check(
+                one("jwt"),
+                jwt.validate()
+                    .map_err(|e| Issue::new("keys", e.to_string())),
+            );
         }
         for (i, u) in self.upstream.iter().enumerate() {
-            u.validate().map_err(|e| (nth("upstream", i), e))?;
-            if self.upstream[..i].iter().any(|o| o.name == u.name) {
-                return Err((
-                    nth("upstream", i),
-                    Issue::new("name", format!("upstream `{}` is defined twice", u.name)),
-                ));
-            }
+            let twice = self.upstream[..i].iter().any(|o| o.name == u.name);
+            check(
+                nth("upstream", i),
+                u.validate().and_then(|()| match twice {
+                    true => Err(Issue::new(
+                        "name",
+                        format!("upstream `{}` is defined twice", u.name),
+                    )),
+                    false => Ok(()),
+                }),
+            );
         }
         for (i, r) in self.route.iter().enumerate() {
-            r.validate().map_err(|e| (nth("route", i), e))?;
-            if !self.upstream.iter().any(|u| u.name == r.upstream) {
-                return Err((
-                    nth("route", i),
-                    Issue::new(
-                        "upstream",
-                        format!("no [[upstream]] is named `{}`", r.upstream),
-                    ),
-                ));
-            }
-            if r.auth != AuthMode::None && self.jwt.is_none() {
-                return Err((
-                    nth("route", i),
-                    Issue::new("auth", "routes that check tokens need a [jwt] section"),
-                ));
-            }
+            let refs = if !self.upstream.iter().any(|u| u.name == r.upstream) {
+                Err(Issue::new(
+                    "upstream",
+                    format!("no [[upstream]] is named `{}`", r.upstream),
+                ))
+            } else if r.auth != AuthMode::None && self.jwt.is_none() {
+                Err(Issue::new(
+                    "auth",
+                    "routes that check tokens need a [jwt] section",
+                ))
+            } else {
+                Ok(())
+            };
+            check(nth("route", i), r.validate().and(refs));
         }
         if let Some(listen) = &self.listen {
-            listen.validate().map_err(|i| (one("listen"), i))?;
-            if listen.https.is_empty() && listen.http.is_empty() {
-                return Err((
-                    one("listen"),
-                    Issue::new("https", "no listener: set https or http"),
-                ));
-            }
-            if !listen.https.is_empty() && self.tls.is_none() {
-                return Err((
-                    one("listen"),
-                    Issue::new("https", "HTTPS listeners need a [tls] section"),
-                ));
-            }
-            if self.route.is_empty() {
-                return Err((
-                    one("listen"),
-                    Issue::new("https", "listeners need at least one [[route]]"),
-                ));
-            }
+            let shape = if listen.https.is_empty() && listen.http.is_empty() {
+                Err(Issue::new("https", "no listener: set https or http"))
+            } else if !listen.https.is_empty() && self.tls.is_none() {
+                Err(Issue::new("https", "HTTPS listeners need a [tls] section"))
+            } else if self.route.is_empty() {
+                Err(Issue::new("https", "listeners need at least one [[route]]"))
+            } else {
+                Ok(())
+            };
+            check(one("listen"), listen.validate().and(shape));
         } else if !self.route.is_empty() {
-            return Err((
+            check(
                 nth("route", 0),
-                Issue::new("path_prefix", "routes need a [listen] section"),
-            ));
+                Err(Issue::new("path_prefix", "routes need a [listen] section")),
+            );
         }
-        Ok(())
+        found
     }
 
     /// Whether the config runs a proxy (listeners and routes).
@@ -351,6 +363,17 @@ mod tests {
     fn syntax_errors_name_the_line() {
         let e = err("[ebpf]\ninterface = lo\n");
         assert!(e.starts_with("gw.toml:2: "), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let e = err(
+            "[ebpf]\ninterface = \"lo\"\ndeny = [\"x\"]\n\n[admin]\nlisten = \"0.0.0.0:9901\"\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 2, "{e}");
+        assert!(lines[0].starts_with("gw.toml:3: ebpf.deny: "), "{e}");
+        assert!(lines[1].starts_with("gw.toml:6: admin.listen: "), "{e}");
     }
 
     #[test]
