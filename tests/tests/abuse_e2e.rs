@@ -528,3 +528,80 @@ fn deny_api_and_cli_go_through_the_running_gateway() {
     let state = std::fs::read_to_string(env.dir.join("deny-state.json")).unwrap();
     assert!(!state.contains("10.77.0.2"), "{state}");
 }
+
+#[test]
+fn a_banned_source_loses_the_connections_it_already_had() {
+    use rustls::pki_types::ServerName;
+    let Some(env) = env("a_banned_source_loses_the_connections_it_already_had", "ak") else {
+        return;
+    };
+    // A certificate from a test CA the client below trusts (curl elsewhere does not check).
+    let ca = gateway_tests::tls::TestCa::new().expect("test CA");
+    ca.issue("abuse-e2e", 1)
+        .expect("cert")
+        .write(&env.dir.join("tls.crt"), &env.dir.join("tls.key"))
+        .expect("write cert");
+    let cfg = env.config(RULE, "");
+    let gw = env.start(&cfg);
+    let good = env.token();
+
+    // A keep-alive TLS connection from the attacker's address, opened before the ban.
+    let tcp = in_netns(
+        &env.pair.client,
+        || -> std::io::Result<std::net::TcpStream> {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            s.bind(&SocketAddr::from((ATTACKER, 0)).into())?;
+            let to = SocketAddr::V4(SocketAddrV4::new(NetnsPair::SERVER4, HTTPS_PORT));
+            s.connect_timeout(&to.into(), Duration::from_secs(2))?;
+            Ok(s.into())
+        },
+    )
+    .expect("enter netns")
+    .expect("connect");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let request = format!(
+        "GET /api/items HTTP/1.1\r\nHost: 10.77.0.1\r\nAuthorization: Bearer {good}\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).expect("request");
+    let mut buf = [0u8; 4096];
+    let n = tls.read(&mut buf).expect("response");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // The source crosses the limit on other connections...
+    env.fail(6);
+    assert!(!env.connects(ATTACKER), "banned");
+    // ...and the gateway closes the one it already had: the next read sees the end of the
+    // stream (or a reset), not a timeout.
+    let started = Instant::now();
+    match tls.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("unexpected data: {}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the connection stayed open: {e} after {:?}",
+            started.elapsed()
+        ),
+    }
+    drop(gw);
+}
