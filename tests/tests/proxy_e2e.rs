@@ -77,6 +77,8 @@ struct Setup {
     upstream: &'static str,
     /// The upstream server instead of the echo upstream.
     upstream_addr: Option<SocketAddr>,
+    /// A second server in the upstream pool, after the first.
+    second_server: Option<SocketAddr>,
 }
 
 /// One running gateway with everything it needs. Fields drop in order: the gateway first
@@ -131,7 +133,7 @@ alg = "RS256"
 
 [[upstream]]
 name = "app"
-servers = ["{upstream_addr}"]
+servers = ["{upstream_addr}"{second}]
 {upstream_extra}
 
 [[route]]
@@ -156,6 +158,10 @@ claim_headers = {{ sub = "X-Auth-Sub", scope = "X-Auth-Scope" }}
 "#,
             listen = setup.listen,
             upstream_extra = setup.upstream,
+            second = setup
+                .second_server
+                .map(|a| format!(", \"{a}\""))
+                .unwrap_or_default(),
             dir = dir.path().display(),
         );
         std::fs::write(p("gateway.toml"), config).expect("write config");
@@ -1328,5 +1334,42 @@ fn certificates_are_chosen_by_sni_and_sessions_resume() {
         let (_, second) = handshake(addr, resuming, Some("localhost")).await;
         assert!(!first, "the first handshake is a full one");
         assert!(second, "the second handshake resumes the session");
+    });
+}
+
+#[test]
+fn active_health_checks_take_a_dead_server_out_of_rotation() {
+    // Two servers, one of them dead; passive checks effectively off (max_fails is huge), so
+    // only the active check can keep requests away from the dead one.
+    let closed = ClosedPort::new().expect("closed port");
+    let gw = Gw::start(Setup {
+        second_server: Some(closed.addr()),
+        upstream: "max_fails = 1000000\nhealth_check = { path = \"/health\", interval = \"200ms\", timeout = \"500ms\" }",
+        ..Setup::default()
+    });
+    let t = gw.tokens();
+    let rt = runtime();
+    rt.block_on(async {
+        // The first round of checks runs at start: once the live server has seen its probe,
+        // the dead one's (refused at once) follows; a short margin covers it.
+        wait_until("a health check", Duration::from_secs(5), || {
+            !gw.upstream.hits_for("/health").is_empty()
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut statuses = Vec::new();
+        for i in 0..20 {
+            let proto = Proto::BOTH[i % 2];
+            let reply = gw
+                .https
+                .send(proto, Req::get("/api/items").bearer(&t.rw))
+                .await
+                .expect("reply");
+            statuses.push(reply.status.as_u16());
+        }
+        assert_eq!(
+            statuses,
+            vec![200; 20],
+            "no request went to the dead server"
+        );
     });
 }
