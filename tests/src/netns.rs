@@ -181,3 +181,31 @@ impl Drop for Bpffs {
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
+
+/// What a namespace test needs: two namespaces joined by a veth pair, a private bpffs and a
+/// scratch directory beside it; dropped in that order, also when the test fails.
+pub struct TestNet {
+    pub pair: NetnsPair,
+    pub fs: Bpffs,
+    pub dir: PathBuf,
+}
+
+impl TestNet {
+    /// `None` (after saying so) when privileged tests are opted out; panics with what is
+    /// missing otherwise (see [`crate::privileged::require`]).
+    pub fn new(test: &str, short: &str) -> Option<Self> {
+        if !crate::privileged::require(test) {
+            return None;
+        }
+        let t = tag(short);
+        let pair = NetnsPair::new(&t).expect("namespaces and veth");
+        let fs = Bpffs::new(&t).expect("bpffs");
+        let dir = fs.root().to_path_buf();
+        Some(Self { pair, fs, dir })
+    }
+
+    /// The pin path inside the private bpffs, as a string for the CLI.
+    pub fn pin(&self) -> String {
+        self.fs.pin_path().display().to_string()
+    }
+}

@@ -3,8 +3,7 @@
 //! and the kernel dropping the client's packets once the engine has banned it.
 
 use gateway_tests::gateway::{cli, cli_ok, source_stats, stats, GatewayProcess};
-use gateway_tests::netns::{exec_in, in_netns, run, tag, Bpffs, NetnsPair};
-use gateway_tests::privileged;
+use gateway_tests::netns::{exec_in, in_netns, run, NetnsPair, TestNet};
 use socket2::{Domain, Socket, Type};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
@@ -68,21 +67,21 @@ impl Drop for Upstream {
 }
 
 struct Env {
-    pair: NetnsPair,
-    fs: Bpffs,
-    dir: PathBuf,
+    net: TestNet,
     secret: PathBuf,
     _upstream: Upstream,
 }
 
-fn env(test: &str, short: &str) -> Option<Env> {
-    if !privileged::require(test) {
-        return None;
+impl std::ops::Deref for Env {
+    type Target = TestNet;
+    fn deref(&self) -> &TestNet {
+        &self.net
     }
-    let t = tag(short);
-    let pair = NetnsPair::new(&t).expect("namespaces and veth");
-    let fs = Bpffs::new(&t).expect("bpffs");
-    let dir = fs.root().to_path_buf();
+}
+
+fn env(test: &str, short: &str) -> Option<Env> {
+    let net = TestNet::new(test, short)?;
+    let dir = net.dir.clone();
     // The server certificate (for 10.77.0.1) and the HMAC secret tokens are signed with.
     run(Command::new("openssl")
         .args([
@@ -109,21 +108,15 @@ fn env(test: &str, short: &str) -> Option<Env> {
     .expect("openssl makes a certificate");
     let secret = dir.join("hs256.secret");
     std::fs::write(&secret, b"abuse-e2e-secret-0123456789abcdef").expect("secret");
-    let upstream = Upstream::start(&pair.server);
+    let upstream = Upstream::start(&net.pair.server);
     Some(Env {
-        pair,
-        fs,
-        dir,
+        net,
         secret,
         _upstream: upstream,
     })
 }
 
 impl Env {
-    fn pin(&self) -> String {
-        self.fs.pin_path().display().to_string()
-    }
-
     fn config(&self, abuse: &str, ebpf_extra: &str) -> PathBuf {
         let d = self.dir.display();
         let text = format!(

@@ -3,8 +3,7 @@
 //! TCP handshakes, an hping3 SYN flood), and the real CLI reading and writing the pins.
 
 use gateway_tests::gateway::{cli, cli_ok, source_stats, stats, GatewayProcess};
-use gateway_tests::netns::{exec_in, in_netns, tag, Bpffs, NetnsPair};
-use gateway_tests::privileged;
+use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
 use socket2::{Domain, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
@@ -12,29 +11,21 @@ use std::time::{Duration, Instant};
 
 const PORT: u16 = 7000;
 
-/// Everything one test made; dropped in reverse order (gateway, mounts, namespaces).
-struct Env {
-    pair: NetnsPair,
-    fs: Bpffs,
-    dir: PathBuf,
+/// Everything one test made (see [`TestNet`]).
+struct Env(TestNet);
+
+impl std::ops::Deref for Env {
+    type Target = TestNet;
+    fn deref(&self) -> &TestNet {
+        &self.0
+    }
 }
 
 fn env(test: &str, short: &str) -> Option<Env> {
-    if !privileged::require(test) {
-        return None;
-    }
-    let t = tag(short);
-    let pair = NetnsPair::new(&t).expect("namespaces and veth");
-    let fs = Bpffs::new(&t).expect("bpffs");
-    let dir = fs.root().to_path_buf();
-    Some(Env { pair, fs, dir })
+    TestNet::new(test, short).map(Env)
 }
 
 impl Env {
-    fn pin(&self) -> String {
-        self.fs.pin_path().display().to_string()
-    }
-
     fn write_config(&self, mode: &str, extra: &str) -> PathBuf {
         let path = self.dir.join("gateway.toml");
         let text = format!(
