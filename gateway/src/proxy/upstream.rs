@@ -67,8 +67,10 @@ impl UpstreamError {
 
 struct Server {
     addr: SocketAddr,
-    /// `http://addr`, the prefix of every request URI to this server.
+    /// `http://addr`, the prefix of health-check URIs.
     base: String,
+    /// `addr` as a URI authority, reused for every request (no per-request parsing).
+    authority: http::uri::Authority,
     /// Consecutive connection failures.
     fails: AtomicU32,
     /// Milliseconds since the pool's epoch until which the server is out (passive check).
@@ -100,6 +102,8 @@ impl Upstream {
                     .map(|&addr| Server {
                         addr,
                         base: format!("http://{addr}"),
+                        authority: http::uri::Authority::try_from(addr.to_string().as_str())
+                            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
                         fails: AtomicU32::new(0),
                         down_until_ms: AtomicU64::new(0),
                         active_ok: AtomicBool::new(true),
@@ -178,15 +182,18 @@ impl Upstream {
         let server = self
             .pick()
             .ok_or_else(|| UpstreamError::NoHealthy(self.name.clone()))?;
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri: Uri = format!("{}{pq}", server.base)
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| self.protocol(server, e))?;
-        *req.uri_mut() = uri;
+        // Absolute form for the client: the server's authority and the request's own path
+        // and query (both cheap clones of shared bytes).
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(server.authority.clone());
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| self.protocol(server, e))?;
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
