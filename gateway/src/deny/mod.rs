@@ -77,13 +77,59 @@ impl std::fmt::Debug for DenyStore {
     }
 }
 
+/// Targets in force with their expiry (unix seconds, 0 = never): addresses by hash and
+/// prefixes apart (there are few), so a check is one lookup plus the prefixes, however many
+/// sources are banned.
+#[derive(Debug, Default)]
+struct View {
+    exact: HashMap<IpAddr, u64>,
+    nets: HashMap<ipnet::IpNet, u64>,
+}
+
+fn live(expires_unix: u64, now: u64) -> bool {
+    expires_unix == 0 || expires_unix > now
+}
+
+impl View {
+    fn insert(&mut self, t: Target, expires_unix: u64) {
+        match t {
+            Target::Addr(a) => self.exact.insert(a, expires_unix),
+            Target::Net(n) => self.nets.insert(n, expires_unix),
+        };
+    }
+
+    fn remove(&mut self, t: &Target) -> bool {
+        match t {
+            Target::Addr(a) => self.exact.remove(a).is_some(),
+            Target::Net(n) => self.nets.remove(n).is_some(),
+        }
+    }
+
+    fn retain_live(&mut self, now: u64) {
+        self.exact.retain(|_, e| live(*e, now));
+        self.nets.retain(|_, e| live(*e, now));
+    }
+
+    fn denies(&self, ip: IpAddr, now: u64) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.exact.get(&ip).is_some_and(|e| live(*e, now))
+            || self
+                .nets
+                .iter()
+                .any(|(n, e)| live(*e, now) && n.contains(&ip))
+    }
+}
+
 /// Maps + state file + in-memory view, behind short locks (deny changes are rare; the
 /// request path only reads [`DenyStore::is_denied`]).
 pub struct DenyStore {
     maps: Option<Mutex<PinnedMaps>>,
     state: Option<StateFile>,
     /// Targets in force, with their expiry (unix seconds, 0 = never), for the user plane.
-    view: RwLock<HashMap<Target, u64>>,
+    view: RwLock<View>,
     /// Bumped on every new entry: connection tasks re-check their peer.
     changed: watch::Sender<u64>,
     allow: Vec<ipnet::IpNet>,
@@ -103,7 +149,7 @@ impl DenyStore {
         Self {
             maps: maps.map(Mutex::new),
             state: state.map(StateFile::new),
-            view: RwLock::new(HashMap::new()),
+            view: RwLock::new(View::default()),
             changed: watch::channel(0).0,
             allow,
             writer: Mutex::new(None),
@@ -303,8 +349,7 @@ impl DenyStore {
             .view
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(target)
-            .is_some();
+            .remove(target);
         let t = target.to_string();
         if self.maps.is_none() && !removed {
             // Without maps or view the file is the only record: say whether it was there.
@@ -340,24 +385,17 @@ impl DenyStore {
         self.view
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, exp| *exp == 0 || *exp > now);
+            .retain_live(now);
         self.persist(move |entries| entries.retain(|e| e.expires_unix == 0 || e.expires_unix > now))
     }
 
     /// Whether `ip` is denied (exactly or by prefix) right now, from the in-memory view.
     pub fn is_denied(&self, ip: IpAddr) -> bool {
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
-        if view.is_empty() {
+        if view.exact.is_empty() && view.nets.is_empty() {
             return false;
         }
-        let now = unix_now();
-        view.iter().any(|(t, exp)| {
-            (*exp == 0 || *exp > now)
-                && match t {
-                    Target::Addr(a) => *a == ip,
-                    Target::Net(n) => n.contains(&ip),
-                }
-        })
+        view.denies(ip, unix_now())
     }
 
     /// Changes whenever an entry is added.
@@ -407,5 +445,47 @@ impl DenyStore {
                 })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_matches_addresses_prefixes_and_expiry() {
+        let store = DenyStore::new(None, None, vec!["192.0.2.0/24".parse().unwrap()]);
+        store
+            .add("198.51.100.7".parse().unwrap(), None, "manual", "t", 1)
+            .unwrap();
+        store
+            .add(
+                "2001:db8::/32".parse().unwrap(),
+                Some(Duration::from_secs(60)),
+                "manual",
+                "t",
+                1,
+            )
+            .unwrap();
+        assert!(store.is_denied("198.51.100.7".parse().unwrap()));
+        assert!(
+            store.is_denied("::ffff:198.51.100.7".parse().unwrap()),
+            "IPv4-mapped"
+        );
+        assert!(store.is_denied("2001:db8:1::1".parse().unwrap()));
+        assert!(!store.is_denied("198.51.100.8".parse().unwrap()));
+        assert!(matches!(
+            store.add("192.0.2.9".parse().unwrap(), None, "manual", "t", 1),
+            Err(DenyError::Allowed(_))
+        ));
+        assert!(store.remove(&"198.51.100.7".parse().unwrap()).unwrap());
+        assert!(!store.is_denied("198.51.100.7".parse().unwrap()));
+
+        let mut view = View::default();
+        view.insert("203.0.113.1".parse().unwrap(), 100);
+        assert!(view.denies("203.0.113.1".parse().unwrap(), 99));
+        assert!(!view.denies("203.0.113.1".parse().unwrap(), 100), "expired");
+        view.retain_live(100);
+        assert!(view.exact.is_empty());
     }
 }
