@@ -384,9 +384,10 @@ fn run_variant(
             std::fs::write(
                 &cfg,
                 format!(
-                    "[ebpf]\ninterface = \"{}\"\nmode = \"{mode}\"\npin_path = \"{}\"\n",
+                    "[ebpf]\ninterface = \"{}\"\nmode = \"{mode}\"\npin_path = \"{}\"\nstate_file = \"{}\"\n",
                     ns.server_if,
-                    pin.display()
+                    pin.display(),
+                    ctx.run_dir.join(format!("deny-state-{mode}.json")).display()
                 ),
             )?;
             let log = ctx.run_dir.join(format!("xdp-{mode}.log"));
