@@ -21,6 +21,14 @@ const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 
+/// Test-run options for one run over `pkt`.
+fn one_packet(pkt: &[u8]) -> TestRunOptions<'_> {
+    TestRunOptions {
+        data_in: Some(pkt),
+        ..TestRunOptions::default()
+    }
+}
+
 /// The object loaded with both programs ready for test runs.
 struct Harness {
     ebpf: Ebpf,
@@ -63,11 +71,9 @@ impl Harness {
             .unwrap()
             .try_into()
             .unwrap();
-        let opts = TestRunOptions {
-            data_in: Some(pkt),
-            ..TestRunOptions::default()
-        };
-        prog.test_run(opts).expect("test run").return_value
+        prog.test_run(one_packet(pkt))
+            .expect("test run")
+            .return_value
     }
 
     fn tc(&self, pkt: &[u8]) -> u32 {
@@ -83,11 +89,7 @@ impl Harness {
             .unwrap()
             .try_into()
             .unwrap();
-        let opts = TestRunOptions {
-            data_in: Some(pkt),
-            ..TestRunOptions::default()
-        };
-        match prog.test_run(opts) {
+        match prog.test_run(one_packet(pkt)) {
             Ok(r) => Some(r.return_value),
             Err(aya::programs::ProgramError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EINVAL) =>

@@ -72,6 +72,14 @@ pub struct FramingWatch<I> {
     verdicts: Arc<Verdicts>,
 }
 
+/// Skips up to `left` bytes of `data`: the bytes after them, and how many are still to skip
+/// (`None` when all were).
+fn skip(data: &[u8], left: u64) -> (&[u8], Option<u64>) {
+    let n = left.min(data.len() as u64);
+    let rest = left - n;
+    (&data[n as usize..], (rest > 0).then_some(rest))
+}
+
 impl<I> FramingWatch<I> {
     pub fn new(inner: I, verdicts: Arc<Verdicts>) -> Self {
         Self {
@@ -88,23 +96,15 @@ impl<I> FramingWatch<I> {
             match self.state {
                 State::Lost => return,
                 State::Body(left) => {
-                    let n = (left.min(data.len() as u64)) as usize;
-                    data = &data[n..];
-                    self.state = if left == n as u64 {
-                        State::Head
-                    } else {
-                        State::Body(left - n as u64)
-                    };
+                    let rest;
+                    (data, rest) = skip(data, left);
+                    self.state = rest.map_or(State::Head, State::Body);
                 }
                 State::ChunkData(left) => {
-                    let n = (left.min(data.len() as u64)) as usize;
-                    data = &data[n..];
-                    self.state = if left == n as u64 {
-                        // The CRLF after the data is read as an (empty) chunk-size line.
-                        State::ChunkSize
-                    } else {
-                        State::ChunkData(left - n as u64)
-                    };
+                    let rest;
+                    (data, rest) = skip(data, left);
+                    // The CRLF after the data is read as an (empty) chunk-size line.
+                    self.state = rest.map_or(State::ChunkSize, State::ChunkData);
                 }
                 State::Head => {
                     let (taken, done) = self.collect(data, b"\r\n\r\n", MAX_HEAD);

@@ -172,17 +172,21 @@ fn syn_packet(sport: u16) -> [u8; 40] {
     t[12] = 5 << 4;
     t[13] = 0x02; // SYN
     t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let tcpsum = checksum(&p[20..], pseudo_header_sum());
+    p[36..38].copy_from_slice(&tcpsum.to_be_bytes());
+    p
+}
+
+/// The TCP pseudo-header's 16-bit word sum: client, server, protocol 6, TCP length 20.
+fn pseudo_header_sum() -> u32 {
     let mut pseudo = Vec::with_capacity(12);
     pseudo.extend_from_slice(&CLIENT);
     pseudo.extend_from_slice(&SERVER);
     pseudo.extend_from_slice(&[0, 6, 0, 20]);
-    let pre: u32 = pseudo
+    pseudo
         .chunks(2)
         .map(|c| u32::from(c[0]) << 8 | u32::from(c[1]))
-        .sum();
-    let tcpsum = checksum(&p[20..], pre);
-    p[36..38].copy_from_slice(&tcpsum.to_be_bytes());
-    p
+        .sum()
 }
 
 /// Sends up to `count` SYNs from inside namespace `ns` (a thread that joined it), stopping at
@@ -576,15 +580,7 @@ mod tests {
     fn syn_packet_checksums_verify() {
         let p = syn_packet(12345);
         assert_eq!(checksum(&p[..20], 0), 0);
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&CLIENT);
-        pseudo.extend_from_slice(&SERVER);
-        pseudo.extend_from_slice(&[0, 6, 0, 20]);
-        let pre: u32 = pseudo
-            .chunks(2)
-            .map(|c| u32::from(c[0]) << 8 | u32::from(c[1]))
-            .sum();
-        assert_eq!(checksum(&p[20..], pre), 0);
+        assert_eq!(checksum(&p[20..], pseudo_header_sum()), 0);
     }
 
     #[test]
