@@ -2,6 +2,7 @@
 //! → scopes → headers for the upstream → upstream → response. Every refusal is answered here,
 //! before the upstream pays anything, and counted by reason.
 
+use super::forwarding::Forwarding;
 use super::route::{self, Route};
 use super::upstream::{Upstream, UpstreamError};
 use super::{full_body, path, BoxError, ProxyBody};
@@ -22,11 +23,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What the server knows about a connection.
-#[derive(Debug, Clone, Copy)]
+/// What the server knows about a connection, shared by its requests.
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// Forwarding header values, built once for the connection.
+    pub forwarding: Forwarding,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        Self {
+            peer,
+            tls,
+            forwarding: Forwarding::new(peer.ip(), tls),
+        }
+    }
 }
 
 /// Everything the request path needs, built once at start.
@@ -154,7 +167,7 @@ impl Proxy {
     /// (see [`super::framing`]); hyper has already reconciled them, we refuse the request.
     pub async fn handle(
         self: Arc<Self>,
-        conn: ConnInfo,
+        conn: Arc<ConnInfo>,
         req: Request<Incoming>,
         ambiguous_framing: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
@@ -167,7 +180,7 @@ impl Proxy {
             );
             (None, r)
         } else {
-            self.route_and_forward(conn, req).await
+            self.route_and_forward(&conn, req).await
         };
         let status = resp.status();
         self.metrics.request(route, status.as_u16());
@@ -189,7 +202,7 @@ impl Proxy {
 
     async fn route_and_forward(
         &self,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         req: Request<Incoming>,
     ) -> (Option<usize>, Response<ProxyBody>) {
         if let Err(resp) = self.check_framing(&req) {
@@ -391,7 +404,7 @@ impl Proxy {
 
     async fn forward(
         &self,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         route: &Route,
         req: Request<Incoming>,
         normalized: Option<String>,
@@ -410,7 +423,7 @@ impl Proxy {
         if let Some(t) = token {
             route.claim_headers.apply(t, headers);
         }
-        set_forwarding_headers(headers, conn, host);
+        conn.forwarding.apply(headers, host);
         if !headers.contains_key(header::HOST) {
             if let Some(auth) = parts.uri.authority() {
                 if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
@@ -448,10 +461,9 @@ impl Proxy {
             return plain_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no upstream");
         };
         match upstream.send(Request::from_parts(parts, body)).await {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                resp
             }
             Err(e) => {
                 self.metrics.upstream_error(route.upstream, e.kind());
@@ -530,33 +542,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Transfer-Encoding is hop-by-hop too; hyper frames the body for the next hop itself.
     headers.remove(header::TRANSFER_ENCODING);
-}
-
-/// We are the edge: client-sent forwarding headers are replaced, not trusted.
-fn set_forwarding_headers(headers: &mut HeaderMap, conn: ConnInfo, host: Option<&str>) {
-    let ip = conn.peer.ip();
-    let proto = if conn.tls { "https" } else { "http" };
-    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(proto),
-    );
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut forwarded = format!("for={node};proto={proto}");
-    if let Some(h) = host.filter(|h| {
-        h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-    }) {
-        forwarded.push_str(&format!(";host=\"{h}\""));
-    }
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(header::FORWARDED, v);
-    }
 }
 
 /// A small JSON error body without internals.

@@ -1,9 +1,12 @@
 //! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`]),
-//! routing ([`route`], [`path`]) and upstream pools ([`upstream`]).
+//! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]) and upstreams
+//! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
 
+pub mod forwarding;
 pub mod framing;
 pub mod handler;
 pub mod path;
+pub mod pool;
 pub mod route;
 pub mod server;
 pub mod upstream;

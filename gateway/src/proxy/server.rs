@@ -308,10 +308,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            peer,
-            tls: tls.is_some(),
-        };
+        let conn = Arc::new(ConnInfo::new(peer, tls.is_some()));
         let shared = shared.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -322,7 +319,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
             match tls {
                 None => drive(stream, conn, &shared).await,
                 Some(acceptor) => {
-                    if let Some(s) = handshake(acceptor, stream, conn, &shared).await {
+                    if let Some(s) = handshake(acceptor, stream, &conn, &shared).await {
                         drive(s, conn, &shared).await;
                     }
                 }
@@ -337,7 +334,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
 async fn handshake(
     acceptor: TlsAcceptor,
     stream: TcpStream,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     shared: &Shared,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let metrics = shared.proxy.metrics();
@@ -359,17 +356,18 @@ async fn handshake(
 
 /// Serves HTTP on one connection until it ends; on shutdown, or when its source gets
 /// banned, it finishes the requests in flight and closes.
-async fn drive<I>(io: I, conn: ConnInfo, shared: &Shared)
+async fn drive<I>(io: I, conn: Arc<ConnInfo>, shared: &Shared)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = shared.proxy.clone();
     let verdicts = Arc::new(Verdicts::default());
+    let peer = conn.peer;
     let watched = FramingWatch::new(io, verdicts.clone());
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // One verdict per HTTP/1 request head, taken in order (HTTP/2 has none).
         let ambiguous = req.version() < hyper::Version::HTTP_2 && verdicts.next_is_ambiguous();
-        proxy.clone().handle(conn, req, ambiguous)
+        proxy.clone().handle(conn.clone(), req, ambiguous)
     });
     let connection = shared
         .builder
@@ -379,21 +377,21 @@ where
     let (why, grace) = tokio::select! {
         r = connection.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
             return;
         }
         _ = wait_true(&mut shutdown) => ("shutting down", shared.shutdown_grace),
-        () = banned(shared.proxy.abuse().cloned(), conn.peer.ip()) => ("source banned", BANNED_CLOSE_GRACE),
+        () = banned(shared.proxy.abuse().cloned(), peer.ip()) => ("source banned", BANNED_CLOSE_GRACE),
     };
-    tracing::debug!(peer = %conn.peer, "closing connection: {why}");
+    tracing::debug!(peer = %peer, "closing connection: {why}");
     connection.as_mut().graceful_shutdown();
     match tokio::time::timeout(grace, connection).await {
         Ok(Err(e)) => {
-            tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error")
+            tracing::debug!(peer = %peer, error = %e, "connection ended with an error")
         }
         Ok(Ok(())) => {}
-        Err(_) => tracing::debug!(peer = %conn.peer, "connection dropped after {grace:?}: {why}"),
+        Err(_) => tracing::debug!(peer = %peer, "connection dropped after {grace:?}: {why}"),
     }
 }
 

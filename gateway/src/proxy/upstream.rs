@@ -2,13 +2,11 @@
 //! and request timeouts, passive health (consecutive connection failures take a server out
 //! for a while) and optional active checks.
 
+use super::pool::{PoolError, ServerPool};
 use super::{empty_body, ProxyBody};
 use crate::config::UpstreamConfig;
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::header::{HeaderValue, HOST, USER_AGENT};
+use http::{Request, Response};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -67,10 +65,8 @@ impl UpstreamError {
 
 struct Server {
     addr: SocketAddr,
-    /// `http://addr`, the prefix of health-check URIs.
-    base: String,
-    /// `addr` as a URI authority, reused for every request (no per-request parsing).
-    authority: http::uri::Authority,
+    /// `addr` as a Host header for health checks.
+    host: HeaderValue,
     /// Consecutive connection failures.
     fails: AtomicU32,
     /// Milliseconds since the pool's epoch until which the server is out (passive check).
@@ -85,7 +81,8 @@ pub struct Upstream {
     name: String,
     servers: Arc<Vec<Server>>,
     next: Arc<AtomicUsize>,
-    client: Client<HttpConnector, ProxyBody>,
+    /// This worker's connections, one pool per server (same order as `servers`).
+    pools: Vec<Arc<ServerPool>>,
     request_timeout: Duration,
     max_fails: u32,
     fail_timeout: Duration,
@@ -101,9 +98,8 @@ impl Upstream {
                     .iter()
                     .map(|&addr| Server {
                         addr,
-                        base: format!("http://{addr}"),
-                        authority: http::uri::Authority::try_from(addr.to_string().as_str())
-                            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
+                        host: HeaderValue::try_from(addr.to_string())
+                            .unwrap_or_else(|_| HeaderValue::from_static("upstream")),
                         fails: AtomicU32::new(0),
                         down_until_ms: AtomicU64::new(0),
                         active_ok: AtomicBool::new(true),
@@ -111,7 +107,7 @@ impl Upstream {
                     .collect(),
             ),
             next: Arc::new(AtomicUsize::new(0)),
-            client: client(cfg),
+            pools: pools(cfg),
             request_timeout: cfg.request_timeout.0,
             max_fails: cfg.max_fails,
             fail_timeout: cfg.fail_timeout.0,
@@ -126,7 +122,7 @@ impl Upstream {
             name: self.name.clone(),
             servers: self.servers.clone(),
             next: self.next.clone(),
-            client: client(cfg),
+            pools: pools(cfg),
             request_timeout: self.request_timeout,
             max_fails: self.max_fails,
             fail_timeout: self.fail_timeout,
@@ -148,14 +144,15 @@ impl Upstream {
                 || now_ms >= s.down_until_ms.load(Ordering::Relaxed))
     }
 
-    /// The next healthy server, round robin.
-    fn pick(&self) -> Option<&Server> {
+    /// The next healthy server (and this worker's pool for it), round robin.
+    fn pick(&self) -> Option<(&Server, &Arc<ServerPool>)> {
         let n = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         (0..n)
-            .map(|i| &self.servers[(start + i) % n])
-            .find(|s| self.usable(s, now))
+            .map(|i| (start + i) % n)
+            .find(|&i| self.usable(&self.servers[i], now))
+            .and_then(|i| Some((self.servers.get(i)?, self.pools.get(i)?)))
     }
 
     fn record(&self, s: &Server, connect_failed: bool) {
@@ -174,27 +171,19 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (whose URI holds only path and query) to the next healthy server.
+    /// Sends `req` (origin-form URI, Host header set) to the next healthy server.
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let server = self
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let (server, pool) = self
             .pick()
             .ok_or_else(|| UpstreamError::NoHealthy(self.name.clone()))?;
-        // Absolute form for the client: the server's authority and the request's own path
-        // and query (both cheap clones of shared bytes).
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(server.authority.clone());
-        parts.path_and_query = Some(
-            req.uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| self.protocol(server, e))?;
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+        if !req.headers().contains_key(HOST) {
+            // An HTTP/1.0 client may send none; HTTP/1.1 servers require one.
+            req.headers_mut().insert(HOST, server.host.clone());
+        }
+        match tokio::time::timeout(self.request_timeout, pool.send(req)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
                 addr: server.addr,
@@ -204,15 +193,15 @@ impl Upstream {
                 self.record(server, false);
                 Ok(resp)
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(PoolError::Connect(detail))) => {
                 self.record(server, true);
                 Err(UpstreamError::Connect {
                     upstream: self.name.clone(),
                     addr: server.addr,
-                    detail: error_chain(&e),
+                    detail,
                 })
             }
-            Ok(Err(e)) => Err(self.protocol(server, error_chain(&e))),
+            Ok(Err(e)) => Err(self.protocol(server, e)),
         }
     }
 
@@ -235,8 +224,8 @@ impl Upstream {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for s in self.servers.iter() {
-                let ok = self.probe(s, &path, timeout).await;
+            for (s, pool) in self.servers.iter().zip(&self.pools) {
+                let ok = self.probe(s, pool, &path, timeout).await;
                 let was = s.active_ok.swap(ok, Ordering::Relaxed);
                 if was != ok {
                     if ok {
@@ -249,39 +238,35 @@ impl Upstream {
         }
     }
 
-    async fn probe(&self, s: &Server, path: &str, timeout: Duration) -> bool {
-        let Ok(req) = Request::get(format!("{}{path}", s.base))
-            .header(http::header::USER_AGENT, "gateway-health-check")
+    async fn probe(
+        &self,
+        s: &Server,
+        pool: &Arc<ServerPool>,
+        path: &str,
+        timeout: Duration,
+    ) -> bool {
+        let Ok(req) = Request::get(path)
+            .header(HOST, s.host.clone())
+            .header(USER_AGENT, "gateway-health-check")
             .body(empty_body())
         else {
             return false;
         };
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => resp.status().is_success() || resp.status().is_redirection(),
+        match tokio::time::timeout(timeout, pool.send(req)).await {
+            Ok(Ok(resp)) => {
+                let ok = resp.status().is_success() || resp.status().is_redirection();
+                // Read the (small) body so that the connection can be reused.
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                ok
+            }
             _ => false,
         }
     }
 }
 
-fn client(cfg: &UpstreamConfig) -> Client<HttpConnector, ProxyBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.connect_timeout.0));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(cfg.max_idle_per_server)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
-}
-
-/// The error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
+fn pools(cfg: &UpstreamConfig) -> Vec<Arc<ServerPool>> {
+    cfg.servers
+        .iter()
+        .map(|&addr| ServerPool::new(addr, cfg.connect_timeout.0, cfg.max_idle_per_server))
+        .collect()
 }

@@ -1,0 +1,474 @@
+//! Keep-alive HTTP/1.1 connections to one upstream server, owned by one proxy worker.
+//!
+//! Each worker runtime has its own pools, so a connection is only ever used from the thread
+//! that opened it: no cross-thread wake-ups, and the pool's lock is never contended. A
+//! connection goes back to the pool when its response body has been read to the end (hyper
+//! can then reuse it); one whose body was abandoned is closed by hyper instead. Requests
+//! are sent in origin form, as the client sent them (after our normalisation), with the
+//! Host header the handler set.
+
+use super::ProxyBody;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// How long an idle connection is kept; upstreams commonly close theirs after 60 s or
+/// more, and a connection closed by the server is noticed and dropped anyway.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// TCP keepalive probes on upstream connections, so that dead peers behind NAT or
+/// firewalls are noticed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Why a request got no response from this server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// No connection could be made (or the handshake failed): the server may be down.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The connection broke or the response was not valid HTTP.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// The idle connections to one server.
+pub struct ServerPool {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl ServerPool {
+    pub fn new(addr: SocketAddr, connect_timeout: Duration, max_idle: usize) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            connect_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Sends `req` on an idle connection, or on a new one. A request that never left
+    /// because its pooled connection had just closed is sent again on another (nothing of
+    /// it reached the server).
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, PoolError> {
+        while let Some(mut sender) = self.checkout() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.returning(sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(PoolError::Protocol(error_chain(e.error()))),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.returning(sender, resp)),
+            Err(e) => Err(PoolError::Protocol(error_chain(&e))),
+        }
+    }
+
+    /// The most recently used idle connection that is still open (warm, and the others
+    /// can time out).
+    fn checkout(&self) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut idle = self.lock();
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() >= self.max_idle {
+            // Keep the most recent; the oldest connection is closed when dropped.
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        match self.idle.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(PoolError::Connect(e.to_string())),
+                Err(_) => {
+                    return Err(PoolError::Connect(format!(
+                        "timed out after {:?}",
+                        self.connect_timeout
+                    )))
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| PoolError::Connect(error_chain(&e)))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(server = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The response, with a body that returns the connection here once read to the end.
+    fn returning(
+        self: &Arc<Self>,
+        sender: http1::SendRequest<ProxyBody>,
+        resp: Response<Incoming>,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = resp.into_parts();
+        let body = ReturningBody {
+            body,
+            home: Some((sender, self.clone())),
+        };
+        Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+    }
+}
+
+/// A response body that gives its connection back to the pool at its end.
+struct ReturningBody {
+    body: Incoming,
+    home: Option<(http1::SendRequest<ProxyBody>, Arc<ServerPool>)>,
+}
+
+impl ReturningBody {
+    fn give_back(&mut self) {
+        if let Some((sender, pool)) = self.home.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for ReturningBody {
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.give_back(),
+            Some(Err(_)) => self.home = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame.map(|f| f.map_err(super::BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for ReturningBody {
+    fn drop(&mut self) {
+        // Bodies known to be empty (HEAD, 204, 304, Content-Length: 0) are never polled by
+        // the server; their connection is reusable all the same.
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::empty_body;
+    use http::header::{CONNECTION, HOST};
+    use http::{Method, StatusCode};
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A real HTTP/1.1 server on loopback that counts the connections it accepts.
+    struct TestUpstream {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for TestUpstream {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl TestUpstream {
+        fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+
+        /// hyper's server: `/ok` (5 bytes), `/empty` (204), `/big` (1 MiB), `/slow` (50 ms),
+        /// `/close` (answers with `Connection: close`).
+        async fn hyper() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let count = accepted.clone();
+            let task = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let mut resp = Response::new(http_body_util::Full::new(Bytes::new()));
+                        match req.uri().path() {
+                            "/empty" => *resp.status_mut() = StatusCode::NO_CONTENT,
+                            "/big" => *resp.body_mut() = vec![b'x'; 1 << 20].into(),
+                            "/slow" => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                *resp.body_mut() = Bytes::from_static(b"slow!").into();
+                            }
+                            "/close" => {
+                                resp.headers_mut()
+                                    .insert(CONNECTION, http::HeaderValue::from_static("close"));
+                                *resp.body_mut() = Bytes::from_static(b"bye").into();
+                            }
+                            _ => *resp.body_mut() = Bytes::from_static(b"hello").into(),
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc),
+                    );
+                }
+            });
+            Self {
+                addr,
+                accepted,
+                task,
+            }
+        }
+
+        /// Answers one request per connection and closes it without saying so, like a
+        /// server whose keep-alive timeout fires right after a response.
+        async fn closing() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let count = accepted.clone();
+            let task = tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    });
+                }
+            });
+            Self {
+                addr,
+                accepted,
+                task,
+            }
+        }
+    }
+
+    fn pool(up: &TestUpstream, max_idle: usize) -> Arc<ServerPool> {
+        ServerPool::new(up.addr, Duration::from_secs(2), max_idle)
+    }
+
+    fn request(method: Method, path: &str) -> Request<ProxyBody> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, "upstream.test")
+            .body(empty_body())
+            .expect("request")
+    }
+
+    async fn get(pool: &Arc<ServerPool>, path: &str) -> (StatusCode, Bytes) {
+        let resp = pool.send(request(Method::GET, path)).await.expect("send");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, body)
+    }
+
+    impl ServerPool {
+        fn idle_count(&self) -> usize {
+            self.lock().len()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn sequential_requests_reuse_one_connection() {
+        let up = TestUpstream::hyper().await;
+        let pool = pool(&up, 8);
+        for _ in 0..50 {
+            assert_eq!(
+                get(&pool, "/ok").await,
+                (StatusCode::OK, Bytes::from("hello"))
+            );
+        }
+        assert_eq!(up.accepted(), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn empty_bodies_give_the_connection_back_unpolled() {
+        let up = TestUpstream::hyper().await;
+        let pool = pool(&up, 8);
+        // HEAD and 204: the body is known empty and dropped without being polled, as
+        // hyper's server does with them.
+        let head = pool.send(request(Method::HEAD, "/ok")).await.expect("head");
+        assert!(head.body().is_end_stream());
+        drop(head);
+        let empty = pool
+            .send(request(Method::GET, "/empty"))
+            .await
+            .expect("204");
+        assert_eq!(empty.status(), StatusCode::NO_CONTENT);
+        drop(empty);
+        assert_eq!(get(&pool, "/ok").await.0, StatusCode::OK);
+        assert_eq!(up.accepted(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_abandoned_body_closes_its_connection() {
+        let up = TestUpstream::hyper().await;
+        let pool = pool(&up, 8);
+        let resp = pool.send(request(Method::GET, "/big")).await.expect("big");
+        let mut body = resp.into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+        drop(body);
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a half-read connection must not be pooled"
+        );
+        assert_eq!(get(&pool, "/ok").await.1, Bytes::from("hello"));
+        assert_eq!(up.accepted(), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connection_close_is_honoured() {
+        let up = TestUpstream::hyper().await;
+        let pool = pool(&up, 8);
+        for _ in 0..5 {
+            assert_eq!(get(&pool, "/close").await.1, Bytes::from("bye"));
+        }
+        assert_eq!(up.accepted(), 5);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_the_server_closes_silently_are_replaced() {
+        let up = TestUpstream::closing().await;
+        let pool = pool(&up, 8);
+        for i in 0..20 {
+            let (status, body) = get(&pool, "/ok").await;
+            assert_eq!(
+                (status, body),
+                (StatusCode::OK, Bytes::from("ok")),
+                "request {i}"
+            );
+            // The close is usually seen before the next checkout; when it is seen only
+            // once the request is queued, hyper hands the unsent request back for a retry.
+            if i % 2 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(up.accepted(), 20);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_requests_keep_at_most_max_idle() {
+        let up = TestUpstream::hyper().await;
+        let pool = pool(&up, 4);
+        let burst = |n: usize| {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let pool = pool.clone();
+                    tokio::spawn(async move { get(&pool, "/slow").await })
+                })
+                .collect();
+            async move {
+                for t in tasks {
+                    assert_eq!(t.await.expect("task").1, Bytes::from("slow!"));
+                }
+            }
+        };
+        burst(16).await;
+        assert_eq!(up.accepted(), 16);
+        assert_eq!(pool.idle_count(), 4);
+        burst(4).await;
+        assert_eq!(up.accepted(), 16, "the pooled connections are reused");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn refused_connections_are_connect_errors() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let pool = ServerPool::new(addr, Duration::from_secs(2), 4);
+        match pool.send(request(Method::GET, "/")).await {
+            Err(PoolError::Connect(_)) => {}
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+    }
+}
