@@ -101,7 +101,7 @@ impl ServerPool {
     }
 
     fn checkin(&self, sender: http1::SendRequest<ProxyBody>) {
-        if sender.is_closed() {
+        if self.max_idle == 0 || sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
@@ -458,6 +458,17 @@ mod tests {
         assert_eq!(pool.idle_count(), 4);
         burst(4).await;
         assert_eq!(up.accepted(), 16, "the pooled connections are reused");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn max_idle_zero_means_a_connection_per_request() {
+        let up = TestUpstream::hyper().await;
+        let pool = pool(&up, 0);
+        for _ in 0..3 {
+            assert_eq!(get(&pool, "/ok").await.0, StatusCode::OK);
+        }
+        assert_eq!(up.accepted(), 3);
+        assert_eq!(pool.idle_count(), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]
