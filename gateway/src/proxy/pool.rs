@@ -172,8 +172,19 @@ struct ReturningBody {
 
 impl ReturningBody {
     fn give_back(&mut self) {
-        if let Some((sender, pool)) = self.home.take() {
-            pool.checkin(sender);
+        if let Some((mut sender, pool)) = self.home.take() {
+            if sender.is_ready() {
+                pool.checkin(sender);
+                return;
+            }
+            // The response ended before the request did (an upstream answering early while
+            // the client still uploads): pooled now, the connection would hold the next
+            // request until that upload ends. It goes back once it is free.
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.checkin(sender);
+                }
+            });
         }
     }
 }
@@ -329,6 +340,46 @@ mod tests {
         }
     }
 
+    impl TestUpstream {
+        /// Answers every request with a 401 as soon as its head arrives, then goes on
+        /// reading (and discarding) what the client sends, keeping the connection open.
+        async fn early() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let count = accepted.clone();
+            let task = tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let reply = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                        while let Ok(n) = stream.read(&mut chunk).await {
+                            if n == 0 {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            Self {
+                addr,
+                accepted,
+                task,
+            }
+        }
+    }
+
     fn pool(up: &TestUpstream, max_idle: usize) -> Arc<ServerPool> {
         ServerPool::new(up.addr, Duration::from_secs(2), max_idle)
     }
@@ -458,6 +509,46 @@ mod tests {
         assert_eq!(pool.idle_count(), 4);
         burst(4).await;
         assert_eq!(up.accepted(), 16, "the pooled connections are reused");
+    }
+
+    /// A request body that sends one chunk, then never ends: a slow upload.
+    struct Stalled(bool);
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = crate::proxy::BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.0 {
+                return Poll::Pending;
+            }
+            self.0 = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part")))))
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_early_response_does_not_hold_the_next_request() {
+        let up = TestUpstream::early().await;
+        let pool = pool(&up, 8);
+        let upload = Request::post("/upload")
+            .header(HOST, "upstream.test")
+            .body(Stalled(false).boxed())
+            .expect("request");
+        let resp = pool.send(upload).await.expect("early response");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        resp.into_body().collect().await.expect("body");
+        // The first connection is still busy with the upload: the next request must get
+        // another one rather than wait behind it.
+        let next = tokio::time::timeout(Duration::from_secs(2), get(&pool, "/ok")).await;
+        assert_eq!(
+            next.expect("not held"),
+            (StatusCode::UNAUTHORIZED, Bytes::from("no"))
+        );
+        assert_eq!(up.accepted(), 2);
     }
 
     #[tokio::test(flavor = "current_thread")]
