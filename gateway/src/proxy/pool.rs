@@ -310,40 +310,22 @@ mod tests {
         /// Answers one request per connection and closes it without saying so, like a
         /// server whose keep-alive timeout fires right after a response.
         async fn closing() -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let accepted = Arc::new(AtomicUsize::new(0));
-            let count = accepted.clone();
-            let task = tokio::spawn(async move {
-                while let Ok((mut stream, _)) = listener.accept().await {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 1024];
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let _ = stream
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await;
-                    });
-                }
-            });
-            Self {
-                addr,
-                accepted,
-                task,
-            }
+            Self::raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await
         }
-    }
 
-    impl TestUpstream {
         /// Answers every request with a 401 as soon as its head arrives, then goes on
         /// reading (and discarding) what the client sends, keeping the connection open.
         async fn early() -> Self {
+            Self::raw(
+                b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno",
+                true,
+            )
+            .await
+        }
+
+        /// A hand-written server: `reply` once a request head has arrived, then either
+        /// close, or read and discard until the client closes.
+        async fn raw(reply: &'static [u8], keep_reading: bool) -> Self {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
             let accepted = Arc::new(AtomicUsize::new(0));
@@ -352,16 +334,15 @@ mod tests {
                 while let Ok((mut stream, _)) = listener.accept().await {
                     count.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
-                        let mut buf = Vec::new();
+                        let mut head = Vec::new();
                         let mut chunk = [0u8; 1024];
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
                             match stream.read(&mut chunk).await {
                                 Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                Ok(n) => head.extend_from_slice(&chunk[..n]),
                             }
                         }
-                        let reply = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno";
-                        if stream.write_all(reply).await.is_err() {
+                        if stream.write_all(reply).await.is_err() || !keep_reading {
                             return;
                         }
                         while let Ok(n) = stream.read(&mut chunk).await {
