@@ -13,16 +13,18 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// How long an idle connection is kept; upstreams commonly close theirs after 60 s or
 /// more, and a connection closed by the server is noticed and dropped anyway.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// TCP keepalive probes on upstream connections, so that dead peers behind NAT or
 /// firewalls are noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -44,21 +46,31 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle connections to one server.
+/// The idle connections to one server, oldest first.
 pub struct ServerPool {
     addr: SocketAddr,
     connect_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    idle_timeout: Duration,
+    idle: Mutex<VecDeque<Idle>>,
+    /// Whether the task closing expired idle connections runs.
+    reaping: AtomicBool,
 }
 
 impl ServerPool {
-    pub fn new(addr: SocketAddr, connect_timeout: Duration, max_idle: usize) -> Arc<Self> {
+    pub fn new(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             addr,
             connect_timeout,
             max_idle,
-            idle: Mutex::new(Vec::new()),
+            idle_timeout,
+            idle: Mutex::new(VecDeque::new()),
+            reaping: AtomicBool::new(false),
         })
     }
 
@@ -92,30 +104,67 @@ impl ServerPool {
     /// can time out).
     fn checkout(&self) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.lock();
-        while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+        while let Some(c) = idle.pop_back() {
+            if self.usable(&c) {
                 return Some(c.sender);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: http1::SendRequest<ProxyBody>) {
+    fn checkin(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>) {
         if self.max_idle == 0 || sender.is_closed() {
             return;
         }
-        let mut idle = self.lock();
-        if idle.len() >= self.max_idle {
-            // Keep the most recent; the oldest connection is closed when dropped.
-            idle.remove(0);
+        {
+            let mut idle = self.lock();
+            if idle.len() >= self.max_idle {
+                // Keep the most recent; the oldest connection is closed when dropped.
+                idle.pop_front();
+            }
+            idle.push_back(Idle {
+                sender,
+                since: Instant::now(),
+            });
         }
-        idle.push(Idle {
-            sender,
-            since: Instant::now(),
+        if !self.reaping.load(Ordering::Relaxed) && !self.reaping.swap(true, Ordering::Relaxed) {
+            self.start_reaper();
+        }
+    }
+
+    fn usable(&self, c: &Idle) -> bool {
+        !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout
+    }
+
+    /// Closes (drops) idle connections that expired or that the server closed.
+    fn prune(&self) {
+        self.lock().retain(|c| self.usable(c));
+    }
+
+    /// A task of this worker's runtime that prunes the pool twice per idle timeout, so
+    /// that idle connections are closed on time even when no request comes.
+    fn start_reaper(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.reaping.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool: Weak<Self> = Arc::downgrade(self);
+        let period = (self.idle_timeout / 2).max(Duration::from_millis(10));
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match pool.upgrade() {
+                    Some(p) => p.prune(),
+                    None => return,
+                }
+            }
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         match self.idle.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -180,7 +229,10 @@ impl ReturningBody {
             // The response ended before the request did (an upstream answering early while
             // the client still uploads): pooled now, the connection would hold the next
             // request until that upload ends. It goes back once it is free.
-            tokio::spawn(async move {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
                 if sender.ready().await.is_ok() {
                     pool.checkin(sender);
                 }
@@ -252,6 +304,8 @@ mod tests {
     struct TestUpstream {
         addr: SocketAddr,
         accepted: Arc<AtomicUsize>,
+        /// Connections closed (counted by the hyper server only).
+        closed: Arc<AtomicUsize>,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -272,7 +326,8 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
             let accepted = Arc::new(AtomicUsize::new(0));
-            let count = accepted.clone();
+            let closed = Arc::new(AtomicUsize::new(0));
+            let (count, ended) = (accepted.clone(), closed.clone());
             let task = tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     count.fetch_add(1, Ordering::SeqCst);
@@ -294,15 +349,19 @@ mod tests {
                         }
                         Ok::<_, std::convert::Infallible>(resp)
                     });
-                    tokio::spawn(
-                        hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc),
-                    );
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    let ended = ended.clone();
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        ended.fetch_add(1, Ordering::SeqCst);
+                    });
                 }
             });
             Self {
                 addr,
                 accepted,
+                closed,
                 task,
             }
         }
@@ -356,13 +415,14 @@ mod tests {
             Self {
                 addr,
                 accepted,
+                closed: Arc::new(AtomicUsize::new(0)),
                 task,
             }
         }
     }
 
     fn pool(up: &TestUpstream, max_idle: usize) -> Arc<ServerPool> {
-        ServerPool::new(up.addr, Duration::from_secs(2), max_idle)
+        ServerPool::new(up.addr, Duration::from_secs(2), max_idle, IDLE_TIMEOUT)
     }
 
     fn request(method: Method, path: &str) -> Request<ProxyBody> {
@@ -533,6 +593,30 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn idle_connections_are_closed_after_the_idle_timeout_without_traffic() {
+        let up = TestUpstream::hyper().await;
+        let idle_timeout = Duration::from_millis(200);
+        let pool = ServerPool::new(up.addr, Duration::from_secs(2), 8, idle_timeout);
+        assert_eq!(get(&pool, "/ok").await.0, StatusCode::OK);
+        assert_eq!(pool.idle_count(), 1);
+        tokio::time::sleep(idle_timeout * 3).await;
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "the reaper closes it, no request needed"
+        );
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            while up.closed.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the upstream saw the connection close");
+        assert_eq!(get(&pool, "/ok").await.0, StatusCode::OK);
+        assert_eq!(up.accepted(), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn max_idle_zero_means_a_connection_per_request() {
         let up = TestUpstream::hyper().await;
         let pool = pool(&up, 0);
@@ -548,7 +632,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         drop(listener);
-        let pool = ServerPool::new(addr, Duration::from_secs(2), 4);
+        let pool = ServerPool::new(addr, Duration::from_secs(2), 4, IDLE_TIMEOUT);
         match pool.send(request(Method::GET, "/")).await {
             Err(PoolError::Connect(_)) => {}
             other => panic!("expected a connect error, got {other:?}"),

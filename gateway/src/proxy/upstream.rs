@@ -267,6 +267,13 @@ impl Upstream {
 fn pools(cfg: &UpstreamConfig) -> Vec<Arc<ServerPool>> {
     cfg.servers
         .iter()
-        .map(|&addr| ServerPool::new(addr, cfg.connect_timeout.0, cfg.max_idle_per_server))
+        .map(|&addr| {
+            ServerPool::new(
+                addr,
+                cfg.connect_timeout.0,
+                cfg.max_idle_per_server,
+                super::pool::IDLE_TIMEOUT,
+            )
+        })
         .collect()
 }
