@@ -27,8 +27,8 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub tls: bool,
-    /// Forwarding header values, built once for the connection.
+    /// Forwarding header values (they carry whether the connection is TLS), built once for
+    /// the connection.
     pub forwarding: Forwarding,
 }
 
@@ -36,7 +36,6 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
         Self {
             peer,
-            tls,
             forwarding: Forwarding::new(peer.ip(), tls),
         }
     }
