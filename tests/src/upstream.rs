@@ -158,8 +158,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, seen: Arc<Mutex<Vec<Seen
         let seen = seen.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| echo(req, seen.clone()));
+            // More headers than hyper's default 100, so that gateway header limits above it
+            // can be tested end to end.
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .max_headers(1000)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

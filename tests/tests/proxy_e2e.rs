@@ -951,6 +951,52 @@ fn header_limit_below_8k_is_enforced() {
 }
 
 #[test]
+fn header_count_limit_is_enforced_on_both_protocols() {
+    // Below hyper's own limit of 100 (enforced by the handler) and above it (by hyper, whose
+    // limit is raised), for HTTP/1.1 and HTTP/2 alike.
+    for (listen, within, over) in [
+        ("max_headers = 20", 15, 25),
+        ("max_headers = 150", 140, 160),
+    ] {
+        let gw = Gw::start(Setup {
+            listen,
+            ..Setup::default()
+        });
+        let t = gw.tokens();
+        let rt = runtime();
+        let mut wrong = Vec::new();
+        rt.block_on(async {
+            for proto in Proto::BOTH {
+                for (count, allowed) in [(within, true), (over, false)] {
+                    let mut req = Req::get("/api/items").bearer(&t.rw);
+                    for i in 0..count {
+                        req = req.header(&format!("x-n{i}"), "v");
+                    }
+                    let before = gw.upstream.hits();
+                    let status = match gw.https.send(proto, req).await {
+                        Ok(reply) => Some(reply.status.as_u16()),
+                        Err(_) => None,
+                    };
+                    let forwarded = gw.upstream.hits() - before;
+                    let right = if allowed {
+                        status == Some(200) && forwarded == 1
+                    } else {
+                        status == Some(431) && forwarded == 0
+                    };
+                    if !right {
+                        wrong.push(format!(
+                            "{listen}, {proto:?}, {count} extra headers: \
+                             status {status:?}, forwarded {forwarded}x"
+                        ));
+                    }
+                }
+            }
+        });
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+}
+
+#[test]
 fn conflicting_framing_is_refused_before_the_upstream() {
     let gw = Gw::start(Setup::default());
     let t = gw.tokens();

@@ -51,6 +51,7 @@ pub struct Proxy {
     claim_header_names: Vec<HeaderName>,
     max_body_bytes: u64,
     max_header_bytes: usize,
+    max_headers: usize,
     realm: HeaderValue,
     abuse: Option<Arc<AbuseEngine>>,
 }
@@ -62,8 +63,9 @@ const KID_REFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 type Refusal = Box<Response<ProxyBody>>;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the proxy
-/// credentials meant for us.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// credentials meant for us. Transfer-Encoding is hop-by-hop too: hyper frames the body for
+/// the next hop itself.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -72,6 +74,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
 impl Proxy {
@@ -108,6 +111,7 @@ impl Proxy {
             claim_header_names,
             max_body_bytes: listen.max_body_bytes,
             max_header_bytes: listen.max_header_bytes,
+            max_headers: listen.max_headers,
             realm: HeaderValue::from_static("gateway"),
             abuse: None,
         }
@@ -129,6 +133,7 @@ impl Proxy {
             claim_header_names: self.claim_header_names.clone(),
             max_body_bytes: self.max_body_bytes,
             max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
             realm: self.realm.clone(),
             abuse: self.abuse.clone(),
         }
@@ -254,14 +259,22 @@ impl Proxy {
     /// Requests HTTP forbids or we will not carry are refused, never forwarded.
     fn check_framing(&self, req: &Request<Incoming>) -> Result<(), Refusal> {
         let h = req.headers();
-        // hyper's HTTP/1 buffer cannot go below 8 KiB; the configured limit is exact here,
-        // for both protocols (name, ": ", value, CRLF per header).
+        // hyper's HTTP/1 buffer cannot go below 8 KiB, nor its header count below 100; the
+        // configured limits are exact here, for both protocols (name, ": ", value, CRLF per
+        // header).
         let head: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
         if head > self.max_header_bytes {
             return Err(refuse(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
                 "the request headers are too large",
+            ));
+        }
+        if h.len() > self.max_headers {
+            return Err(refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "the request has too many headers",
             ));
         }
         let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
@@ -529,6 +542,12 @@ fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names, without hashing, tells,
+    // and spares the common case nine lookups. Connection is in the list, so a message
+    // naming more headers in it always takes the full path.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -539,8 +558,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    // Transfer-Encoding is hop-by-hop too; hyper frames the body for the next hop itself.
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// A small JSON error body without internals.
@@ -566,4 +583,55 @@ fn with_challenge(mut resp: Response<ProxyBody>, challenge: &str) -> Refusal {
 
 fn refuse(status: StatusCode, error: &str, message: &str) -> Refusal {
     Box::new(plain_error(status, error, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stripped(pairs: &[(&'static str, &'static str)]) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<String> = h.keys().map(|n| n.as_str().to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_goes_even_without_connection() {
+        for hop in &HOP_BY_HOP {
+            let left = stripped(&[
+                ("x-end-to-end", "kept"),
+                (hop.as_str(), "x"),
+                ("accept", "*/*"),
+            ]);
+            assert_eq!(left, ["accept", "x-end-to-end"], "{hop} alone");
+        }
+    }
+
+    #[test]
+    fn headers_named_by_connection_go_with_it() {
+        let left = stripped(&[
+            ("connection", "close, X-Hop"),
+            ("connection", "x-other"),
+            ("x-hop", "secret"),
+            ("x-other", "secret"),
+            ("x-kept", "yes"),
+        ]);
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn end_to_end_headers_are_left_alone() {
+        let left = stripped(&[
+            ("host", "example.com"),
+            ("accept", "*/*"),
+            ("authorization", "Bearer x"),
+            ("content-length", "0"),
+        ]);
+        assert_eq!(left, ["accept", "authorization", "content-length", "host"]);
+    }
 }

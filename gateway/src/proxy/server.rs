@@ -251,14 +251,22 @@ struct Shared {
 /// are already dropped, so nothing it sends (not even its FIN) arrives any more.
 const BANNED_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// hyper's own HTTP/1 header count limit when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 fn http_builder(cfg: &ListenConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout.0)
         .max_buf_size(cfg.max_header_bytes.max(8192))
-        .max_headers(cfg.max_headers)
         .keep_alive(true);
+    // hyper parses into a fixed array of HYPER_MAX_HEADERS; an explicit limit instead costs
+    // a heap-sized buffer filled on every request. Lower limits are exact in the handler
+    // (for both protocols), so hyper needs to hear only of higher ones.
+    if cfg.max_headers > HYPER_MAX_HEADERS {
+        b.http1().max_headers(cfg.max_headers);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.max_concurrent_streams)
