@@ -260,6 +260,7 @@ fn http_builder(cfg: &ListenConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout.0)
         .max_buf_size(cfg.max_header_bytes.max(8192))
+        .writev(false)
         .keep_alive(true);
     // hyper parses into a fixed array of HYPER_MAX_HEADERS; an explicit limit instead costs
     // a heap-sized buffer filled on every request. Lower limits are exact in the handler
