@@ -4,6 +4,7 @@
 
 use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
+use super::ProxyBody;
 use crate::abuse::{AbuseEngine, Signal};
 use crate::config::ListenConfig;
 use hyper::service::service_fn;
@@ -326,12 +327,20 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
             let _slot = slot;
             shared.proxy.metrics().connection_opened();
             match tls {
-                None => drive(stream, conn, &shared).await,
-                Some(acceptor) => {
-                    if let Some(s) = handshake(acceptor, stream, &conn, &shared).await {
-                        drive(s, conn, &shared).await;
+                None => drive(stream, conn, &shared, Proxy::handle).await,
+                Some(acceptor) => match handshake(acceptor, stream, &conn, &shared).await {
+                    // HTTP/2 runs each request in a task of its own, and spawning moves the
+                    // request's future (a few KiB) several times: boxed, only a pointer moves.
+                    // HTTP/1 keeps it inline, where boxing would cost more than it saves.
+                    Some(s) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                        drive(s, conn, &shared, |p, c, r, a| {
+                            Box::pin(Proxy::handle(p, c, r, a))
+                        })
+                        .await
                     }
-                }
+                    Some(s) => drive(s, conn, &shared, Proxy::handle).await,
+                    None => {}
+                },
             }
             shared.proxy.metrics().connection_closed();
         });
@@ -365,9 +374,16 @@ async fn handshake(
 
 /// Serves HTTP on one connection until it ends; on shutdown, or when its source gets
 /// banned, it finishes the requests in flight and closes.
-async fn drive<I>(io: I, conn: Arc<ConnInfo>, shared: &Shared)
+/// `serve`: [`Proxy::handle`], or a wrapper of it.
+async fn drive<I, S, F>(io: I, conn: Arc<ConnInfo>, shared: &Shared, serve: S)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Fn(Arc<Proxy>, Arc<ConnInfo>, hyper::Request<hyper::body::Incoming>, bool) -> F
+        + Send
+        + 'static,
+    F: std::future::Future<Output = Result<hyper::Response<ProxyBody>, std::convert::Infallible>>
+        + Send
+        + 'static,
 {
     let proxy = shared.proxy.clone();
     let verdicts = Arc::new(Verdicts::default());
@@ -376,7 +392,7 @@ where
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // One verdict per HTTP/1 request head, taken in order (HTTP/2 has none).
         let ambiguous = req.version() < hyper::Version::HTTP_2 && verdicts.next_is_ambiguous();
-        proxy.clone().handle(conn.clone(), req, ambiguous)
+        serve(proxy.clone(), conn.clone(), req, ambiguous)
     });
     let connection = shared
         .builder
