@@ -952,9 +952,10 @@ fn header_limit_below_8k_is_enforced() {
 
 #[test]
 fn header_count_limit_is_enforced_on_both_protocols() {
-    // Below hyper's own limit of 100 (enforced by the handler) and above it (by hyper, whose
-    // limit is raised), for HTTP/1.1 and HTTP/2 alike.
+    // The default (100, hyper's own HTTP/1 limit), below it (enforced by the handler) and
+    // above it (by hyper, whose limit is raised), for HTTP/1.1 and HTTP/2 alike.
     for (listen, within, over) in [
+        ("", 90, 110),
         ("max_headers = 20", 15, 25),
         ("max_headers = 150", 140, 160),
     ] {
