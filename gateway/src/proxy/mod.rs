@@ -1,7 +1,9 @@
 //! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`]),
-//! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]) and upstreams
+//! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), closing connections on
+//! shutdown and bans ([`closing`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
 
+pub mod closing;
 pub mod forwarding;
 pub mod framing;
 pub mod handler;

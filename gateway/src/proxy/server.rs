@@ -2,10 +2,11 @@
 //! deadline, HTTP/1.1 and HTTP/2 with header, stream and timeout limits, and graceful
 //! shutdown (stop accepting, let in-flight requests finish up to a deadline).
 
+use super::closing::{wait_true, Closer, Reason};
 use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
 use super::ProxyBody;
-use crate::abuse::{AbuseEngine, Signal};
+use crate::abuse::Signal;
 use crate::config::ListenConfig;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -176,6 +177,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     limits: Arc<Limits>,
 ) {
+    let proxy_deny_store = proxy.abuse().map(|a| a.store().clone());
     let shared = Arc::new(Shared {
         proxy,
         builder: http_builder(&cfg),
@@ -185,8 +187,9 @@ pub async fn serve(
         handshake_timeout: cfg.tls_handshake_timeout.0,
         shutdown_grace: cfg.shutdown_grace.0,
         shutdown: shutdown.clone(),
+        closer: Closer::new(proxy_deny_store),
     });
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(shared.closer.clone().watch_bans())];
     for (listener, is_tls) in listeners {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -203,6 +206,7 @@ pub async fn serve(
         )));
     }
     wait_true(&mut shutdown).await;
+    shared.closer.shut_down();
     for t in &tasks {
         t.abort();
     }
@@ -225,15 +229,6 @@ pub async fn serve(
     }
 }
 
-/// Resolves once the flag is true (or its sender is gone).
-async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// What every accept loop and connection shares.
 struct Shared {
     proxy: Arc<Proxy>,
@@ -246,6 +241,8 @@ struct Shared {
     handshake_timeout: std::time::Duration,
     shutdown_grace: std::time::Duration,
     shutdown: watch::Receiver<bool>,
+    /// This worker's open connections, to close on shutdown or when their source is banned.
+    closer: Arc<Closer>,
 }
 
 /// A banned source's connection gets this long to receive its last response; its packets
@@ -398,16 +395,19 @@ where
         .builder
         .serve_connection(TokioIo::new(watched), service);
     tokio::pin!(connection);
-    let mut shutdown = shared.shutdown.clone();
+    let registration = shared.closer.register(peer.ip());
     let (why, grace) = tokio::select! {
+        biased;
         r = connection.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
             return;
         }
-        _ = wait_true(&mut shutdown) => ("shutting down", shared.shutdown_grace),
-        () = banned(shared.proxy.abuse().cloned(), peer.ip()) => ("source banned", BANNED_CLOSE_GRACE),
+        reason = registration.closing() => match reason {
+            Reason::Shutdown => ("shutting down", shared.shutdown_grace),
+            Reason::Banned => ("source banned", BANNED_CLOSE_GRACE),
+        },
     };
     tracing::debug!(peer = %peer, "closing connection: {why}");
     connection.as_mut().graceful_shutdown();
@@ -417,23 +417,5 @@ where
         }
         Ok(Ok(())) => {}
         Err(_) => tracing::debug!(peer = %peer, "connection dropped after {grace:?}: {why}"),
-    }
-}
-
-/// Resolves when `ip` gets denied (never, without an abuse engine): the connection is then
-/// closed, so a banned source loses the connections it already had.
-async fn banned(abuse: Option<Arc<AbuseEngine>>, ip: IpAddr) {
-    let Some(abuse) = abuse else {
-        return std::future::pending().await;
-    };
-    let store = abuse.store().clone();
-    let mut changes = store.subscribe();
-    loop {
-        if store.is_denied(ip) {
-            return;
-        }
-        if changes.changed().await.is_err() {
-            return std::future::pending().await;
-        }
     }
 }
