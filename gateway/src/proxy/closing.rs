@@ -4,7 +4,7 @@
 //!
 //! A connection's task checks its signal every time it wakes, next to serving HTTP, so the
 //! check is an atomic load and a waker kept up to date, not a channel receive (that cost a
-//! locked waiter-list update per wake-up, ~2% of a request). The waiting is done once per
+//! locked waiter-list update per wake-up: ~3% of a request). The waiting is done once per
 //! worker: [`Closer::watch_bans`] rescans the worker's connections when the deny list changes,
 //! where every connection used to wake up and look itself.
 
