@@ -80,9 +80,10 @@ impl Client {
         tcp.set_nodelay(true)?;
         let authority = format!("localhost:{}", self.addr.port());
         let Some((h1, h2)) = &self.tls else {
-            let sender = Sender::handshake(proto, TokioIo::new(tcp)).await?;
+            let (sender, task) = Sender::handshake(proto, TokioIo::new(tcp)).await?;
             return Ok(Conn {
                 sender,
+                task,
                 proto,
                 scheme: "http",
                 authority,
@@ -111,9 +112,10 @@ impl Client {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.to_vec());
-        let sender = Sender::handshake(proto, TokioIo::new(stream)).await?;
+        let (sender, task) = Sender::handshake(proto, TokioIo::new(stream)).await?;
         Ok(Conn {
             sender,
+            task,
             proto,
             scheme: "https",
             authority,
@@ -134,26 +136,30 @@ enum Sender {
 }
 
 impl Sender {
-    async fn handshake<T>(proto: Proto, io: TokioIo<T>) -> Result<Self>
+    /// The sender, and the task driving the connection (it ends when the connection does).
+    async fn handshake<T>(
+        proto: Proto,
+        io: TokioIo<T>,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>)>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         Ok(match proto {
             Proto::H1 => {
                 let (sender, conn) = http1::handshake(io).await.context("HTTP/1.1 handshake")?;
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                Sender::H1(sender)
+                (Sender::H1(sender), task)
             }
             Proto::H2 => {
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                     .await
                     .context("HTTP/2 handshake")?;
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                Sender::H2(sender)
+                (Sender::H2(sender), task)
             }
         })
     }
@@ -162,6 +168,8 @@ impl Sender {
 /// One open client connection.
 pub struct Conn {
     sender: Sender,
+    /// Drives the connection; finished once either side has closed it.
+    task: tokio::task::JoinHandle<()>,
     proto: Proto,
     scheme: &'static str,
     authority: String,
@@ -172,6 +180,16 @@ pub struct Conn {
 impl Conn {
     pub fn proto(&self) -> Proto {
         self.proto
+    }
+
+    /// Waits up to `timeout` for the connection to end (the server closed it, for HTTP/2
+    /// after a GOAWAY); returns how long that took, or `None` if it is still open.
+    pub async fn ended_within(&mut self, timeout: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        tokio::time::timeout(timeout, &mut self.task)
+            .await
+            .ok()
+            .map(|_| started.elapsed())
     }
 
     /// Sends `req` on this connection and reads the whole response.

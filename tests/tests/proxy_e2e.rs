@@ -873,6 +873,103 @@ fn slow_client_is_disconnected_after_header_read_timeout() {
     assert_eq!(gw.upstream.hits(), 0);
 }
 
+/// `header_read_timeout` is also the idle limit where hyper has no timer of its own: a
+/// connection that never sends a byte (plain, or after its TLS handshake), and HTTP/2
+/// between requests. Requests in progress, however long, keep a connection open.
+#[test]
+fn quiet_connections_are_closed_after_the_idle_limit() {
+    let gw = Gw::start(Setup {
+        listen: r#"header_read_timeout = "1s""#,
+        ..Setup::default()
+    });
+    let closed_in_time = |what: &str, took: Option<Duration>| {
+        let took = took.unwrap_or_else(|| panic!("{what}: still open after 6 s"));
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+            "{what}: closed after {took:?}, the idle limit is 1 s"
+        );
+    };
+
+    // Plain TCP, not a byte sent.
+    let reply = raw_exchange(gw.http.addr(), b"", Duration::from_secs(6)).expect("raw exchange");
+    closed_in_time(
+        "silent plain connection",
+        reply.closed.then_some(reply.elapsed),
+    );
+    assert!(reply.bytes.is_empty(), "answered {reply:?}");
+
+    let t = gw.tokens();
+    let rt = runtime();
+    rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        // TLS handshake done (either protocol), then not a byte.
+        for alpn in [&b"http/1.1"[..], b"h2"] {
+            let what = format!("silent TLS connection ({})", String::from_utf8_lossy(alpn));
+            let tcp = tokio::net::TcpStream::connect(gw.https.addr())
+                .await
+                .expect("connect");
+            let config = gw.ca.client_config(&[alpn]).expect("client config");
+            let mut tls = tokio_rustls::TlsConnector::from(config)
+                .connect(
+                    rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+                    tcp,
+                )
+                .await
+                .expect("TLS handshake");
+            let started = Instant::now();
+            let mut buf = [0u8; 256];
+            let ended = tokio::time::timeout(Duration::from_secs(6), async {
+                loop {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            closed_in_time(&what, ended.ok().map(|()| started.elapsed()));
+        }
+
+        // HTTP/2 (TLS, and cleartext with prior knowledge): one request, then quiet.
+        for (what, client) in [("TLS HTTP/2", &gw.https), ("cleartext HTTP/2", &gw.http)] {
+            let mut conn = client.connect(Proto::H2).await.expect("connect");
+            let reply = conn
+                .send(Req::get("/api/items").bearer(&t.rw))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert_eq!(reply.status, 200, "{what}: {reply:?}");
+            closed_in_time(
+                &format!("{what} after its request"),
+                conn.ended_within(Duration::from_secs(6)).await,
+            );
+        }
+
+        // A request in progress for 2.5 s, past the limit, and steady requests 300 ms apart
+        // for 2.4 s, all on one HTTP/2 connection: it stays open throughout.
+        let mut conn = gw.https.connect(Proto::H2).await.expect("connect");
+        let reply = conn
+            .send(Req::get("/api/slow?delay_ms=2500").bearer(&t.rw))
+            .await
+            .expect("slow request");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        for i in 0..9 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let reply = conn
+                .send(Req::get("/api/items").bearer(&t.rw))
+                .await
+                .unwrap_or_else(|e| panic!("request {i} after the slow one: {e:#}"));
+            assert_eq!(reply.status, 200, "request {i}: {reply:?}");
+        }
+        closed_in_time(
+            "HTTP/2 after steady requests",
+            conn.ended_within(Duration::from_secs(6)).await,
+        );
+    });
+    assert_eq!(gw.upstream.hits_for("/api/slow").len(), 1);
+}
+
 #[test]
 fn oversized_headers_are_refused() {
     let gw = Gw::start(Setup {

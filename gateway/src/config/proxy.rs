@@ -35,7 +35,8 @@ pub struct ListenConfig {
     pub max_connections: usize,
     /// Time for a TLS handshake.
     pub tls_handshake_timeout: DurationSecs,
-    /// Time to receive a request's headers (slowloris), also the keep-alive idle limit.
+    /// Time to receive a request's headers (slowloris), also the idle limit: how long a
+    /// connection may go with no request in progress (see `proxy::idle`).
     pub header_read_timeout: DurationSecs,
     /// Largest request head (request line and headers) in bytes.
     pub max_header_bytes: usize,

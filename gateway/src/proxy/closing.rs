@@ -1,21 +1,23 @@
-//! Telling a worker's open connections to finish: when the gateway shuts down, and when a
+//! Telling a worker's open connections to finish: when the gateway shuts down, when a
 //! connection's source gets banned (its packets are dropped from then on, so what it already
-//! had open is closed too).
+//! had open is closed too), and when a connection has gone quiet (see [`super::idle`]).
 //!
 //! A connection's task checks its signal every time it wakes, next to serving HTTP, so the
 //! check is an atomic load and a waker kept up to date, not a channel receive (that cost a
-//! locked waiter-list update per wake-up: ~3% of a request). The waiting is done once per
-//! worker: [`Closer::watch_bans`] rescans the worker's connections when the deny list changes,
-//! where every connection used to wake up and look itself.
+//! locked waiter-list update per wake-up: ~3% of a request) or a timer of its own (polling
+//! one cost ~1%). The waiting is done once per worker: [`Closer::watch_bans`] rescans the
+//! worker's connections when the deny list changes, and [`Closer::watch_idle`] a few times
+//! per idle limit.
 
+use super::handler::ConnInfo;
 use crate::deny::DenyStore;
 use atomic_waker::AtomicWaker;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Why a connection is asked to finish.
@@ -23,6 +25,8 @@ use tokio::sync::watch;
 pub enum Reason {
     Shutdown,
     Banned,
+    /// Nothing in progress for the idle limit.
+    Idle,
 }
 
 impl Reason {
@@ -30,6 +34,7 @@ impl Reason {
         match self {
             Reason::Shutdown => 1,
             Reason::Banned => 2,
+            Reason::Idle => 3,
         }
     }
 
@@ -37,6 +42,7 @@ impl Reason {
         match code {
             1 => Some(Reason::Shutdown),
             2 => Some(Reason::Banned),
+            3 => Some(Reason::Idle),
             _ => None,
         }
     }
@@ -84,7 +90,7 @@ pub struct Closer {
 #[derive(Default)]
 struct Conns {
     next: u64,
-    open: HashMap<u64, (IpAddr, Arc<Signal>)>,
+    open: HashMap<u64, (Arc<ConnInfo>, Arc<Signal>)>,
 }
 
 /// A connection's place in its worker's [`Closer`]; leaving drops it.
@@ -117,13 +123,14 @@ impl Closer {
         })
     }
 
-    pub fn register(self: &Arc<Self>, ip: IpAddr) -> Registration {
+    pub fn register(self: &Arc<Self>, conn: &Arc<ConnInfo>) -> Registration {
         let signal = Arc::new(Signal::default());
+        let ip = conn.peer.ip();
         let key = {
             let mut conns = self.lock();
             let key = conns.next;
             conns.next += 1;
-            conns.open.insert(key, (ip, signal.clone()));
+            conns.open.insert(key, (conn.clone(), signal.clone()));
             key
         };
         // A shutdown or ban that came between accepting and registering found no entry.
@@ -149,8 +156,8 @@ impl Closer {
 
     /// Asks the connections of denied sources to finish.
     fn close_banned(&self, store: &DenyStore) {
-        for (ip, signal) in self.lock().open.values() {
-            if store.is_denied(*ip) {
+        for (conn, signal) in self.lock().open.values() {
+            if store.is_denied(conn.peer.ip()) {
                 signal.raise(Reason::Banned);
             }
         }
@@ -165,6 +172,24 @@ impl Closer {
         let mut changes = store.subscribe();
         while changes.changed().await.is_ok() {
             self.close_banned(&store);
+        }
+    }
+
+    /// Closes connections that have had nothing in progress for `limit`, looking a few
+    /// times per limit (at most once a second), so one closes within a quarter of the limit
+    /// (at most a second) after it is due. Runs for the worker's life.
+    pub async fn watch_idle(self: Arc<Self>, limit: Duration) {
+        let every = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = tokio::time::Instant::now();
+            for (conn, signal) in self.lock().open.values() {
+                if conn.activity.is_quiet(limit, now) {
+                    signal.raise(Reason::Idle);
+                }
+            }
         }
     }
 
@@ -190,10 +215,15 @@ pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
-    use std::time::Duration;
 
-    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    const A: &str = "192.0.2.1:40000";
+
+    fn conn(addr: &str) -> Arc<ConnInfo> {
+        let peer = addr
+            .parse()
+            .unwrap_or(std::net::SocketAddr::from(([192, 0, 2, 9], 1)));
+        Arc::new(ConnInfo::new(peer, true))
+    }
 
     fn pending<F: Future + Unpin>(f: &mut F) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -203,11 +233,11 @@ mod tests {
     #[tokio::test]
     async fn shut_down_reaches_open_and_later_connections() {
         let closer = Closer::new(None);
-        let first = closer.register(A);
+        let first = closer.register(&conn(A));
         let waiting = tokio::spawn({
             let closer = closer.clone();
             async move {
-                let r = closer.register(A);
+                let r = closer.register(&conn(A));
                 r.closing().await
             }
         });
@@ -221,7 +251,7 @@ mod tests {
             matches!(woken, Ok(Ok(Reason::Shutdown))),
             "a waiting connection is woken: {woken:?}"
         );
-        let late = closer.register(A);
+        let late = closer.register(&conn(A));
         assert_eq!(late.closing().await, Reason::Shutdown, "registered after");
     }
 
@@ -230,11 +260,17 @@ mod tests {
         let store = Arc::new(DenyStore::new(None, None, Vec::new()));
         let closer = Closer::new(Some(store.clone()));
         let watcher = tokio::spawn(closer.clone().watch_bans());
-        let banned = closer.register(A);
-        let other = closer.register("198.51.100.7".parse().unwrap_or(A));
+        let banned = closer.register(&conn(A));
+        let other = closer.register(&conn("198.51.100.7:40000"));
         tokio::task::yield_now().await;
         store
-            .add(crate::ebpf::Target::Addr(A), None, "manual", "test", 1)
+            .add(
+                crate::ebpf::Target::Addr([192, 0, 2, 1].into()),
+                None,
+                "manual",
+                "test",
+                1,
+            )
             .expect("deny add");
         let closed = tokio::time::timeout(Duration::from_secs(5), banned.closing()).await;
         assert_eq!(closed.ok(), Some(Reason::Banned));
@@ -242,15 +278,15 @@ mod tests {
         assert!(pending(&mut f), "another source's connection stays open");
         drop(f);
         // Connecting again after the ban (before the data plane drops it): closed at once.
-        assert_eq!(closer.register(A).closing().await, Reason::Banned);
+        assert_eq!(closer.register(&conn(A)).closing().await, Reason::Banned);
         watcher.abort();
     }
 
     #[test]
     fn first_reason_wins_and_leaving_unregisters() {
         let closer = Closer::new(None);
-        let r = closer.register(A);
-        let other = closer.register(A);
+        let r = closer.register(&conn(A));
+        let other = closer.register(&conn(A));
         assert_eq!(closer.open(), 2);
         r.signal.raise(Reason::Banned);
         closer.shut_down();
@@ -261,5 +297,38 @@ mod tests {
         drop(r);
         drop(other);
         assert_eq!(closer.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_connections_are_closed_and_busy_ones_kept() {
+        let limit = Duration::from_secs(8);
+        let closer = Closer::new(None);
+        let (quiet, busy, http1) = (conn(A), conn(A), conn(A));
+        let (rq, rb, r1) = (
+            closer.register(&quiet),
+            closer.register(&busy),
+            closer.register(&http1),
+        );
+        let in_progress = busy.activity.request(http::Version::HTTP_2);
+        assert!(http1.activity.request(http::Version::HTTP_11).is_none());
+        let watcher = tokio::spawn(closer.clone().watch_idle(limit));
+        let mut quiet_closing = Box::pin(rq.closing());
+        let mut busy_closing = Box::pin(rb.closing());
+        let mut http1_closing = Box::pin(r1.closing());
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert!(pending(&mut quiet_closing), "not quiet for the limit yet");
+        // Due at 8 s; looked at every 2 s.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(quiet_closing.await, Reason::Idle);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(pending(&mut busy_closing), "a request is in progress");
+        assert!(pending(&mut http1_closing), "hyper times HTTP/1");
+        drop(in_progress);
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert!(pending(&mut busy_closing), "quiet for 7 s only");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(busy_closing.await, Reason::Idle);
+        assert!(pending(&mut http1_closing));
+        watcher.abort();
     }
 }

@@ -3,6 +3,7 @@
 //! before the upstream pays anything, and counted by reason.
 
 use super::forwarding::Forwarding;
+use super::idle::Activity;
 use super::route::{self, Route};
 use super::upstream::{Upstream, UpstreamError};
 use super::{full_body, path, BoxError, ProxyBody};
@@ -30,6 +31,8 @@ pub struct ConnInfo {
     /// Forwarding header values (they carry whether the connection is TLS), built once for
     /// the connection.
     pub forwarding: Forwarding,
+    /// Requests in progress, for closing the connection when it goes quiet.
+    pub activity: Activity,
 }
 
 impl ConnInfo {
@@ -37,6 +40,7 @@ impl ConnInfo {
         Self {
             peer,
             forwarding: Forwarding::new(peer.ip(), tls),
+            activity: Activity::new(),
         }
     }
 }
@@ -175,6 +179,7 @@ impl Proxy {
         req: Request<Incoming>,
         ambiguous_framing: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let _in_progress = conn.activity.request(req.version());
         let is_head = req.method() == http::Method::HEAD;
         let (route, mut resp) = if ambiguous_framing {
             let r = plain_error(

@@ -1,12 +1,13 @@
 //! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`]),
 //! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), closing connections on
-//! shutdown and bans ([`closing`]) and upstreams
+//! shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
 
 pub mod closing;
 pub mod forwarding;
 pub mod framing;
 pub mod handler;
+pub mod idle;
 pub mod path;
 pub mod pool;
 pub mod route;

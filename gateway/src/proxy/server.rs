@@ -189,7 +189,10 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         closer: Closer::new(proxy_deny_store),
     });
-    let mut tasks = vec![tokio::spawn(shared.closer.clone().watch_bans())];
+    let mut tasks = vec![
+        tokio::spawn(shared.closer.clone().watch_bans()),
+        tokio::spawn(shared.closer.clone().watch_idle(cfg.header_read_timeout.0)),
+    ];
     for (listener, is_tls) in listeners {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -369,8 +372,8 @@ async fn handshake(
     None
 }
 
-/// Serves HTTP on one connection until it ends; on shutdown, or when its source gets
-/// banned, it finishes the requests in flight and closes.
+/// Serves HTTP on one connection until it ends; on shutdown, when its source gets banned,
+/// or when it has gone quiet, it finishes the requests in flight and closes.
 /// `serve`: [`Proxy::handle`], or a wrapper of it.
 async fn drive<I, S, F>(io: I, conn: Arc<ConnInfo>, shared: &Shared, serve: S)
 where
@@ -385,6 +388,7 @@ where
     let proxy = shared.proxy.clone();
     let verdicts = Arc::new(Verdicts::default());
     let peer = conn.peer;
+    let registration = shared.closer.register(&conn);
     let watched = FramingWatch::new(io, verdicts.clone());
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // One verdict per HTTP/1 request head, taken in order (HTTP/2 has none).
@@ -395,7 +399,6 @@ where
         .builder
         .serve_connection(TokioIo::new(watched), service);
     tokio::pin!(connection);
-    let registration = shared.closer.register(peer.ip());
     let (why, grace) = tokio::select! {
         biased;
         r = connection.as_mut() => {
@@ -407,6 +410,7 @@ where
         reason = registration.closing() => match reason {
             Reason::Shutdown => ("shutting down", shared.shutdown_grace),
             Reason::Banned => ("source banned", BANNED_CLOSE_GRACE),
+            Reason::Idle => ("idle", shared.shutdown_grace),
         },
     };
     tracing::debug!(peer = %peer, "closing connection: {why}");
