@@ -326,6 +326,46 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Resu
     Ok(read_until_closed(&mut s, timeout))
 }
 
+/// [`raw_exchange`] over TLS: the handshake with `config` (server name `localhost`), then
+/// `request` as is, then reading until the server closes (close_notify, EOF or reset) or
+/// `timeout` passes. `elapsed` counts from the end of the handshake.
+pub async fn raw_tls_exchange(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<RawReply> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    let name = ServerName::try_from("localhost").expect("valid name");
+    let mut tls = TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS handshake with {addr}"))?;
+    tls.write_all(request).await.context("write the request")?;
+    tls.flush().await.context("flush the request")?;
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(timeout, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    Ok(RawReply {
+        bytes,
+        closed,
+        elapsed: started.elapsed(),
+    })
+}
+
 /// What a raw exchange read.
 #[derive(Debug)]
 pub struct RawReply {

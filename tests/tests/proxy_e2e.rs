@@ -7,7 +7,9 @@
 //! Every test owns its gateway, upstream and temp dir; guards stop and remove them even
 //! when an assertion fails. Waits poll with deadlines; nothing sleeps for a fixed time.
 
-use gateway_tests::client::{raw_exchange, read_until_closed, Client, Proto, Reply, Req};
+use gateway_tests::client::{
+    raw_exchange, raw_tls_exchange, read_until_closed, Client, Proto, Reply, Req,
+};
 use gateway_tests::gateway::{cli_ok, GatewayProcess};
 use gateway_tests::tls::{ServerCert, TestCa};
 use gateway_tests::upstream::{ClosedPort, EchoUpstream};
@@ -809,6 +811,16 @@ fn slow_upstream_gets_504_after_request_timeout() {
     assert_eq!(gw.upstream.hits_for("/api/slow").len(), 2);
 }
 
+/// `took`: how long a connection took to close with a 1 s limit (`None`: still open after
+/// the 6 s the tests wait).
+fn closed_after_one_second(what: &str, took: Option<Duration>) {
+    let took = took.unwrap_or_else(|| panic!("{what}: still open after 6 s"));
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "{what}: closed after {took:?}, the limit is 1 s"
+    );
+}
+
 #[test]
 fn slow_client_is_disconnected_after_header_read_timeout() {
     let gw = Gw::start(Setup {
@@ -818,58 +830,27 @@ fn slow_client_is_disconnected_after_header_read_timeout() {
     // Plain HTTP: half a request line, then nothing.
     let reply = raw_exchange(gw.http.addr(), b"GET /api/items HT", Duration::from_secs(6))
         .expect("raw exchange");
-    assert!(reply.closed, "still open after 6 s: {reply:?}");
-    assert!(
-        reply.elapsed >= Duration::from_millis(800) && reply.elapsed < Duration::from_secs(4),
-        "closed after {:?}, header_read_timeout is 1 s",
-        reply.elapsed
-    );
+    closed_after_one_second("plain", reply.closed.then_some(reply.elapsed));
     assert!(
         matches!(reply.status(), None | Some(408)),
         "answered {reply:?}"
     );
 
     // TLS: the handshake completes, then half a request line.
-    let rt = runtime();
-    rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tcp = tokio::net::TcpStream::connect(gw.https.addr())
-            .await
-            .expect("connect");
-        let config = gw.ca.client_config(&[b"http/1.1"]).expect("client config");
-        let mut tls = tokio_rustls::TlsConnector::from(config)
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-                tcp,
-            )
-            .await
-            .expect("TLS handshake");
-        tls.write_all(b"GET /api/items HT").await.expect("write");
-        tls.flush().await.expect("flush");
-        let started = Instant::now();
-        let mut buf = [0u8; 1024];
-        let mut got = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(6), async {
-            loop {
-                match tls.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await;
-        let took = started.elapsed();
-        assert!(closed.is_ok(), "TLS connection still open after 6 s");
-        assert!(
-            took >= Duration::from_millis(800) && took < Duration::from_secs(4),
-            "TLS connection closed after {took:?}, header_read_timeout is 1 s"
-        );
-        let text = String::from_utf8_lossy(&got);
-        assert!(
-            got.is_empty() || text.starts_with("HTTP/1.1 408"),
-            "answered {text:?}"
-        );
-    });
+    let config = gw.ca.client_config(&[b"http/1.1"]).expect("client config");
+    let reply = runtime()
+        .block_on(raw_tls_exchange(
+            gw.https.addr(),
+            config,
+            b"GET /api/items HT",
+            Duration::from_secs(6),
+        ))
+        .expect("TLS exchange");
+    closed_after_one_second("TLS", reply.closed.then_some(reply.elapsed));
+    assert!(
+        reply.bytes.is_empty() || reply.status() == Some(408),
+        "answered {reply:?}"
+    );
     assert_eq!(gw.upstream.hits(), 0);
 }
 
@@ -882,17 +863,9 @@ fn quiet_connections_are_closed_after_the_idle_limit() {
         listen: r#"header_read_timeout = "1s""#,
         ..Setup::default()
     });
-    let closed_in_time = |what: &str, took: Option<Duration>| {
-        let took = took.unwrap_or_else(|| panic!("{what}: still open after 6 s"));
-        assert!(
-            took >= Duration::from_millis(800) && took < Duration::from_secs(4),
-            "{what}: closed after {took:?}, the idle limit is 1 s"
-        );
-    };
-
     // Plain TCP, not a byte sent.
     let reply = raw_exchange(gw.http.addr(), b"", Duration::from_secs(6)).expect("raw exchange");
-    closed_in_time(
+    closed_after_one_second(
         "silent plain connection",
         reply.closed.then_some(reply.elapsed),
     );
@@ -901,33 +874,15 @@ fn quiet_connections_are_closed_after_the_idle_limit() {
     let t = gw.tokens();
     let rt = runtime();
     rt.block_on(async {
-        use tokio::io::AsyncReadExt;
         // TLS handshake done (either protocol), then not a byte.
         for alpn in [&b"http/1.1"[..], b"h2"] {
             let what = format!("silent TLS connection ({})", String::from_utf8_lossy(alpn));
-            let tcp = tokio::net::TcpStream::connect(gw.https.addr())
-                .await
-                .expect("connect");
             let config = gw.ca.client_config(&[alpn]).expect("client config");
-            let mut tls = tokio_rustls::TlsConnector::from(config)
-                .connect(
-                    rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-                    tcp,
-                )
+            let reply = raw_tls_exchange(gw.https.addr(), config, b"", Duration::from_secs(6))
                 .await
-                .expect("TLS handshake");
-            let started = Instant::now();
-            let mut buf = [0u8; 256];
-            let ended = tokio::time::timeout(Duration::from_secs(6), async {
-                loop {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-            })
-            .await;
-            closed_in_time(&what, ended.ok().map(|()| started.elapsed()));
+                .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            closed_after_one_second(&what, reply.closed.then_some(reply.elapsed));
+            assert!(reply.bytes.is_empty(), "{what}: answered {reply:?}");
         }
 
         // HTTP/2 (TLS, and cleartext with prior knowledge): one request, then quiet.
@@ -938,7 +893,7 @@ fn quiet_connections_are_closed_after_the_idle_limit() {
                 .await
                 .unwrap_or_else(|e| panic!("{what}: {e:#}"));
             assert_eq!(reply.status, 200, "{what}: {reply:?}");
-            closed_in_time(
+            closed_after_one_second(
                 &format!("{what} after its request"),
                 conn.ended_within(Duration::from_secs(6)).await,
             );
@@ -962,7 +917,7 @@ fn quiet_connections_are_closed_after_the_idle_limit() {
                 .unwrap_or_else(|e| panic!("request {i} after the slow one: {e:#}"));
             assert_eq!(reply.status, 200, "request {i}: {reply:?}");
         }
-        closed_in_time(
+        closed_after_one_second(
             "HTTP/2 after steady requests",
             conn.ended_within(Duration::from_secs(6)).await,
         );
