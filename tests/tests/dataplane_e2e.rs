@@ -293,6 +293,42 @@ fn deny_entries_survive_a_restart() {
     drop(gw);
 }
 
+/// A gateway whose listen address is taken (say, by a gateway already running there) says so
+/// and stops before it loads, attaches or pins anything.
+#[test]
+fn a_taken_listen_address_stops_start_up_before_the_data_plane() {
+    let Some(env) = env("a_taken_listen_address_stops_start_up", "la") else {
+        return;
+    };
+    let _taken = env.listen();
+    let addr = SocketAddr::from((NetnsPair::SERVER4, PORT));
+    let cfg = env.write_config(
+        "xdp",
+        &format!(
+            "[listen]\nhttp = [\"{addr}\"]\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\n\
+             [[route]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n"
+        ),
+    );
+    let mut gw = GatewayProcess::spawn(Some(&env.pair.server), &cfg, &env.dir.join("gateway.log"))
+        .expect("spawn gateway");
+    let status = gw.wait_exit(Duration::from_secs(20)).expect("wait");
+    let log = gw.log_text();
+    let status = status.unwrap_or_else(|| panic!("still running:\n{log}"));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "cannot listen on {addr}: another process already listens there"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("data plane"), "{log}");
+    assert!(
+        !Path::new(&env.pin()).exists(),
+        "nothing pinned at {}",
+        env.pin()
+    );
+}
+
 #[test]
 fn startup_errors_are_clear() {
     let Some(env) = env("startup_errors_are_clear", "se") else {

@@ -925,6 +925,69 @@ fn quiet_connections_are_closed_after_the_idle_limit() {
     assert_eq!(gw.upstream.hits_for("/api/slow").len(), 1);
 }
 
+/// A second gateway on addresses the first listens on refuses to start, naming the address,
+/// before it binds any: SO_REUSEPORT would otherwise let it join the first one's listeners
+/// and silently take a share of the connections. Every address is checked before any is
+/// bound, so a taken second address does not briefly expose the first.
+#[test]
+fn a_second_instance_on_the_same_addresses_refuses_to_start() {
+    let gw = Gw::start(Setup::default());
+    let t = gw.tokens();
+    let config = std::fs::read_to_string(gw.path("gateway.toml")).expect("read config");
+    let (https, http) = (gw.https.addr(), gw.http.addr());
+    let both = config
+        .replacen(
+            r#"https = ["127.0.0.1:0"]"#,
+            &format!(r#"https = ["{https}"]"#),
+            1,
+        )
+        .replacen(
+            r#"http = ["127.0.0.1:0"]"#,
+            &format!(r#"http = ["{http}"]"#),
+            1,
+        );
+    let second_only = config.replacen(
+        r#"http = ["127.0.0.1:0"]"#,
+        &format!(r#"http = ["{http}"]"#),
+        1,
+    );
+    for (name, text, taken) in [("both", both, https), ("second", second_only, http)] {
+        assert_ne!(
+            text, config,
+            "{name}: the config names the first one's addresses"
+        );
+        let path = gw.path(&format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        let mut second = GatewayProcess::spawn(None, &path, &gw.path(&format!("{name}.log")))
+            .expect("spawn gateway");
+        let status = second
+            .wait_exit(Duration::from_secs(20))
+            .expect("wait for the second gateway");
+        let log = second.log_text();
+        let status = status.unwrap_or_else(|| panic!("{name}: still running:\n{log}"));
+        assert!(!status.success(), "{name}: {status:?}\n{log}");
+        assert!(
+            log.contains(&format!(
+                "cannot listen on {taken}: another process already listens there"
+            )),
+            "{name}: {log}"
+        );
+        assert!(!log.contains("listening on"), "{name}: {log}");
+    }
+    // The first one serves on.
+    let rt = runtime();
+    rt.block_on(async {
+        for proto in Proto::BOTH {
+            let reply = gw
+                .https
+                .send(proto, Req::get("/api/items").bearer(&t.rw))
+                .await
+                .unwrap_or_else(|e| panic!("{proto:?}: {e:#}"));
+            assert_eq!(reply.status, 200, "{proto:?}: {reply:?}");
+        }
+    });
+}
+
 #[test]
 fn oversized_headers_are_refused() {
     let gw = Gw::start(Setup {

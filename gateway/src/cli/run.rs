@@ -1,7 +1,7 @@
 //! `gateway run`: start what the config asks for and run until SIGINT/SIGTERM.
 //!
-//! Start order: data plane → keys and verifier → TLS → listeners → admin; each step fails
-//! start-up with what went wrong. With only an `[ebpf]` section the gateway runs the data
+//! Start order: a check that the listen addresses are free → data plane → keys and verifier
+//! → TLS → listeners → admin; each step fails start-up with what went wrong. With only an `[ebpf]` section the gateway runs the data
 //! plane alone, for hosts where another proxy serves the traffic. SIGHUP re-reads the config
 //! and applies what can change live. SIGTERM/SIGINT stop accepting, drain in-flight
 //! requests up to `[listen] shutdown_grace`, then detach the programs.
@@ -84,6 +84,12 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
         _ => return fail(EXIT_FAILURE, "cannot install signal handlers"),
     };
 
+    // A second gateway on the same addresses stops here, before it touches the data plane.
+    if let Some(listen) = &config.listen {
+        if let Err(e) = server::check_addresses_free(listen) {
+            return fail(EXIT_FAILURE, e);
+        }
+    }
     let ebpf = config.ebpf.clone().filter(|e| e.mode != DataPlaneMode::Off);
     let mut plane = match &ebpf {
         Some(cfg) => match DataPlane::start(cfg) {

@@ -377,6 +377,22 @@ mod tests {
     }
 
     #[test]
+    fn a_listen_address_listed_twice_is_refused() {
+        let e = err("[listen]\nhttps = [\"127.0.0.1:8443\"]\nhttp = [\"127.0.0.1:8080\", \"127.0.0.1:8443\"]\n");
+        assert!(
+            e.contains("gw.toml:3: listen.http: 127.0.0.1:8443 is listed twice"),
+            "{e}"
+        );
+        // Port 0 is a new port each time.
+        let zero = "127.0.0.1:0".parse().expect("address");
+        let listen = ListenConfig {
+            http: vec![zero, zero],
+            ..ListenConfig::default()
+        };
+        assert!(listen.validate().is_ok());
+    }
+
+    #[test]
     fn empty_config_is_valid() {
         let c = Config::parse(Path::new("gw.toml"), "").expect("empty is fine");
         assert!(c.ebpf.is_none());

@@ -70,6 +70,17 @@ impl Default for ListenConfig {
 
 impl ListenConfig {
     pub fn validate(&self) -> Result<(), Issue> {
+        let addrs: Vec<(&'static str, SocketAddr)> = (self.https.iter().map(|a| ("https", *a)))
+            .chain(self.http.iter().map(|a| ("http", *a)))
+            .collect();
+        for (i, &(key, addr)) in addrs.iter().enumerate() {
+            if addr.port() != 0 && addrs[..i].iter().any(|&(_, a)| a == addr) {
+                return Err(Issue::new(
+                    key,
+                    format!("{addr} is listed twice (each address is one listener)"),
+                ));
+            }
+        }
         if self.max_connections_per_source == 0 {
             return Err(Issue::new(
                 "max_connections_per_source",

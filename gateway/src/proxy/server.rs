@@ -28,6 +28,11 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr}: another process already listens there (is this gateway \
+         already running?)"
+    )]
+    InUse { addr: SocketAddr },
 }
 
 /// Bound listeners, before serving: binding first lets start-up fail with the address. Each
@@ -52,8 +57,43 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
+/// Refuses an address something already listens on. Our own sockets share each address
+/// with SO_REUSEPORT, which would also let a second gateway of the same user join in and
+/// silently take a share of the connections; a bind without it fails while anything
+/// listens there (SO_REUSEADDR: a previous run's TIME_WAIT connections are no obstacle).
+fn check_free(addr: SocketAddr) -> Result<(), ServerError> {
+    use socket2::{Domain, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(bind_err)?;
+    probe.set_reuse_address(true).map_err(bind_err)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true).map_err(bind_err)?;
+    }
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(ServerError::InUse { addr }),
+        Err(e) => Err(bind_err(e)),
+    }
+}
+
+/// Fails on the first configured address something already listens on (see
+/// [`check_free`]). `gateway run` asks before it starts anything else, so a second gateway
+/// says so before it touches the data plane.
+pub fn check_addresses_free(cfg: &ListenConfig) -> Result<(), ServerError> {
+    cfg.https
+        .iter()
+        .chain(&cfg.http)
+        .try_for_each(|&a| check_free(a))
+}
+
 impl Listeners {
+    /// Every address is checked before any is bound, so a start that fails has not taken
+    /// (and then dropped) a single connection.
     pub fn bind(cfg: &ListenConfig, workers: usize) -> Result<Self, ServerError> {
+        check_addresses_free(cfg)?;
         let workers = workers.max(1);
         let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> =
             (0..workers).map(|_| Vec::new()).collect();
