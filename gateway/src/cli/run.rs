@@ -1,8 +1,9 @@
 //! `gateway run`: start what the config asks for and run until SIGINT/SIGTERM.
 //!
 //! Start order: a check that the listen addresses are free → data plane → keys and verifier
-//! → TLS → listeners → admin; each step fails start-up with what went wrong. With only an `[ebpf]` section the gateway runs the data
-//! plane alone, for hosts where another proxy serves the traffic. SIGHUP re-reads the config
+//! → TLS → listeners → admin; each step fails start-up with what went wrong. With only an
+//! `[ebpf]` section the gateway runs the data plane alone, for hosts where another proxy
+//! serves the traffic. SIGHUP re-reads the config
 //! and applies what can change live. SIGTERM/SIGINT stop accepting, drain in-flight
 //! requests up to `[listen] shutdown_grace`, then detach the programs.
 

@@ -21,10 +21,10 @@ use tokio::time::Instant;
 /// One connection's activity.
 #[derive(Debug)]
 pub struct Activity {
-    /// When the connection started; times below are milliseconds since then.
+    /// When the connection was accepted; times below are milliseconds since then.
     epoch: Instant,
     in_flight: AtomicU32,
-    /// When the last request ended (0: none has yet).
+    /// When the last request ended, or (none yet) when the connection was ready for one.
     quiet_since_ms: AtomicU64,
     /// An HTTP/1 request came: hyper times the rest of this connection.
     http1: AtomicBool,
@@ -46,6 +46,13 @@ impl Activity {
         }
     }
 
+    /// The connection is ready for requests (its TLS handshake, if any, is done): the limit
+    /// counts from now, not from the accept.
+    pub fn start(&self) {
+        self.quiet_since_ms
+            .store(self.millis_since_epoch(), Ordering::Release);
+    }
+
     /// A request starts. HTTP/1 only marks the connection as hyper's to time; an HTTP/2
     /// request is in progress until the guard is dropped.
     pub fn request(&self, version: http::Version) -> Option<InFlight<'_>> {
@@ -57,9 +64,9 @@ impl Activity {
         Some(InFlight(self))
     }
 
-    /// Whether, at `now`, nothing has been in progress for `limit` (counted from the start
-    /// for a connection that has had no request). Never for HTTP/1 connections after their
-    /// first request.
+    /// Whether, at `now`, nothing has been in progress for `limit` (counted from
+    /// [`Activity::start`] for a connection that has had no request). Never for HTTP/1
+    /// connections after their first request.
     pub fn is_quiet(&self, limit: Duration, now: Instant) -> bool {
         if self.http1.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Acquire) > 0 {
             return false;
@@ -101,6 +108,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_with_no_request_is_quiet_after_the_limit() {
         let a = Activity::new();
+        // A 3 s TLS handshake: the limit counts from its end.
+        advance(3).await;
+        a.start();
         advance(9).await;
         assert!(!a.is_quiet(LIMIT, Instant::now()));
         advance(1).await;

@@ -428,6 +428,7 @@ where
     let proxy = shared.proxy.clone();
     let verdicts = Arc::new(Verdicts::default());
     let peer = conn.peer;
+    conn.activity.start();
     let registration = shared.closer.register(&conn);
     let watched = FramingWatch::new(io, verdicts.clone());
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
