@@ -185,15 +185,19 @@ fn mint_pool(ctx: &Ctx, keys: &Path, pool_size: usize) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `haproxy -f <peer>/<cfg> -db` (in the foreground, logging to stderr).
+fn haproxy(ctx: &Ctx, cfg: &str) -> Command {
+    let mut c = Command::new("haproxy");
+    c.arg("-f").arg(ctx.peer.join(cfg)).arg("-db");
+    c
+}
+
 /// The peer's upstream: `haproxy -f backend.cfg`, one thread.
 pub fn start_backend(ctx: &Ctx, ports: &Ports) -> Result<Proc> {
     let log = ctx.run_dir.join("backend.log");
     let mut p = Proc::spawn(
         "upstream (haproxy backend.cfg)",
-        Command::new("haproxy")
-            .arg("-f")
-            .arg(ctx.peer.join("backend.cfg"))
-            .arg("-db")
+        haproxy(ctx, "backend.cfg")
             .env("BACKEND_ADDR", format!("127.0.0.1:{}", ports.backend))
             .env("BACKEND_THREADS", "1"),
         &log,
@@ -208,10 +212,7 @@ pub fn start_haproxy(ctx: &Ctx, ports: &Ports, m: &Material) -> Result<Proc> {
     let a = |p: u16| format!("127.0.0.1:{p}");
     let mut p = Proc::spawn(
         "haproxy (haproxy.cfg)",
-        Command::new("haproxy")
-            .arg("-f")
-            .arg(ctx.peer.join("haproxy.cfg"))
-            .arg("-db")
+        haproxy(ctx, "haproxy.cfg")
             .env("GW_THREADS", "2")
             .env("BACKEND_ADDR", a(ports.backend))
             .env("GW_JWT_HTTP", a(ports.hp_jwt_http))

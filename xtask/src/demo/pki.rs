@@ -116,12 +116,7 @@ fn make_ca(dir: &Path, key: &Path, cert: &Path) -> Result<()> {
          subjectKeyIdentifier = hash\n",
     )
     .with_context(|| format!("writing {}", cnf.display()))?;
-    Cmd::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
-        .args(["ec_paramgen_curve:P-256", "-out"])
-        .arg(key)
-        .run()?;
-    private(key)?;
+    new_ec_key(key)?;
     Cmd::new("openssl")
         .args([
             "req", "-x509", "-new", "-sha256", "-days", "3650", "-config",
@@ -134,6 +129,16 @@ fn make_ca(dir: &Path, key: &Path, cert: &Path) -> Result<()> {
         .run()?;
     let _ = fs::remove_file(&cnf);
     Ok(())
+}
+
+/// A new P-256 private key at `key`, readable by its owner only.
+fn new_ec_key(key: &Path) -> Result<()> {
+    Cmd::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-out"])
+        .arg(key)
+        .run()?;
+    private(key)
 }
 
 fn make_server_cert(
@@ -154,12 +159,7 @@ fn make_server_cert(
          authorityKeyIdentifier = keyid\n",
     )
     .with_context(|| format!("writing {}", ext.display()))?;
-    Cmd::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
-        .args(["ec_paramgen_curve:P-256", "-out"])
-        .arg(key)
-        .run()?;
-    private(key)?;
+    new_ec_key(key)?;
     Cmd::new("openssl")
         .args(["req", "-new", "-sha256", "-subj", "/CN=localhost", "-key"])
         .arg(key)
