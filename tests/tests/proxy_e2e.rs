@@ -8,7 +8,7 @@
 //! when an assertion fails. Waits poll with deadlines; nothing sleeps for a fixed time.
 
 use gateway_tests::client::{
-    raw_exchange, raw_tls_exchange, read_until_closed, Client, Proto, Reply, Req,
+    raw_exchange, raw_tls_exchange, read_until_closed, Client, Proto, RawReply, Reply, Req,
 };
 use gateway_tests::gateway::{cli_ok, GatewayProcess};
 use gateway_tests::tls::{ServerCert, TestCa};
@@ -986,6 +986,99 @@ fn a_second_instance_on_the_same_addresses_refuses_to_start() {
             assert_eq!(reply.status, 200, "{proto:?}: {reply:?}");
         }
     });
+}
+
+/// `max_body_bytes`, and request bodies that fail on the client's side: each is answered as
+/// the client's doing (413, 408, 400), never as an upstream failure (502, 504).
+#[test]
+fn request_body_limits_and_failures_are_the_clients() {
+    let gw = Gw::start(Setup {
+        listen: "max_body_bytes = 4096",
+        upstream: r#"request_timeout = "1s""#,
+        ..Setup::default()
+    });
+    let addr = gw.http.addr();
+    let head = |framing: &str| {
+        format!("POST /open/upload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{framing}\r\n\r\n")
+    };
+    let chunked = |n: usize| {
+        let mut r = head("Transfer-Encoding: chunked").into_bytes();
+        r.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        r.extend(std::iter::repeat_n(b'x', n));
+        r.extend_from_slice(b"\r\n0\r\n\r\n");
+        r
+    };
+    let sized = |n: usize| {
+        let mut r = head(&format!("Content-Length: {n}")).into_bytes();
+        r.extend(std::iter::repeat_n(b'x', n));
+        r
+    };
+    let exchange = |what: &str, request: &[u8]| {
+        let reply = raw_exchange(addr, request, Duration::from_secs(6))
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert!(reply.closed, "{what}: {reply:?}");
+        reply
+    };
+    let error_code = |reply: &RawReply| {
+        let text = reply.text();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        serde_json::from_str::<serde_json::Value>(body)
+            .map(|v| v["error"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+
+    // At the limit: relayed whole, chunked or sized.
+    for (what, request) in [("chunked 4096", chunked(4096)), ("sized 4096", sized(4096))] {
+        let reply = exchange(what, &request);
+        assert_eq!(reply.status(), Some(200), "{what}: {}", reply.text());
+        assert!(
+            reply.text().contains(r#""body_len":4096"#),
+            "{what}: {}",
+            reply.text()
+        );
+    }
+    // One byte over: 413 either way (chunked used to be a 502 blamed on the upstream).
+    for (what, request) in [("chunked 4097", chunked(4097)), ("sized 4097", sized(4097))] {
+        let reply = exchange(what, &request);
+        assert_eq!(reply.status(), Some(413), "{what}: {}", reply.text());
+        assert_eq!(error_code(&reply), "payload_too_large", "{what}");
+    }
+
+    // A body that stops arriving: 408 at the upstream's deadline (was 504).
+    let mut stalled = head("Content-Length: 100").into_bytes();
+    stalled.extend_from_slice(b"0123456789");
+    let reply = exchange("stalled", &stalled);
+    assert_eq!(reply.status(), Some(408), "stalled: {}", reply.text());
+    assert_eq!(error_code(&reply), "request_timeout");
+    closed_after_one_second("stalled body", Some(reply.elapsed));
+
+    // A client that stops sending mid-body (half-closes) but reads on: 400 (was 502).
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(&stalled).expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let reply = read_until_closed(&mut s, Duration::from_secs(6));
+    assert_eq!(reply.status(), Some(400), "broken: {}", reply.text());
+    assert_eq!(error_code(&reply), "bad_request");
+
+    // HTTP/2 (the client declares the length): at the limit relayed, over it 413.
+    let t = gw.tokens();
+    runtime().block_on(async {
+        for (n, status) in [(4096, 200), (4097, 413)] {
+            let reply = gw
+                .https
+                .send(
+                    Proto::H2,
+                    Req::new("POST", "/api/upload")
+                        .bearer(&t.rw)
+                        .body(&"x".repeat(n)),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("HTTP/2 {n}: {e:#}"));
+            assert_eq!(reply.status, status, "HTTP/2 {n}: {reply:?}");
+        }
+    });
+    // A declared length over the limit is refused before anything is forwarded.
+    assert_eq!(gw.upstream.hits_for("/api/upload").len(), 1);
 }
 
 #[test]

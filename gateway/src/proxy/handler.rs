@@ -4,9 +4,10 @@
 
 use super::forwarding::Forwarding;
 use super::idle::Activity;
+use super::request_body::{ClientFault, RequestBody};
 use super::route::{self, Route};
 use super::upstream::{Upstream, UpstreamError};
-use super::{full_body, path, BoxError, ProxyBody};
+use super::{full_body, path, ProxyBody};
 use crate::abuse::{AbuseEngine, Signal};
 use crate::config::{AuthMode, Config};
 use crate::deny::DenyStore;
@@ -16,7 +17,7 @@ use crate::policy::{self, TokenProblem};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -304,11 +305,8 @@ impl Proxy {
                     ))
                 }
                 Some(n) if n > self.max_body_bytes => {
-                    return Err(refuse(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "the request body is too large",
-                    ))
+                    let (status, code, message) = ClientFault::TooLarge.answer();
+                    return Err(refuse(status, code, message));
                 }
                 Some(_) => {}
             }
@@ -468,21 +466,25 @@ impl Proxy {
             };
         }
         parts.version = Version::HTTP_11;
-        let body = Limited::new(
-            body,
-            usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
-        )
-        .map_err(BoxError::from)
-        .boxed();
+        let (body, progress) = RequestBody::new(body, self.max_body_bytes);
         let Some(upstream) = self.upstreams.get(route.upstream) else {
             return plain_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no upstream");
         };
-        match upstream.send(Request::from_parts(parts, body)).await {
+        match upstream
+            .send(Request::from_parts(parts, body.boxed()))
+            .await
+        {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
                 resp
             }
             Err(e) => {
+                let timed_out = matches!(e, UpstreamError::Timeout { .. });
+                if let Some(fault) = progress.client_fault(timed_out) {
+                    tracing::debug!(error = %e, route = %route.name, ?fault, "request body failed on the client's side");
+                    let (status, code, message) = fault.answer();
+                    return plain_error(status, code, message);
+                }
                 self.metrics.upstream_error(route.upstream, e.kind());
                 tracing::warn!(error = %e, route = %route.name, "upstream failed");
                 upstream_error_response(&e)

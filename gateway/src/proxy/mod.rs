@@ -1,4 +1,5 @@
-//! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`]),
+//! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`],
+//! with the request body held to its limit and its failures told apart in [`request_body`]),
 //! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), closing connections on
 //! shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
@@ -10,6 +11,7 @@ pub mod handler;
 pub mod idle;
 pub mod path;
 pub mod pool;
+pub mod request_body;
 pub mod route;
 pub mod server;
 pub mod upstream;
