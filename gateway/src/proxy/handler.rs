@@ -481,9 +481,7 @@ impl Proxy {
             Err(e) => {
                 let timed_out = matches!(e, UpstreamError::Timeout { .. });
                 if let Some(fault) = progress.client_fault(timed_out) {
-                    tracing::debug!(error = %e, route = %route.name, ?fault, "request body failed on the client's side");
-                    let (status, code, message) = fault.answer();
-                    return plain_error(status, code, message);
+                    return client_fault_response(&e, route, fault);
                 }
                 self.metrics.upstream_error(route.upstream, e.kind());
                 tracing::warn!(error = %e, route = %route.name, "upstream failed");
@@ -511,6 +509,18 @@ async fn drain(mut body: Incoming) {
         }
     })
     .await;
+}
+
+/// The answer to an upstream exchange that failed because of the client's body.
+#[cold]
+fn client_fault_response(
+    e: &UpstreamError,
+    route: &Route,
+    fault: ClientFault,
+) -> Response<ProxyBody> {
+    tracing::debug!(error = %e, route = %route.name, ?fault, "request body failed on the client's side");
+    let (status, code, message) = fault.answer();
+    plain_error(status, code, message)
 }
 
 fn upstream_error_response(e: &UpstreamError) -> Response<ProxyBody> {
