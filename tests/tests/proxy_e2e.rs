@@ -1081,6 +1081,83 @@ fn request_body_limits_and_failures_are_the_clients() {
     assert_eq!(gw.upstream.hits_for("/api/upload").len(), 1);
 }
 
+/// The host a route is chosen for is the host the upstream gets: two Host headers, an
+/// invalid one, none in HTTP/1.1, and an HTTP/2 `host` that disagrees with `:authority` are
+/// 400 (RFC 9112 §3.2, RFC 9113 §8.3.1) and never forwarded; an absolute-form target's
+/// authority replaces the client's Host (RFC 9112 §3.2.2).
+#[test]
+fn one_valid_host_reaches_the_upstream() {
+    let gw = Gw::start(Setup::default());
+    let addr = gw.http.addr();
+    let exchange = |what: &str, request: &str| {
+        raw_exchange(addr, request.as_bytes(), Duration::from_secs(6))
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"))
+    };
+    for (what, request) in [
+        (
+            "two Host headers",
+            "GET /open/refused HTTP/1.1\r\nHost: public.example\r\nHost: secret.example\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "invalid Host",
+            "GET /open/refused HTTP/1.1\r\nHost: public.example/x y\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "user info in Host",
+            "GET /open/refused HTTP/1.1\r\nHost: user@public.example\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "HTTP/1.1 without Host",
+            "GET /open/refused HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let reply = exchange(what, request);
+        assert_eq!(reply.status(), Some(400), "{what}: {}", reply.text());
+        assert!(reply.text().contains("\"bad_request\""), "{what}: {}", reply.text());
+    }
+    assert!(gw.upstream.hits_for("/open/refused").is_empty());
+
+    // HTTP/1.0 may name no host.
+    let reply = exchange("HTTP/1.0", "GET /open/ten HTTP/1.0\r\n\r\n");
+    assert_eq!(reply.status(), Some(200), "HTTP/1.0: {}", reply.text());
+
+    // Absolute form: the target's authority is the host, for the route and the upstream.
+    let reply = exchange(
+        "absolute form",
+        "GET http://public.example/open/absolute HTTP/1.1\r\nHost: secret.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(reply.status(), Some(200), "absolute form: {}", reply.text());
+    let seen = gw.upstream.hits_for("/open/absolute");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].values("host"), ["public.example"]);
+
+    // HTTP/2: a `host` header that disagrees with `:authority` is malformed.
+    runtime().block_on(async {
+        let reply = gw
+            .https
+            .send(
+                Proto::H2,
+                Req::get("/open/h2-conflict").header("host", "secret.example"),
+            )
+            .await
+            .expect("HTTP/2 request");
+        assert_refusal("HTTP/2 host conflict", &reply, 400, "bad_request");
+        let reply = gw
+            .https
+            .send(Proto::H2, Req::get("/open/h2"))
+            .await
+            .expect("HTTP/2 request");
+        assert_eq!(reply.status, 200, "{reply:?}");
+    });
+    assert!(gw.upstream.hits_for("/open/h2-conflict").is_empty());
+    let seen = gw.upstream.hits_for("/open/h2");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].values("host"),
+        [format!("localhost:{}", gw.https.addr().port())]
+    );
+}
+
 #[test]
 fn oversized_headers_are_refused() {
     let gw = Gw::start(Setup {
@@ -1205,30 +1282,51 @@ fn header_count_limit_is_enforced_on_both_protocols() {
     }
 }
 
+/// Conflicting or unsupported framing: 400 (or 501 for a transfer coding other than chunked,
+/// which would otherwise reach the upstream silently undone), never forwarded.
 #[test]
-fn conflicting_framing_is_refused_before_the_upstream() {
+fn bad_framing_is_refused_before_the_upstream() {
     let gw = Gw::start(Setup::default());
     let t = gw.tokens();
     let cases = [
         (
             "Content-Length and Transfer-Encoding",
             "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
         ),
         (
             "Transfer-Encoding and Content-Length",
             "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            400,
         ),
         (
             "two different Content-Length",
             "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            400,
         ),
         (
             "a Content-Length list with different values",
             "Content-Length: 5, 6\r\n\r\nhello!",
+            400,
+        ),
+        (
+            "chunked in two Transfer-Encoding headers",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "chunked listed twice",
+            "Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "gzip before chunked",
+            "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
         ),
     ];
     let mut wrong = Vec::new();
-    for (case, tail) in cases {
+    for (case, tail, status) in cases {
         let before = gw.upstream.hits();
         let request = format!(
             "POST /api/items HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
@@ -1238,7 +1336,7 @@ fn conflicting_framing_is_refused_before_the_upstream() {
         let reply = raw_exchange(gw.http.addr(), request.as_bytes(), Duration::from_secs(5))
             .expect("raw exchange");
         let forwarded = gw.upstream.hits() - before;
-        if reply.status() != Some(400) || forwarded != 0 || !reply.closed {
+        if reply.status() != Some(status) || forwarded != 0 || !reply.closed {
             wrong.push(format!(
                 "{case}: status {:?}, forwarded {forwarded}x, closed {}",
                 reply.status(),
@@ -1248,8 +1346,8 @@ fn conflicting_framing_is_refused_before_the_upstream() {
     }
     assert!(
         wrong.is_empty(),
-        "requests with conflicting framing must get 400, never reach the upstream, and \
-         close the connection:\n{}",
+        "requests with bad framing must be refused, never reach the upstream, and close the \
+         connection:\n{}",
         wrong.join("\n")
     );
     // The same connection setup with clean framing is relayed.

@@ -3,6 +3,7 @@
 //! before the upstream pays anything, and counted by reason.
 
 use super::forwarding::Forwarding;
+use super::host::request_host;
 use super::idle::Activity;
 use super::request_body::{ClientFault, RequestBody};
 use super::route::{self, Route};
@@ -229,7 +230,15 @@ impl Proxy {
                 )
             }
         };
-        let host = request_host(&req).map(|h| h.into_owned());
+        let host = match request_host(&req) {
+            Ok(h) => h.map(Cow::into_owned),
+            Err(e) => {
+                return (
+                    None,
+                    plain_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+                )
+            }
+        };
         let path = normalized.as_deref().unwrap_or(req.uri().path());
         let Some((idx, route)) = route::find(&self.routes, host.as_deref(), path, req.method())
         else {
@@ -310,6 +319,10 @@ impl Proxy {
                 }
                 Some(_) => {}
             }
+        }
+        // Only a body of unknown length can carry a transfer coding (HTTP/1 chunked).
+        if hyper::body::Body::size_hint(req.body()).exact().is_none() {
+            check_transfer_codings(h)?;
         }
         Ok(())
     }
@@ -439,8 +452,13 @@ impl Proxy {
             route.claim_headers.apply(t, headers);
         }
         conn.forwarding.apply(headers, host);
-        if !headers.contains_key(header::HOST) {
-            if let Some(auth) = parts.uri.authority() {
+        // A target with an authority (absolute form, HTTP/2) names the host: the upstream
+        // gets that, never a Host header the client added that says otherwise.
+        if let Some(auth) = parts.uri.authority() {
+            let same = headers
+                .get(header::HOST)
+                .is_some_and(|h| h.as_bytes() == auth.as_str().as_bytes());
+            if !same {
                 if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
                     headers.insert(header::HOST, v);
                 }
@@ -491,6 +509,40 @@ impl Proxy {
     }
 }
 
+/// hyper decodes `chunked`, and Transfer-Encoding is hop-by-hop: another coding would reach
+/// the upstream silently undone, so it is refused (501, RFC 9112 §6.1), as is `chunked`
+/// applied twice (400).
+fn check_transfer_codings(h: &HeaderMap) -> Result<(), Refusal> {
+    let mut chunked = 0;
+    for value in h.get_all(header::TRANSFER_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid Transfer-Encoding",
+            ));
+        };
+        for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(refuse(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "not_implemented",
+                    "only the chunked transfer coding is supported",
+                ));
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "chunked applied more than once",
+        ));
+    }
+    Ok(())
+}
+
 /// Reads (and discards) a little of a refused request's body before we answer, so that a
 /// client still sending a small body gets our status rather than a reset stream (HTTP/2) or
 /// a closed connection. Bounded in bytes and time: a refusal never waits on a slow client.
@@ -535,26 +587,6 @@ fn upstream_error_response(e: &UpstreamError) -> Response<ProxyBody> {
         _ => ("bad_gateway", "the upstream server could not be reached"),
     };
     plain_error(e.status(), code, message)
-}
-
-/// The request's host, lower-case, without port: the URI authority (HTTP/2, absolute form)
-/// or the Host header.
-fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
-    let host = match req.uri().authority() {
-        Some(a) => a.host(),
-        None => {
-            let raw = req.headers().get(header::HOST)?.to_str().ok()?;
-            match raw.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or(v6),
-                None => raw.split(':').next().unwrap_or(raw),
-            }
-        }
-    };
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    })
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
