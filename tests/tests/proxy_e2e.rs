@@ -12,7 +12,7 @@ use gateway_tests::client::{
 };
 use gateway_tests::gateway::{cli_ok, GatewayProcess};
 use gateway_tests::tls::{ServerCert, TestCa};
-use gateway_tests::upstream::{ClosedPort, EchoUpstream};
+use gateway_tests::upstream::{ClosedPort, EchoUpstream, ScriptedUpstream};
 use nix::sys::signal::Signal;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -1156,6 +1156,40 @@ fn one_valid_host_reaches_the_upstream() {
         seen[0].values("host"),
         [format!("localhost:{}", gw.https.addr().port())]
     );
+}
+
+/// We never ask an upstream for an upgrade (Upgrade is hop-by-hop), so a 101 from it is a
+/// broken upstream: the client gets 502, never a switched connection nobody speaks.
+#[test]
+fn an_unsolicited_101_from_the_upstream_is_a_bad_gateway() {
+    let upstream = ScriptedUpstream::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw",
+    )
+    .expect("scripted upstream");
+    let gw = Gw::start(Setup {
+        upstream_addr: Some(upstream.addr()),
+        ..Setup::default()
+    });
+    runtime().block_on(async {
+        for proto in Proto::BOTH {
+            let what = format!("{proto:?}");
+            let reply = gw
+                .https
+                .send(proto, Req::get("/open/switch"))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert_refusal(&what, &reply, 502, "bad_gateway");
+        }
+    });
+    // Also when the client itself asked for a WebSocket upgrade.
+    let reply = raw_exchange(
+        gw.http.addr(),
+        b"GET /open/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        Duration::from_secs(6),
+    )
+    .expect("raw exchange");
+    assert_eq!(reply.status(), Some(502), "{}", reply.text());
 }
 
 #[test]

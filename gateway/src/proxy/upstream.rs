@@ -189,6 +189,12 @@ impl Upstream {
                 addr: server.addr,
                 timeout: self.request_timeout,
             }),
+            Ok(Ok(resp)) if resp.status().is_informational() => {
+                // hyper passes interim answers (100, 103) over; what is left is a 101, and
+                // we never ask for an upgrade (Upgrade is hop-by-hop): relayed, it would
+                // leave the client with a switched protocol nobody speaks.
+                Err(self.protocol(server, format!("unsolicited {}", resp.status())))
+            }
             Ok(Ok(resp)) => {
                 self.record(server, false);
                 Ok(resp)
