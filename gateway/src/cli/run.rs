@@ -230,7 +230,7 @@ async fn start_proxy(
     // Keys and verifier, only when some route checks tokens; JWKS URLs are fetched once
     // before the proxy serves.
     let mut jwks = Vec::new();
-    let proxy = Proxy::new(
+    let mut proxy = Proxy::new(
         config,
         |jwt| start_verifier(jwt, &metrics, &mut jwks),
         metrics.clone(),
@@ -263,7 +263,6 @@ async fn start_proxy(
         }
         _ => (None, None),
     };
-    let mut proxy = proxy;
     if let Some(a) = abuse {
         metrics.set_abuse(a.clone());
         proxy = proxy.with_abuse(a);

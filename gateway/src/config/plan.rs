@@ -356,6 +356,14 @@ mod tests {
             .expect("line is there")
     }
 
+    /// A reload builds a plan on one thread and swaps it in for all.
+    #[test]
+    fn a_plan_can_be_shared_and_swapped() {
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<Plan>();
+        shared::<arc_swap::ArcSwap<Plan>>();
+    }
+
     #[test]
     fn routes_hold_resolved_upstreams_and_parsed_methods() {
         let plan = parse(&format!(

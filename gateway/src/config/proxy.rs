@@ -254,7 +254,8 @@ pub enum AuthMode {
 /// [`RouteConfig::validate`] if some values are wrong, and the proxy reads it as
 /// `route.config.<field>` (the compiled route keeps the route as written). Only an option
 /// that must be parsed or resolved before use also gets a field in
-/// [`super::plan::RoutePlan`], built in `plan::compile_route`.
+/// [`super::plan::RoutePlan`], built in `plan::compile_route` (and carried over in
+/// `RoutePlan::with_auth`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
