@@ -294,7 +294,7 @@ impl AbuseEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::DurationSecs;
+    use crate::config::DurationSecs;
 
     fn engine(cfg: AbuseConfig, allow: Vec<IpNet>) -> AbuseEngine {
         AbuseEngine::new(&cfg, Arc::new(DenyStore::new(None, None, allow)))

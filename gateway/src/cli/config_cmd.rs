@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Parse and validate a config file; prints every problem with file, line and key.
+    /// Parse and validate a config file; prints every problem with file, line and key, and
+    /// warns about what is valid but has no effect.
     Check {
         #[arg(long, short, value_name = "FILE", default_value = super::run::DEFAULT_CONFIG)]
         config: PathBuf,
@@ -18,7 +19,10 @@ pub enum ConfigCommand {
 pub fn run(cmd: ConfigCommand) -> ExitCode {
     match cmd {
         ConfigCommand::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(plan) => {
+                for warning in plan.warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

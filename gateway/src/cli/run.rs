@@ -10,11 +10,11 @@
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
 use crate::abuse::{AbuseEngine, Signal};
 use crate::admin;
-use crate::config::{Config, DataPlaneMode};
+use crate::config::{Config, DataPlaneMode, Plan};
 use crate::deny::DenyStore;
 use crate::ebpf::{events, DataPlane, PinnedMaps};
-use crate::jwt::Verifier;
-use crate::keys::KeyStore;
+use crate::jwt::{Verifier, VerifierConfig};
+use crate::keys::{JwksSource, KeyStore};
 use crate::metrics::Metrics;
 use crate::proxy::server::{self, Listeners};
 use crate::proxy::Proxy;
@@ -44,9 +44,12 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> ExitCode {
     init_tracing();
     let config = match Config::load(&args.config) {
-        Ok(c) => c,
+        Ok(c) => Arc::new(c),
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let data_plane = config
         .ebpf
         .as_ref()
@@ -74,7 +77,7 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 /// Everything started for one `gateway run`, stopped in reverse order.
-async fn serve(config_path: &Path, config: Config) -> ExitCode {
+async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
     // Handlers first, so a signal that arrives during start-up is not lost.
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
@@ -215,39 +218,34 @@ struct StartedProxy {
 
 /// Keys, verifier, upstreams, listeners and TLS; errors name what failed.
 async fn start_proxy(
-    config: &Config,
+    config: &Arc<Plan>,
     abuse: Option<Arc<AbuseEngine>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StartedProxy, String> {
     let listen = config.listen.clone().unwrap_or_default();
-    let route_names: Vec<String> = config
-        .route
-        .iter()
-        .map(|r| r.name.clone().unwrap_or_else(|| r.path_prefix.clone()))
-        .collect();
-    let upstream_names: Vec<String> = config.upstream.iter().map(|u| u.name.clone()).collect();
+    let route_names: Vec<String> = config.routes().iter().map(|r| r.name.clone()).collect();
+    let upstream_names: Vec<String> = config.upstreams().iter().map(|u| u.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
 
-    let verifier = match &config.jwt {
-        None => None,
-        Some(jwt) => {
-            let (store, urls) = KeyStore::from_config(&jwt.keys).map_err(|e| e.to_string())?;
-            for source in urls {
-                let delay = match source.refresh().await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(url = source.url(), error = %e, "first JWKS fetch failed; retrying in the background");
-                        std::time::Duration::from_secs(5)
-                    }
-                };
-                source.spawn(delay);
-                metrics.add_jwks_source(source);
+    // Keys and verifier, only when some route checks tokens; JWKS URLs are fetched once
+    // before the proxy serves.
+    let mut jwks = Vec::new();
+    let mut proxy = Proxy::new(
+        config,
+        |jwt| start_verifier(jwt, &metrics, &mut jwks),
+        metrics.clone(),
+    )?;
+    for source in jwks {
+        let delay = match source.refresh().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(url = source.url(), error = %e, "first JWKS fetch failed; retrying in the background");
+                std::time::Duration::from_secs(5)
             }
-            let v = Arc::new(Verifier::new(jwt.clone(), store).map_err(|e| e.to_string())?);
-            metrics.set_verifier(v.clone());
-            Some(v)
-        }
-    };
+        };
+        source.spawn(delay);
+        metrics.add_jwks_source(source);
+    }
     if let Some(cfg) = config
         .ebpf
         .as_ref()
@@ -265,12 +263,11 @@ async fn start_proxy(
         }
         _ => (None, None),
     };
-    let mut proxy = Proxy::new(config, verifier, metrics.clone());
     if let Some(a) = abuse {
         metrics.set_abuse(a.clone());
         proxy = proxy.with_abuse(a);
     }
-    for (u, cfg) in proxy.upstreams().iter().zip(&config.upstream) {
+    for (u, cfg) in proxy.upstreams().iter().zip(config.upstreams()) {
         if let Some(hc) = &cfg.health_check {
             tokio::spawn(
                 u.clone()
@@ -291,7 +288,7 @@ async fn start_proxy(
     }
     let mut proxies = Vec::with_capacity(workers);
     for _ in 1..workers {
-        proxies.push(Arc::new(proxy.for_worker(config)));
+        proxies.push(Arc::new(proxy.for_worker()));
     }
     proxies.push(Arc::new(proxy));
     let threads = server::spawn_workers(proxies, listeners, acceptor, &listen, shutdown)
@@ -309,10 +306,24 @@ async fn start_proxy(
     })
 }
 
+/// The key store and verifier for `[jwt]`: file sources are loaded now, JWKS URL sources are
+/// handed back in `jwks` to be fetched and spawned.
+fn start_verifier(
+    jwt: &VerifierConfig,
+    metrics: &Metrics,
+    jwks: &mut Vec<JwksSource>,
+) -> Result<Arc<Verifier>, String> {
+    let (store, urls) = KeyStore::from_config(&jwt.keys).map_err(|e| e.to_string())?;
+    jwks.extend(urls);
+    let v = Arc::new(Verifier::new(jwt.clone(), store).map_err(|e| e.to_string())?);
+    metrics.set_verifier(v.clone());
+    Ok(v)
+}
+
 /// SIGHUP: re-reads the config and applies what can change live: certificate and key files
 /// (new handshakes use them; open connections keep theirs) and the data plane's rates,
 /// ports and lists. What needs a restart is refused with a log line.
-fn reload(path: &Path, running: &Config, plane: Option<&mut DataPlane>, certs: Option<&CertStore>) {
+fn reload(path: &Path, running: &Plan, plane: Option<&mut DataPlane>, certs: Option<&CertStore>) {
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -355,7 +366,7 @@ fn reload(path: &Path, running: &Config, plane: Option<&mut DataPlane>, certs: O
 
 /// The deny store of this gateway: its own handle on the pinned maps (when the data plane
 /// runs), the state file of `[ebpf]` (when configured), the config's allow list.
-fn open_deny_store(config: &Config, data_plane: bool) -> Result<Arc<DenyStore>, String> {
+fn open_deny_store(config: &Plan, data_plane: bool) -> Result<Arc<DenyStore>, String> {
     let ebpf = config.ebpf.as_ref();
     let maps = match ebpf.filter(|_| data_plane) {
         Some(cfg) => Some(PinnedMaps::open(&cfg.pin_path).map_err(|e| e.to_string())?),

@@ -1,7 +1,7 @@
 //! `[abuse]`: which behaviour gets a source banned, for how long.
 
+use super::DurationSecs;
 use super::Issue;
-use crate::keys::DurationSecs;
 use serde::Deserialize;
 use std::time::Duration;
 

@@ -1,13 +1,16 @@
 //! The TOML configuration: loading, and errors that name the file, the line and the key.
 //!
-//! Each section has its own module and validation; this module owns the file as a whole.
+//! Each section has its own module and validation; this module owns the file as a whole,
+//! and [`plan`] turns a file that passes into the [`Plan`] the gateway runs.
 //! Unknown keys are errors everywhere (`deny_unknown_fields`), so a typo never silently
 //! falls back to a default.
 
 pub mod abuse;
 pub mod admin;
+mod duration;
 pub mod ebpf;
 pub mod env;
+pub mod plan;
 pub mod proxy;
 
 use serde::Deserialize;
@@ -15,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 pub use abuse::AbuseConfig;
 pub use admin::AdminConfig;
+pub use duration::DurationSecs;
 pub use ebpf::{DataPlaneMode, EbpfConfig};
+pub use plan::{Plan, RouteAuth, RoutePlan, UpstreamId};
 pub use proxy::{
     AuthMode, CertConfig, HealthCheckConfig, ListenConfig, RouteConfig, RuntimeConfig, TlsConfig,
     UpstreamConfig,
@@ -23,7 +28,7 @@ pub use proxy::{
 
 use crate::jwt::VerifierConfig;
 
-/// The whole configuration file.
+/// The whole configuration file as written; [`Config::load`] compiles it into a [`Plan`].
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -71,8 +76,8 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads, parses, validates and compiles a configuration file.
+    pub fn load(path: &Path) -> Result<Plan, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -80,9 +85,9 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Parses and validates configuration text; `path` is only used in errors. `${VAR}`
-    /// references are expanded from the process environment first.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+    /// Parses, validates and compiles configuration text; `path` is only used in errors.
+    /// `${VAR}` references are expanded from the process environment first.
+    pub fn parse(path: &Path, text: &str) -> Result<Plan, ConfigError> {
         let expanded = env::expand(text, |name| std::env::var(name).ok()).map_err(|e| {
             let (_, key) = locate_span(text, line_start(text, e.line));
             ConfigError::Invalid {
@@ -105,111 +110,25 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        let mut errors: Vec<ConfigError> = config
-            .validate()
-            .into_iter()
-            .map(|(at, issue)| issue.locate(path, text, at))
-            .collect();
-        match errors.len() {
-            0 => Ok(config),
-            1 => Err(errors.remove(0)),
-            _ => Err(ConfigError::Several(errors)),
-        }
-    }
-
-    /// Checks each section, then how the sections refer to each other; every problem found
-    /// (the first of each section or array entry), in file order of sections.
-    fn validate(&self) -> Vec<(Section, Issue)> {
-        let one = |name: &'static str| Section { name, index: None };
-        let nth = |name: &'static str, i: usize| Section {
-            name,
-            index: Some(i),
+        let locate = |issues: plan::Issues| {
+            issues
+                .into_iter()
+                .map(|(at, issue)| issue.locate(path, text, at))
         };
-        let mut found = Vec::new();
-        let mut check = |at: Section, r: Result<(), Issue>| {
-            if let Err(i) = r {
-                found.push((at, i));
+        match plan::compile(config) {
+            Ok((mut plan, unused)) => {
+                plan.warnings = locate(unused).map(|e| e.to_string()).collect();
+                Ok(plan)
             }
-        };
-        if let Some(ebpf) = &self.ebpf {
-            check(one("ebpf"), ebpf.validate());
+            Err(issues) => {
+                let mut errors: Vec<ConfigError> = locate(issues).collect();
+                match errors.len() {
+                    1 => Err(errors.remove(0)),
+                    _ => Err(ConfigError::Several(errors)),
+                }
+            }
         }
-        if let Some(admin) = &self.admin {
-            check(one("admin"), admin.validate());
-        }
-        if let Some(abuse) = &self.abuse {
-            check(one("abuse"), abuse.validate());
-        }
-        if let Some(tls) = &self.tls {
-            check(one("tls"), tls.validate());
-        }
-        if let Some(jwt) = &self.jwt {
-            check(
-                one("jwt"),
-                jwt.validate()
-                    .map_err(|e| Issue::new("keys", e.to_string())),
-            );
-        }
-        for (i, u) in self.upstream.iter().enumerate() {
-            let twice = self.upstream[..i].iter().any(|o| o.name == u.name);
-            check(
-                nth("upstream", i),
-                u.validate().and_then(|()| match twice {
-                    true => Err(Issue::new(
-                        "name",
-                        format!("upstream `{}` is defined twice", u.name),
-                    )),
-                    false => Ok(()),
-                }),
-            );
-        }
-        for (i, r) in self.route.iter().enumerate() {
-            let refs = if !self.upstream.iter().any(|u| u.name == r.upstream) {
-                Err(Issue::new(
-                    "upstream",
-                    format!("no [[upstream]] is named `{}`", r.upstream),
-                ))
-            } else if r.auth != AuthMode::None && self.jwt.is_none() {
-                Err(Issue::new(
-                    "auth",
-                    "routes that check tokens need a [jwt] section",
-                ))
-            } else {
-                Ok(())
-            };
-            check(nth("route", i), r.validate().and(refs));
-        }
-        if let Some(listen) = &self.listen {
-            let shape = if listen.https.is_empty() && listen.http.is_empty() {
-                Err(Issue::new("https", "no listener: set https or http"))
-            } else if !listen.https.is_empty() && self.tls.is_none() {
-                Err(Issue::new("https", "HTTPS listeners need a [tls] section"))
-            } else if self.route.is_empty() {
-                Err(Issue::new("https", "listeners need at least one [[route]]"))
-            } else {
-                Ok(())
-            };
-            check(one("listen"), listen.validate().and(shape));
-        } else if !self.route.is_empty() {
-            check(
-                nth("route", 0),
-                Err(Issue::new("path_prefix", "routes need a [listen] section")),
-            );
-        }
-        found
     }
-
-    /// Whether the config runs a proxy (listeners and routes).
-    pub fn has_proxy(&self) -> bool {
-        self.listen.is_some()
-    }
-}
-
-/// Where an issue was found: a section, and for `[[array]]` sections which one (0-based).
-#[derive(Debug, Clone, Copy)]
-struct Section {
-    name: &'static str,
-    index: Option<usize>,
 }
 
 fn line_start(text: &str, line: usize) -> usize {
@@ -234,11 +153,16 @@ impl Issue {
         }
     }
 
-    /// Turns the issue into an error pointing at the key's line in `section`.
-    fn locate(self, path: &Path, text: &str, section: Section) -> ConfigError {
-        let key = match section.index {
-            Some(i) => format!("{}[{i}].{}", section.name, self.key),
-            None => format!("{}.{}", section.name, self.key),
+    /// Turns the issue into an error pointing at the key's line in `section` (the section's
+    /// own line for an issue with the whole section, whose key is empty).
+    fn locate(self, path: &Path, text: &str, section: plan::Section) -> ConfigError {
+        let at = match section.index {
+            Some(i) => format!("{}[{i}]", section.name),
+            None => section.name.to_string(),
+        };
+        let key = match self.key {
+            "" => at,
+            k => format!("{at}.{k}"),
         };
         ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -288,6 +212,11 @@ fn section_header(line: &str) -> Option<&str> {
 
 /// The 1-based line where `key` is set inside `[section]` (or the `index`-th
 /// `[[section]]`); the section header's line when the key is not written there.
+///
+/// Why not `toml::Spanned`: a span exists only for a value that is written, so every
+/// validated field of every section would have to be wrapped (and unwrapped wherever it is
+/// used), and a check on a defaulted key would still need its section's line. An [`Issue`]
+/// names its section and key, which is all this needs.
 fn find_key_line(text: &str, section: &str, index: Option<usize>, key: &str) -> Option<usize> {
     let mut seen = 0usize;
     let mut inside = false;

@@ -12,31 +12,11 @@
 //! ```
 
 use super::{JwksSource, KeyError, VerifyingKey};
+use crate::config::DurationSecs;
 use crate::jwt::Algorithm;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// A duration given as whole seconds (`30`) or a humantime string (`"5m"`, `"1h 30m"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationSecs(pub Duration);
-
-impl<'de> Deserialize<'de> for DurationSecs {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(DurationSecs(Duration::from_secs(s))),
-            Raw::Text(t) => humantime::parse_duration(&t)
-                .map(DurationSecs)
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
 
 /// One key source. Exactly one of `pem`, `jwk`, `jwks`, `jwks_url`, `secret_file` is set.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -12,7 +12,7 @@ mod jwks;
 mod key;
 pub mod pem;
 
-pub use config::{DurationSecs, JwksConfig, KeySourceConfig};
+pub use config::{JwksConfig, KeySourceConfig};
 pub use jwk::{parse_jwk, parse_jwk_or_jwks, parse_jwks};
 pub use jwks::{JwksSource, JwksStats};
 pub use key::{KeyMaterialKind, VerifyingKey};

@@ -1,10 +1,8 @@
 //! Who may do what: bearer-token extraction (RFC 6750), the scopes each method needs, the
 //! RFC 6750 refusals, and verified claims turned into request headers.
 
-use crate::config::RouteConfig;
 use crate::jwt::VerifiedToken;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use std::collections::BTreeMap;
 
 /// Why a request carries no usable bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,19 +106,8 @@ impl ScopePolicy {
         ])
     }
 
-    /// From the config's `scopes` table (method names already validated); `None` = seed policy.
-    pub fn from_config(scopes: Option<&BTreeMap<String, Vec<String>>>) -> Self {
-        match scopes {
-            None => Self::read_write(),
-            Some(map) => Self::from_pairs(
-                map.iter()
-                    .filter_map(|(m, s)| Some((Method::from_bytes(m.as_bytes()).ok()?, s.clone())))
-                    .collect(),
-            ),
-        }
-    }
-
-    fn from_pairs(by_method: Vec<(Method, Vec<String>)>) -> Self {
+    /// The scopes each listed method needs (a route's parsed `scopes` table).
+    pub fn from_pairs(by_method: Vec<(Method, Vec<String>)>) -> Self {
         let mut strictest: Vec<String> = Vec::new();
         for s in by_method.iter().flat_map(|(_, s)| s) {
             if !strictest.contains(s) {
@@ -159,14 +146,9 @@ pub struct ClaimHeaders {
 }
 
 impl ClaimHeaders {
-    pub fn from_route(route: &RouteConfig) -> Self {
-        Self {
-            pairs: route
-                .claim_headers
-                .iter()
-                .filter_map(|(c, h)| Some((c.clone(), HeaderName::from_bytes(h.as_bytes()).ok()?)))
-                .collect(),
-        }
+    /// Claim name and the header it goes to (a route's parsed `claim_headers` table).
+    pub fn new(pairs: Vec<(String, HeaderName)>) -> Self {
+        Self { pairs }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
@@ -269,8 +251,7 @@ mod tests {
         assert_eq!(p.required(&Method::GET), ["read"]);
         assert_eq!(p.required(&Method::PATCH), ["write"]);
         assert_eq!(p.required(&Method::OPTIONS), ["read", "write"]);
-        let custom = BTreeMap::from([("GET".to_string(), vec!["items:read".to_string()])]);
-        let p = ScopePolicy::from_config(Some(&custom));
+        let p = ScopePolicy::from_pairs(vec![(Method::GET, vec!["items:read".to_string()])]);
         assert_eq!(p.required(&Method::DELETE), ["items:read"]);
     }
 }

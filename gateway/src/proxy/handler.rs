@@ -6,13 +6,13 @@ use super::forwarding::Forwarding;
 use super::host::request_host;
 use super::idle::Activity;
 use super::request_body::{ClientFault, RequestBody};
-use super::route::{self, Route};
+use super::route::{self, Auth, Route};
 use super::upstream::{Upstream, UpstreamError};
 use super::{full_body, path, ProxyBody};
 use crate::abuse::{AbuseEngine, Signal};
-use crate::config::{AuthMode, Config};
+use crate::config::Plan;
 use crate::deny::DenyStore;
-use crate::jwt::{now_unix, VerifiedToken, Verifier};
+use crate::jwt::{now_unix, VerifiedToken, Verifier, VerifierConfig};
 use crate::metrics::Metrics;
 use crate::policy::{self, TokenProblem};
 use bytes::Bytes;
@@ -49,9 +49,12 @@ impl ConnInfo {
 
 /// Everything the request path needs, built once at start.
 pub struct Proxy {
+    /// What this proxy was built from.
+    plan: Arc<Plan>,
     routes: Vec<Route>,
+    /// Built from the plan's upstreams in order: a route's [`crate::config::UpstreamId`]
+    /// indexes it.
     upstreams: Vec<Arc<Upstream>>,
-    verifier: Option<Arc<Verifier>>,
     metrics: Arc<Metrics>,
     /// Every configured claim header: client-sent copies are removed on every route.
     claim_header_names: Vec<HeaderName>,
@@ -84,23 +87,18 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 impl Proxy {
-    pub fn new(config: &Config, verifier: Option<Arc<Verifier>>, metrics: Arc<Metrics>) -> Self {
-        let upstreams: Vec<Arc<Upstream>> = config
-            .upstream
+    /// `verifier` builds the token verifier from the plan's `[jwt]`: called once, and only
+    /// when some route checks tokens (see [`route::build`]).
+    pub fn new<E>(
+        plan: &Arc<Plan>,
+        verifier: impl FnMut(&Arc<VerifierConfig>) -> Result<Arc<Verifier>, E>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, E> {
+        let routes = route::build(plan, verifier)?;
+        let upstreams: Vec<Arc<Upstream>> = plan
+            .upstreams()
             .iter()
             .map(|u| Arc::new(Upstream::new(u)))
-            .collect();
-        let routes: Vec<Route> = config
-            .route
-            .iter()
-            .map(|r| {
-                let idx = config
-                    .upstream
-                    .iter()
-                    .position(|u| u.name == r.upstream)
-                    .unwrap_or(0);
-                Route::new(r, idx)
-            })
             .collect();
         let mut claim_header_names: Vec<HeaderName> = Vec::new();
         for name in routes.iter().flat_map(|r| r.claim_headers.names()) {
@@ -108,11 +106,11 @@ impl Proxy {
                 claim_header_names.push(name.clone());
             }
         }
-        let listen = config.listen.clone().unwrap_or_default();
-        Self {
+        let listen = plan.listen.clone().unwrap_or_default();
+        Ok(Self {
+            plan: Arc::clone(plan),
             routes,
             upstreams,
-            verifier,
             metrics,
             claim_header_names,
             max_body_bytes: listen.max_body_bytes,
@@ -120,21 +118,21 @@ impl Proxy {
             max_headers: listen.max_headers,
             realm: HeaderValue::from_static("gateway"),
             abuse: None,
-        }
+        })
     }
 
     /// A copy for another worker runtime: the same routes, verifier, metrics and abuse
     /// engine, the same upstream health, but connection pools of its own.
-    pub fn for_worker(&self, config: &Config) -> Self {
+    pub fn for_worker(&self) -> Self {
         Self {
+            plan: Arc::clone(&self.plan),
             routes: self.routes.clone(),
             upstreams: self
                 .upstreams
                 .iter()
-                .zip(&config.upstream)
+                .zip(self.plan.upstreams())
                 .map(|(u, cfg)| Arc::new(u.for_worker(cfg)))
                 .collect(),
-            verifier: self.verifier.clone(),
             metrics: self.metrics.clone(),
             claim_header_names: self.claim_header_names.clone(),
             max_body_bytes: self.max_body_bytes,
@@ -333,16 +331,17 @@ impl Proxy {
         route: &Route,
         req: &Request<Incoming>,
     ) -> Result<Option<Arc<VerifiedToken>>, Refusal> {
-        if route.auth == AuthMode::None {
-            return Ok(None);
-        }
+        let (verifier, optional) = match &route.auth {
+            Auth::None => return Ok(None),
+            Auth::Token { verifier, optional } => (verifier, *optional),
+        };
         let mut found = policy::bearer_token(req.headers());
-        if found == Err(TokenProblem::Missing) && route.query_token {
+        if found == Err(TokenProblem::Missing) && route.config.query_token {
             found = policy::query_token(req.uri().query());
         }
         let raw = match found {
             Ok(t) => t,
-            Err(TokenProblem::Missing) if route.auth == AuthMode::Optional => return Ok(None),
+            Err(TokenProblem::Missing) if optional => return Ok(None),
             Err(TokenProblem::Missing) => {
                 self.metrics.denial("missing_token");
                 return Err(self.unauthorized(None, "a bearer token is required"));
@@ -351,14 +350,6 @@ impl Proxy {
                 self.metrics.denial("invalid_request");
                 return Err(self.unauthorized(Some("invalid_request"), why));
             }
-        };
-        let Some(verifier) = &self.verifier else {
-            // The config check refuses token routes without [jwt]; be safe anyway.
-            return Err(refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "no verifier",
-            ));
         };
         let started = Instant::now();
         // An unknown `kid` may mean the issuer rotated keys: a JWKS source refetches (rate
@@ -445,7 +436,7 @@ impl Proxy {
         for name in &self.claim_header_names {
             headers.remove(name);
         }
-        if !route.forward_authorization {
+        if !route.config.forward_authorization {
             headers.remove(header::AUTHORIZATION);
         }
         if let Some(t) = token {
@@ -485,9 +476,8 @@ impl Proxy {
         }
         parts.version = Version::HTTP_11;
         let (body, progress) = RequestBody::new(body, self.max_body_bytes);
-        let Some(upstream) = self.upstreams.get(route.upstream) else {
-            return plain_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no upstream");
-        };
+        // Routes and upstreams come from one plan, whose ids always index its upstreams.
+        let upstream = &self.upstreams[route.upstream.index()];
         match upstream
             .send(Request::from_parts(parts, body.boxed()))
             .await
@@ -501,7 +491,8 @@ impl Proxy {
                 if let Some(fault) = progress.client_fault(timed_out) {
                     return client_fault_response(&e, route, fault);
                 }
-                self.metrics.upstream_error(route.upstream, e.kind());
+                self.metrics
+                    .upstream_error(route.upstream.index(), e.kind());
                 tracing::warn!(error = %e, route = %route.name, "upstream failed");
                 upstream_error_response(&e)
             }
