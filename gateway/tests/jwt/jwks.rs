@@ -1,15 +1,13 @@
 //! JWKS over HTTPS against a local server with a self-signed CA (rcgen): rotation, unknown
 //! kid refetch with rate limit, server down and bad documents keep the old keys, max-age.
 
-mod jwt_support;
-
+use super::support::*;
 use gateway::jwt::{Algorithm, CacheConfig, Verifier, VerifierConfig};
 use gateway::keys::{JwksConfig, JwksSource, KeyStore};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use jwt_support::*;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

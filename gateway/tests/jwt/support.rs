@@ -1,6 +1,5 @@
-//! Shared helpers for the `jwt_*` integration tests: fixtures, real keys, token builders and
-//! a runner for the real `gateway` binary.
-#![allow(dead_code)]
+//! What the JWT test modules share: fixtures, real keys, token builders and a runner for the
+//! real `gateway` binary.
 
 use gateway::jwt::{encode_with, Algorithm, SigningKey, Verifier, VerifierConfig};
 use gateway::keys::{self, KeyStore, VerifyingKey};
