@@ -418,7 +418,7 @@ async fn cli_fetches_a_jwks_url() {
     // Server down: no keys at all is a key error (exit 2).
     srv.state.down.store(true, Ordering::SeqCst);
     let url = srv.url.clone();
-    let ca = dir.0.join("ca.pem").display().to_string();
+    let ca = dir.path().join("ca.pem").display().to_string();
     let t = token(&a);
     let (code, _, _) = tokio::task::spawn_blocking(move || {
         gateway(
