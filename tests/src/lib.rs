@@ -1,7 +1,8 @@
 //! Support for the gateway's tests: crafted packets, privilege checks, network namespaces
 //! with veth pairs, bpffs mounts, the gateway process, and for the proxy a test CA, real
-//! HTTP/1.1 and HTTP/2 clients over TLS, and an echo upstream. Everything a test creates is
-//! removed by a `Drop` guard, so a failing test cleans up too.
+//! HTTP/1.1 and HTTP/2 clients over TLS, an echo upstream, and a running proxy gateway with
+//! its keys and tokens. Everything a test creates is removed by a `Drop` guard, so a failing
+//! test cleans up too.
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -9,5 +10,6 @@ pub mod gateway;
 pub mod netns;
 pub mod packet;
 pub mod privileged;
+pub mod proxy;
 pub mod tls;
 pub mod upstream;

@@ -10,8 +10,10 @@
 //! argument) runs only criterion, as before.
 
 mod e2e;
+mod load;
 mod memory;
 mod micro;
+mod peer;
 mod util;
 mod xdp;
 
@@ -130,7 +132,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let artifacts = build_cmd::all(true)?;
     let ctx = Ctx {
         peer: if want("e2e") || want("memory") {
-            e2e::peer_dir(&root)?
+            peer::peer_dir(&root)?
         } else {
             PathBuf::new()
         },
@@ -166,8 +168,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         section("dataplane", &mut |_| micro::dataplane(&ctx));
     }
     let material = if want("e2e") || want("memory") {
-        e2e::require_tools(&["haproxy", "wrk", "h2load", "curl", "openssl", "python3"])?;
-        Some(e2e::material(&ctx, pool_size)?)
+        util::require_tools(&["haproxy", "wrk", "h2load", "curl", "openssl", "python3"])?;
+        Some(peer::material(&ctx, pool_size)?)
     } else {
         None
     };

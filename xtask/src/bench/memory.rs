@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::e2e::{self, Load, Material, Ports};
+use super::load::Load;
+use super::peer::{self, Material, Ports};
 use super::util;
 use super::Ctx;
 
@@ -29,10 +30,10 @@ pub fn run(
     let cfg = ctx.run_dir.join("gateway-memory.toml");
     std::fs::write(
         &cfg,
-        e2e::our_config(ctx, &ports, (m.pool_size / 16).max(64))?,
+        peer::our_config(ctx, &ports, (m.pool_size / 16).max(64))?,
     )?;
-    let backend = e2e::start_backend(ctx, &ports)?;
-    let gw = e2e::start_ours(ctx, "gateway-memory", &cfg, &[ports.gw_tls, ports.gw_http])?;
+    let backend = peer::start_backend(ctx, &ports)?;
+    let gw = peer::start_ours(ctx, "gateway-memory", &cfg, &[ports.gw_tls, ports.gw_http])?;
     let pid = gw.pid();
     let _ = util::http_get(ports.gw_http, "/plain/warm");
     std::thread::sleep(Duration::from_millis(300));

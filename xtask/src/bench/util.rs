@@ -10,6 +10,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// Fails naming the first of `tools` not on PATH.
+pub fn require_tools(tools: &[&str]) -> Result<()> {
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            bail!("`{tool}` is not installed (`cargo xtask setup` installs the bench tools)");
+        }
+    }
+    Ok(())
+}
+
 /// A process this benchmark started; stopped by PID (SIGTERM, then SIGKILL after 3 s) on drop.
 pub struct Proc {
     pub name: String,

@@ -476,7 +476,7 @@ pub fn run(
             "### Kernel drop rate\n\nSkipped: needs root (namespaces, XDP, nftables).\n".into(),
         );
     }
-    super::e2e::require_tools(&["ip", "nft"])?;
+    super::util::require_tools(&["ip", "nft"])?;
     let tag = format!("{}", std::process::id() % 10_000);
     let ns = Netns::new(&tag)?;
     let fs = Bpffs::new(ctx.work.join(format!("bpf-{tag}")))?;

@@ -1,6 +1,5 @@
-//! Shared helpers for the `jwt_*` integration tests: fixtures, real keys, token builders and
-//! a runner for the real `gateway` binary.
-#![allow(dead_code)]
+//! What the JWT test modules share: fixtures, real keys, token builders and a runner for the
+//! real `gateway` binary.
 
 use gateway::jwt::{encode_with, Algorithm, SigningKey, Verifier, VerifierConfig};
 use gateway::keys::{self, KeyStore, VerifyingKey};
@@ -8,7 +7,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, KeyPair};
 use serde_json::{json, Map, Value};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// A fixed clock for tests.
@@ -181,32 +180,27 @@ pub fn gateway(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     )
 }
 
-/// A temp directory removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A temp directory (tempfile's, removed on drop) that fixture files are written into.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "gateway-jwt-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("gateway-jwt-{tag}-"))
+            .tempdir()
+            .unwrap();
+        TempDir(dir)
     }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Writes `name` in the directory; returns its path as a string for CLI arguments.
     pub fn write(&self, name: &str, data: impl AsRef<[u8]>) -> String {
-        let p = self.0.join(name);
+        let p = self.path().join(name);
         std::fs::write(&p, data).unwrap();
         p.display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -1,8 +1,6 @@
 //! `gateway token verify | inspect | mint` through the real binary: exit codes and output.
 
-mod jwt_support;
-
-use jwt_support::*;
+use super::support::*;
 use serde_json::Value;
 
 fn path(name: &str) -> String {

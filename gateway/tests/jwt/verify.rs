@@ -1,10 +1,8 @@
 //! Verifier behaviour with real keys: every algorithm, every reason code, the attack classes.
 
-mod jwt_support;
-
+use super::support::*;
 use gateway::jwt::{Algorithm, Rejection, VerifierConfig, REASONS};
 use gateway::keys::{self, KeyStore};
-use jwt_support::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 

@@ -1,15 +1,13 @@
 //! JWKS over HTTPS against a local server with a self-signed CA (rcgen): rotation, unknown
 //! kid refetch with rate limit, server down and bad documents keep the old keys, max-age.
 
-mod jwt_support;
-
+use super::support::*;
 use gateway::jwt::{Algorithm, CacheConfig, Verifier, VerifierConfig};
 use gateway::keys::{JwksConfig, JwksSource, KeyStore};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use jwt_support::*;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -420,7 +418,7 @@ async fn cli_fetches_a_jwks_url() {
     // Server down: no keys at all is a key error (exit 2).
     srv.state.down.store(true, Ordering::SeqCst);
     let url = srv.url.clone();
-    let ca = dir.0.join("ca.pem").display().to_string();
+    let ca = dir.path().join("ca.pem").display().to_string();
     let t = token(&a);
     let (code, _, _) = tokio::task::spawn_blocking(move || {
         gateway(

@@ -1,9 +1,7 @@
 //! Property tests: random and mutated input never panics and never verifies.
 
-mod jwt_support;
-
+use super::support::*;
 use gateway::jwt::{b64, json, Algorithm, Verifier};
-use jwt_support::*;
 use proptest::prelude::*;
 use std::sync::OnceLock;
 

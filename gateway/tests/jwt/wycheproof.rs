@@ -1,9 +1,7 @@
 //! The converted Wycheproof JWS vectors (`shared/testdata/wycheproof-jws/`), every case run
 //! through the real binary: none is accepted, none crashes, exit codes as the README says.
 
-mod jwt_support;
-
-use jwt_support::gateway;
+use super::support::gateway;
 use serde_json::Value;
 use std::path::PathBuf;
 

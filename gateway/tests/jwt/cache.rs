@@ -1,10 +1,8 @@
 //! The verified-token cache: hits, time re-checks, rotation, bounds, and concurrency.
 
-mod jwt_support;
-
+use super::support::*;
 use gateway::jwt::{Algorithm, CacheConfig, Verifier, VerifierConfig};
 use gateway::keys::KeyStore;
-use jwt_support::*;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,12 +1,10 @@
 //! Differential test against an independent implementation (the `jsonwebtoken` crate):
 //! tokens minted by either verify with the other, and both agree on mutated tokens.
 
-mod jwt_support;
-
+use super::support::*;
 use gateway::jwt::{now_unix, Algorithm, Verifier, VerifierConfig};
 use gateway::keys::{self, KeyStore};
 use jsonwebtoken as jwtk;
-use jwt_support::*;
 use serde_json::{json, Map, Value};
 
 struct Case {
