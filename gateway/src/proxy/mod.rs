@@ -1,6 +1,6 @@
 //! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`],
-//! with the request's host checked in [`host`] and the request body held to its limit and
-//! its failures told apart in [`request_body`]),
+//! with the request's host checked in [`host`], the request body held to its limit and
+//! its failures told apart in [`request_body`], and every answer of its own in [`refusal`]),
 //! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), closing connections on
 //! shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
