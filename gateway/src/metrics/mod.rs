@@ -15,8 +15,11 @@
 //!   bucket), because `prometheus-client`'s `Histogram` takes a mutex on every observation.
 //!   It is still encoded by `prometheus-client`.
 //!
-//! Scrape-time sources (the verifier's cache and key set, JWKS sources, the kernel's pinned
-//! counters) are read by a [`Collector`] while rendering, so they cost nothing between scrapes.
+//! Scrape-time sources (the verifier's cache and key set, JWKS sources, the abuse engine, the
+//! kernel's pinned counters) are read by a `Collector` while rendering ([`exposition`]), so
+//! they cost nothing between scrapes. Denial reasons and upstream error kinds are enums
+//! ([`DenialReason`], [`UpstreamErrorKind`]) whose counters are indexed directly. Every series
+//! name is in [`names`], which `gateway stats` reads too.
 
 mod exposition;
 mod histogram;

@@ -203,9 +203,46 @@ fn table() -> Vec<Row> {
     rows
 }
 
+/// One number per variant, matched exhaustively: a new variant does not compile here until
+/// it is numbered, and the table test then asks for its row.
+fn variant(r: &Refusal) -> usize {
+    match r {
+        Refusal::AmbiguousFraming => 0,
+        Refusal::HeadersTooLarge => 1,
+        Refusal::TooManyHeaders => 2,
+        Refusal::ConflictingContentLength => 3,
+        Refusal::InvalidContentLength => 4,
+        Refusal::InvalidTransferEncoding => 5,
+        Refusal::UnsupportedTransferCoding => 6,
+        Refusal::ChunkedTwice => 7,
+        Refusal::Path(_) => 8,
+        Refusal::Host(_) => 9,
+        Refusal::InvalidTarget => 10,
+        Refusal::NoRoute => 11,
+        Refusal::MissingToken => 12,
+        Refusal::InvalidRequest(_) => 13,
+        Refusal::InvalidToken(_) => 14,
+        Refusal::InsufficientScope(_) => 15,
+        Refusal::ClientBody(_) => 16,
+        Refusal::Upstream(_) => 17,
+        Refusal::NoVerifier => 18,
+        Refusal::NoUpstream => 19,
+    }
+}
+const VARIANTS: usize = 20;
+
 #[tokio::test]
 async fn every_refusal_is_answered_as_pinned() {
-    for (refusal, status, code, message, challenge, denial) in table() {
+    let rows = table();
+    let mut covered = [false; VARIANTS];
+    for (refusal, ..) in &rows {
+        covered[variant(refusal)] = true;
+    }
+    assert!(
+        covered.iter().all(|c| *c),
+        "a variant has no row: {covered:?}"
+    );
+    for (refusal, status, code, message, challenge, denial) in rows {
         let what = format!("{refusal:?}");
         assert_eq!(refusal.status().as_u16(), status, "{what}");
         assert_eq!(refusal.code(), code, "{what}");
@@ -249,4 +286,16 @@ fn every_denial_reason_is_labelled_once_and_indexed_in_place() {
     for r in crate::jwt::Reason::ALL {
         assert_eq!(DenialReason::Token(r).as_str(), r.as_str());
     }
+}
+
+#[test]
+fn upstream_error_kinds_are_listed_in_declaration_order() {
+    // Metrics index their counters with `kind as usize` into an array built from `ALL`.
+    for (i, k) in UpstreamErrorKind::ALL.iter().enumerate() {
+        assert_eq!(*k as usize, i, "{k:?}");
+    }
+    let mut labels: Vec<_> = UpstreamErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    assert_eq!(labels.len(), UpstreamErrorKind::ALL.len());
 }
