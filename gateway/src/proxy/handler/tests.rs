@@ -337,6 +337,96 @@ async fn a_valid_token_goes_upstream_and_an_unreachable_one_is_a_502() {
     assert_eq!(send(&p, req, false).await.status, 502);
 }
 
+/// A real HTTP/1.1 upstream on loopback that answers with the head it received.
+async fn echo_upstream() -> std::net::SocketAddr {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let mut text = format!("{} {}\n", req.method(), req.uri());
+                    for (n, v) in req.headers() {
+                        text += &format!("{n}: {}\n", v.to_str().unwrap_or("?"));
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_valid_token_reaches_the_upstream_with_its_claims_and_no_hop_headers() {
+    let upstream = echo_upstream().await;
+    let text = format!(
+        r#"
+[listen]
+http = ["127.0.0.1:0"]
+
+[jwt]
+
+[[upstream]]
+name = "app"
+servers = ["{upstream}"]
+
+[[route]]
+name = "api"
+path_prefix = "/api/"
+upstream = "app"
+auth = "required"
+claim_headers = {{ scope = "X-Auth-Scope" }}
+forward_authorization = false
+"#
+    );
+    let config = Config::parse(std::path::Path::new("gw.toml"), &text).expect("config");
+    let key = VerifyingKey::hmac(&SECRET, None, None, "test").expect("hmac key");
+    let verifier =
+        Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key])).expect("verifier");
+    let metrics = Arc::new(Metrics::new(&["api".to_owned()], &["app".to_owned()]));
+    let p = Arc::new(Proxy::new(&config, Some(Arc::new(verifier)), metrics));
+    let req = get("/api/./a/../b?q=1")
+        .header("authorization", format!("Bearer {}", token("read", 600)))
+        .header("x-auth-scope", "admin")
+        .header("connection", "x-secret")
+        .header("x-secret", "hop")
+        .header("x-kept", "yes")
+        .body(empty())
+        .unwrap();
+    let a = send(&p, req, false).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let lines: Vec<&str> = a.body.lines().collect();
+    assert_eq!(lines[0], "GET /api/b?q=1", "{}", a.body);
+    for want in ["x-auth-scope: read", "x-kept: yes", "host: api.example"] {
+        assert!(lines.contains(&want), "{want} missing:\n{}", a.body);
+    }
+    for gone in [
+        "x-auth-scope: admin",
+        "x-secret: hop",
+        "connection: x-secret",
+    ] {
+        assert!(!lines.contains(&gone), "{gone} forwarded:\n{}", a.body);
+    }
+    assert!(
+        !lines.iter().any(|l| l.starts_with("authorization:")),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        series(&p, "gateway_requests_total{route=\"api\",status=\"200\"}").as_deref(),
+        Some("1")
+    );
+}
+
 #[tokio::test]
 async fn a_refused_head_request_gets_no_body() {
     let p = proxy();
