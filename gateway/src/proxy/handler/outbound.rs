@@ -27,7 +27,6 @@ impl Proxy {
     /// Hop-by-hop headers out; identity headers (claims, Authorization) as the route says;
     /// forwarding headers; Host from the target's authority; the target in origin form;
     /// HTTP/1.1.
-    #[inline]
     pub(super) fn rewrite_head(
         &self,
         parts: &mut Parts,
