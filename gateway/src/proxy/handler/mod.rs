@@ -223,7 +223,7 @@ impl Proxy {
                 return (Some(idx), self.refuse(Some(route), r));
             }
         };
-        let resp = match self
+        let resp = self
             .forward(
                 conn,
                 route,
@@ -232,15 +232,11 @@ impl Proxy {
                 host.as_deref(),
                 token.as_deref(),
             )
-            .await
-        {
-            Ok(resp) => resp,
-            Err(r) => self.refuse(Some(route), r),
-        };
+            .await;
         (Some(idx), resp)
     }
 
-    /// Sends the request upstream and relays the answer.
+    /// Sends the request upstream and relays the answer (or refuses).
     async fn forward<B>(
         &self,
         conn: &ConnInfo,
@@ -249,16 +245,18 @@ impl Proxy {
         normalized: Option<String>,
         host: Option<&str>,
         token: Option<&VerifiedToken>,
-    ) -> Result<Response<ProxyBody>, Refusal>
+    ) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = req.into_parts();
-        self.rewrite_head(&mut parts, conn, route, normalized, host, token)?;
+        if let Err(r) = self.rewrite_head(&mut parts, conn, route, normalized, host, token) {
+            return self.refuse(Some(route), r);
+        }
         let (body, progress) = RequestBody::new(body, self.max_body_bytes);
         let Some(upstream) = self.upstreams.get(route.upstream) else {
-            return Err(Refusal::NoUpstream);
+            return self.refuse(Some(route), Refusal::NoUpstream);
         };
         match upstream
             .send(Request::from_parts(parts, body.boxed()))
@@ -266,11 +264,12 @@ impl Proxy {
         {
             Ok(mut resp) => {
                 outbound::strip_hop_by_hop(resp.headers_mut());
-                Ok(resp)
+                resp
             }
             Err(e) => {
                 let timed_out = matches!(e, UpstreamError::Timeout { .. });
-                Err(failure(&e, route, progress.client_fault(timed_out)))
+                let refusal = failure(&e, route, progress.client_fault(timed_out));
+                self.refuse(Some(route), refusal)
             }
         }
     }
