@@ -96,7 +96,10 @@ impl Server {
 async fn serves_metrics_health_and_readiness() {
     let s = start().await;
     s.metrics.request(Some(0), 200);
-    s.metrics.denial("expired");
+    s.metrics
+        .denial(gateway::proxy::refusal::DenialReason::Token(
+            gateway::jwt::Reason::Expired,
+        ));
 
     let r = send(s.addr, Method::GET, "/metrics").await;
     assert_eq!(r.status, StatusCode::OK);

@@ -76,10 +76,10 @@ async fn stats_shows_user_plane_counters_when_the_admin_endpoint_answers() {
         metrics.request(Some(0), 200);
     }
     metrics.request(Some(0), 401);
-    metrics.denial("missing_token");
+    metrics.denial(gateway::proxy::refusal::DenialReason::MissingToken);
     metrics.verify_latency(Duration::from_micros(20));
     metrics.tls_handshake(true);
-    metrics.upstream_error(0, "timeout");
+    metrics.upstream_error(0, gateway::proxy::upstream::UpstreamErrorKind::Timeout);
     metrics.connection_opened();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(listener.serve(

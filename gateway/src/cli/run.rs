@@ -10,15 +10,15 @@
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
 use crate::abuse::{AbuseEngine, Signal};
 use crate::admin;
-use crate::config::{Config, DataPlaneMode, Plan};
-use crate::deny::DenyStore;
-use crate::ebpf::{events, DataPlane, PinnedMaps};
+use crate::config::{Config, DataPlaneMode, Issue, Plan};
+use crate::deny::{DenyError, DenyStore};
+use crate::ebpf::{events, DataPlane, MapsError, PinnedMaps};
 use crate::jwt::{Verifier, VerifierConfig};
-use crate::keys::{JwksSource, KeyStore};
+use crate::keys::{JwksSource, KeyError, KeyStore};
 use crate::metrics::Metrics;
-use crate::proxy::server::{self, Listeners};
+use crate::proxy::server::{self, Listeners, ServerError};
 use crate::proxy::Proxy;
-use crate::tls::{self, CertStore};
+use crate::tls::{self, CertStore, TlsError};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -221,7 +221,7 @@ async fn start_proxy(
     config: &Arc<Plan>,
     abuse: Option<Arc<AbuseEngine>>,
     shutdown: watch::Receiver<bool>,
-) -> Result<StartedProxy, String> {
+) -> Result<StartedProxy, StartError> {
     let listen = config.listen.clone().unwrap_or_default();
     let route_names: Vec<String> = config.routes().iter().map(|r| r.name.clone()).collect();
     let upstream_names: Vec<String> = config.upstreams().iter().map(|u| u.name.clone()).collect();
@@ -256,9 +256,8 @@ async fn start_proxy(
 
     let (acceptor, certs) = match &config.tls {
         Some(tls_cfg) if !listen.https.is_empty() => {
-            let store =
-                Arc::new(CertStore::load(&tls_cfg.certificates).map_err(|e| e.to_string())?);
-            let server = tls::server_config(tls_cfg, store.clone()).map_err(|e| e.to_string())?;
+            let store = Arc::new(CertStore::load(&tls_cfg.certificates)?);
+            let server = tls::server_config(tls_cfg, store.clone())?;
             (Some(TlsAcceptor::from(Arc::new(server))), Some(store))
         }
         _ => (None, None),
@@ -279,7 +278,7 @@ async fn start_proxy(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let listeners = Listeners::bind(&listen, workers).map_err(|e| e.to_string())?;
+    let listeners = Listeners::bind(&listen, workers)?;
     for (addr, tls) in listeners.local_addrs() {
         eprintln!(
             "gateway: proxy listening on {}://{addr}",
@@ -292,7 +291,7 @@ async fn start_proxy(
     }
     proxies.push(Arc::new(proxy));
     let threads = server::spawn_workers(proxies, listeners, acceptor, &listen, shutdown)
-        .map_err(|e| format!("cannot start the proxy workers: {e}"))?;
+        .map_err(StartError::Workers)?;
     // One task that ends when every worker has drained and stopped.
     let task = tokio::task::spawn_blocking(move || {
         for t in threads {
@@ -312,10 +311,10 @@ fn start_verifier(
     jwt: &VerifierConfig,
     metrics: &Metrics,
     jwks: &mut Vec<JwksSource>,
-) -> Result<Arc<Verifier>, String> {
-    let (store, urls) = KeyStore::from_config(&jwt.keys).map_err(|e| e.to_string())?;
+) -> Result<Arc<Verifier>, StartError> {
+    let (store, urls) = KeyStore::from_config(&jwt.keys)?;
     jwks.extend(urls);
-    let v = Arc::new(Verifier::new(jwt.clone(), store).map_err(|e| e.to_string())?);
+    let v = Arc::new(Verifier::new(jwt.clone(), store)?);
     metrics.set_verifier(v.clone());
     Ok(v)
 }
@@ -350,13 +349,13 @@ fn reload(path: &Path, running: &Plan, plane: Option<&mut DataPlane>, certs: Opt
         return;
     }
     let maps = plane.maps();
-    let applied = (|| -> Result<(), String> {
-        let kernel = new.to_kernel().map_err(|i| i.message)?;
-        let allow = new.allow_nets().map_err(|i| i.message)?;
-        let deny = new.deny_targets().map_err(|i| i.message)?;
-        maps.write_config(&kernel).map_err(|e| e.to_string())?;
-        maps.replace_allow(&allow).map_err(|e| e.to_string())?;
-        maps.sync_config_denies(&deny).map_err(|e| e.to_string())
+    let applied = (|| -> Result<(), StartError> {
+        let kernel = new.to_kernel()?;
+        let allow = new.allow_nets()?;
+        let deny = new.deny_targets()?;
+        maps.write_config(&kernel)?;
+        maps.replace_allow(&allow)?;
+        Ok(maps.sync_config_denies(&deny)?)
     })();
     match applied {
         Ok(()) => tracing::info!("data plane config reloaded"),
@@ -366,21 +365,50 @@ fn reload(path: &Path, running: &Plan, plane: Option<&mut DataPlane>, certs: Opt
 
 /// The deny store of this gateway: its own handle on the pinned maps (when the data plane
 /// runs), the state file of `[ebpf]` (when configured), the config's allow list.
-fn open_deny_store(config: &Plan, data_plane: bool) -> Result<Arc<DenyStore>, String> {
+fn open_deny_store(config: &Plan, data_plane: bool) -> Result<Arc<DenyStore>, StartError> {
     let ebpf = config.ebpf.as_ref();
     let maps = match ebpf.filter(|_| data_plane) {
-        Some(cfg) => Some(PinnedMaps::open(&cfg.pin_path).map_err(|e| e.to_string())?),
+        Some(cfg) => Some(PinnedMaps::open(&cfg.pin_path)?),
         None => None,
     };
     let allow = match ebpf {
-        Some(cfg) => cfg.allow_nets().map_err(|i| i.message)?,
+        Some(cfg) => cfg.allow_nets()?,
         None => Vec::new(),
     };
     let store = DenyStore::new(maps, ebpf.map(|e| e.state_file.clone()), allow);
     match store.restore() {
         Ok(0) => {}
         Ok(n) => tracing::info!(restored = n, "deny entries restored from the state file"),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
     Ok(Arc::new(store))
+}
+
+/// Why the proxy, the deny store or a data plane reload could not start. The messages are
+/// the underlying errors' own (they name the file, key or address at fault).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+enum StartError {
+    #[error("{}", .0.message)]
+    Config(Issue),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Verifier(#[from] crate::jwt::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Listen(#[from] ServerError),
+    #[error("cannot start the proxy workers: {0}")]
+    Workers(#[source] std::io::Error),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    Deny(#[from] DenyError),
+}
+
+impl From<Issue> for StartError {
+    fn from(i: Issue) -> Self {
+        StartError::Config(i)
+    }
 }

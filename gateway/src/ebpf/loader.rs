@@ -1,7 +1,7 @@
 //! Loading and attaching the kernel programs, with errors that say what to do.
 
 use super::maps::{MapsError, PinnedMaps};
-use crate::config::{DataPlaneMode, EbpfConfig};
+use crate::config::{DataPlaneMode, EbpfConfig, Issue};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::{tc, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
@@ -66,8 +66,9 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Maps(#[from] MapsError),
-    #[error("invalid [ebpf] config: {0}")]
-    Config(String),
+    /// The `[ebpf]` section's key at fault, and why.
+    #[error("invalid [ebpf] config: {}", .0.message)]
+    Config(Issue),
 }
 
 /// A loaded and attached data plane. Dropping it detaches the programs; the pinned maps (and
@@ -88,19 +89,16 @@ impl DataPlane {
         let interface = cfg
             .interface
             .clone()
-            .ok_or_else(|| LoadError::Config("interface is required".into()))?;
+            .ok_or_else(|| LoadError::Config(Issue::new("interface", "interface is required")))?;
         if !Path::new("/sys/class/net").join(&interface).exists() {
             return Err(LoadError::NoSuchInterface(interface));
         }
         let mut ebpf = load_object(&cfg.pin_path)?;
         let mut maps = PinnedMaps::open(&cfg.pin_path)?;
-        let kernel = cfg.to_kernel().map_err(|i| LoadError::Config(i.message))?;
+        let kernel = cfg.to_kernel().map_err(LoadError::Config)?;
         maps.write_config(&kernel)?;
-        maps.replace_allow(&cfg.allow_nets().map_err(|i| LoadError::Config(i.message))?)?;
-        maps.sync_config_denies(
-            &cfg.deny_targets()
-                .map_err(|i| LoadError::Config(i.message))?,
-        )?;
+        maps.replace_allow(&cfg.allow_nets().map_err(LoadError::Config)?)?;
+        maps.sync_config_denies(&cfg.deny_targets().map_err(LoadError::Config)?)?;
 
         attach(&mut ebpf, &interface, cfg.mode)?;
         let events = ebpf

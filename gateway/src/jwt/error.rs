@@ -136,26 +136,29 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// The stable reason code: one of `malformed`, `alg_not_allowed`, `key_not_found`,
-    /// `bad_signature`, `expired`, `not_yet_valid`, `missing_claim`, `bad_issuer`,
-    /// `bad_audience`, `unsupported_crit`, `too_large`.
-    pub fn reason(&self) -> &'static str {
+    /// The stable reason code.
+    pub fn code(&self) -> Reason {
         match self {
-            Rejection::Parse(ParseError::TooLarge { .. }) => "too_large",
-            Rejection::Parse(ParseError::UnsupportedCrit(_)) => "unsupported_crit",
-            Rejection::Parse(_) => "malformed",
-            Rejection::AlgNotAllowed(_) => "alg_not_allowed",
-            Rejection::KeyNotFound(_) => "key_not_found",
-            Rejection::BadSignature => "bad_signature",
+            Rejection::Parse(ParseError::TooLarge { .. }) => Reason::TooLarge,
+            Rejection::Parse(ParseError::UnsupportedCrit(_)) => Reason::UnsupportedCrit,
+            Rejection::Parse(_) => Reason::Malformed,
+            Rejection::AlgNotAllowed(_) => Reason::AlgNotAllowed,
+            Rejection::KeyNotFound(_) => Reason::KeyNotFound,
+            Rejection::BadSignature => Reason::BadSignature,
             Rejection::Claims(c) => match c {
-                ClaimsError::Expired { .. } => "expired",
-                ClaimsError::NotYetValid { .. } => "not_yet_valid",
-                ClaimsError::Missing(_) => "missing_claim",
-                ClaimsError::BadIssuer => "bad_issuer",
-                ClaimsError::BadAudience => "bad_audience",
-                ClaimsError::BadNumericDate(_) | ClaimsError::BadType(_) => "malformed",
+                ClaimsError::Expired { .. } => Reason::Expired,
+                ClaimsError::NotYetValid { .. } => Reason::NotYetValid,
+                ClaimsError::Missing(_) => Reason::MissingClaim,
+                ClaimsError::BadIssuer => Reason::BadIssuer,
+                ClaimsError::BadAudience => Reason::BadAudience,
+                ClaimsError::BadNumericDate(_) | ClaimsError::BadType(_) => Reason::Malformed,
             },
         }
+    }
+
+    /// The stable reason code as text (see [`Reason::as_str`]).
+    pub fn reason(&self) -> &'static str {
+        self.code().as_str()
     }
 
     pub(crate) fn alg(a: Algorithm) -> Self {
@@ -163,17 +166,85 @@ impl Rejection {
     }
 }
 
-/// Every reason code, for metrics labels and tests.
-pub const REASONS: [&str; 11] = [
-    "malformed",
-    "alg_not_allowed",
-    "key_not_found",
-    "bad_signature",
-    "expired",
-    "not_yet_valid",
-    "missing_claim",
-    "bad_issuer",
-    "bad_audience",
-    "unsupported_crit",
-    "too_large",
-];
+/// The stable reason codes of [`Rejection`]: metrics labels, CLI output, logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    Malformed,
+    AlgNotAllowed,
+    KeyNotFound,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    MissingClaim,
+    BadIssuer,
+    BadAudience,
+    UnsupportedCrit,
+    TooLarge,
+}
+
+impl Reason {
+    /// Every code, in declaration order (`ALL[r as usize] == r`).
+    pub const ALL: [Reason; 11] = [
+        Reason::Malformed,
+        Reason::AlgNotAllowed,
+        Reason::KeyNotFound,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::MissingClaim,
+        Reason::BadIssuer,
+        Reason::BadAudience,
+        Reason::UnsupportedCrit,
+        Reason::TooLarge,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::AlgNotAllowed => "alg_not_allowed",
+            Reason::KeyNotFound => "key_not_found",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::MissingClaim => "missing_claim",
+            Reason::BadIssuer => "bad_issuer",
+            Reason::BadAudience => "bad_audience",
+            Reason::UnsupportedCrit => "unsupported_crit",
+            Reason::TooLarge => "too_large",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every reason code as text, for callers that compare strings (CLI output checks).
+pub const REASONS: [&str; Reason::ALL.len()] = {
+    let mut out = [""; Reason::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = Reason::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn all_is_in_declaration_order_and_codes_are_distinct() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r}");
+        }
+        let mut codes: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+    }
+}

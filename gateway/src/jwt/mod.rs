@@ -34,7 +34,7 @@ mod verifier;
 pub use alg::{AlgSet, Algorithm, KeyFamily, UnsupportedAlgorithm};
 pub use cache::{CacheConfig, CacheStats, TokenCache};
 pub use claims::{check_times, ClaimsPolicy, Times};
-pub use error::{ClaimsError, ParseError, Rejection, Segment, REASONS};
+pub use error::{ClaimsError, ParseError, Reason, Rejection, Segment, REASONS};
 pub use sign::{encode_with, SignError, SigningKey};
 pub use token::{
     decode_header, decode_unverified, split, Header, Parts, Unverified, DEFAULT_MAX_TOKEN_BYTES,

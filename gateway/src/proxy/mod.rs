@@ -1,6 +1,6 @@
 //! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`],
-//! with the request's host checked in [`host`] and the request body held to its limit and
-//! its failures told apart in [`request_body`]),
+//! with the request's host checked in [`host`], the request body held to its limit and
+//! its failures told apart in [`request_body`], and every answer of its own in [`refusal`]),
 //! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), closing connections on
 //! shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
@@ -13,6 +13,7 @@ pub mod host;
 pub mod idle;
 pub mod path;
 pub mod pool;
+pub mod refusal;
 pub mod request_body;
 pub mod route;
 pub mod server;
@@ -30,6 +31,21 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every request sent upstream and every response sent to clients.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// An error and its causes on one line (`a: b: c`), for logs.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
 
 pub fn empty_body() -> ProxyBody {
     Empty::<Bytes>::new()

@@ -43,7 +43,8 @@ impl Stage {
     }
 }
 
-/// Why an upstream exchange failed on the client's side.
+/// Why an upstream exchange failed on the client's side (answered as
+/// [`super::refusal::Refusal::ClientBody`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientFault {
@@ -53,30 +54,6 @@ pub enum ClientFault {
     Stalled,
     /// The client went away or broke its framing mid-body: 400.
     Broken,
-}
-
-impl ClientFault {
-    /// Status, error code and message of the answer.
-    pub fn answer(self) -> (http::StatusCode, &'static str, &'static str) {
-        use http::StatusCode;
-        match self {
-            ClientFault::TooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is too large",
-            ),
-            ClientFault::Stalled => (
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the request body did not arrive in time",
-            ),
-            ClientFault::Broken => (
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the request body could not be read to its end",
-            ),
-        }
-    }
 }
 
 /// The error the upstream side sees when the body goes over the limit.

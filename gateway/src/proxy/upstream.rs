@@ -2,7 +2,7 @@
 //! and request timeouts, passive health (consecutive connection failures take a server out
 //! for a while) and optional active checks.
 
-use super::pool::{PoolError, ServerPool};
+use super::pool::{PoolError, Retry, ServerPool};
 use super::{empty_body, ProxyBody};
 use crate::config::UpstreamConfig;
 use http::header::{HeaderValue, HOST, USER_AGENT};
@@ -12,53 +12,103 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Why an upstream did not answer; each maps to a status for the client.
+/// Why an upstream did not answer. The client's answer is chosen by its [`kind`]
+/// (see [`super::refusal::Refusal::Upstream`]); the cause is kept for the log.
+///
+/// [`kind`]: UpstreamError::kind
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpstreamError {
-    /// Every server is out of rotation: 503.
+    /// Every server is out of rotation.
     #[error("no healthy server in upstream `{0}`")]
     NoHealthy(String),
-    /// Could not connect: 502.
-    #[error("cannot connect to {addr} (upstream `{upstream}`): {detail}")]
+    /// Could not connect.
+    #[error("cannot connect to {addr} (upstream `{upstream}`)")]
     Connect {
         upstream: String,
         addr: SocketAddr,
-        detail: String,
+        #[source]
+        source: PoolError,
     },
-    /// No response headers in time: 504.
+    /// No response headers in time.
     #[error("{addr} (upstream `{upstream}`) did not answer within {timeout:?}")]
     Timeout {
         upstream: String,
         addr: SocketAddr,
         timeout: Duration,
     },
-    /// The exchange broke: 502.
-    #[error("{addr} (upstream `{upstream}`): {detail}")]
+    /// The exchange broke.
+    #[error("{addr} (upstream `{upstream}`)")]
     Protocol {
         upstream: String,
         addr: SocketAddr,
-        detail: String,
+        #[source]
+        source: PoolError,
+    },
+    /// The server switched protocols unasked (we never forward Upgrade): relayed, the
+    /// client would hold a connection nobody speaks.
+    #[error("{addr} (upstream `{upstream}`): unsolicited {status}")]
+    Unsolicited {
+        upstream: String,
+        addr: SocketAddr,
+        status: http::StatusCode,
     },
 }
 
 impl UpstreamError {
-    /// The status the client gets.
-    pub fn status(&self) -> http::StatusCode {
+    /// What kind of failure (metrics label; decides the client's answer).
+    pub fn kind(&self) -> UpstreamErrorKind {
         match self {
-            UpstreamError::NoHealthy(_) => http::StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
-            _ => http::StatusCode::BAD_GATEWAY,
+            UpstreamError::NoHealthy(_) => UpstreamErrorKind::NoHealthy,
+            UpstreamError::Connect { .. } => UpstreamErrorKind::Connect,
+            UpstreamError::Timeout { .. } => UpstreamErrorKind::Timeout,
+            UpstreamError::Protocol { .. } | UpstreamError::Unsolicited { .. } => {
+                UpstreamErrorKind::Protocol
+            }
         }
     }
 
-    /// Stable label for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// Whether the request could be sent again.
+    pub fn retry(&self) -> Retry {
         match self {
-            UpstreamError::NoHealthy(_) => "no_healthy",
-            UpstreamError::Connect { .. } => "connect",
-            UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::NoHealthy(_) => Retry::Safe,
+            UpstreamError::Connect { source, .. } | UpstreamError::Protocol { source, .. } => {
+                source.retry()
+            }
+            UpstreamError::Timeout { .. } | UpstreamError::Unsolicited { .. } => Retry::Unsafe,
+        }
+    }
+}
+
+/// Kinds of upstream failure: the `kind` label of `gateway_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UpstreamErrorKind {
+    /// No connection could be made: 502.
+    Connect,
+    /// No response headers within `request_timeout`: 504.
+    Timeout,
+    /// Every server out of rotation: 503.
+    NoHealthy,
+    /// The exchange broke, or the answer cannot be relayed: 502.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// Every kind, in declaration order (`ALL[k as usize] == k`).
+    pub const ALL: [UpstreamErrorKind; 4] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::NoHealthy,
+        UpstreamErrorKind::Protocol,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::NoHealthy => "no_healthy",
+            UpstreamErrorKind::Protocol => "protocol",
         }
     }
 }
@@ -193,29 +243,29 @@ impl Upstream {
                 // hyper passes interim answers (100, 103) over; what is left is a 101, and
                 // we never ask for an upgrade (Upgrade is hop-by-hop): relayed, it would
                 // leave the client with a switched protocol nobody speaks.
-                Err(self.protocol(server, format!("unsolicited {}", resp.status())))
+                Err(UpstreamError::Unsolicited {
+                    upstream: self.name.clone(),
+                    addr: server.addr,
+                    status: resp.status(),
+                })
             }
             Ok(Ok(resp)) => {
                 self.record(server, false);
                 Ok(resp)
             }
-            Ok(Err(PoolError::Connect(detail))) => {
+            Ok(Err(source)) if source.is_connect() => {
                 self.record(server, true);
                 Err(UpstreamError::Connect {
                     upstream: self.name.clone(),
                     addr: server.addr,
-                    detail,
+                    source,
                 })
             }
-            Ok(Err(e)) => Err(self.protocol(server, e)),
-        }
-    }
-
-    fn protocol(&self, s: &Server, detail: impl std::fmt::Display) -> UpstreamError {
-        UpstreamError::Protocol {
-            upstream: self.name.clone(),
-            addr: s.addr,
-            detail: detail.to_string(),
+            Ok(Err(source)) => Err(UpstreamError::Protocol {
+                upstream: self.name.clone(),
+                addr: server.addr,
+                source,
+            }),
         }
     }
 

@@ -1,0 +1,210 @@
+//! What is read at scrape time rather than counted as it happens: the verifier's cache and
+//! key set, JWKS sources, the abuse engine's bans, the kernel's pinned counters.
+
+use super::{lock, name, SignalLabel, SourceLabel};
+use crate::jwt::Verifier;
+use crate::keys::JwksSource;
+use arc_swap::ArcSwapOption;
+use gateway_common::counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What is read at scrape time rather than counted as it happens.
+#[derive(Debug, Default)]
+pub(super) struct ScrapeSources {
+    pub(super) verifier: ArcSwapOption<Verifier>,
+    pub(super) abuse: ArcSwapOption<crate::abuse::AbuseEngine>,
+    pub(super) jwks: Mutex<Vec<JwksSource>>,
+    pub(super) pin_path: Mutex<Option<PathBuf>>,
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: V,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(enc.encode_descriptor(name, help, unit, g.metric_type())?)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Collector for ScrapeSources {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(v) = self.verifier.load_full() {
+            if let Some(c) = v.cache_stats() {
+                counter(
+                    &mut enc,
+                    name::TOKEN_CACHE_HITS,
+                    "Verified-token cache hits",
+                    c.hits,
+                )?;
+                counter(
+                    &mut enc,
+                    name::TOKEN_CACHE_MISSES,
+                    "Verified-token cache misses",
+                    c.misses,
+                )?;
+                counter(
+                    &mut enc,
+                    name::TOKEN_CACHE_EVICTIONS,
+                    "Verified-token cache evictions",
+                    c.evictions,
+                )?;
+                gauge(
+                    &mut enc,
+                    name::TOKEN_CACHE_ENTRIES,
+                    "Tokens in the verified-token cache",
+                    None,
+                    i64::try_from(c.entries).unwrap_or(i64::MAX),
+                )?;
+            }
+            let keys = v.keys();
+            gauge(
+                &mut enc,
+                name::KEYSET_KEYS,
+                "Verification keys currently loaded",
+                None,
+                i64::try_from(keys.snapshot().len()).unwrap_or(i64::MAX),
+            )?;
+            gauge(
+                &mut enc,
+                name::KEYSET_STALE,
+                "1 while a JWKS source serves its last good key set because its last fetch failed",
+                None,
+                i64::from(keys.is_stale()),
+            )?;
+        }
+        self.encode_jwks(&mut enc)?;
+        self.encode_abuse(&mut enc)?;
+        self.encode_kernel(&mut enc)
+    }
+}
+
+impl ScrapeSources {
+    fn encode_jwks(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats: Vec<(String, crate::keys::JwksStats)> = lock(&self.jwks)
+            .iter()
+            .map(|s| (s.url().to_owned(), s.stats()))
+            .collect();
+        if stats.is_empty() {
+            return Ok(());
+        }
+        let now = now_unix();
+        let ages: Vec<_> = stats
+            .iter()
+            .filter_map(|(url, s)| Some((url, now.saturating_sub(s.last_success_unix?))))
+            .collect();
+        if !ages.is_empty() {
+            let mut m = enc.encode_descriptor(
+                name::KEYSET_AGE,
+                "Seconds since each JWKS source last fetched its key set successfully",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            for (url, age) in ages {
+                let labels = SourceLabel {
+                    source: url.clone(),
+                };
+                ConstGauge::new(i64::try_from(age).unwrap_or(i64::MAX))
+                    .encode(m.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, get) in [
+            (
+                name::KEY_REFRESH_FAILURES,
+                "Failed JWKS fetches (the previous key set stayed in use)",
+                (|s: &crate::keys::JwksStats| s.fetches_failed) as fn(&_) -> u64,
+            ),
+            (name::KEY_REFRESHES, "Successful JWKS fetches", |s| {
+                s.fetches_ok
+            }),
+            (
+                name::KEY_REFETCHES_RATE_LIMITED,
+                "Unknown-kid JWKS refetches refused by the rate limit",
+                |s| s.refetches_rate_limited,
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (url, s) in &stats {
+                let labels = SourceLabel {
+                    source: url.clone(),
+                };
+                ConstCounter::new(get(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_abuse(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::abuse::Signal;
+        use std::sync::atomic::Ordering;
+        let Some(a) = self.abuse.load_full() else {
+            return Ok(());
+        };
+        let c = a.counters();
+        for (name, help, values) in [
+            (
+                name::ABUSE_BANS,
+                "Sources banned by the abuse engine, by signal",
+                &c.bans,
+            ),
+            (
+                name::ABUSE_WOULD_BAN,
+                "Bans the abuse engine would have made (monitor mode), by signal",
+                &c.monitored,
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (signal, v) in Signal::ALL.iter().zip(values.iter()) {
+                let labels = SignalLabel {
+                    signal: signal.name(),
+                };
+                ConstCounter::new(v.load(Ordering::Relaxed)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_kernel(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(dir) = lock(&self.pin_path).clone() else {
+            return Ok(());
+        };
+        let totals = match crate::ebpf::PinnedMaps::open(&dir).and_then(|m| m.totals()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "kernel counters not exported");
+                return Ok(());
+            }
+        };
+        for (name, value) in counter::NAMES.iter().zip(totals) {
+            let metric = format!("kernel_{name}");
+            let help = format!("Kernel data plane counter `{name}`, summed over CPUs");
+            counter(enc, &metric, &help, value)?;
+        }
+        Ok(())
+    }
+}

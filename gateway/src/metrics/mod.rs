@@ -1,0 +1,363 @@
+//! The process's metrics registry, rendered in the Prometheus text format (0.0.4) by the admin
+//! endpoint.
+//!
+//! The request path must not take locks or allocate for metrics, so every series it touches is
+//! resolved before the first request: [`Metrics::new`] learns the route and upstream names and
+//! keeps a `prometheus-client` [`Counter`] handle (an `Arc<AtomicU64>`) per label combination;
+//! recording is one atomic add on a handle found by index. Two exceptions, both lock-free on
+//! the hot path too:
+//!
+//! - Requests by status: one slot per route and per status code 100–599 (plus `other`), each a
+//!   [`OnceLock`] that creates its series on the first request with that code. Only that first
+//!   request takes the family's write lock; after it, recording is an atomic load and an add.
+//!   Series exist only for codes seen, and their number is bounded (routes × 501).
+//! - The verification latency histogram is our own ([`LatencyHistogram`]: one atomic per
+//!   bucket), because `prometheus-client`'s `Histogram` takes a mutex on every observation.
+//!   It is still encoded by `prometheus-client`.
+//!
+//! Scrape-time sources (the verifier's cache and key set, JWKS sources, the abuse engine, the
+//! kernel's pinned counters) are read by a `Collector` while rendering ([`exposition`]), so
+//! they cost nothing between scrapes. Denial reasons and upstream error kinds are enums
+//! ([`DenialReason`], [`UpstreamErrorKind`]) whose counters are indexed directly. Every series
+//! name is in [`names`], which `gateway stats` reads too.
+
+mod exposition;
+mod histogram;
+mod names;
+
+pub use histogram::LatencyHistogram;
+pub use names::{exposed, name};
+
+use crate::jwt::Verifier;
+use crate::keys::JwksSource;
+use crate::proxy::refusal::DenialReason;
+use crate::proxy::upstream::UpstreamErrorKind;
+use exposition::ScrapeSources;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Every prefix-less metric name is registered under this prefix.
+pub const PREFIX: &str = "gateway";
+
+/// Reasons a connection is refused at accept; anything else counts as `other`.
+pub const REFUSAL_REASONS: &[&str] = &["per_source_limit"];
+
+/// The `other` label value for reasons outside the fixed lists.
+const OTHER: &str = "other";
+
+/// The `route` label of requests that matched no route.
+pub const NO_ROUTE: &str = "(none)";
+
+/// Status codes with their own slot: 100..=599. Slot `STATUS_SLOTS - 1` is `other`.
+const STATUS_MIN: u16 = 100;
+const STATUS_MAX: u16 = 599;
+const STATUS_SLOTS: usize = (STATUS_MAX - STATUS_MIN) as usize + 2;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    upstream: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabel {
+    signal: &'static str,
+}
+
+/// One route's request counters: lazily created series per status slot.
+struct RouteRequests {
+    name: String,
+    slots: Box<[OnceLock<Counter>]>,
+}
+
+impl RouteRequests {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            slots: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+}
+
+/// The process's metrics. Cheap to record into from any thread; share it as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    /// One per route, then one for "no route matched".
+    routes: Vec<RouteRequests>,
+    /// Indexed by [`DenialReason::index`].
+    denials: [Counter; DenialReason::COUNT],
+    verify: LatencyHistogram,
+    tls_ok: Counter,
+    tls_failed: Counter,
+    /// Per upstream: indexed by [`UpstreamErrorKind`].
+    upstream_errors: Vec<[Counter; UpstreamErrorKind::ALL.len()]>,
+    /// Indexed like [`REFUSAL_REASONS`], then `other`.
+    refused: Vec<Counter>,
+    connections_open: Gauge,
+    scrape: Arc<ScrapeSources>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("routes", &self.routes.len().saturating_sub(1))
+            .field("upstreams", &self.upstream_errors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Index of `value` in `list`, or `list.len()` (the `other` slot).
+fn slot(list: &[&str], value: &str) -> usize {
+    list.iter().position(|r| *r == value).unwrap_or(list.len())
+}
+
+/// `list` followed by `other`, as label values.
+fn with_other(list: &'static [&'static str]) -> impl Iterator<Item = &'static str> {
+    list.iter().copied().chain(std::iter::once(OTHER))
+}
+
+impl Metrics {
+    /// Registers every metric and creates the per-route, per-reason and per-upstream series.
+    /// `routes` and `upstreams` give the names behind the indices the recording calls use.
+    pub fn new(routes: &[String], upstreams: &[String]) -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            name::REQUESTS,
+            "Finished requests by route and HTTP status (route=\"(none)\": no route matched)",
+            requests.clone(),
+        );
+        let routes = routes
+            .iter()
+            .cloned()
+            .chain(std::iter::once(NO_ROUTE.to_owned()))
+            .map(RouteRequests::new)
+            .collect();
+
+        let denial_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            name::DENIALS,
+            "Requests refused by the auth layer, by reason",
+            denial_family.clone(),
+        );
+        let denials = DenialReason::ALL
+            .map(|r| denial_family.get_or_create_owned(&ReasonLabel { reason: r.as_str() }));
+
+        let verify = LatencyHistogram::default();
+        registry.register_with_unit(
+            name::VERIFY_DURATION,
+            "Time spent verifying bearer tokens, cache hits included",
+            Unit::Seconds,
+            verify.clone(),
+        );
+
+        let tls = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            name::TLS_HANDSHAKES,
+            "TLS handshakes by result (ok, failed)",
+            tls.clone(),
+        );
+        let tls_ok = tls.get_or_create_owned(&ResultLabel { result: "ok" });
+        let tls_failed = tls.get_or_create_owned(&ResultLabel { result: "failed" });
+
+        let upstream_family = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            name::UPSTREAM_ERRORS,
+            "Upstream failures by upstream and kind (connect, timeout, no_healthy, protocol)",
+            upstream_family.clone(),
+        );
+        let upstream_errors = upstreams
+            .iter()
+            .map(|name| {
+                UpstreamErrorKind::ALL.map(|kind| {
+                    upstream_family.get_or_create_owned(&UpstreamErrorLabels {
+                        upstream: name.clone(),
+                        kind: kind.as_str(),
+                    })
+                })
+            })
+            .collect();
+
+        let refused_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            name::CONNECTIONS_REFUSED,
+            "Connections closed at accept, by reason",
+            refused_family.clone(),
+        );
+        let refused = with_other(REFUSAL_REASONS)
+            .map(|reason| refused_family.get_or_create_owned(&ReasonLabel { reason }))
+            .collect();
+
+        let connections_open = Gauge::default();
+        registry.register(
+            name::CONNECTIONS_OPEN,
+            "Client connections currently open",
+            connections_open.clone(),
+        );
+
+        let scrape = Arc::new(ScrapeSources::default());
+        registry.register_collector(Box::new(Arc::clone(&scrape)));
+
+        Self {
+            registry,
+            requests,
+            routes,
+            denials,
+            verify,
+            tls_ok,
+            tls_failed,
+            upstream_errors,
+            refused,
+            connections_open,
+            scrape,
+        }
+    }
+
+    /// One finished request: index into the `routes` given to [`Metrics::new`] (`None`: no
+    /// route matched), and the status sent. An index out of range counts as no route.
+    pub fn request(&self, route: Option<usize>, status: u16) {
+        let none = self.routes.len() - 1;
+        let r = match route {
+            Some(i) if i < none => &self.routes[i],
+            _ => &self.routes[none],
+        };
+        let i = if (STATUS_MIN..=STATUS_MAX).contains(&status) {
+            usize::from(status - STATUS_MIN)
+        } else {
+            STATUS_SLOTS - 1
+        };
+        // `i < STATUS_SLOTS` by construction; `get` keeps the hot path free of panics anyway.
+        if let Some(cell) = r.slots.get(i) {
+            cell.get_or_init(|| {
+                let status = if i == STATUS_SLOTS - 1 {
+                    OTHER.to_owned()
+                } else {
+                    status.to_string()
+                };
+                self.requests.get_or_create_owned(&RequestLabels {
+                    route: r.name.clone(),
+                    status,
+                })
+            })
+            .inc();
+        }
+    }
+
+    /// One refusal by the auth layer.
+    pub fn denial(&self, reason: DenialReason) {
+        if let Some(c) = self.denials.get(reason.index()) {
+            c.inc();
+        }
+    }
+
+    /// Time spent in token verification (cache hits included).
+    pub fn verify_latency(&self, d: Duration) {
+        self.verify.observe(d);
+    }
+
+    /// One finished TLS handshake.
+    pub fn tls_handshake(&self, ok: bool) {
+        if ok { &self.tls_ok } else { &self.tls_failed }.inc();
+    }
+
+    /// One upstream failure by upstream index and kind. An index out of range is ignored:
+    /// it names no upstream, and inventing a series for it would hide the caller's bug less
+    /// well than a missing count does.
+    pub fn upstream_error(&self, upstream: usize, kind: UpstreamErrorKind) {
+        if let Some(kinds) = self.upstream_errors.get(upstream) {
+            kinds[kind as usize].inc();
+        }
+    }
+
+    /// One connection closed at accept (`per_source_limit`; anything else counts as `other`).
+    pub fn connection_refused(&self, reason: &str) {
+        if let Some(c) = self.refused.get(slot(REFUSAL_REASONS, reason)) {
+            c.inc();
+        }
+    }
+
+    /// A client connection was accepted (pair with [`Metrics::connection_closed`]).
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    /// A client connection ended.
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    /// The verifier whose cache and key set are reported at scrape time.
+    pub fn set_verifier(&self, v: Arc<Verifier>) {
+        self.scrape.verifier.store(Some(v));
+    }
+
+    /// The abuse engine whose bans (and would-be bans in monitor mode) are reported.
+    pub fn set_abuse(&self, a: Arc<crate::abuse::AbuseEngine>) {
+        self.scrape.abuse.store(Some(a));
+    }
+
+    /// A JWKS URL source whose refresh counters and key-set age are reported at scrape time.
+    /// (The verifier's key store says whether any source is stale, but not when each last
+    /// succeeded or how often it failed; those live on the source.)
+    pub fn add_jwks_source(&self, source: JwksSource) {
+        lock(&self.scrape.jwks).push(source);
+    }
+
+    /// Where the kernel's maps are pinned; their global counters are read at scrape time and
+    /// exported as `gateway_kernel_<name>_total`. Nothing is exported while they cannot be
+    /// opened (not pinned, no permission).
+    pub fn set_pin_path(&self, p: PathBuf) {
+        *lock(&self.scrape.pin_path) = Some(p);
+    }
+
+    /// Everything, in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail, and no metric of ours returns an error.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::warn!(error = %e, "metrics encoding failed; output may be partial");
+        }
+        out
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

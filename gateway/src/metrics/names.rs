@@ -1,0 +1,50 @@
+//! Every series name, once: [`name`] as registered (the registry adds the `gateway_` prefix
+//! and the `_total`/unit suffixes) and [`exposed`] as the exposition shows it, which is what
+//! `gateway stats` reads. A renamed metric changes both, and the test that renders every
+//! series checks that they agree.
+
+macro_rules! series {
+    ($($(#[$doc:meta])* $id:ident = $name:literal => [$($eid:ident = $suffix:literal),+],)+) => {
+        /// Metric names as registered.
+        pub mod name {
+            $($(#[$doc])* pub const $id: &str = $name;)+
+        }
+        /// Sample names as exposed (`gateway_<name><suffix>`).
+        pub mod exposed {
+            $($(pub const $eid: &str = concat!("gateway_", $name, $suffix);)+)+
+            /// Every exposed name, for tests.
+            #[cfg(test)]
+            pub const ALL: &[&str] = &[$($($eid,)+)+];
+        }
+    };
+}
+
+series! {
+    /// Finished requests by route and status.
+    REQUESTS = "requests" => [REQUESTS = "_total"],
+    /// Auth refusals by reason.
+    DENIALS = "denials" => [DENIALS = "_total"],
+    /// Token verification latency (seconds).
+    VERIFY_DURATION = "verify_duration" => [
+        VERIFY_DURATION_BUCKET = "_seconds_bucket",
+        VERIFY_DURATION_SUM = "_seconds_sum",
+        VERIFY_DURATION_COUNT = "_seconds_count"
+    ],
+    TLS_HANDSHAKES = "tls_handshakes" => [TLS_HANDSHAKES = "_total"],
+    UPSTREAM_ERRORS = "upstream_errors" => [UPSTREAM_ERRORS = "_total"],
+    CONNECTIONS_REFUSED = "connections_refused" => [CONNECTIONS_REFUSED = "_total"],
+    CONNECTIONS_OPEN = "connections_open" => [CONNECTIONS_OPEN = ""],
+    TOKEN_CACHE_HITS = "token_cache_hits" => [TOKEN_CACHE_HITS = "_total"],
+    TOKEN_CACHE_MISSES = "token_cache_misses" => [TOKEN_CACHE_MISSES = "_total"],
+    TOKEN_CACHE_EVICTIONS = "token_cache_evictions" => [TOKEN_CACHE_EVICTIONS = "_total"],
+    TOKEN_CACHE_ENTRIES = "token_cache_entries" => [TOKEN_CACHE_ENTRIES = ""],
+    KEYSET_KEYS = "keyset_keys" => [KEYSET_KEYS = ""],
+    KEYSET_STALE = "keyset_stale" => [KEYSET_STALE = ""],
+    /// Seconds since each JWKS source's last good fetch.
+    KEYSET_AGE = "keyset_age" => [KEYSET_AGE = "_seconds"],
+    KEY_REFRESH_FAILURES = "key_refresh_failures" => [KEY_REFRESH_FAILURES = "_total"],
+    KEY_REFRESHES = "key_refreshes" => [KEY_REFRESHES = "_total"],
+    KEY_REFETCHES_RATE_LIMITED = "key_refetches_rate_limited" => [KEY_REFETCHES_RATE_LIMITED = "_total"],
+    ABUSE_BANS = "abuse_bans" => [ABUSE_BANS = "_total"],
+    ABUSE_WOULD_BAN = "abuse_would_ban" => [ABUSE_WOULD_BAN = "_total"],
+}

@@ -1,0 +1,329 @@
+//! One request's path: head checks ([`head`]) → path normalisation → host → route → bearer
+//! token, verify, scopes ([`auth`]) → the head for the upstream ([`outbound`]) → upstream →
+//! response. Every refusal is a [`Refusal`], answered and counted in one place
+//! ([`Proxy::refuse`]) before the upstream pays anything.
+//!
+//! The path is generic over the request body, so tests drive it in process with bodies of
+//! their own; the server runs it with hyper's `Incoming`.
+
+mod auth;
+mod head;
+mod outbound;
+
+use super::forwarding::Forwarding;
+use super::host::request_host;
+use super::idle::Activity;
+use super::refusal::Refusal;
+use super::request_body::RequestBody;
+use super::route::{self, Route};
+use super::upstream::{Upstream, UpstreamError};
+use super::{path, BoxError, ErrorChain, ProxyBody};
+use crate::abuse::{AbuseEngine, Signal};
+use crate::config::Plan;
+use crate::deny::DenyStore;
+use crate::jwt::{VerifiedToken, Verifier, VerifierConfig};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the server knows about a connection, shared by its requests.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Forwarding header values (they carry whether the connection is TLS), built once for
+    /// the connection.
+    pub forwarding: Forwarding,
+    /// Requests in progress, for closing the connection when it goes quiet.
+    pub activity: Activity,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        Self {
+            peer,
+            forwarding: Forwarding::new(peer.ip(), tls),
+            activity: Activity::new(),
+        }
+    }
+}
+
+/// Everything the request path needs, built once at start.
+pub struct Proxy {
+    /// What this proxy was built from.
+    plan: Arc<Plan>,
+    routes: Vec<Route>,
+    /// Built from the plan's upstreams in order: a route's [`crate::config::UpstreamId`]
+    /// indexes it.
+    upstreams: Vec<Arc<Upstream>>,
+    metrics: Arc<Metrics>,
+    /// Every configured claim header: client-sent copies are removed on every route.
+    claim_header_names: Vec<HeaderName>,
+    max_body_bytes: u64,
+    max_header_bytes: usize,
+    max_headers: usize,
+    abuse: Option<Arc<AbuseEngine>>,
+}
+
+impl Proxy {
+    /// `verifier` builds the token verifier from the plan's `[jwt]`: called once, and only
+    /// when some route checks tokens (see [`route::build`]).
+    pub fn new<E>(
+        plan: &Arc<Plan>,
+        verifier: impl FnMut(&Arc<VerifierConfig>) -> Result<Arc<Verifier>, E>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, E> {
+        let routes = route::build(plan, verifier)?;
+        let upstreams: Vec<Arc<Upstream>> = plan
+            .upstreams()
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u)))
+            .collect();
+        let mut claim_header_names: Vec<HeaderName> = Vec::new();
+        for name in routes.iter().flat_map(|r| r.claim_headers.names()) {
+            if !claim_header_names.contains(name) {
+                claim_header_names.push(name.clone());
+            }
+        }
+        let listen = plan.listen.clone().unwrap_or_default();
+        Ok(Self {
+            plan: Arc::clone(plan),
+            routes,
+            upstreams,
+            metrics,
+            claim_header_names,
+            max_body_bytes: listen.max_body_bytes,
+            max_header_bytes: listen.max_header_bytes,
+            max_headers: listen.max_headers,
+            abuse: None,
+        })
+    }
+
+    /// A copy for another worker runtime: the same routes, verifier, metrics and abuse
+    /// engine, the same upstream health, but connection pools of its own.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            plan: Arc::clone(&self.plan),
+            routes: self.routes.clone(),
+            upstreams: self
+                .upstreams
+                .iter()
+                .zip(self.plan.upstreams())
+                .map(|(u, cfg)| Arc::new(u.for_worker(cfg)))
+                .collect(),
+            metrics: self.metrics.clone(),
+            claim_header_names: self.claim_header_names.clone(),
+            max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            abuse: self.abuse.clone(),
+        }
+    }
+
+    /// Feeds the abuse engine with this proxy's signals, and closes banned sources'
+    /// connections.
+    pub fn with_abuse(mut self, engine: Arc<AbuseEngine>) -> Self {
+        self.abuse = Some(engine);
+        self
+    }
+
+    pub fn abuse(&self) -> Option<&Arc<AbuseEngine>> {
+        self.abuse.as_ref()
+    }
+
+    pub fn deny_store(&self) -> Option<&Arc<DenyStore>> {
+        self.abuse.as_ref().map(|a| a.store())
+    }
+
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The hyper service body: never fails, every problem is a response.
+    /// `ambiguous_framing`: the request head had both Content-Length and Transfer-Encoding
+    /// (see [`super::framing`]); hyper has already reconciled them, we refuse the request.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<B>,
+        ambiguous_framing: bool,
+    ) -> Result<Response<ProxyBody>, Infallible>
+    where
+        B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let _in_progress = conn.activity.request(req.version());
+        let is_head = req.method() == http::Method::HEAD;
+        let (route, mut resp) = if ambiguous_framing {
+            (None, self.refuse(None, Refusal::AmbiguousFraming))
+        } else {
+            self.route_and_forward(&conn, req).await
+        };
+        let status = resp.status();
+        self.metrics.request(route, status.as_u16());
+        if let Some(abuse) = &self.abuse {
+            let ip = conn.peer.ip();
+            abuse.record(ip, Signal::Request);
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                abuse.record(ip, Signal::AuthFailure);
+            } else if status.is_client_error() {
+                abuse.record(ip, Signal::ClientError);
+            }
+        }
+        if is_head {
+            // A HEAD response has no body; our own refusals must not send one either.
+            *resp.body_mut() = super::empty_body();
+        }
+        Ok(resp)
+    }
+
+    async fn route_and_forward<B>(
+        &self,
+        conn: &ConnInfo,
+        req: Request<B>,
+    ) -> (Option<usize>, Response<ProxyBody>)
+    where
+        B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if let Err(r) = self.check_head(&req) {
+            return (None, self.refuse(None, r));
+        }
+        // `None`: the path is already normal and the request's own URI is forwarded as is.
+        let normalized = match path::normalize(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(p)) => Some(p),
+            Err(e) => return (None, self.refuse(None, Refusal::Path(e))),
+        };
+        let host = match request_host(&req) {
+            Ok(h) => h.map(Cow::into_owned),
+            Err(e) => return (None, self.refuse(None, Refusal::Host(e))),
+        };
+        let path = normalized.as_deref().unwrap_or(req.uri().path());
+        let Some((idx, route)) = route::find(&self.routes, host.as_deref(), path, req.method())
+        else {
+            return (None, self.refuse(None, Refusal::NoRoute));
+        };
+        let token = match self.authorize(route, &req).await {
+            Ok(t) => t,
+            Err(r) => {
+                drain(req.into_body()).await;
+                return (Some(idx), self.refuse(Some(route), r));
+            }
+        };
+        let resp = self
+            .forward(
+                conn,
+                route,
+                req,
+                normalized,
+                host.as_deref(),
+                token.as_deref(),
+            )
+            .await;
+        (Some(idx), resp)
+    }
+
+    /// Sends the request upstream and relays the answer (or refuses).
+    async fn forward<B>(
+        &self,
+        conn: &ConnInfo,
+        route: &Route,
+        req: Request<B>,
+        normalized: Option<String>,
+        host: Option<&str>,
+        token: Option<&VerifiedToken>,
+    ) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        if let Err(r) = self.rewrite_head(&mut parts, conn, route, normalized, host, token) {
+            return self.refuse(Some(route), r);
+        }
+        let (body, progress) = RequestBody::new(body, self.max_body_bytes);
+        // Routes and upstreams come from one plan, whose ids always index its upstreams.
+        let upstream = &self.upstreams[route.upstream.index()];
+        match upstream
+            .send(Request::from_parts(parts, body.boxed()))
+            .await
+        {
+            Ok(mut resp) => {
+                outbound::strip_hop_by_hop(resp.headers_mut());
+                resp
+            }
+            Err(e) => {
+                let timed_out = matches!(e, UpstreamError::Timeout { .. });
+                let refusal = failure(&e, route, progress.client_fault(timed_out));
+                self.refuse(Some(route), refusal)
+            }
+        }
+    }
+
+    /// The answer to a refusal, counted: the auth layer's by reason, the upstream's by
+    /// upstream and kind. (The request itself is counted by [`Proxy::handle`].)
+    #[cold]
+    #[inline(never)]
+    fn refuse(&self, route: Option<&Route>, refusal: Refusal) -> Response<ProxyBody> {
+        if let Some(reason) = refusal.denial_reason() {
+            self.metrics.denial(reason);
+        }
+        if let (Refusal::Upstream(kind), Some(route)) = (&refusal, route) {
+            self.metrics.upstream_error(route.upstream.index(), *kind);
+        }
+        refusal.into_response()
+    }
+}
+
+/// Why an upstream exchange failed, logged: the client's body (`fault`), or the upstream.
+#[cold]
+fn failure(
+    e: &UpstreamError,
+    route: &Route,
+    fault: Option<super::request_body::ClientFault>,
+) -> Refusal {
+    match fault {
+        Some(fault) => {
+            tracing::debug!(error = %ErrorChain(e), route = %route.name, ?fault, "request body failed on the client's side");
+            Refusal::ClientBody(fault)
+        }
+        None => {
+            tracing::warn!(error = %ErrorChain(e), route = %route.name, "upstream failed");
+            Refusal::Upstream(e.kind())
+        }
+    }
+}
+
+/// Reads (and discards) a little of a refused request's body before we answer, so that a
+/// client still sending a small body gets our status rather than a reset stream (HTTP/2) or
+/// a closed connection. Bounded in bytes and time: a refusal never waits on a slow client.
+async fn drain<B: Body + Unpin>(mut body: B) {
+    const MAX_BYTES: usize = 64 * 1024;
+    const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(MAX_WAIT, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += bytes::Buf::remaining(data);
+                if seen > MAX_BYTES {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests;

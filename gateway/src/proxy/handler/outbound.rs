@@ -1,0 +1,106 @@
+//! The head the upstream gets: the client's, rewritten for the next hop.
+
+use super::{ConnInfo, Proxy};
+use crate::jwt::VerifiedToken;
+use crate::proxy::refusal::Refusal;
+use crate::proxy::route::Route;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::Version;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the proxy
+/// credentials meant for us. Transfer-Encoding is hop-by-hop too: hyper frames the body for
+/// the next hop itself.
+pub(super) static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
+];
+
+impl Proxy {
+    /// Hop-by-hop headers out; identity headers (claims, Authorization) as the route says;
+    /// forwarding headers; Host from the target's authority; the target in origin form;
+    /// HTTP/1.1.
+    pub(super) fn rewrite_head(
+        &self,
+        parts: &mut Parts,
+        conn: &ConnInfo,
+        route: &Route,
+        normalized: Option<String>,
+        host: Option<&str>,
+        token: Option<&VerifiedToken>,
+    ) -> Result<(), Refusal> {
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        for name in &self.claim_header_names {
+            headers.remove(name);
+        }
+        if !route.config.forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
+        if let Some(t) = token {
+            route.claim_headers.apply(t, headers);
+        }
+        conn.forwarding.apply(headers, host);
+        host_from_authority(parts);
+        origin_form(parts, normalized)?;
+        parts.version = Version::HTTP_11;
+        Ok(())
+    }
+}
+
+/// A target with an authority (absolute form, HTTP/2) names the host: the upstream gets
+/// that, never a Host header the client added that says otherwise.
+fn host_from_authority(parts: &mut Parts) {
+    if let Some(auth) = parts.uri.authority() {
+        let same = parts
+            .headers
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes() == auth.as_str().as_bytes());
+        if !same {
+            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+}
+
+/// Origin form for the upstream: the normalised path, or the request's own when it was
+/// normal already (absolute-form targets lose scheme and authority).
+fn origin_form(parts: &mut Parts, normalized: Option<String>) -> Result<(), Refusal> {
+    if normalized.is_some() || parts.uri.scheme().is_some() {
+        let path = normalized.as_deref().unwrap_or(parts.uri.path());
+        let target = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        parts.uri = target.parse().map_err(|_| Refusal::InvalidTarget)?;
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names, without hashing, tells,
+    // and spares the common case nine lookups. Connection is in the list, so a message
+    // naming more headers in it always takes the full path.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}

@@ -1,0 +1,510 @@
+//! The request path in process: `Proxy::handle` with bodies of our own, no sockets (the
+//! e2e tests drive the same cases over TLS and TCP).
+
+use super::outbound::{strip_hop_by_hop, HOP_BY_HOP};
+use super::*;
+use crate::jwt::{now_unix, Algorithm, SigningKey, VerifierConfig};
+use crate::keys::{KeyStore, VerifyingKey};
+use http::header::{HeaderMap, HeaderValue};
+use http_body_util::Full;
+use hyper::body::{Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+const SECRET: [u8; 32] = [9; 32];
+
+/// A proxy with a token route (`/api/`, upstream `app`), a public one (`/public/`) and an
+/// upstream nothing listens on.
+fn proxy() -> Arc<Proxy> {
+    let text = r#"
+[listen]
+http = ["127.0.0.1:0"]
+max_headers = 20
+max_header_bytes = 2048
+max_body_bytes = 100
+
+[jwt]
+
+# Never read: the tests hand the proxy a verifier of their own.
+[[jwt.keys]]
+pem = "/nonexistent/unused.pem"
+
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:1"]
+connect_timeout = "1s"
+
+[[route]]
+name = "api"
+path_prefix = "/api/"
+upstream = "app"
+auth = "required"
+
+[[route]]
+name = "public"
+host = "public.example"
+path_prefix = "/public/"
+upstream = "app"
+auth = "none"
+"#;
+    let config =
+        crate::config::Config::parse(std::path::Path::new("gw.toml"), text).expect("config");
+    let key = VerifyingKey::hmac(&SECRET, None, None, "test").expect("hmac key");
+    let verifier =
+        Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key])).expect("verifier");
+    let metrics = Arc::new(Metrics::new(
+        &["api".to_owned(), "public".to_owned()],
+        &["app".to_owned()],
+    ));
+    with_verifier(config, verifier, metrics)
+}
+
+/// The proxy of `plan`, whose token routes use `verifier`.
+fn with_verifier(plan: Plan, verifier: Verifier, metrics: Arc<Metrics>) -> Arc<Proxy> {
+    let verifier = Arc::new(verifier);
+    let proxy = Proxy::new(
+        &Arc::new(plan),
+        |_| Ok::<_, Infallible>(verifier.clone()),
+        metrics,
+    );
+    match proxy {
+        Ok(p) => Arc::new(p),
+        Err(never) => match never {},
+    }
+}
+
+fn token(scope: &str, exp_in: i64) -> String {
+    let mut claims = serde_json::Map::new();
+    claims.insert("exp".into(), (now_unix() + exp_in).into());
+    claims.insert("scope".into(), scope.into());
+    SigningKey::hmac(&SECRET, Algorithm::HS256)
+        .expect("signing key")
+        .sign(serde_json::Map::new(), &claims)
+        .expect("token")
+}
+
+/// A body of unknown length (as HTTP/1 chunked arrives).
+struct Chunked(Option<Bytes>);
+
+impl Body for Chunked {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+async fn send<B>(proxy: &Arc<Proxy>, req: Request<B>, ambiguous: bool) -> Answer
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let conn = Arc::new(ConnInfo::new(
+        "127.0.0.9:5555".parse().expect("addr"),
+        false,
+    ));
+    let resp = Proxy::handle(proxy.clone(), conn, req, ambiguous)
+        .await
+        .unwrap_or_else(|never| match never {});
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn get(uri: &str) -> http::request::Builder {
+    Request::get(uri).header("host", "api.example")
+}
+
+fn empty() -> Full<Bytes> {
+    Full::new(Bytes::new())
+}
+
+fn series(proxy: &Proxy, name: &str) -> Option<String> {
+    let text = proxy.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_owned))
+}
+
+#[tokio::test]
+async fn head_faults_are_refused_before_routing() {
+    let p = proxy();
+    let cases: Vec<(Request<Full<Bytes>>, bool, u16, &str)> = vec![
+        (
+            get("/api/x").body(empty()).unwrap(),
+            true,
+            400,
+            "both Transfer-Encoding",
+        ),
+        (
+            get("/api/x")
+                .header("x-big", "a".repeat(2100))
+                .body(empty())
+                .unwrap(),
+            false,
+            431,
+            "headers are too large",
+        ),
+        (
+            (0..21)
+                .fold(get("/api/x"), |b, i| b.header(format!("x-{i}"), "1"))
+                .body(empty())
+                .unwrap(),
+            false,
+            431,
+            "too many headers",
+        ),
+        (
+            get("/api/x")
+                .header("content-length", "0")
+                .header("content-length", "1")
+                .body(empty())
+                .unwrap(),
+            false,
+            400,
+            "conflicting Content-Length",
+        ),
+        (
+            get("/api/x")
+                .header("content-length", "-1")
+                .body(empty())
+                .unwrap(),
+            false,
+            400,
+            "invalid Content-Length",
+        ),
+        (
+            get("/api/x")
+                .header("content-length", "101")
+                .body(empty())
+                .unwrap(),
+            false,
+            413,
+            "body is too large",
+        ),
+        (
+            get("/api/%zz").body(empty()).unwrap(),
+            false,
+            400,
+            "percent-encoding",
+        ),
+        (
+            Request::get("/api/x").body(empty()).unwrap(),
+            false,
+            400,
+            "names no host",
+        ),
+        (
+            get("/api/x")
+                .header("host", "other.example")
+                .body(empty())
+                .unwrap(),
+            false,
+            400,
+            "more than one Host",
+        ),
+        (
+            get("/elsewhere").body(empty()).unwrap(),
+            false,
+            404,
+            "no route",
+        ),
+        (
+            Request::get("/public/x")
+                .header("host", "api.example")
+                .body(empty())
+                .unwrap(),
+            false,
+            404,
+            "no route",
+        ),
+    ];
+    let n = cases.len();
+    for (req, ambiguous, status, text) in cases {
+        let what = format!("{} {:?}", req.uri(), req.headers());
+        let a = send(&p, req, ambiguous).await;
+        assert_eq!(a.status, status, "{what}: {}", a.body);
+        assert!(a.body.contains(text), "{what}: {}", a.body);
+        assert!(a.headers.get("www-authenticate").is_none(), "{what}");
+    }
+    // Nothing matched a route, nothing was the auth layer's.
+    let none: u64 = p
+        .metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("gateway_requests_total{route=\"(none)\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    assert_eq!(none, n as u64);
+    assert_eq!(
+        series(&p, "gateway_denials_total{reason=\"missing_token\"}").as_deref(),
+        Some("0")
+    );
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_once_are_refused() {
+    let p = proxy();
+    for (te, status) in [("gzip, chunked", 501), ("chunked, chunked", 400)] {
+        let req = get("/api/x")
+            .header("transfer-encoding", te)
+            .body(Chunked(Some(Bytes::from_static(b"abc"))))
+            .unwrap();
+        assert_eq!(send(&p, req, false).await.status, status, "{te}");
+    }
+}
+
+#[tokio::test]
+async fn auth_refusals_carry_their_challenge_and_count_their_reason() {
+    let p = proxy();
+    let b = "Bearer realm=\"gateway\"";
+    let cases = [
+        (None, 401, b.to_owned()),
+        (Some("Basic dXNlcjpwYXNz".to_owned()), 401, b.to_owned()),
+        (
+            Some("Bearer a, Bearer b".to_owned()),
+            401,
+            format!("{b}, error=\"invalid_request\""),
+        ),
+        (
+            Some(format!("Bearer {}", token("read", -600))),
+            401,
+            format!("{b}, error=\"invalid_token\", error_description=\"the token expired\""),
+        ),
+        (
+            Some(format!("Bearer {}x", token("read", 600))),
+            401,
+            format!("{b}, error=\"invalid_token\", error_description=\"the token is not valid\""),
+        ),
+        (
+            Some(format!("Bearer {}", token("write", 600))),
+            403,
+            format!("{b}, error=\"insufficient_scope\", scope=\"read\""),
+        ),
+    ];
+    for (auth, status, challenge) in cases {
+        let mut req = get("/api/x");
+        if let Some(a) = &auth {
+            req = req.header("authorization", a);
+        }
+        let a = send(&p, req.body(empty()).unwrap(), false).await;
+        assert_eq!(a.status, status, "{auth:?}: {}", a.body);
+        let got = a.headers["www-authenticate"].to_str().unwrap_or_default();
+        assert!(got.starts_with(&challenge), "{auth:?}: {got}");
+        assert_eq!(a.headers["cache-control"], "no-store");
+    }
+    let count = |r: &str| series(&p, &format!("gateway_denials_total{{reason=\"{r}\"}}"));
+    assert_eq!(count("missing_token").as_deref(), Some("2"));
+    for r in [
+        "invalid_request",
+        "expired",
+        "bad_signature",
+        "insufficient_scope",
+    ] {
+        assert_eq!(count(r).as_deref(), Some("1"), "{r}");
+    }
+    assert_eq!(
+        series(&p, "gateway_requests_total{route=\"api\",status=\"401\"}").as_deref(),
+        Some("5")
+    );
+}
+
+#[tokio::test]
+async fn a_valid_token_goes_upstream_and_an_unreachable_one_is_a_502() {
+    let p = proxy();
+    let req = get("/api/x")
+        .header("authorization", format!("Bearer {}", token("read", 600)))
+        .body(empty())
+        .unwrap();
+    let a = send(&p, req, false).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert_eq!(
+        a.body,
+        "{\"error\":\"bad_gateway\",\"message\":\"the upstream server could not be reached\"}\n"
+    );
+    assert_eq!(
+        series(
+            &p,
+            "gateway_upstream_errors_total{upstream=\"app\",kind=\"connect\"}"
+        )
+        .as_deref(),
+        Some("1")
+    );
+    // A public route needs no token to get as far.
+    let req = Request::get("/public/x")
+        .header("host", "public.example")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&p, req, false).await.status, 502);
+}
+
+/// A real HTTP/1.1 upstream on loopback that answers with the head it received.
+async fn echo_upstream() -> std::net::SocketAddr {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let mut text = format!("{} {}\n", req.method(), req.uri());
+                    for (n, v) in req.headers() {
+                        text += &format!("{n}: {}\n", v.to_str().unwrap_or("?"));
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_valid_token_reaches_the_upstream_with_its_claims_and_no_hop_headers() {
+    let upstream = echo_upstream().await;
+    let text = format!(
+        r#"
+[listen]
+http = ["127.0.0.1:0"]
+
+[jwt]
+
+# Never read: the tests hand the proxy a verifier of their own.
+[[jwt.keys]]
+pem = "/nonexistent/unused.pem"
+
+[[upstream]]
+name = "app"
+servers = ["{upstream}"]
+
+[[route]]
+name = "api"
+path_prefix = "/api/"
+upstream = "app"
+auth = "required"
+claim_headers = {{ scope = "X-Auth-Scope" }}
+forward_authorization = false
+"#
+    );
+    let config =
+        crate::config::Config::parse(std::path::Path::new("gw.toml"), &text).expect("config");
+    let key = VerifyingKey::hmac(&SECRET, None, None, "test").expect("hmac key");
+    let verifier =
+        Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key])).expect("verifier");
+    let metrics = Arc::new(Metrics::new(&["api".to_owned()], &["app".to_owned()]));
+    let p = with_verifier(config, verifier, metrics);
+    let req = get("/api/./a/../b?q=1")
+        .header("authorization", format!("Bearer {}", token("read", 600)))
+        .header("x-auth-scope", "admin")
+        .header("connection", "x-secret")
+        .header("x-secret", "hop")
+        .header("x-kept", "yes")
+        .body(empty())
+        .unwrap();
+    let a = send(&p, req, false).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let lines: Vec<&str> = a.body.lines().collect();
+    assert_eq!(lines[0], "GET /api/b?q=1", "{}", a.body);
+    for want in ["x-auth-scope: read", "x-kept: yes", "host: api.example"] {
+        assert!(lines.contains(&want), "{want} missing:\n{}", a.body);
+    }
+    for gone in [
+        "x-auth-scope: admin",
+        "x-secret: hop",
+        "connection: x-secret",
+    ] {
+        assert!(!lines.contains(&gone), "{gone} forwarded:\n{}", a.body);
+    }
+    assert!(
+        !lines.iter().any(|l| l.starts_with("authorization:")),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        series(&p, "gateway_requests_total{route=\"api\",status=\"200\"}").as_deref(),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn a_refused_head_request_gets_no_body() {
+    let p = proxy();
+    let req = Request::head("/api/x")
+        .header("host", "api.example")
+        .body(empty())
+        .unwrap();
+    let a = send(&p, req, false).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.body, "");
+}
+
+fn stripped(pairs: &[(&'static str, &'static str)]) -> Vec<String> {
+    let mut h = HeaderMap::new();
+    for (n, v) in pairs {
+        h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+    }
+    strip_hop_by_hop(&mut h);
+    let mut names: Vec<String> = h.keys().map(|n| n.as_str().to_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn each_hop_by_hop_header_goes_even_without_connection() {
+    for hop in &HOP_BY_HOP {
+        let left = stripped(&[
+            ("x-end-to-end", "kept"),
+            (hop.as_str(), "x"),
+            ("accept", "*/*"),
+        ]);
+        assert_eq!(left, ["accept", "x-end-to-end"], "{hop} alone");
+    }
+}
+
+#[test]
+fn headers_named_by_connection_go_with_it() {
+    let left = stripped(&[
+        ("connection", "close, X-Hop"),
+        ("connection", "x-other"),
+        ("x-hop", "secret"),
+        ("x-other", "secret"),
+        ("x-kept", "yes"),
+    ]);
+    assert_eq!(left, ["x-kept"]);
+}
+
+#[test]
+fn end_to_end_headers_are_left_alone() {
+    let left = stripped(&[
+        ("host", "example.com"),
+        ("accept", "*/*"),
+        ("authorization", "Bearer x"),
+        ("content-length", "0"),
+    ]);
+    assert_eq!(left, ["accept", "authorization", "content-length", "host"]);
+}
