@@ -10,6 +10,7 @@
   const SVG = 'http://www.w3.org/2000/svg';
   const CLASSES = ['2xx', '3xx', '4xx', '5xx', '1xx', 'other'];
   const MAX_REASONS = 5;
+  const DENIAL_COLORS = [3, 2, 4, 1, 0];
 
   const $ = (id) => document.getElementById(id);
   let samples = []; // {t: uptime seconds, d: document}
@@ -40,6 +41,12 @@
     if (us >= 1e6) return trim(us / 1e6) + ' s';
     if (us >= 1000) return trim(us / 1000) + ' ms';
     return trim(us) + ' µs';
+  }
+  // A quantile's bucket bound; `null` with observations means beyond the last finite bucket.
+  function fmtLe(us, doc) {
+    if (us !== null && us !== undefined) return fmtUs(us);
+    const finite = (doc.verify_buckets || []).filter((b) => b.le_us !== null);
+    return finite.length ? '> ' + fmtUs(finite[finite.length - 1].le_us) : '–';
   }
   function fmtBytes(b) {
     if (!isFinite(b)) return '–';
@@ -176,11 +183,15 @@
     if (text !== undefined) e.textContent = text;
     return e;
   }
-  function niceMax(v) {
-    if (!(v > 0)) return 1;
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
-    return 10 * p;
+  // Axis from 0 to at least v in at most 5 steps of 1, 2, 2.5 or 5 times a power of ten.
+  function niceScale(v) {
+    if (!(v > 0)) return { max: 1, steps: 4 };
+    const p = Math.pow(10, Math.floor(Math.log10(v / 5)));
+    for (const m of [1, 2, 2.5, 5, 10]) {
+      const step = m * p, steps = Math.ceil(v / step - 1e-9);
+      if (steps <= 5) return { max: step * Math.max(steps, 2), steps: Math.max(steps, 2) };
+    }
+    return { max: v, steps: 4 };
   }
 
   // series: [{name, points: [{t, v}], value: text}]; opts: {fmt, max}
@@ -202,12 +213,13 @@
     const t0 = now - WINDOW_S;
     let max = 0;
     for (const s of series) for (const p of s.points) if (p.v !== null && p.t >= t0 && p.v > max) max = p.v;
-    const ymax = opts.max || niceMax(max);
+    const scale = opts.max ? { max: opts.max, steps: 4 } : niceScale(max);
+    const ymax = scale.max;
     const x = (t) => left + (w - left - right) * (t - t0) / WINDOW_S;
     const y = (v) => top + (h - top - bottom) * (1 - Math.min(v, ymax) / ymax);
     const g = el('g', {});
-    for (let i = 0; i <= 4; i++) {
-      const v = ymax * i / 4, yy = y(v);
+    for (let i = 0; i <= scale.steps; i++) {
+      const v = ymax * i / scale.steps, yy = y(v);
       g.append(el('line', { x1: left, x2: w - right, y1: yy, y2: yy, class: i === 0 ? 'axis' : 'grid' }));
       g.append(el('text', { x: left - 6, y: yy + 4, class: 'tick', 'text-anchor': 'end' }, opts.fmt(v)));
     }
@@ -288,7 +300,9 @@
       const expires = b.expires_in_secs === null
         ? { text: 'until removed', cls: 'num' }
         : { text: fmtDur(b.expires_in_secs), cls: 'num countdown', value: b.expires_in_secs };
-      const tr = row([b.target, b.origin, b.reason, expires, num(b.hits), { node: btn }]);
+      const hits = num(b.hits);
+      hits.cls = 'num hits';
+      const tr = row([b.target, b.origin, b.reason, expires, hits, { node: btn }]);
       tr.dataset.target = b.target;
       return tr;
     });
@@ -385,14 +399,14 @@
     const denied = Object.values(denials).reduce((a, b) => a + b, 0);
     const reasons = Object.keys(denials).filter((r) => denials[r] > 0).sort((a, b) => denials[b] - denials[a]);
     const shown = reasons.slice(0, MAX_REASONS);
-    const denSeries = shown.map((r) => {
+    const denSeries = shown.map((r, i) => {
       const points = rateSeries((d) => get(d, ['user_plane', 'denials', r]) || 0);
-      return { name: r, points: points, value: fmtRate(lastValue(points)) };
+      return { name: r, points: points, value: fmtRate(lastValue(points)), color: DENIAL_COLORS[i] };
     });
     if (reasons.length > MAX_REASONS) {
       const rest = reasons.slice(MAX_REASONS);
       const points = rateSeries((d) => rest.reduce((a, r) => a + (get(d, ['user_plane', 'denials', r]) || 0), 0));
-      denSeries.push({ name: 'other reasons', points: points, value: fmtRate(lastValue(points)) });
+      denSeries.push({ name: 'other reasons', points: points, value: fmtRate(lastValue(points)), color: 5 });
     }
     chart('ch-denials', denSeries, { fmt: fmtNum, empty: 'no denials yet' });
     setText('c-dps', fmtRate(lastValue(rateSeries((d) => Object.values(get(d, ['user_plane', 'denials']) || {}).reduce((a, b) => a + b, 0)))));
@@ -405,7 +419,8 @@
       { name: 'p99 ≤', points: p99, value: fmtUs(lastValue(p99)) },
     ], { fmt: fmtUs });
     const verify = up.verify || {};
-    setText('c-verify', fmtUs(verify.p50_le_us) + ' / ' + fmtUs(verify.p99_le_us));
+    setText('c-verify', verify.count > 0
+      ? fmtLe(verify.p50_le_us, doc) + ' / ' + fmtLe(verify.p99_le_us, doc) : '–');
     setText('c-verifications', fmtNum(verify.count), verify.count);
 
     const ratio = pairSeries((a, b) => {
@@ -420,7 +435,7 @@
     if (cache) {
       const all = cache.hits + cache.misses;
       setText('c-cache', all > 0 ? fmtPct(100 * cache.hits / all) : '–');
-      setText('c-cache-sub', fmtNum(cache.entries) + ' cached tokens');
+      setText('c-cache-sub', fmtNum(cache.entries) + (cache.entries === 1 ? ' cached token' : ' cached tokens'));
     } else {
       setText('c-cache', '–');
       setText('c-cache-sub', 'cache off');
