@@ -215,8 +215,9 @@ async fn page_and_assets_are_embedded_self_contained_and_hardened() {
     }
     assert!(js.contains("sessionStorage"), "the token is kept per tab");
     assert!(
-        js.contains("'X-Gateway-Admin': '1'"),
-        "the page marks its requests"
+        js.to_ascii_lowercase()
+            .contains(&format!("'{}': '1'", admin::dashboard::PAGE_HEADER)),
+        "the page marks its requests with the header the admin endpoint knows"
     );
 
     let head = send(s.addr, Method::HEAD, "/", &[]).await;
