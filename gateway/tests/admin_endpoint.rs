@@ -140,7 +140,13 @@ async fn serves_metrics_health_and_readiness() {
     let r = send(s.addr, Method::GET, "/readyz").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
 
-    for path in ["/", "/metrics/", "/metricsx", "/admin", "/../metrics"] {
+    for path in [
+        "/index.html",
+        "/metrics/",
+        "/metricsx",
+        "/admin",
+        "/../metrics",
+    ] {
         let r = send(s.addr, Method::GET, path).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
     }

@@ -91,6 +91,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "nghttp2-client",
         "h2load, HTTP/2 load for the peer benchmark (bench.sh)",
     ),
+    (
+        "chromium",
+        "headless browser for the admin dashboard's end-to-end test (DevTools protocol)",
+    ),
 ];
 
 /// Packages whose install would start a distribution service; they are installed with a

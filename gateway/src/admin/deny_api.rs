@@ -56,7 +56,7 @@ impl Access {
 }
 
 impl Access {
-    fn allows(&self, req: &Request<Incoming>, peer: SocketAddr) -> bool {
+    pub(crate) fn allows<B>(&self, req: &Request<B>, peer: SocketAddr) -> bool {
         match self {
             Access::Loopback => peer.ip().is_loopback(),
             Access::Token(kt) => req

@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
-//! the deny API (`/deny`, see [`deny_api`]).
+//! the deny API (`/deny`, see [`deny_api`]), and the dashboard (`/`, `/stats.json`, see
+//! [`dashboard`]).
 //!
 //! Small on purpose: HTTP/1.1 only; the read-only paths take GET/HEAD and no authentication
 //! (hence loopback by default, see [`crate::config::admin`]); the deny API needs a loopback
@@ -8,7 +9,9 @@
 //! header-read timeout that also closes idle keep-alive connections.
 
 pub mod client;
+pub mod dashboard;
 pub mod deny_api;
+pub mod stats_json;
 
 use crate::config::admin::AdminConfig;
 use crate::deny::DenyStore;
@@ -62,6 +65,7 @@ pub struct AdminListener {
     addr: SocketAddr,
     deny: Option<(Arc<DenyStore>, deny_api::Access)>,
     access: deny_api::Access,
+    info: stats_json::GatewayInfo,
 }
 
 /// Validates `cfg` and binds its address, so that start-up can fail with an error naming the
@@ -102,6 +106,7 @@ pub async fn bind(cfg: &AdminConfig) -> Result<AdminListener, AdminError> {
         addr,
         deny: None,
         access,
+        info: stats_json::GatewayInfo::default(),
     })
 }
 
@@ -114,6 +119,12 @@ impl AdminListener {
     /// Serves the deny API from `store` too.
     pub fn with_deny(mut self, store: Arc<DenyStore>) -> Self {
         self.deny = Some((store, self.access.clone()));
+        self
+    }
+
+    /// What the dashboard shows about the gateway (listeners, data plane, upstreams).
+    pub fn with_info(mut self, info: stats_json::GatewayInfo) -> Self {
+        self.info = info;
         self
     }
 
@@ -132,6 +143,13 @@ impl AdminListener {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_headers(64);
+        let dashboard = Arc::new(dashboard::Dashboard::new(
+            self.info.clone(),
+            metrics.clone(),
+            self.deny.as_ref().map(|(store, _)| store.clone()),
+            self.access.clone(),
+            self.addr,
+        ));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -154,9 +172,14 @@ impl AdminListener {
             }
             let (metrics, ready) = (Arc::clone(&metrics), Arc::clone(&ready));
             let deny = self.deny.clone();
+            let dashboard = dashboard.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (metrics, ready, deny) = (metrics.clone(), ready.clone(), deny.clone());
+                let dashboard = dashboard.clone();
                 async move {
+                    if let Some(resp) = dashboard.handle(&req, peer) {
+                        return Ok::<_, Infallible>(resp);
+                    }
                     let resp = match &deny {
                         Some((store, access)) if req.uri().path().starts_with("/deny") => {
                             deny_api::handle(req, peer, store, access).await

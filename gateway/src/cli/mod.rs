@@ -5,7 +5,7 @@ mod common;
 mod config_cmd;
 mod deny;
 mod run;
-mod stats;
+pub mod stats;
 mod token;
 
 use clap::{Parser, Subcommand};

@@ -143,12 +143,22 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
     let mut admin_task = None;
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = None;
+    let mut info = admin::stats_json::GatewayInfo::default();
+    if let (Some(p), Some(cfg)) = (&plane, &ebpf) {
+        info.data_plane = Some(admin::stats_json::DataPlaneInfo {
+            mode: p.mode().to_string(),
+            interface: p.interface().to_owned(),
+            pin_path: cfg.pin_path.clone(),
+        });
+    }
     if config.has_proxy() {
         match start_proxy(&config, abuse.clone(), shutdown_rx.clone()).await {
             Ok(started) => {
                 proxy_task = Some(started.task);
                 certs = started.certs;
                 metrics = Some(started.metrics);
+                info.listeners = started.listeners;
+                info.upstreams = started.upstreams;
             }
             Err(e) => return fail(EXIT_FAILURE, e),
         }
@@ -174,7 +184,7 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
                         }
                     }
                 };
-                let listener = listener.with_deny(deny.clone());
+                let listener = listener.with_deny(deny.clone()).with_info(info);
                 admin_task = Some(tokio::spawn(listener.serve(m, ready.clone(), stop)));
             }
             Err(e) => return fail(EXIT_FAILURE, e),
@@ -214,6 +224,9 @@ struct StartedProxy {
     task: tokio::task::JoinHandle<()>,
     certs: Option<Arc<CertStore>>,
     metrics: Arc<Metrics>,
+    /// Bound proxy listeners (address, TLS) and the upstream pools, for the dashboard.
+    listeners: Vec<(std::net::SocketAddr, bool)>,
+    upstreams: Vec<Arc<crate::proxy::upstream::Upstream>>,
 }
 
 /// Keys, verifier, upstreams, listeners and TLS; errors name what failed.
@@ -279,7 +292,9 @@ async fn start_proxy(
         n => n,
     };
     let listeners = Listeners::bind(&listen, workers)?;
-    for (addr, tls) in listeners.local_addrs() {
+    let bound = listeners.local_addrs();
+    let upstreams = proxy.upstreams().to_vec();
+    for &(addr, tls) in &bound {
         eprintln!(
             "gateway: proxy listening on {}://{addr}",
             if tls { "https" } else { "http" }
@@ -302,6 +317,8 @@ async fn start_proxy(
         task,
         certs,
         metrics,
+        listeners: bound,
+        upstreams,
     })
 }
 

@@ -34,8 +34,9 @@ pub struct StatsArgs {
     maps: MapsArgs,
 }
 
+/// Order of the source list.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum SortBy {
+pub enum SortBy {
     Packets,
     Drops,
     Syns,
@@ -158,7 +159,9 @@ fn admin_addr(args: &StatsArgs) -> Option<SocketAddr> {
     }
 }
 
-fn collect(
+/// The kernel part of `gateway stats --json` (`user_plane` left `None`); the admin
+/// dashboard's `/stats.json` serves the same.
+pub fn collect(
     maps: &PinnedMaps,
     top: usize,
     sort: SortBy,

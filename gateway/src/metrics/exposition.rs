@@ -193,17 +193,57 @@ impl ScrapeSources {
         let Some(dir) = lock(&self.pin_path).clone() else {
             return Ok(());
         };
-        let totals = match crate::ebpf::PinnedMaps::open(&dir).and_then(|m| m.totals()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::debug!(error = %e, "kernel counters not exported");
-                return Ok(());
-            }
-        };
+        let (maps, totals) =
+            match crate::ebpf::PinnedMaps::open(&dir).and_then(|m| m.totals().map(|t| (m, t))) {
+                Ok(mt) => mt,
+                Err(e) => {
+                    tracing::debug!(error = %e, "kernel counters not exported");
+                    return Ok(());
+                }
+            };
         for (name, value) in counter::NAMES.iter().zip(totals) {
             let metric = format!("kernel_{name}");
             let help = format!("Kernel data plane counter `{name}`, summed over CPUs");
             counter(enc, &metric, &help, value)?;
+        }
+        // How full the deny maps are: an insert into a full map fails, so an operator must
+        // see it coming (deploy/prometheus/alerts.yml).
+        if let Ok(list) = maps.deny_list() {
+            let exact = list
+                .iter()
+                .filter(|r| matches!(r.target, crate::ebpf::Target::Addr(_)))
+                .count();
+            use gateway_common::limits::{MAX_DENY, MAX_DENY_CIDR};
+            for (name, help, value) in [
+                (
+                    "kernel_deny_entries",
+                    "Entries in the exact-address deny map",
+                    exact,
+                ),
+                (
+                    "kernel_deny_cidr_entries",
+                    "Entries in the CIDR deny map",
+                    list.len() - exact,
+                ),
+                (
+                    "kernel_deny_capacity",
+                    "Size of the exact-address deny map",
+                    MAX_DENY as usize,
+                ),
+                (
+                    "kernel_deny_cidr_capacity",
+                    "Size of the CIDR deny map",
+                    MAX_DENY_CIDR as usize,
+                ),
+            ] {
+                gauge(
+                    enc,
+                    name,
+                    help,
+                    None,
+                    i64::try_from(value).unwrap_or(i64::MAX),
+                )?;
+            }
         }
         Ok(())
     }

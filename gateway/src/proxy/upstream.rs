@@ -125,6 +125,18 @@ struct Server {
     active_ok: AtomicBool,
 }
 
+/// A server's health as [`Upstream::health`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServerHealth {
+    pub addr: SocketAddr,
+    /// Requests go to it (active check passing, not out after `max_fails`).
+    pub in_rotation: bool,
+    /// The active check's last verdict (`true` without an active check).
+    pub health_check_ok: bool,
+    /// Connection failures in a row (the passive check).
+    pub consecutive_fails: u32,
+}
+
 /// One named pool. Each proxy worker has its own (its own keep-alive connections, used only
 /// by that worker's runtime); the servers' health and the round-robin position are shared.
 pub struct Upstream {
@@ -182,6 +194,20 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Each server's state now, for the admin dashboard (the same for every worker's copy).
+    pub fn health(&self) -> Vec<ServerHealth> {
+        let now = self.now_ms();
+        self.servers
+            .iter()
+            .map(|s| ServerHealth {
+                addr: s.addr,
+                in_rotation: self.usable(s, now),
+                health_check_ok: s.active_ok.load(Ordering::Relaxed),
+                consecutive_fails: s.fails.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     fn now_ms(&self) -> u64 {

@@ -1,0 +1,190 @@
+//! `/stats.json` on the admin endpoint: what `gateway stats --json` prints (the kernel's totals
+//! and top sources from the pinned maps, the user plane's summary of `/metrics`), plus what the
+//! dashboard shows beside it: version, uptime, listeners, the data plane, the bans, the
+//! upstream servers' health, and the verification latency histogram (so that the page can
+//! compute quantiles over its own polling interval rather than since start). Built on request
+//! from the same sources as the CLI and `/metrics`; nothing runs between polls.
+
+use super::client;
+use crate::cli::stats::{self, user_plane, SortBy};
+use crate::deny::{DenyStore, DenyView};
+use crate::ebpf::PinnedMaps;
+use crate::metrics::Metrics;
+use crate::proxy::upstream::{ServerHealth, Upstream};
+use gateway_common::limits;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Sources listed in `top_sources` (as `gateway stats` lists by default).
+pub const TOP_SOURCES: usize = 10;
+
+/// What the running gateway tells the dashboard about itself, fixed at start.
+#[derive(Clone)]
+pub struct GatewayInfo {
+    pub started: Instant,
+    /// Proxy listeners: address and whether it is TLS.
+    pub listeners: Vec<(SocketAddr, bool)>,
+    pub data_plane: Option<DataPlaneInfo>,
+    /// One copy of each upstream pool (health is shared by every worker's copy).
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Default for GatewayInfo {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            listeners: Vec::new(),
+            data_plane: None,
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for GatewayInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayInfo")
+            .field("listeners", &self.listeners)
+            .field("data_plane", &self.data_plane)
+            .field(
+                "upstreams",
+                &self.upstreams.iter().map(|u| u.name()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running data plane.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataPlaneInfo {
+    pub mode: String,
+    pub interface: String,
+    pub pin_path: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Listener {
+    addr: SocketAddr,
+    tls: bool,
+}
+
+#[derive(Serialize)]
+struct UpstreamJson<'a> {
+    name: &'a str,
+    servers: Vec<ServerHealth>,
+}
+
+/// One cumulative bucket of `gateway_verify_duration_seconds`.
+#[derive(Serialize)]
+struct Bucket {
+    /// Upper bound in microseconds; `null` for `+Inf`.
+    le_us: Option<f64>,
+    count: u64,
+}
+
+#[derive(Serialize)]
+struct DenyCapacity {
+    address: u32,
+    prefix: u32,
+}
+
+/// The fields `/stats.json` has beyond `gateway stats --json`.
+#[derive(Serialize)]
+struct Extras<'a> {
+    version: &'static str,
+    uptime_secs: f64,
+    listeners: Vec<Listener>,
+    data_plane: Option<&'a DataPlaneInfo>,
+    /// Why the kernel fields are missing although a data plane runs.
+    kernel_error: Option<String>,
+    deny_capacity: DenyCapacity,
+    bans: Vec<DenyView>,
+    bans_error: Option<String>,
+    upstreams: Vec<UpstreamJson<'a>>,
+    verify_buckets: Vec<Bucket>,
+}
+
+/// The document. Its top level is a superset of `gateway stats --json` when a data plane runs
+/// (without one, the kernel fields are absent and `user_plane` is still there).
+pub fn build(
+    info: &GatewayInfo,
+    metrics: &Metrics,
+    deny: Option<&DenyStore>,
+    admin: SocketAddr,
+) -> Result<Value, serde_json::Error> {
+    let samples = client::parse(&metrics.render());
+    let up = user_plane::summarise(admin, &samples);
+    let mut doc = Map::new();
+    let mut kernel_error = None;
+    if let Some(dp) = &info.data_plane {
+        match PinnedMaps::open(&dp.pin_path)
+            .and_then(|m| stats::collect(&m, TOP_SOURCES, SortBy::Packets))
+        {
+            Ok(s) => {
+                if let Value::Object(m) = serde_json::to_value(&s)? {
+                    doc = m;
+                }
+            }
+            Err(e) => kernel_error = Some(e.to_string()),
+        }
+    }
+    doc.insert("user_plane".into(), serde_json::to_value(&up)?);
+    let (bans, bans_error) = match deny.map(DenyStore::list) {
+        Some(Ok(list)) => (list, None),
+        Some(Err(e)) => (Vec::new(), Some(e.to_string())),
+        None => (Vec::new(), None),
+    };
+    let mut verify_buckets: Vec<Bucket> = samples
+        .iter()
+        .filter(|s| s.name == "gateway_verify_duration_seconds_bucket")
+        .filter_map(|s| {
+            let le = match s.label("le")? {
+                "+Inf" => None,
+                v => Some(v.parse::<f64>().ok()? * 1e6),
+            };
+            let count = if s.value.is_finite() && s.value > 0.0 {
+                s.value as u64
+            } else {
+                0
+            };
+            Some(Bucket { le_us: le, count })
+        })
+        .collect();
+    verify_buckets.sort_by(|a, b| {
+        let key = |x: &Bucket| x.le_us.unwrap_or(f64::INFINITY);
+        key(a).total_cmp(&key(b))
+    });
+    let extras = Extras {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: info.started.elapsed().as_secs_f64(),
+        listeners: info
+            .listeners
+            .iter()
+            .map(|&(addr, tls)| Listener { addr, tls })
+            .collect(),
+        data_plane: info.data_plane.as_ref(),
+        kernel_error,
+        deny_capacity: DenyCapacity {
+            address: limits::MAX_DENY,
+            prefix: limits::MAX_DENY_CIDR,
+        },
+        bans,
+        bans_error,
+        upstreams: info
+            .upstreams
+            .iter()
+            .map(|u| UpstreamJson {
+                name: u.name(),
+                servers: u.health(),
+            })
+            .collect(),
+        verify_buckets,
+    };
+    if let Value::Object(m) = serde_json::to_value(&extras)? {
+        doc.extend(m);
+    }
+    Ok(Value::Object(doc))
+}

@@ -1,0 +1,1091 @@
+//! The admin dashboard in a real browser: the gateway in a server namespace with XDP on its
+//! veth, a TLS listener and the admin endpoint with an API token; real traffic from a client
+//! namespace (valid requests, refusals, a banned source whose SYNs the kernel drops); headless
+//! Chromium (Debian's `chromium`) in the server namespace, driven through the Chrome DevTools
+//! Protocol over `--remote-debugging-pipe`. The page must ask for the token, show the numbers
+//! `/stats.json` and `/metrics` give, list the ban and lift it through the deny API, keep its
+//! layout still between polls, and log no console errors. Screenshots (laptop and phone
+//! widths, light and dark) are kept under `target/dashboard-e2e/`.
+//!
+//! Also here: the monitoring files in `deploy/` (the Grafana dashboard and the Prometheus
+//! alert rules) are well-formed, and every metric they query is one the running gateway
+//! exports.
+
+use anyhow::{bail, Context, Result};
+use gateway_tests::gateway::{cli_ok, GatewayProcess};
+use gateway_tests::netns::{exec_in, in_netns, run, NetnsPair, TestNet};
+use gateway_tests::upstream::EchoUpstream;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use yaml_rust2::{Yaml, YamlLoader};
+
+const HTTPS_PORT: u16 = 8443;
+const ADMIN: &str = "127.0.0.1:9901";
+const ADMIN_TOKEN: &str = "dashboard-e2e-admin-token-7f3a9c";
+const CLIENT: Ipv4Addr = NetnsPair::CLIENT4;
+const BANNED: Ipv4Addr = NetnsPair::CLIENT4_B;
+
+// ---- a minimal CDP client over --remote-debugging-pipe --------------------------------------
+
+/// Headless Chromium with one page, spoken to through the DevTools pipe: the browser reads
+/// NUL-terminated JSON messages on its fd 3 and writes them on its fd 4, which a shell maps
+/// to our stdin and stdout pipes.
+struct Browser {
+    child: Child,
+    input: ChildStdin,
+    messages: Receiver<Value>,
+    next_id: u64,
+    session: String,
+    /// Events received while waiting for answers, oldest first.
+    events: Vec<Value>,
+    log: PathBuf,
+}
+
+impl Browser {
+    fn launch(netns: &str, dir: &Path) -> Result<Self> {
+        let profile = dir.join("chromium-profile");
+        let log = dir.join("chromium.log");
+        let script = format!(
+            "exec chromium --headless --no-sandbox --disable-gpu --no-first-run \
+             --no-default-browser-check --disable-extensions --disable-background-networking \
+             --disable-component-update --disable-sync --hide-scrollbars --mute-audio \
+             --user-data-dir='{}' --remote-debugging-pipe about:blank \
+             3<&0 4>&1 0</dev/null 1>&2",
+            profile.display()
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, "sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context(
+                "start chromium (Debian package `chromium`, installed by `cargo xtask setup`)",
+            )?;
+        let input = child.stdin.take().context("stdin")?;
+        let output = child.stdout.take().context("stdout")?;
+        let (tx, messages) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(output);
+            loop {
+                let mut buf = Vec::new();
+                match reader.read_until(0, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        buf.pop();
+                        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+                            if tx.send(v).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let mut b = Self {
+            child,
+            input,
+            messages,
+            next_id: 0,
+            session: String::new(),
+            events: Vec::new(),
+            log,
+        };
+        let target = b.call_browser("Target.createTarget", json!({ "url": "about:blank" }))?;
+        let target_id = target["targetId"].as_str().context("targetId")?.to_owned();
+        let attached = b.call_browser(
+            "Target.attachToTarget",
+            json!({ "targetId": target_id, "flatten": true }),
+        )?;
+        b.session = attached["sessionId"]
+            .as_str()
+            .context("sessionId")?
+            .to_owned();
+        for domain in ["Page.enable", "Runtime.enable", "Log.enable"] {
+            b.call(domain, json!({}))?;
+        }
+        Ok(b)
+    }
+
+    fn send(&mut self, method: &str, params: Value, session: bool) -> Result<Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({ "id": id, "method": method, "params": params });
+        if session {
+            msg["sessionId"] = json!(self.session);
+        }
+        let mut bytes = serde_json::to_vec(&msg)?;
+        bytes.push(0);
+        self.input.write_all(&bytes).context("write to chromium")?;
+        self.input.flush()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok(m) if m["id"] == id => {
+                    if let Some(e) = m.get("error") {
+                        bail!("{method}: {e}");
+                    }
+                    return Ok(m["result"].clone());
+                }
+                Ok(m) => {
+                    if m.get("method").is_some() {
+                        self.events.push(m);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => bail!("{method}: no answer within 30 s"),
+                Err(RecvTimeoutError::Disconnected) => bail!(
+                    "{method}: chromium went away:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn call_browser(&mut self, method: &str, params: Value) -> Result<Value> {
+        self.send(method, params, false)
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Result<Value> {
+        self.send(method, params, true)
+    }
+
+    /// Evaluates `expr` in the page (promises awaited); its value as JSON.
+    fn eval(&mut self, expr: &str) -> Result<Value> {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
+        )?;
+        if let Some(e) = r.get("exceptionDetails") {
+            bail!("{expr}: {e}");
+        }
+        Ok(r["result"]["value"].clone())
+    }
+
+    /// Polls `expr` until it is truthy (an exception counts as not yet: the page may still
+    /// be loading); its value.
+    fn wait_for(&mut self, expr: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = match self.eval(expr) {
+                Ok(v) => v,
+                Err(e) => json!(format!("exception: {e}")),
+            };
+            let exception = v.as_str().is_some_and(|s| s.starts_with("exception: "));
+            if !(exception || v.is_null() || v == false || v == "" || v == 0) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("`{expr}` still {v} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A real mouse click at the centre of the element `selector` (scrolled into view).
+    fn click(&mut self, selector: &str) -> Result<()> {
+        let rect = self.eval(&format!(
+            "(() => {{ const e = document.querySelector({sel}); if (!e) return null; \
+             e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect(); \
+             return {{x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})()",
+            sel = json!(selector)
+        ))?;
+        let (x, y) = (
+            rect["x"]
+                .as_f64()
+                .with_context(|| format!("{selector} not found"))?,
+            rect["y"].as_f64().context("y")?,
+        );
+        for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Viewport size and colour scheme; `mobile` emulates a phone.
+    fn emulate(&mut self, width: u32, height: u32, mobile: bool, scheme: &str) -> Result<()> {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
+        )?;
+        self.call(
+            "Emulation.setEmulatedMedia",
+            json!({ "features": [{ "name": "prefers-color-scheme", "value": scheme }] }),
+        )?;
+        Ok(())
+    }
+
+    /// The whole page as PNG, written to `path`.
+    fn screenshot(&mut self, path: &Path) -> Result<()> {
+        let r = self.call(
+            "Page.captureScreenshot",
+            json!({ "format": "png", "captureBeyondViewport": true }),
+        )?;
+        let png = base64_decode(r["data"].as_str().context("screenshot data")?)?;
+        if png.get(..8) != Some(b"\x89PNG\r\n\x1a\n".as_slice()) {
+            bail!("the screenshot is not a PNG");
+        }
+        std::fs::write(path, png).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// Console calls, exceptions and log entries at error level, received so far.
+    fn errors(&mut self) -> Vec<String> {
+        while let Ok(m) = self.messages.try_recv() {
+            if m.get("method").is_some() {
+                self.events.push(m);
+            }
+        }
+        self.events
+            .iter()
+            .filter_map(|e| {
+                let p = &e["params"];
+                match e["method"].as_str()? {
+                    "Runtime.exceptionThrown" => {
+                        Some(format!("exception: {}", p["exceptionDetails"]))
+                    }
+                    "Runtime.consoleAPICalled"
+                        if matches!(p["type"].as_str(), Some("error" | "assert")) =>
+                    {
+                        Some(format!("console.{}: {}", p["type"], p["args"]))
+                    }
+                    "Log.entryAdded" if p["entry"]["level"] == "error" => Some(format!(
+                        "log ({}): {} {}",
+                        p["entry"]["source"], p["entry"]["text"], p["entry"]["url"]
+                    )),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.call_browser("Browser.close", json!({}));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Standard base64 (with padding), as CDP sends binary data.
+fn base64_decode(text: &str) -> Result<Vec<u8>> {
+    let value = |c: u8| -> Result<u32> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => bail!("not base64: {c}"),
+        } as u32)
+    };
+    let bytes = text.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let full = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&full[..chunk.len().saturating_sub(1)]);
+    }
+    Ok(out)
+}
+
+// ---- the gateway under test -----------------------------------------------------------------
+
+struct Env {
+    net: TestNet,
+    secret: PathBuf,
+    config: PathBuf,
+    _upstream: EchoUpstream,
+}
+
+impl Env {
+    fn new() -> Option<Self> {
+        let net = TestNet::new("the dashboard in a browser", "dash")?;
+        let dir = net.dir.clone();
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=10.77.0.1"])
+            .args(["-addext", "subjectAltName=IP:10.77.0.1"])
+            .arg("-keyout")
+            .arg(dir.join("tls.key"))
+            .arg("-out")
+            .arg(dir.join("tls.crt")))
+        .expect("openssl makes a certificate");
+        let secret = dir.join("hs256.secret");
+        std::fs::write(&secret, b"dashboard-e2e-secret-0123456789ab").expect("secret");
+        std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).expect("token");
+        let upstream = in_netns(&net.pair.server, EchoUpstream::start)
+            .expect("enter netns")
+            .expect("upstream");
+        let d = dir.display();
+        let text = format!(
+            r#"
+[listen]
+https = ["10.77.0.1:{HTTPS_PORT}"]
+
+[tls]
+[[tls.certificates]]
+cert = "{d}/tls.crt"
+key = "{d}/tls.key"
+
+[jwt]
+[[jwt.keys]]
+secret_file = "{secret}"
+alg = "HS256"
+
+[[upstream]]
+name = "app"
+servers = ["{upstream}"]
+
+[[route]]
+name = "api"
+path_prefix = "/api/"
+upstream = "app"
+
+[admin]
+listen = "{ADMIN}"
+api_token_file = "{d}/admin.token"
+
+[abuse]
+
+[ebpf]
+interface = "{iface}"
+mode = "xdp"
+pin_path = "{pin}"
+state_file = "{d}/deny-state.json"
+"#,
+            secret = secret.display(),
+            upstream = upstream.addr(),
+            iface = net.pair.server_if,
+            pin = net.pin(),
+        );
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, text).expect("write config");
+        Some(Self {
+            net,
+            secret,
+            config,
+            _upstream: upstream,
+        })
+    }
+
+    fn start(&self) -> GatewayProcess {
+        let mut gw = GatewayProcess::start(
+            Some(&self.net.pair.server),
+            &self.config,
+            &self.net.dir.join("gateway.log"),
+        )
+        .expect("gateway starts");
+        gw.wait_for("admin endpoint on", Duration::from_secs(10))
+            .expect("admin endpoint");
+        gw
+    }
+
+    /// One HTTPS GET from `src`; the status, 0 without an HTTP answer.
+    fn get(&self, src: Ipv4Addr, token: Option<&str>) -> u16 {
+        let mut cmd = exec_in(&self.net.pair.client, "curl");
+        cmd.args([
+            "-sk",
+            "--max-time",
+            "2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--interface", &src.to_string()]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = cmd
+            .arg(format!("https://10.77.0.1:{HTTPS_PORT}/api/items"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// A request to the admin endpoint from inside the server namespace, with the token.
+    fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut cmd = exec_in(&self.net.pair.server, "curl");
+        cmd.args([
+            "-s",
+            "--max-time",
+            "5",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")]);
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = cmd
+            .arg(format!("http://{ADMIN}{path}"))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (status.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    fn stats_json(&self) -> Value {
+        let (status, body) = self.admin("GET", "/stats.json", None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("stats.json is JSON")
+    }
+
+    /// The sum of every sample of `name` in `/metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let (status, text) = self.admin("GET", "/metrics", None);
+        assert_eq!(status, 200);
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+/// Where the screenshots go: `target/dashboard-e2e/`.
+fn artefacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("dashboard-e2e");
+    std::fs::create_dir_all(&dir).expect("artefact dir");
+    dir
+}
+
+/// `data-value` of the element `id` as a number.
+fn shown(b: &mut Browser, id: &str) -> Result<Option<u64>> {
+    let v = b.eval(&format!(
+        "document.getElementById({}).dataset.value",
+        json!(id)
+    ))?;
+    Ok(v.as_str().and_then(|s| s.parse().ok()))
+}
+
+#[test]
+fn the_dashboard_shows_the_gateway_and_lifts_a_ban() {
+    let Some(env) = Env::new() else { return };
+    let _gw = env.start();
+    let token = cli_ok(&[
+        "token",
+        "mint",
+        "--key",
+        &env.secret.display().to_string(),
+        "--alg",
+        "HS256",
+        "--claims",
+        r#"{"scope":"read write","sub":"dashboard"}"#,
+    ])
+    .trim()
+    .to_owned();
+
+    // Traffic: 6 valid requests, 2 with a broken token, 1 without one.
+    for _ in 0..6 {
+        assert_eq!(env.get(CLIENT, Some(&token)), 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(env.get(CLIENT, Some("not.a.token")), 401);
+    }
+    assert_eq!(env.get(CLIENT, None), 401);
+    // A ban through the deny API; the banned source's SYNs are then dropped in XDP.
+    let (status, body) = env.admin(
+        "POST",
+        "/deny",
+        Some(r#"{"target":"10.77.0.3","ttl":"10m","reason":"dashboard-e2e"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        env.get(BANNED, Some(&token)),
+        0,
+        "the banned source gets no answer"
+    );
+
+    let mut b = Browser::launch(&env.net.pair.server, &env.net.dir).expect("chromium starts");
+    b.emulate(1280, 900, false, "light").expect("emulate");
+    b.call(
+        "Page.navigate",
+        json!({ "url": format!("http://{ADMIN}/") }),
+    )
+    .expect("navigate");
+
+    // The token is asked for; a wrong one is refused, the right one kept in the tab only.
+    b.wait_for(
+        "!document.getElementById('login').hidden",
+        Duration::from_secs(10),
+    )
+    .expect("the login form shows");
+    assert_eq!(
+        b.eval("document.getElementById('main').hidden")
+            .expect("eval"),
+        true
+    );
+    for (attempt, secret) in [
+        ("wrong", "not-the-admin-token-at-all"),
+        ("right", ADMIN_TOKEN),
+    ] {
+        b.eval("document.getElementById('token').focus()")
+            .expect("focus");
+        b.call("Input.insertText", json!({ "text": secret }))
+            .expect("type");
+        b.click("#login-form button[type=submit]").expect("sign in");
+        if attempt == "wrong" {
+            b.wait_for(
+                "document.getElementById('login-message').textContent.includes('refused')",
+                Duration::from_secs(10),
+            )
+            .expect("a wrong token is refused");
+            assert_eq!(
+                b.eval("document.getElementById('main').hidden")
+                    .expect("eval"),
+                true
+            );
+        }
+    }
+    b.wait_for(
+        "!document.getElementById('main').hidden && document.getElementById('c-requests').dataset.value",
+        Duration::from_secs(10),
+    )
+    .expect("the dashboard shows data after signing in");
+    assert_eq!(
+        b.eval(
+            "[sessionStorage.getItem('gateway-admin-token'), localStorage.length, document.cookie]"
+        )
+        .expect("eval"),
+        json!([ADMIN_TOKEN, 0, ""]),
+        "the token is in the tab's session storage only"
+    );
+    // Enough samples for rates and chart lines.
+    b.wait_for(
+        "document.querySelectorAll('#ch-requests path.line').length > 0",
+        Duration::from_secs(10),
+    )
+    .expect("the request chart draws");
+
+    // The numbers shown are those of /stats.json and /metrics.
+    let stats = env.stats_json();
+    assert_eq!(stats["user_plane"]["requests"], 9, "{stats}");
+    assert_eq!(env.metric("gateway_requests_total"), 9);
+    assert_eq!(shown(&mut b, "c-requests").expect("eval"), Some(9));
+    assert_eq!(
+        b.eval("document.getElementById('c-requests').textContent")
+            .expect("eval"),
+        "9"
+    );
+    let denials: u64 = stats["user_plane"]["denials"]
+        .as_object()
+        .expect("denials")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(denials, 3);
+    assert_eq!(env.metric("gateway_denials_total"), 3);
+    assert_eq!(shown(&mut b, "c-denials").expect("eval"), Some(3));
+    assert_eq!(
+        shown(&mut b, "c-verifications").expect("eval"),
+        stats["user_plane"]["verify"]["count"].as_u64()
+    );
+    // Kernel counters move with any packet on the veth (neighbour discovery too): compare
+    // the page with /stats.json and /metrics read around the same poll.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let before = env.stats_json();
+        let metric = env.metric("gateway_kernel_packets_total");
+        std::thread::sleep(Duration::from_millis(1200));
+        let page = shown(&mut b, "c-packets").expect("eval");
+        let after = env.stats_json();
+        let (p0, p1) = (
+            before["totals"]["packets"].as_u64(),
+            after["totals"]["packets"].as_u64(),
+        );
+        if p0.is_some() && p0 == p1 && page == p0 && Some(metric) == p0 {
+            let drops = ["dropped_deny", "dropped_deny_cidr", "dropped_rate"]
+                .iter()
+                .map(|k| after["totals"][k].as_u64().unwrap_or(0))
+                .sum::<u64>();
+            assert!(drops >= 1, "the banned source's SYNs were dropped: {after}");
+            assert_eq!(shown(&mut b, "c-drops").expect("eval"), Some(drops));
+            let client = CLIENT.to_string();
+            let src = after["top_sources"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["addr"] == client.as_str()))
+                .expect("the client is a top source")
+                .clone();
+            let row = b
+                .eval(&format!(
+                    "Array.from(document.querySelectorAll('#sources tr[data-addr=\"{client}\"] td')).map(td => td.dataset.value || td.textContent)"
+                ))
+                .expect("eval");
+            assert_eq!(row[1], src["packets"].to_string(), "{row}");
+            assert_eq!(row[3], src["syns"].to_string(), "{row}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "page {page:?}, stats.json {p0:?}/{p1:?}, /metrics {metric}"
+        );
+    }
+
+    // Every metric the Grafana dashboard and the alert rules query is exported. The JWKS
+    // URL source's two series exist only with a `jwks_url` key source (none here); the
+    // metrics module's own tests cover them.
+    let (_, exported) = env.admin("GET", "/metrics", None);
+    for name in deploy_metric_names() {
+        let jwks_only = [
+            "gateway_keyset_age_seconds",
+            "gateway_key_refresh_failures_total",
+        ];
+        if jwks_only.contains(&name.as_str()) {
+            continue;
+        }
+        let present = exported
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));
+        assert!(
+            present,
+            "deploy/ queries {name}, which /metrics does not export"
+        );
+    }
+
+    // The header: version, listeners, data plane.
+    let header = b
+        .eval("['version','listeners','dataplane'].map(id => document.getElementById(id).textContent)")
+        .expect("eval");
+    assert_eq!(
+        header[0],
+        format!("v{}", stats["version"].as_str().expect("version"))
+    );
+    assert_eq!(header[1], format!("https://10.77.0.1:{HTTPS_PORT}"));
+    assert_eq!(header[2], format!("xdp on {}", env.net.pair.server_if));
+    // The upstream server, in rotation.
+    let upstream = b
+        .eval("Array.from(document.querySelectorAll('#upstreams tbody td')).map(td => td.textContent)")
+        .expect("eval");
+    assert_eq!(upstream[0], "app", "{upstream}");
+    assert_eq!(upstream[2], "in rotation", "{upstream}");
+
+    // The ban's row, with its origin, reason and a countdown that moves.
+    let ban = "#bans tr[data-target=\"10.77.0.3\"]";
+    let cells = b
+        .eval(&format!(
+            "Array.from(document.querySelectorAll('{ban} td')).map(td => td.textContent)"
+        ))
+        .expect("eval");
+    assert_eq!(cells[0], "10.77.0.3", "{cells}");
+    assert_eq!(cells[1], "manual", "{cells}");
+    assert_eq!(cells[2], "dashboard-e2e", "{cells}");
+    let countdown = |b: &mut Browser| -> u64 {
+        let text = b
+            .eval(&format!(
+                "document.querySelector('{ban} td.countdown').textContent"
+            ))
+            .expect("eval");
+        let text = text.as_str().expect("text").to_owned();
+        let (m, s) = text.split_once("m ").expect("`Nm SSs`");
+        m.parse::<u64>().expect("minutes") * 60
+            + s.trim_end_matches('s').parse::<u64>().expect("seconds")
+    };
+    let first = countdown(&mut b);
+    assert!((500..=600).contains(&first), "{first}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let second = countdown(&mut b);
+    assert!(
+        second < first && first - second <= 4,
+        "{first} then {second}"
+    );
+
+    // No layout jumps: the cards and charts keep their boxes across polls.
+    let boxes = "Array.from(document.querySelectorAll('.card, .chart')).map(e => { const r = e.getBoundingClientRect(); return [Math.round(r.x), Math.round(r.y + scrollY), Math.round(r.width), Math.round(r.height)]; })";
+    let layout = b.eval(boxes).expect("eval");
+    assert_eq!(
+        layout.as_array().map(Vec::len),
+        Some(16),
+        "8 cards and 8 charts"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        b.eval(boxes).expect("eval"),
+        layout,
+        "cards and charts moved between polls"
+    );
+
+    // Screenshots: laptop and phone, light and dark, after a few seconds of traffic so that
+    // the charts have lines (bounded: 40 requests, a quarter of them refused).
+    for i in 0..40 {
+        let t = if i % 4 == 0 {
+            "not.a.token"
+        } else {
+            token.as_str()
+        };
+        assert_ne!(env.get(CLIENT, Some(t)), 0);
+    }
+    let out = artefacts();
+    for (name, width, height, mobile, scheme) in [
+        ("laptop-light", 1280, 900, false, "light"),
+        ("laptop-dark", 1280, 900, false, "dark"),
+        ("phone-light", 390, 844, true, "light"),
+        ("phone-dark", 390, 844, true, "dark"),
+    ] {
+        b.emulate(width, height, mobile, scheme).expect("emulate");
+        std::thread::sleep(Duration::from_millis(1500));
+        let overflow = b
+            .eval("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            .expect("eval");
+        assert_eq!(overflow, 0, "{name}: the page scrolls sideways");
+        let lift_right = b
+            .eval(&format!(
+                "document.querySelector('{ban} button.lift').getBoundingClientRect().right <= innerWidth"
+            ))
+            .expect("eval");
+        assert_eq!(lift_right, true, "{name}: the lift button is off screen");
+        b.screenshot(&out.join(format!("{name}.png")))
+            .expect("screenshot");
+    }
+    b.emulate(1280, 900, false, "light").expect("emulate");
+
+    // The deny map's fill level is in /metrics (for the "nearly full" alert).
+    assert_eq!(env.metric("gateway_kernel_deny_entries"), 1);
+    assert_eq!(env.metric("gateway_kernel_deny_capacity"), 65536);
+
+    // Lifting the ban from the page goes through the deny API and the row goes away.
+    b.click(&format!("{ban} button.lift")).expect("click lift");
+    b.wait_for(
+        &format!("document.querySelector('{ban}') === null"),
+        Duration::from_secs(10),
+    )
+    .expect("the ban's row disappears");
+    let (status, list) = env.admin("GET", "/deny", None);
+    assert_eq!(status, 200);
+    assert!(!list.contains("10.77.0.3"), "{list}");
+    assert_eq!(env.metric("gateway_kernel_deny_entries"), 0);
+    assert_eq!(
+        env.get(BANNED, Some(&token)),
+        200,
+        "the lifted source gets answers again"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        b.eval(&format!("document.querySelector('{ban}') === null"))
+            .expect("eval"),
+        true,
+        "the row stays away after the next poll"
+    );
+    assert_eq!(
+        b.eval("document.getElementById('notice').hidden")
+            .expect("eval"),
+        true
+    );
+
+    // No console errors but the two refusals before signing in (no token, wrong token).
+    let errors = b.errors();
+    let (refusals, other): (Vec<_>, Vec<_>) = errors
+        .iter()
+        .partition(|e| e.contains("403") && e.contains("/stats.json"));
+    assert!(other.is_empty(), "console errors: {other:#?}");
+    assert_eq!(refusals.len(), 2, "{errors:#?}");
+}
+
+// ---- the monitoring files in deploy/ --------------------------------------------------------
+
+fn deploy_file(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml(rel: &str) -> Yaml {
+    let mut docs = YamlLoader::load_from_str(&deploy_file(rel))
+        .unwrap_or_else(|e| panic!("deploy/{rel} is not YAML: {e}"));
+    assert_eq!(docs.len(), 1, "deploy/{rel}: one document");
+    docs.remove(0)
+}
+
+/// Every PromQL expression in the Grafana dashboard and the alert rules.
+fn deploy_exprs() -> Vec<String> {
+    let mut out = Vec::new();
+    let rules = yaml("prometheus/alerts.yml");
+    for group in rules["groups"].as_vec().expect("groups") {
+        for rule in group["rules"].as_vec().expect("rules") {
+            out.push(rule["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    let dash: Value =
+        serde_json::from_str(&deploy_file("grafana/gateway.json")).expect("the dashboard is JSON");
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            out.push(t["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    out
+}
+
+/// The `gateway_*` series the expressions use, histogram suffixes folded into the series
+/// name `/metrics` prints.
+fn deploy_metric_names() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for expr in deploy_exprs() {
+        let mut rest = expr.as_str();
+        while let Some(i) = rest.find("gateway_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            // Not part of a longer identifier or a label value.
+            let before = rest[..i].chars().next_back();
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '"') {
+                names.insert(tail[..end].to_owned());
+            }
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+/// Brackets and quotes balance (what a typo in hand-written PromQL breaks first).
+fn balanced(expr: &str) -> bool {
+    let mut stack = Vec::new();
+    let mut quoted = false;
+    for c in expr.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            _ if quoted => {}
+            '(' | '[' | '{' => stack.push(c),
+            ')' | ']' | '}' => {
+                let open = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                if stack.pop() != Some(open) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    stack.is_empty() && !quoted
+}
+
+#[test]
+fn alert_rules_are_well_formed_and_cover_what_an_operator_must_see() {
+    let rules = yaml("prometheus/alerts.yml");
+    let mut names = Vec::new();
+    for group in rules["groups"].as_vec().expect("a list of groups") {
+        assert!(
+            group["name"].as_str().is_some_and(|n| !n.is_empty()),
+            "group name"
+        );
+        for rule in group["rules"].as_vec().expect("a list of rules") {
+            let name = rule["alert"]
+                .as_str()
+                .expect("every rule is an alert")
+                .to_owned();
+            assert!(
+                name.starts_with("Gateway") && name.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{name}"
+            );
+            let expr = rule["expr"].as_str().expect("expr");
+            assert!(!expr.trim().is_empty() && balanced(expr), "{name}: {expr}");
+            assert!(
+                matches!(
+                    rule["labels"]["severity"].as_str(),
+                    Some("warning" | "critical")
+                ),
+                "{name}: severity"
+            );
+            for key in ["summary", "description"] {
+                assert!(
+                    rule["annotations"][key]
+                        .as_str()
+                        .is_some_and(|s| !s.is_empty()),
+                    "{name}: {key}"
+                );
+            }
+            if let Some(f) = rule["for"].as_str() {
+                let (n, unit) = f.split_at(f.len() - 1);
+                assert!(
+                    n.parse::<u32>().is_ok() && matches!(unit, "s" | "m" | "h"),
+                    "{name}: for {f}"
+                );
+            } else {
+                assert!(
+                    rule["for"].is_badvalue(),
+                    "{name}: `for` is a duration string"
+                );
+            }
+            for key in rule.as_hash().expect("rule").keys() {
+                let key = key.as_str().expect("key");
+                assert!(
+                    ["alert", "expr", "for", "labels", "annotations"].contains(&key),
+                    "{name}: unknown key {key}"
+                );
+            }
+            names.push(name);
+        }
+    }
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "alert names are unique: {names:?}"
+    );
+    for needed in [
+        "GatewayVerifierFailuresRising",
+        "GatewayJwksStale",
+        "GatewayUpstreamDown",
+        "GatewayDropsSpiking",
+        "GatewayDenyMapNearlyFull",
+    ] {
+        assert!(names.iter().any(|n| n == needed), "{needed} missing");
+    }
+    // The promtool unit tests name only alerts that exist, and test each required one.
+    let tests = yaml("prometheus/alerts_test.yml");
+    assert_eq!(tests["rule_files"][0].as_str(), Some("alerts.yml"));
+    let mut tested = Vec::new();
+    for t in tests["tests"].as_vec().expect("tests") {
+        for a in t["alert_rule_test"].as_vec().expect("alert_rule_test") {
+            let name = a["alertname"].as_str().expect("alertname").to_owned();
+            assert!(
+                names.contains(&name),
+                "alerts_test.yml tests unknown {name}"
+            );
+            tested.push(name);
+        }
+    }
+    for needed in [
+        "GatewayVerifierFailuresRising",
+        "GatewayJwksStale",
+        "GatewayUpstreamDown",
+        "GatewayDropsSpiking",
+        "GatewayDenyMapNearlyFull",
+    ] {
+        assert!(
+            tested.iter().any(|n| n == needed),
+            "{needed} has no promtool test"
+        );
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_is_well_formed() {
+    let dash: Value =
+        serde_json::from_str(&deploy_file("grafana/gateway.json")).expect("the dashboard is JSON");
+    assert_eq!(dash["title"], "gateway");
+    assert!(dash["uid"]
+        .as_str()
+        .is_some_and(|u| !u.is_empty() && u.len() <= 40));
+    assert!(dash["schemaVersion"].as_u64().is_some_and(|v| v >= 30));
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["datasource", "instance"]);
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut ids = std::collections::BTreeSet::new();
+    // Every grid cell is used by at most one panel.
+    let mut cells = std::collections::BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().expect("title");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("id")),
+            "{title}: duplicate id"
+        );
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_u64().expect("x"),
+            g["y"].as_u64().expect("y"),
+            g["w"].as_u64().expect("w"),
+            g["h"].as_u64().expect("h"),
+        );
+        assert!(w > 0 && h > 0 && x + w <= 24, "{title}: {g}");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(
+                    cells.insert((cx, cy)),
+                    "{title} overlaps another panel at {cx},{cy}"
+                );
+            }
+        }
+        if p["type"] == "row" {
+            continue;
+        }
+        assert!(
+            matches!(p["type"].as_str(), Some("timeseries" | "stat")),
+            "{title}"
+        );
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no queries");
+        let mut refs = std::collections::BTreeSet::new();
+        for t in targets {
+            assert!(
+                refs.insert(t["refId"].as_str().expect("refId")),
+                "{title}: refId"
+            );
+            let expr = t["expr"].as_str().expect("expr");
+            assert!(balanced(expr), "{title}: {expr}");
+            assert!(
+                expr.contains("instance=~\"$instance\""),
+                "{title}: not filtered by instance: {expr}"
+            );
+        }
+        assert!(
+            p["fieldConfig"]["defaults"]["unit"].is_string(),
+            "{title}: unit"
+        );
+    }
+    // The charts the dashboard page has are there too.
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for needed in [
+        "Requests/s by status class",
+        "Denials/s by reason",
+        "Token verification latency",
+        "Token cache hit ratio",
+        "Kernel packets/s",
+        "Kernel drops/s by verdict",
+        "SYN rate-limit trips/s",
+        "Upstream errors/s",
+        "Deny map entries",
+    ] {
+        assert!(titles.contains(&needed), "{needed} missing: {titles:?}");
+    }
+    assert!(deploy_metric_names().len() > 20);
+}
