@@ -62,7 +62,12 @@ pub static DENIAL_REASONS: std::sync::LazyLock<Vec<&'static str>> =
 pub const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "timeout", "no_healthy", "protocol"];
 
 /// Reasons a connection is refused at accept; anything else counts as `other`.
-pub const REFUSAL_REASONS: &[&str] = &["per_source_limit"];
+pub const REFUSAL_REASONS: &[&str] = &[
+    "per_source_limit",
+    "denied",
+    "untrusted_proxy",
+    "proxy_header",
+];
 
 /// The `other` label value for reasons and kinds outside the fixed lists.
 const OTHER: &str = "other";

@@ -141,7 +141,7 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = None;
     if config.has_proxy() {
-        match start_proxy(&config, abuse.clone(), shutdown_rx.clone()).await {
+        match start_proxy(&config, abuse.clone(), deny.clone(), shutdown_rx.clone()).await {
             Ok(started) => {
                 proxy_task = Some(started.task);
                 certs = started.certs;
@@ -217,6 +217,7 @@ struct StartedProxy {
 async fn start_proxy(
     config: &Config,
     abuse: Option<Arc<AbuseEngine>>,
+    deny: Arc<DenyStore>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StartedProxy, String> {
     let listen = config.listen.clone().unwrap_or_default();
@@ -294,8 +295,9 @@ async fn start_proxy(
         proxies.push(Arc::new(proxy.for_worker(config)));
     }
     proxies.push(Arc::new(proxy));
-    let threads = server::spawn_workers(proxies, listeners, acceptor, &listen, shutdown)
-        .map_err(|e| format!("cannot start the proxy workers: {e}"))?;
+    let threads =
+        server::spawn_workers(proxies, listeners, acceptor, &listen, Some(deny), shutdown)
+            .map_err(|e| format!("cannot start the proxy workers: {e}"))?;
     // One task that ends when every worker has drained and stopped.
     let task = tokio::task::spawn_blocking(move || {
         for t in threads {

@@ -1,7 +1,9 @@
 //! `[runtime]`, `[listen]`, `[tls]`, `[[upstream]]` and `[[route]]`: the proxy's sections.
 
 use super::Issue;
+use crate::ebpf::Target;
 use crate::keys::DurationSecs;
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,6 +50,12 @@ pub struct ListenConfig {
     pub max_concurrent_streams: u32,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace: DurationSecs,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from one of
+    /// `trusted_proxies`, which names the real client.
+    pub proxy_protocol: bool,
+    /// Addresses or prefixes of the proxies in front of the gateway: only they may send a
+    /// PROXY header, and their `X-Forwarded-For` is believed on plain-HTTP listeners.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -64,6 +72,8 @@ impl Default for ListenConfig {
             max_body_bytes: 10 * 1024 * 1024,
             max_concurrent_streams: 128,
             shutdown_grace: secs(10),
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -99,6 +109,13 @@ impl ListenConfig {
         if self.max_concurrent_streams == 0 {
             return Err(Issue::new("max_concurrent_streams", "must be at least 1"));
         }
+        let trusted = self.trusted_proxy_nets()?;
+        if self.proxy_protocol && trusted.is_empty() {
+            return Err(Issue::new(
+                "proxy_protocol",
+                "needs trusted_proxies: the addresses allowed to send a PROXY header",
+            ));
+        }
         for (key, d) in [
             ("tls_handshake_timeout", self.tls_handshake_timeout),
             ("header_read_timeout", self.header_read_timeout),
@@ -108,6 +125,26 @@ impl ListenConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl ListenConfig {
+    /// `trusted_proxies` as prefixes (an address is its /32 or /128). A prefix covering a
+    /// whole address family is refused: it would let anyone name any client.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<IpNet>, Issue> {
+        let key = "trusted_proxies";
+        self.trusted_proxies
+            .iter()
+            .map(|s| match s.parse::<Target>() {
+                Err(e) => Err(Issue::new(key, format!("`{s}`: {e}"))),
+                Ok(Target::Addr(a)) => Ok(IpNet::from(a)),
+                Ok(Target::Net(n)) if n.prefix_len() == 0 => Err(Issue::new(
+                    key,
+                    format!("`{s}` trusts every address: anyone could name any client"),
+                )),
+                Ok(Target::Net(n)) => Ok(n),
+            })
+            .collect()
     }
 }
 

@@ -2,6 +2,7 @@
 //! → scopes → headers for the upstream → upstream → response. Every refusal is answered here,
 //! before the upstream pays anything, and counted by reason.
 
+use super::client_addr::ForwardedClient;
 use super::forwarding::Forwarding;
 use super::host::request_host;
 use super::idle::Activity;
@@ -29,7 +30,13 @@ use std::time::Instant;
 /// What the server knows about a connection, shared by its requests.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// The client: the TCP peer, or the address a trusted proxy's PROXY header named.
     pub peer: SocketAddr,
+    /// The trusted proxy the connection came through, when a PROXY header named the client.
+    pub via: Option<SocketAddr>,
+    /// The peer is a trusted proxy on a plain-HTTP listener: its `X-Forwarded-For` names
+    /// each request's client (see [`super::client_addr`]).
+    pub trust_forwarded_for: bool,
     /// Forwarding header values (they carry whether the connection is TLS), built once for
     /// the connection.
     pub forwarding: Forwarding,
@@ -41,8 +48,19 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
         Self {
             peer,
+            via: None,
+            trust_forwarded_for: false,
             forwarding: Forwarding::new(peer.ip(), tls),
             activity: Activity::new(),
+        }
+    }
+
+    /// The address of one request's client: the connection's, or the one a trusted
+    /// proxy's `X-Forwarded-For` named (found at the connection, see `server::drive`).
+    pub fn client_of<B>(&self, req: &Request<B>) -> std::net::IpAddr {
+        match req.extensions().get::<ForwardedClient>() {
+            Some(c) => c.0,
+            None => self.peer.ip(),
         }
     }
 }
@@ -182,6 +200,7 @@ impl Proxy {
         ambiguous_framing: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let _in_progress = conn.activity.request(req.version());
+        let client = conn.client_of(&req);
         let is_head = req.method() == http::Method::HEAD;
         let (route, mut resp) = if ambiguous_framing {
             let r = plain_error(
@@ -196,7 +215,7 @@ impl Proxy {
         let status = resp.status();
         self.metrics.request(route, status.as_u16());
         if let Some(abuse) = &self.abuse {
-            let ip = conn.peer.ip();
+            let ip = client;
             abuse.record(ip, Signal::Request);
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 abuse.record(ip, Signal::AuthFailure);
@@ -451,7 +470,11 @@ impl Proxy {
         if let Some(t) = token {
             route.claim_headers.apply(t, headers);
         }
-        conn.forwarding.apply(headers, host);
+        match parts.extensions.get::<ForwardedClient>() {
+            // Named by a trusted proxy's X-Forwarded-For: its own values, per request.
+            Some(c) => Forwarding::new(c.0, false).apply(headers, host),
+            None => conn.forwarding.apply(headers, host),
+        }
         // A target with an authority (absolute form, HTTP/2) names the host: the upstream
         // gets that, never a Host header the client added that says otherwise.
         if let Some(auth) = parts.uri.authority() {
