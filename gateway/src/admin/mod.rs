@@ -4,8 +4,16 @@
 //! Small on purpose: HTTP/1.1 only; the read-only paths take GET/HEAD and no authentication
 //! (hence loopback by default, see [`crate::config::admin`]); the deny API needs a loopback
 //! client or the configured API token. It runs on the gateway's runtime, so it guards
-//! against a misbehaving local client eating resources: a bounded number of connections and a
-//! header-read timeout that also closes idle keep-alive connections.
+//! against a misbehaving local client eating resources: a bounded number of connections, a
+//! header-read timeout that also closes idle keep-alive connections, and a body deadline.
+//!
+//! A web page can make a browser send requests to loopback, so every request with an
+//! `Origin` header is refused, and the `Host` must name this endpoint (its address or
+//! `localhost`: a DNS-rebinding page's requests carry the attacker's host name). The same
+//! endpoint can also be served on a Unix socket (`[admin] socket`, mode 0660), whose file
+//! permissions decide who talks to it.
+
+mod socket;
 
 pub mod client;
 pub mod deny_api;
@@ -20,7 +28,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +61,20 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
+    /// The Unix socket could not be made.
+    #[error("admin socket {}: {message}", path.display())]
+    Socket {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+/// Who is on the other end of an admin connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A local process the socket's permissions let in.
+    Unix,
 }
 
 /// A bound, not yet serving, admin socket.
@@ -60,7 +82,8 @@ pub enum AdminError {
 pub struct AdminListener {
     listener: TcpListener,
     addr: SocketAddr,
-    deny: Option<(Arc<DenyStore>, deny_api::Access)>,
+    socket: Option<socket::AdminSocket>,
+    deny: Option<deny_api::DenyApi>,
     access: deny_api::Access,
 }
 
@@ -97,9 +120,14 @@ pub async fn bind(cfg: &AdminConfig) -> Result<AdminListener, AdminError> {
     };
     let listener = TcpListener::bind(cfg.listen).await.map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
+    let socket = match &cfg.socket {
+        Some(path) => Some(socket::AdminSocket::bind(path)?),
+        None => None,
+    };
     Ok(AdminListener {
         listener,
         addr,
+        socket,
         deny: None,
         access,
     })
@@ -111,9 +139,19 @@ impl AdminListener {
         self.addr
     }
 
-    /// Serves the deny API from `store` too.
-    pub fn with_deny(mut self, store: Arc<DenyStore>) -> Self {
-        self.deny = Some((store, self.access.clone()));
+    /// The Unix socket's path, when one is served.
+    pub fn socket_path(&self) -> Option<&std::path::Path> {
+        self.socket.as_ref().map(socket::AdminSocket::path)
+    }
+
+    /// Serves the deny API from `store` too. `enforced`: whether anything acts on a deny
+    /// (the data plane, or the proxy's user-space check); without, the API says so.
+    pub fn with_deny(mut self, store: Arc<DenyStore>, enforced: bool) -> Self {
+        self.deny = Some(deny_api::DenyApi {
+            store,
+            access: self.access.clone(),
+            enforced,
+        });
         self
     }
 
@@ -133,10 +171,12 @@ impl AdminListener {
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_headers(64);
         tokio::pin!(shutdown);
+        let hosts = Arc::new(HostCheck::new(self.addr));
         loop {
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
-                a = self.listener.accept() => a,
+                a = self.listener.accept() => a.map(|(s, peer)| (Io::Tcp(s), Peer::Tcp(peer))),
+                a = socket::accept(self.socket.as_ref()) => a.map(|s| (Io::Unix(s), Peer::Unix)),
             };
             while conns.try_join_next().is_some() {}
             let (stream, peer) = match accepted {
@@ -153,34 +193,29 @@ impl AdminListener {
                 continue;
             }
             let (metrics, ready) = (Arc::clone(&metrics), Arc::clone(&ready));
-            let deny = self.deny.clone();
+            let (deny, hosts) = (self.deny.clone(), hosts.clone());
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (metrics, ready, deny) = (metrics.clone(), ready.clone(), deny.clone());
+                let refused = hosts.refuse(&req);
                 async move {
-                    let resp = match &deny {
-                        Some((store, access)) if req.uri().path().starts_with("/deny") => {
-                            deny_api::handle(req, peer, store, access).await
+                    let resp = match (refused, &deny) {
+                        (Some(r), _) => r,
+                        (None, Some(api)) if req.uri().path().starts_with("/deny") => {
+                            api.handle(req, peer).await
                         }
                         _ => handle(&req, &metrics, &ready),
                     };
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let mut stop = stop_rx.clone();
-            conns.spawn(async move {
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    // Also when the sender is gone: the server loop has ended either way.
-                    () = async { drop(stop.wait_for(|s| *s).await) } => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-            });
+            let stop = stop_rx.clone();
+            match stream {
+                Io::Tcp(s) => conns.spawn(serve_one(&builder, s, service, stop)),
+                Io::Unix(s) => conns.spawn(serve_one(&builder, s, service, stop)),
+            };
         }
         drop(self.listener);
+        drop(self.socket);
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while conns.join_next().await.is_some() {}
@@ -190,6 +225,98 @@ impl AdminListener {
             conns.abort_all();
         }
         tracing::debug!(addr = %self.addr, "admin endpoint stopped");
+    }
+}
+
+/// An accepted admin connection of either kind.
+enum Io {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Serves one connection until it ends, or finishes it gracefully once `stop` is set.
+fn serve_one<I, S>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    async move {
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            // Also when the sender is gone: the server loop has ended either way.
+            () = async { drop(stop.wait_for(|s| *s).await) } => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+/// The requests a web page could make a browser send: refused before anything else.
+struct HostCheck {
+    addr: SocketAddr,
+}
+
+impl HostCheck {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr }
+    }
+
+    /// The refusal for a request with an `Origin` or a `Host` other than this endpoint's
+    /// address or `localhost` (with this port or none).
+    fn refuse(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        if req.headers().contains_key(hyper::header::ORIGIN) {
+            return Some(response(
+                StatusCode::FORBIDDEN,
+                TEXT,
+                "requests with an Origin header are refused (browsers send it)\n",
+            ));
+        }
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        if !host.is_some_and(|h| self.accepts(h)) {
+            return Some(response(
+                StatusCode::FORBIDDEN,
+                TEXT,
+                "the Host header must be this endpoint's address or localhost\n",
+            ));
+        }
+        None
+    }
+
+    fn accepts(&self, host: &str) -> bool {
+        let Ok(authority) = host.parse::<http::uri::Authority>() else {
+            return false;
+        };
+        if authority.port_u16().is_some_and(|p| p != self.addr.port()) {
+            return false;
+        }
+        let name = authority.host();
+        if name.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        let literal = name.trim_start_matches('[').trim_end_matches(']');
+        match literal.parse::<IpAddr>() {
+            // An address literal never comes from DNS; on a wildcard listener any of the
+            // host's addresses reaches us.
+            Ok(ip) => ip == self.addr.ip() || self.addr.ip().is_unspecified(),
+            Err(_) => false,
+        }
     }
 }
 

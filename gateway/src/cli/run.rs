@@ -171,7 +171,15 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
                         }
                     }
                 };
-                let listener = listener.with_deny(deny.clone());
+                if let Some(path) = listener.socket_path() {
+                    eprintln!("gateway: admin endpoint on unix:{}", path.display());
+                }
+                // A deny acts through the data plane, or the proxy's user-space check.
+                let enforced = plane.is_some() || config.has_proxy();
+                if !enforced {
+                    tracing::warn!("{}", admin::deny_api::NOT_ENFORCED);
+                }
+                let listener = listener.with_deny(deny.clone(), enforced);
                 admin_task = Some(tokio::spawn(listener.serve(m, ready.clone(), stop)));
             }
             Err(e) => return fail(EXIT_FAILURE, e),

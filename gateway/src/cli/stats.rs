@@ -30,6 +30,9 @@ pub struct StatsArgs {
     /// [admin] listen, else 127.0.0.1:9901]. Not answering is not an error.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Admin Unix socket to read them from instead (takes precedence over --admin).
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<std::path::PathBuf>,
     #[command(flatten)]
     maps: MapsArgs,
 }
@@ -96,7 +99,7 @@ pub fn run(args: StatsArgs) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(EXIT_FAILURE, e),
         };
-        let unreachable = match admin.map(|a| (a, user_plane::fetch(a))) {
+        let unreachable = match admin.as_ref().map(|a| (a, user_plane::fetch(a))) {
             Some((_, Ok(up))) => {
                 snapshot.user_plane = Some(up);
                 None
@@ -142,20 +145,23 @@ pub fn run(args: StatsArgs) -> ExitCode {
     }
 }
 
-/// `--admin`, else the config's `[admin] listen` (none when the config has no `[admin]`),
-/// else the default address.
-fn admin_addr(args: &StatsArgs) -> Option<SocketAddr> {
-    if let Some(a) = args.admin {
-        return Some(a);
+/// `--admin-socket`, `--admin`, else the config's `[admin]` socket or listen (none when the
+/// config has no `[admin]`), else the default socket or address (see
+/// [`crate::admin::client::Choice`]).
+fn admin_addr(args: &StatsArgs) -> Option<crate::admin::client::Endpoint> {
+    // The config was loaded (and validated) once already to find the maps.
+    let config = args
+        .maps
+        .config
+        .as_ref()
+        .map(|file| crate::config::Config::load(file).ok().and_then(|c| c.admin));
+    crate::admin::client::Choice {
+        socket: args.admin_socket.as_deref(),
+        addr: args.admin,
+        config: config.as_ref().map(Option::as_ref),
+        defaults: true,
     }
-    match &args.maps.config {
-        // The config was loaded (and validated) once already to find the maps.
-        Some(file) => crate::config::Config::load(file)
-            .ok()
-            .and_then(|c| c.admin)
-            .map(|a| a.listen),
-        None => Some(crate::config::admin::DEFAULT_LISTEN),
-    }
+    .endpoint()
 }
 
 fn collect(
@@ -257,7 +263,6 @@ pub mod user_plane {
     use serde::Serialize;
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
-    use std::net::SocketAddr;
     use std::time::Duration;
 
     /// How long `gateway stats` waits for the admin endpoint (connect, then each read).
@@ -320,7 +325,7 @@ pub mod user_plane {
     }
 
     /// Reads and summarises `/metrics` at `addr`.
-    pub fn fetch(addr: SocketAddr) -> Result<UserPlane, FetchError> {
+    pub fn fetch(addr: &client::Endpoint) -> Result<UserPlane, FetchError> {
         let text = client::get(addr, "/metrics", TIMEOUT)?;
         Ok(summarise(addr, &client::parse(&text)))
     }
@@ -335,7 +340,7 @@ pub mod user_plane {
     }
 
     /// Builds the summary from parsed samples.
-    pub fn summarise(addr: SocketAddr, samples: &[Sample]) -> UserPlane {
+    pub fn summarise(addr: impl std::fmt::Display, samples: &[Sample]) -> UserPlane {
         let mut up = UserPlane {
             admin: addr.to_string(),
             ..UserPlane::default()
@@ -529,6 +534,7 @@ pub mod user_plane {
     mod tests {
         use super::*;
         use crate::metrics::Metrics;
+        use std::net::SocketAddr;
 
         fn addr() -> SocketAddr {
             SocketAddr::from(([127, 0, 0, 1], 9901))

@@ -10,6 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 /// The address used when `[admin]` omits `listen` (and by `gateway stats` without a config).
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
 
+/// Where `[admin] socket` conventionally lives; `gateway deny` and `gateway stats` without
+/// a config try it first.
+pub const DEFAULT_SOCKET: &str = "/run/gateway/admin.sock";
+
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN
 }

@@ -347,3 +347,37 @@ impl RouteConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    fn listen(text: &str) -> ListenConfig {
+        toml::from_str(text).expect("parses")
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_prefixes() {
+        let l = listen("trusted_proxies = [\"10.0.0.1\", \"192.0.2.0/24\", \"2001:db8::/48\"]");
+        let nets = l.trusted_proxy_nets().expect("valid");
+        let shown: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.1/32", "192.0.2.0/24", "2001:db8::/48"]);
+        assert!(l.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_or_all_covering_trusted_proxies_are_refused() {
+        for bad in ["x", "10.0.0.0/33", "10.0.0.1/8", "0.0.0.0/0", "::/0"] {
+            let l = listen(&format!("trusted_proxies = [\"{bad}\"]"));
+            assert_eq!(l.validate().expect_err(bad).key, "trusted_proxies");
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        let l = listen("proxy_protocol = true");
+        assert_eq!(l.validate().expect_err("no list").key, "proxy_protocol");
+        let l = listen("proxy_protocol = true\ntrusted_proxies = [\"10.0.0.1\"]");
+        assert!(l.validate().is_ok());
+    }
+}
