@@ -153,9 +153,21 @@ pub enum FetchError {
     NotUtf8,
 }
 
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        Endpoint::Tcp(a)
+    }
+}
+
+impl From<&Endpoint> for Endpoint {
+    fn from(e: &Endpoint) -> Self {
+        e.clone()
+    }
+}
+
 /// GETs `path` from `addr`; the body of a 200 answer.
-pub fn get(addr: &Endpoint, path: &str, timeout: Duration) -> Result<String, FetchError> {
-    match request(addr, "GET", path, None, None, timeout)? {
+pub fn get(addr: impl Into<Endpoint>, path: &str, timeout: Duration) -> Result<String, FetchError> {
+    match request(&addr.into(), "GET", path, None, None, timeout)? {
         (200, body) => Ok(body),
         (status, _) => Err(FetchError::Status(status)),
     }
