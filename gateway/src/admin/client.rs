@@ -340,6 +340,80 @@ mod tests {
     }
 
     #[test]
+    fn the_socket_comes_first_then_the_address() {
+        use crate::config::admin::{AdminConfig, DEFAULT_LISTEN};
+        let tcp: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
+        let sock = Path::new("/tmp/flag.sock");
+        let with_socket = AdminConfig {
+            socket: Some(PathBuf::from("/run/x/admin.sock")),
+            ..AdminConfig::default()
+        };
+        let without = AdminConfig::default();
+        let pick = |c: Choice<'_>| c.endpoint();
+        // Flags beat the config; the socket flag beats the address flag.
+        let flags = Choice {
+            socket: Some(sock),
+            addr: Some(tcp),
+            config: Some(Some(&without)),
+            defaults: false,
+        };
+        assert_eq!(pick(flags), Some(Endpoint::Unix(sock.into())));
+        let addr_flag = Choice {
+            addr: Some(tcp),
+            config: Some(Some(&with_socket)),
+            ..Choice::default()
+        };
+        assert_eq!(pick(addr_flag), Some(Endpoint::Tcp(tcp)));
+        // The config's socket beats its listen address.
+        let cfg = Choice {
+            config: Some(Some(&with_socket)),
+            ..Choice::default()
+        };
+        assert_eq!(pick(cfg), Some(Endpoint::Unix("/run/x/admin.sock".into())));
+        let cfg = Choice {
+            config: Some(Some(&without)),
+            ..Choice::default()
+        };
+        assert_eq!(pick(cfg), Some(Endpoint::Tcp(DEFAULT_LISTEN)));
+        // A config without [admin]: no endpoint; a pin path alone: none either.
+        let none = Choice {
+            config: Some(None),
+            defaults: true,
+            ..Choice::default()
+        };
+        assert_eq!(pick(none), None);
+        assert_eq!(pick(Choice::default()), None);
+    }
+
+    #[test]
+    fn requests_reach_a_unix_socket_with_host_localhost() {
+        let dir = std::env::temp_dir().join(format!("gw-client-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("a.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).map_or(false, |n| n == 1) {
+                head.push(byte[0]);
+            }
+            c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello")
+                .expect("answer");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        let got = get(&Endpoint::Unix(path), "/metrics", Duration::from_secs(2)).expect("get");
+        assert_eq!(got, "hello");
+        let head = server.join().expect("server");
+        assert!(
+            head.starts_with("GET /metrics HTTP/1.0\r\nHost: localhost\r\n"),
+            "{head}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn closed_port_is_an_error_not_a_hang() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
