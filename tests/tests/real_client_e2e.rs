@@ -90,8 +90,11 @@ state_file = "{d}/deny-state.json"
             up = upstream.addr(),
         );
         std::fs::write(p("gw.toml"), config).expect("config");
-        let proc = GatewayProcess::start_proxy(&p("gw.toml"), &p("gw.log"), 2, &[])
+        let mut proc = GatewayProcess::start_proxy(&p("gw.toml"), &p("gw.log"), 2, &[])
             .expect("gateway starts");
+        // The admin endpoint comes up after the listeners.
+        proc.wait_for("admin endpoint on unix:", Duration::from_secs(10))
+            .expect("admin socket");
         Gw {
             proc,
             upstream,

@@ -396,14 +396,14 @@ mod tests {
             let (mut c, _) = listener.accept().expect("accept");
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).map_or(false, |n| n == 1) {
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).is_ok_and(|n| n == 1) {
                 head.push(byte[0]);
             }
             c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello")
                 .expect("answer");
             String::from_utf8_lossy(&head).into_owned()
         });
-        let got = get(&Endpoint::Unix(path), "/metrics", Duration::from_secs(2)).expect("get");
+        let got = get(Endpoint::Unix(path), "/metrics", Duration::from_secs(2)).expect("get");
         assert_eq!(got, "hello");
         let head = server.join().expect("server");
         assert!(
@@ -418,7 +418,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         drop(l);
-        let e = get(&Endpoint::Tcp(addr), "/metrics", Duration::from_secs(1))
+        let e = get(Endpoint::Tcp(addr), "/metrics", Duration::from_secs(1))
             .expect_err("nothing listens");
         assert!(matches!(e, FetchError::Io(_)), "{e}");
     }

@@ -17,7 +17,12 @@ pub struct TrustedProxies {
 /// The address a request came from when a trusted proxy named it in `X-Forwarded-For`;
 /// kept in the request's extensions, so the request path reads it without parsing again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForwardedClient(pub IpAddr);
+pub struct ForwardedClient {
+    pub ip: IpAddr,
+    /// The client is banned: the kernel sees only the proxy, so the request is answered
+    /// 403 in user space.
+    pub banned: bool,
+}
 
 impl TrustedProxies {
     pub fn new(nets: Vec<IpNet>) -> Self {

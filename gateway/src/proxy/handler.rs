@@ -59,7 +59,7 @@ impl ConnInfo {
     /// proxy's `X-Forwarded-For` named (found at the connection, see `server::drive`).
     pub fn client_of<B>(&self, req: &Request<B>) -> std::net::IpAddr {
         match req.extensions().get::<ForwardedClient>() {
-            Some(c) => c.0,
+            Some(c) => c.ip,
             None => self.peer.ip(),
         }
     }
@@ -201,8 +201,16 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let _in_progress = conn.activity.request(req.version());
         let client = conn.client_of(&req);
+        let banned = req
+            .extensions()
+            .get::<ForwardedClient>()
+            .is_some_and(|c| c.banned);
         let is_head = req.method() == http::Method::HEAD;
-        let (route, mut resp) = if ambiguous_framing {
+        let (route, mut resp) = if banned {
+            // A banned client behind a trusted proxy: the kernel sees only the proxy.
+            let r = plain_error(StatusCode::FORBIDDEN, "forbidden", "this client is banned");
+            (None, r)
+        } else if ambiguous_framing {
             let r = plain_error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -214,7 +222,7 @@ impl Proxy {
         };
         let status = resp.status();
         self.metrics.request(route, status.as_u16());
-        if let Some(abuse) = &self.abuse {
+        if let Some(abuse) = self.abuse.as_ref().filter(|_| !banned) {
             let ip = client;
             abuse.record(ip, Signal::Request);
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -472,7 +480,7 @@ impl Proxy {
         }
         match parts.extensions.get::<ForwardedClient>() {
             // Named by a trusted proxy's X-Forwarded-For: its own values, per request.
-            Some(c) => Forwarding::new(c.0, false).apply(headers, host),
+            Some(c) => Forwarding::new(c.ip, false).apply(headers, host),
             None => conn.forwarding.apply(headers, host),
         }
         // A target with an authority (absolute form, HTTP/2) names the host: the upstream

@@ -5,7 +5,7 @@
 use super::client_addr::{ForwardedClient, TrustedProxies};
 use super::closing::{wait_true, Closer, Reason};
 use super::framing::{FramingWatch, Verdicts};
-use super::handler::{plain_error, ConnInfo, Proxy};
+use super::handler::{ConnInfo, Proxy};
 use super::proxy_protocol::{self, Origin, Prefixed};
 use super::ProxyBody;
 use crate::abuse::Signal;
@@ -233,7 +233,9 @@ pub async fn serve(
 ) {
     let deny = deny.or_else(|| proxy.deny_store().cloned());
     // The config check has refused a list that does not parse.
-    let trusted = TrustedProxies::new(cfg.trusted_proxy_nets().unwrap_or_default());
+    let trusted = Arc::new(TrustedProxies::new(
+        cfg.trusted_proxy_nets().unwrap_or_default(),
+    ));
     let shared = Arc::new(Shared {
         deny: deny.clone(),
         trusted,
@@ -297,7 +299,7 @@ struct Shared {
     /// Bans checked in user space (see [`spawn_workers`]).
     deny: Option<Arc<DenyStore>>,
     /// `[listen] trusted_proxies`.
-    trusted: TrustedProxies,
+    trusted: Arc<TrustedProxies>,
     /// `[listen] proxy_protocol`: every connection starts with a PROXY header.
     proxy_protocol: bool,
     builder: auto::Builder<TokioExecutor>,
@@ -532,29 +534,13 @@ where
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         // One verdict per HTTP/1 request head, taken in order (HTTP/2 has none).
         let ambiguous = req.version() < hyper::Version::HTTP_2 && verdicts.next_is_ambiguous();
-        let mut refused = false;
         if conn.trust_forwarded_for {
-            if let Some(client) = trusted.forwarded_client(req.headers()) {
-                // A banned client behind a proxy: the kernel sees only the proxy.
-                refused = deny.as_ref().is_some_and(|d| d.is_denied(client));
-                req.extensions_mut().insert(ForwardedClient(client));
+            if let Some(ip) = trusted.forwarded_client(req.headers()) {
+                let banned = deny.as_ref().is_some_and(|d| d.is_denied(ip));
+                req.extensions_mut().insert(ForwardedClient { ip, banned });
             }
         }
-        let (proxy, conn) = (proxy.clone(), conn.clone());
-        let answer = (!refused).then(|| serve(proxy.clone(), conn, req, ambiguous));
-        async move {
-            match answer {
-                Some(f) => f.await,
-                None => {
-                    proxy.metrics().request(None, 403);
-                    Ok(plain_error(
-                        hyper::StatusCode::FORBIDDEN,
-                        "forbidden",
-                        "this client is banned",
-                    ))
-                }
-            }
-        }
+        serve(proxy.clone(), conn.clone(), req, ambiguous)
     });
     let connection = shared
         .builder
