@@ -177,7 +177,10 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
                 // A deny acts through the data plane, or the proxy's user-space check.
                 let enforced = plane.is_some() || config.has_proxy();
                 if !enforced {
-                    tracing::warn!("{}", admin::deny_api::NOT_ENFORCED);
+                    tracing::warn!(
+                        "deny entries made through the admin endpoint are not enforced: no \
+                         data plane and no proxy run in this gateway"
+                    );
                 }
                 let listener = listener.with_deny(deny.clone(), enforced);
                 admin_task = Some(tokio::spawn(listener.serve(m, ready.clone(), stop)));
