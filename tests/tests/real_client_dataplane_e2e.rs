@@ -105,6 +105,11 @@ upstream = "app"
 auth_failures = {{ limit = {LIMIT}, window = "30s", ban = "5m" }}
 client_errors = false
 
+# Port 0 on the server namespace's loopback: the CLI can only reach it through the socket.
+[admin]
+listen = "127.0.0.1:0"
+socket = "{d}/run/admin.sock"
+
 [ebpf]
 interface = "{iface}"
 mode = "xdp"
@@ -120,6 +125,8 @@ state_file = "{d}/deny-state.json"
         .expect("gateway starts");
     gw.wait_for("proxy listening", Duration::from_secs(10))
         .expect("proxy listens");
+    gw.wait_for("admin endpoint on unix:", Duration::from_secs(10))
+        .expect("admin socket");
     let ns = net.pair.client.clone();
 
     assert_eq!(
@@ -214,5 +221,22 @@ state_file = "{d}/deny-state.json"
         ),
         None
     );
+
+    // `gateway stats` reads the user plane through the admin socket: the refusals above
+    // are there, by reason.
+    let out = cli_ok(&["stats", "--json", "--config", &path.display().to_string()]);
+    let s: serde_json::Value = serde_json::from_str(&out).expect("stats json");
+    let up = &s["user_plane"];
+    assert!(
+        up["admin"].as_str().is_some_and(|a| a.starts_with("unix:")),
+        "{up}"
+    );
+    let refused = &up["connections_refused"];
+    for reason in ["denied", "untrusted_proxy"] {
+        assert!(
+            refused[reason].as_u64().unwrap_or(0) >= 1,
+            "{reason}: {refused}"
+        );
+    }
     drop(gw);
 }
