@@ -357,3 +357,40 @@ fn handle(req: &Request<Incoming>, metrics: &Metrics, ready: &AtomicBool) -> Res
         _ => response(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::HostCheck;
+
+    fn check(listen: &str) -> HostCheck {
+        HostCheck::new(listen.parse().expect("addr"))
+    }
+
+    #[test]
+    fn ipv6_listeners_take_their_bracketed_address() {
+        let c = check("[::1]:9901");
+        for ok in ["[::1]:9901", "[::1]", "localhost:9901", "localhost"] {
+            assert!(c.accepts(ok), "{ok}");
+        }
+        for bad in [
+            "::1",
+            "[::1]:9902",
+            "127.0.0.1:9901",
+            "[::2]:9901",
+            "evil:9901",
+        ] {
+            assert!(!c.accepts(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_listener_takes_address_literals_never_names() {
+        let c = check("0.0.0.0:9901");
+        for ok in ["10.1.2.3:9901", "[2001:db8::1]:9901", "localhost"] {
+            assert!(c.accepts(ok), "{ok}");
+        }
+        for bad in ["admin.example:9901", "10.1.2.3:80", "10.1.2.3.nip.io:9901"] {
+            assert!(!c.accepts(bad), "{bad}");
+        }
+    }
+}

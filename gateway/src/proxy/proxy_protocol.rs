@@ -412,6 +412,47 @@ mod tests {
         assert_eq!(r, Err(ProxyHeaderError::Timeout(deadline)));
     }
 
+    proptest::proptest! {
+        /// Any bytes, with or without a valid start: no panic, and a header taken never
+        /// reaches past the input or the version's bound.
+        #[test]
+        fn arbitrary_input_never_panics_or_overreaches(
+            start in 0usize..3,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let mut input = match start {
+                0 => Vec::new(),
+                1 => V1_START.to_vec(),
+                _ => V2_START.to_vec(),
+            };
+            input.extend_from_slice(&tail);
+            if let Ok(Some((_, used))) = parse(&input) {
+                proptest::prop_assert!(used <= input.len());
+                proptest::prop_assert!(used <= V2_MAX);
+                if input.starts_with(b"P") {
+                    proptest::prop_assert!(used <= V1_MAX);
+                }
+            }
+        }
+
+        /// Every well-formed v2 header round-trips, whatever follows it.
+        #[test]
+        fn v2_headers_round_trip(
+            a in proptest::num::u32::ANY,
+            port in 1u16..,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let src = SocketAddr::from((std::net::Ipv4Addr::from(a), port));
+            let mut input = Vec::new();
+            ProxyHeader::with_address(ProxiedAddress::stream(src, "192.0.2.1:443".parse().expect("dst")))
+                .encode_v2(&mut input)
+                .expect("encode");
+            let len = input.len();
+            input.extend_from_slice(&tail);
+            proptest::prop_assert_eq!(parse(&input), Ok(Some((Origin::Client(src), len))));
+        }
+    }
+
     #[tokio::test]
     async fn prefixed_replays_the_head_then_reads_on() {
         let (mut a, b) = tokio::io::duplex(64);
