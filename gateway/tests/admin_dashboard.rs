@@ -107,7 +107,10 @@ async fn start(token: bool) -> Server {
             1,
         )
         .expect("add a ban");
-    let listener = admin::bind(&cfg).await.expect("bind").with_deny(store);
+    let listener = admin::bind(&cfg)
+        .await
+        .expect("bind")
+        .with_deny(store, true);
     let addr = listener.local_addr();
     let metrics = Arc::new(Metrics::new(&["api".to_owned()], &["pool".to_owned()]));
     let (tx, rx) = oneshot::channel::<()>();

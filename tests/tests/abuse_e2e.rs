@@ -472,6 +472,8 @@ fn deny_api_and_cli_go_through_the_running_gateway() {
                 "3",
                 "-H",
                 "Authorization: Bearer 0123456789abcdef-admin-token",
+                "-H",
+                "Content-Type: application/json",
             ])
             .args(args)
             .output()

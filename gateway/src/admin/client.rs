@@ -4,10 +4,135 @@
 //! Blocking and minimal on purpose: the CLI has no runtime, and the peer is our own admin
 //! endpoint. The request is HTTP/1.0, so the answer can never be chunked and ends when the
 //! connection closes; sizes and times are bounded so a wrong address cannot hang the CLI.
+//!
+//! The endpoint is reached over its Unix socket when there is one (`[admin] socket`): the
+//! socket's file permissions say who may talk to it, whereas anyone on the host may bind a
+//! free loopback port first and collect the API token the CLI sends there.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Where the admin endpoint is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// What the command line said about the endpoint, and what it falls back on.
+#[derive(Debug, Default)]
+pub struct Choice<'a> {
+    /// `--admin-socket`.
+    pub socket: Option<&'a Path>,
+    /// `--admin`.
+    pub addr: Option<SocketAddr>,
+    /// The config's `[admin]`, when a config was given (`Some(None)`: it has none).
+    pub config: Option<Option<&'a crate::config::admin::AdminConfig>>,
+    /// Neither a config nor a pin path was given: the default places apply.
+    pub defaults: bool,
+}
+
+impl Choice<'_> {
+    /// `--admin-socket`, `--admin`, the config's `[admin] socket` then `listen`; with no
+    /// config, the default socket when it exists, else the default address.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        use crate::config::admin::{DEFAULT_LISTEN, DEFAULT_SOCKET};
+        if let Some(p) = self.socket {
+            return Some(Endpoint::Unix(p.to_path_buf()));
+        }
+        if let Some(a) = self.addr {
+            return Some(Endpoint::Tcp(a));
+        }
+        match self.config {
+            Some(Some(cfg)) => Some(match &cfg.socket {
+                Some(p) => Endpoint::Unix(p.clone()),
+                None => Endpoint::Tcp(cfg.listen),
+            }),
+            Some(None) => None,
+            None if !self.defaults => None,
+            None if Path::new(DEFAULT_SOCKET).exists() => {
+                Some(Endpoint::Unix(PathBuf::from(DEFAULT_SOCKET)))
+            }
+            None => Some(Endpoint::Tcp(DEFAULT_LISTEN)),
+        }
+    }
+}
+
+/// A connected stream of either kind.
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Endpoint {
+    fn connect(&self, timeout: Duration) -> std::io::Result<Conn> {
+        Ok(match self {
+            Endpoint::Tcp(a) => {
+                let s = TcpStream::connect_timeout(a, timeout)?;
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                Conn::Tcp(s)
+            }
+            Endpoint::Unix(p) => {
+                let s = UnixStream::connect(p)?;
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                Conn::Unix(s)
+            }
+        })
+    }
+
+    /// Whether something accepts connections there now.
+    pub fn answers(&self, timeout: Duration) -> bool {
+        self.connect(timeout).is_ok()
+    }
+
+    /// The Host header: the address, or `localhost` for the socket (the endpoint accepts
+    /// only these, against DNS rebinding).
+    fn host(&self) -> String {
+        match self {
+            Endpoint::Tcp(a) => a.to_string(),
+            Endpoint::Unix(_) => "localhost".into(),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.flush(),
+            Conn::Unix(s) => s.flush(),
+        }
+    }
+}
 
 /// Largest `/metrics` answer accepted.
 const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
@@ -28,9 +153,21 @@ pub enum FetchError {
     NotUtf8,
 }
 
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        Endpoint::Tcp(a)
+    }
+}
+
+impl From<&Endpoint> for Endpoint {
+    fn from(e: &Endpoint) -> Self {
+        e.clone()
+    }
+}
+
 /// GETs `path` from `addr`; the body of a 200 answer.
-pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, FetchError> {
-    match request(addr, "GET", path, None, None, timeout)? {
+pub fn get(addr: impl Into<Endpoint>, path: &str, timeout: Duration) -> Result<String, FetchError> {
+    match request(&addr.into(), "GET", path, None, None, timeout)? {
         (200, body) => Ok(body),
         (status, _) => Err(FetchError::Status(status)),
     }
@@ -39,17 +176,15 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, Fe
 /// One request to the admin endpoint (optionally with a JSON body and a bearer token): the
 /// status and the body, whatever the status.
 pub fn request(
-    addr: SocketAddr,
+    addr: &Endpoint,
     method: &str,
     path: &str,
     json_body: Option<&str>,
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), FetchError> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut stream = addr.connect(timeout)?;
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", addr.host());
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -205,11 +340,86 @@ mod tests {
     }
 
     #[test]
+    fn the_socket_comes_first_then_the_address() {
+        use crate::config::admin::{AdminConfig, DEFAULT_LISTEN};
+        let tcp: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
+        let sock = Path::new("/tmp/flag.sock");
+        let with_socket = AdminConfig {
+            socket: Some(PathBuf::from("/run/x/admin.sock")),
+            ..AdminConfig::default()
+        };
+        let without = AdminConfig::default();
+        let pick = |c: Choice<'_>| c.endpoint();
+        // Flags beat the config; the socket flag beats the address flag.
+        let flags = Choice {
+            socket: Some(sock),
+            addr: Some(tcp),
+            config: Some(Some(&without)),
+            defaults: false,
+        };
+        assert_eq!(pick(flags), Some(Endpoint::Unix(sock.into())));
+        let addr_flag = Choice {
+            addr: Some(tcp),
+            config: Some(Some(&with_socket)),
+            ..Choice::default()
+        };
+        assert_eq!(pick(addr_flag), Some(Endpoint::Tcp(tcp)));
+        // The config's socket beats its listen address.
+        let cfg = Choice {
+            config: Some(Some(&with_socket)),
+            ..Choice::default()
+        };
+        assert_eq!(pick(cfg), Some(Endpoint::Unix("/run/x/admin.sock".into())));
+        let cfg = Choice {
+            config: Some(Some(&without)),
+            ..Choice::default()
+        };
+        assert_eq!(pick(cfg), Some(Endpoint::Tcp(DEFAULT_LISTEN)));
+        // A config without [admin]: no endpoint; a pin path alone: none either.
+        let none = Choice {
+            config: Some(None),
+            defaults: true,
+            ..Choice::default()
+        };
+        assert_eq!(pick(none), None);
+        assert_eq!(pick(Choice::default()), None);
+    }
+
+    #[test]
+    fn requests_reach_a_unix_socket_with_host_localhost() {
+        let dir = std::env::temp_dir().join(format!("gw-client-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("a.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello")
+                .expect("answer");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        let got = get(Endpoint::Unix(path), "/metrics", Duration::from_secs(2)).expect("get");
+        assert_eq!(got, "hello");
+        let head = server.join().expect("server");
+        assert!(
+            head.starts_with("GET /metrics HTTP/1.0\r\nHost: localhost\r\n"),
+            "{head}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn closed_port_is_an_error_not_a_hang() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         drop(l);
-        let e = get(addr, "/metrics", Duration::from_secs(1)).expect_err("nothing listens");
+        let e = get(Endpoint::Tcp(addr), "/metrics", Duration::from_secs(1))
+            .expect_err("nothing listens");
         assert!(matches!(e, FetchError::Io(_)), "{e}");
     }
 }

@@ -63,7 +63,7 @@ impl Dashboard {
     }
 
     /// The answer for a dashboard path; `None` for any other path.
-    pub fn handle<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<Response<Full<Bytes>>> {
+    pub fn handle<B>(&self, req: &Request<B>, peer: super::Peer) -> Option<Response<Full<Bytes>>> {
         let asset = match req.uri().path() {
             "/" => Some(("text/html; charset=utf-8", INDEX_HTML)),
             "/app.js" => Some(("text/javascript; charset=utf-8", APP_JS)),
@@ -88,7 +88,7 @@ impl Dashboard {
         Some(harden(resp))
     }
 
-    fn stats<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    fn stats<B>(&self, req: &Request<B>, peer: super::Peer) -> Response<Full<Bytes>> {
         const JSON: &str = "application/json";
         if !self.access.allows(req, peer) {
             let (message, token_required) = match self.access {

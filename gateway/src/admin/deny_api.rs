@@ -2,6 +2,7 @@
 //! `gateway deny` uses it while a gateway runs, so that the running gateway's view, maps and
 //! state file change together.
 
+use super::Peer;
 use crate::deny::{DenyError, DenyStore};
 use crate::ebpf::Target;
 use bytes::Bytes;
@@ -9,10 +10,18 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Largest request body: one entry.
 const MAX_BODY: usize = 4096;
+/// A request body must have arrived this long after its headers; a slow one holds only its
+/// own connection (each is served on a task of its own), never `/metrics`.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a deny answers when nothing acts on it.
+pub const NOT_ENFORCED: &str = "nothing enforces this deny: the data plane is off and no proxy \
+     runs in this gateway; the entry is kept in the state file only";
 
 const JSON: &str = "application/json";
 
@@ -55,10 +64,23 @@ impl Access {
     }
 }
 
+/// The deny API of one gateway.
+#[derive(Debug, Clone)]
+pub struct DenyApi {
+    pub store: Arc<DenyStore>,
+    pub access: Access,
+    /// Whether anything acts on a deny (the data plane, or the proxy's user-space check).
+    pub enforced: bool,
+}
+
 impl Access {
-    pub(crate) fn allows<B>(&self, req: &Request<B>, peer: SocketAddr) -> bool {
+    pub(crate) fn allows<B>(&self, req: &Request<B>, peer: Peer) -> bool {
         match self {
-            Access::Loopback => peer.ip().is_loopback(),
+            // The socket's file permissions already chose who may connect.
+            Access::Loopback => match peer {
+                Peer::Tcp(a) => a.ip().is_loopback(),
+                Peer::Unix => true,
+            },
             Access::Token(kt) => req
                 .headers()
                 .get(hyper::header::AUTHORIZATION)
@@ -82,12 +104,19 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<B
     )
 }
 
-/// Handles a request whose path starts with `/deny`.
-pub async fn handle(
+impl DenyApi {
+    /// Handles a request whose path starts with `/deny`.
+    pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Full<Bytes>> {
+        handle(req, peer, &self.store, &self.access, self.enforced).await
+    }
+}
+
+async fn handle(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
     store: &DenyStore,
     access: &Access,
+    enforced: bool,
 ) -> Response<Full<Bytes>> {
     if !access.allows(&req, peer) {
         return error(
@@ -104,7 +133,7 @@ pub async fn handle(
             ),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
-        (Method::POST, "/deny") => add(req, store).await,
+        (Method::POST, "/deny") => add(req, store, enforced).await,
         (Method::DELETE, p) if p.starts_with("/deny/") => {
             let raw = &p["/deny/".len()..];
             let target = raw.replace("%2F", "/").replace("%2f", "/");
@@ -135,13 +164,40 @@ pub async fn handle(
     }
 }
 
-async fn add(req: Request<Incoming>, store: &DenyStore) -> Response<Full<Bytes>> {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+/// `application/json`, with parameters or not: what a web page cannot send without a CORS
+/// preflight (a `text/plain` body is a "simple" request a browser sends anywhere).
+fn is_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(JSON))
+}
+
+async fn add(req: Request<Incoming>, store: &DenyStore, enforced: bool) -> Response<Full<Bytes>> {
+    if !is_json(&req) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be sent as Content-Type: application/json",
+        );
+    }
+    let collected = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the body is too large or broken",
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {BODY_TIMEOUT:?}"),
             )
         }
     };
@@ -170,9 +226,18 @@ async fn add(req: Request<Incoming>, store: &DenyStore) -> Response<Full<Bytes>>
         return error(StatusCode::BAD_REQUEST, "reason is longer than 64 bytes");
     }
     match store.add(target, ttl, "manual", &reason, 1) {
+        Ok(()) if enforced => json(
+            StatusCode::OK,
+            serde_json::json!({ "denied": target.to_string(), "enforced": true }).to_string(),
+        ),
         Ok(()) => json(
             StatusCode::OK,
-            serde_json::json!({ "denied": target.to_string() }).to_string(),
+            serde_json::json!({
+                "denied": target.to_string(),
+                "enforced": false,
+                "warning": NOT_ENFORCED,
+            })
+            .to_string(),
         ),
         Err(e @ DenyError::Allowed(_)) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -56,10 +56,14 @@ pub enum DenyCommand {
 pub struct Where {
     #[command(flatten)]
     maps: MapsArgs,
-    /// The running gateway's admin endpoint [default: the config's [admin] listen; with
-    /// neither --config nor --pin-path, 127.0.0.1:9901].
+    /// The running gateway's admin endpoint [default: the config's [admin] socket, else
+    /// its listen; with neither --config nor --pin-path, /run/gateway/admin.sock when it
+    /// exists, else 127.0.0.1:9901].
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// The running gateway's admin Unix socket (takes precedence over --admin).
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
     /// File with the admin API token (when the gateway requires one).
     #[arg(long, value_name = "FILE")]
     api_token_file: Option<PathBuf>,
@@ -75,7 +79,7 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The two ways to reach the deny list.
 enum Backend {
     Api {
-        addr: SocketAddr,
+        addr: client::Endpoint,
         token: Option<String>,
     },
     Local(Box<DenyStore>),
@@ -89,11 +93,13 @@ impl Where {
             None => None,
         };
         let defaults = self.maps.config.is_none() && self.maps.pin_path.is_none();
-        let admin = self.admin.or_else(|| match &config {
-            Some(c) => c.admin.as_ref().map(|a| a.listen),
-            None if defaults => Some(crate::config::admin::DEFAULT_LISTEN),
-            None => None,
-        });
+        let admin = client::Choice {
+            socket: self.admin_socket.as_deref(),
+            addr: self.admin,
+            config: config.as_ref().map(|c| c.admin.as_ref()),
+            defaults,
+        }
+        .endpoint();
         let token = match &self.api_token_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -104,7 +110,7 @@ impl Where {
             None => None,
         };
         if let Some(addr) = admin {
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
+            if addr.answers(Duration::from_millis(300)) {
                 return Ok(Backend::Api { addr, token });
             }
         }
@@ -128,7 +134,7 @@ impl Backend {
         let Backend::Api { addr, token } = self else {
             return Err("no API".into());
         };
-        match client::request(*addr, method, path, body, token.as_deref(), ADMIN_TIMEOUT) {
+        match client::request(addr, method, path, body, token.as_deref(), ADMIN_TIMEOUT) {
             Ok((status, body)) if (200..300).contains(&status) => Ok(body),
             Ok((_, body)) => Err(serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
@@ -136,6 +142,14 @@ impl Backend {
                 .unwrap_or_else(|| body.trim().to_string())),
             Err(e) => Err(format!("admin endpoint {addr}: {e}")),
         }
+    }
+}
+
+/// The API's `warning` when nothing enforces the deny it made, on stderr.
+fn warn_unenforced(answer: &str) {
+    let v = serde_json::from_str::<serde_json::Value>(answer).unwrap_or_default();
+    if let Some(w) = v["warning"].as_str() {
+        eprintln!("gateway deny: warning: {w}");
     }
 }
 
@@ -192,7 +206,9 @@ fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, at: &Where) -> Exi
                 reason: Some(reason.to_string()),
             };
             let body = serde_json::to_string(&body).unwrap_or_default();
-            backend.call("POST", "/deny", Some(&body)).map(|_| ())
+            backend
+                .call("POST", "/deny", Some(&body))
+                .map(|answer| warn_unenforced(&answer))
         }
         Backend::Local(store) => store
             .add(target, ttl_value, "manual", reason, 1)

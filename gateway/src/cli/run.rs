@@ -152,7 +152,7 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         });
     }
     if config.has_proxy() {
-        match start_proxy(&config, abuse.clone(), shutdown_rx.clone()).await {
+        match start_proxy(&config, abuse.clone(), deny.clone(), shutdown_rx.clone()).await {
             Ok(started) => {
                 proxy_task = Some(started.task);
                 certs = started.certs;
@@ -184,7 +184,18 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
                         }
                     }
                 };
-                let listener = listener.with_deny(deny.clone()).with_info(info);
+                if let Some(path) = listener.socket_path() {
+                    eprintln!("gateway: admin endpoint on unix:{}", path.display());
+                }
+                // A deny acts through the data plane, or the proxy's user-space check.
+                let enforced = plane.is_some() || config.has_proxy();
+                if !enforced {
+                    tracing::warn!(
+                        "deny entries made through the admin endpoint are not enforced: no \
+                         data plane and no proxy run in this gateway"
+                    );
+                }
+                let listener = listener.with_deny(deny.clone(), enforced).with_info(info);
                 admin_task = Some(tokio::spawn(listener.serve(m, ready.clone(), stop)));
             }
             Err(e) => return fail(EXIT_FAILURE, e),
@@ -233,6 +244,7 @@ struct StartedProxy {
 async fn start_proxy(
     config: &Arc<Plan>,
     abuse: Option<Arc<AbuseEngine>>,
+    deny: Arc<DenyStore>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StartedProxy, StartError> {
     let listen = config.listen.clone().unwrap_or_default();
@@ -305,8 +317,9 @@ async fn start_proxy(
         proxies.push(Arc::new(proxy.for_worker()));
     }
     proxies.push(Arc::new(proxy));
-    let threads = server::spawn_workers(proxies, listeners, acceptor, &listen, shutdown)
-        .map_err(StartError::Workers)?;
+    let threads =
+        server::spawn_workers(proxies, listeners, acceptor, &listen, Some(deny), shutdown)
+            .map_err(StartError::Workers)?;
     // One task that ends when every worker has drained and stopped.
     let task = tokio::task::spawn_blocking(move || {
         for t in threads {

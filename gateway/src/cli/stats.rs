@@ -30,6 +30,9 @@ pub struct StatsArgs {
     /// [admin] listen, else 127.0.0.1:9901]. Not answering is not an error.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Admin Unix socket to read them from instead (takes precedence over --admin).
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<std::path::PathBuf>,
     #[command(flatten)]
     maps: MapsArgs,
 }
@@ -97,7 +100,7 @@ pub fn run(args: StatsArgs) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(EXIT_FAILURE, e),
         };
-        let unreachable = match admin.map(|a| (a, user_plane::fetch(a))) {
+        let unreachable = match admin.as_ref().map(|a| (a, user_plane::fetch(a))) {
             Some((_, Ok(up))) => {
                 snapshot.user_plane = Some(up);
                 None
@@ -143,20 +146,23 @@ pub fn run(args: StatsArgs) -> ExitCode {
     }
 }
 
-/// `--admin`, else the config's `[admin] listen` (none when the config has no `[admin]`),
-/// else the default address.
-fn admin_addr(args: &StatsArgs) -> Option<SocketAddr> {
-    if let Some(a) = args.admin {
-        return Some(a);
+/// `--admin-socket`, `--admin`, else the config's `[admin]` socket or listen (none when the
+/// config has no `[admin]`), else the default socket or address (see
+/// [`crate::admin::client::Choice`]).
+fn admin_addr(args: &StatsArgs) -> Option<crate::admin::client::Endpoint> {
+    // The config was loaded (and validated) once already to find the maps.
+    let config = args
+        .maps
+        .config
+        .as_ref()
+        .map(|file| crate::config::Config::load(file).ok().and_then(|c| c.admin));
+    crate::admin::client::Choice {
+        socket: args.admin_socket.as_deref(),
+        addr: args.admin,
+        config: config.as_ref().map(Option::as_ref),
+        defaults: true,
     }
-    match &args.maps.config {
-        // The config was loaded (and validated) once already to find the maps.
-        Some(file) => crate::config::Config::load(file)
-            .ok()
-            .and_then(|c| c.admin)
-            .map(|a| a.listen),
-        None => Some(crate::config::admin::DEFAULT_LISTEN),
-    }
+    .endpoint()
 }
 
 /// The kernel part of `gateway stats --json` (`user_plane` left `None`); the admin

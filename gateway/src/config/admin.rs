@@ -10,6 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 /// The address used when `[admin]` omits `listen` (and by `gateway stats` without a config).
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
 
+/// Where `[admin] socket` conventionally lives; `gateway deny` and `gateway stats` without
+/// a config try it first.
+pub const DEFAULT_SOCKET: &str = "/run/gateway/admin.sock";
+
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN
 }
@@ -29,6 +33,10 @@ pub struct AdminConfig {
     /// deny API answers loopback clients only.
     #[serde(default)]
     pub api_token_file: Option<std::path::PathBuf>,
+    /// A Unix socket serving the same endpoint (mode 0660): `gateway deny` and `gateway
+    /// stats` prefer it, so a local user who takes the TCP port first never sees the token.
+    #[serde(default)]
+    pub socket: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -37,6 +45,7 @@ impl Default for AdminConfig {
             listen: DEFAULT_LISTEN,
             allow_non_loopback: false,
             api_token_file: None,
+            socket: None,
         }
     }
 }
@@ -53,6 +62,15 @@ impl AdminConfig {
                     self.listen
                 ),
             ));
+        }
+        if let Some(path) = &self.socket {
+            if !path.is_absolute() {
+                return Err(Issue::new("socket", "must be an absolute path"));
+            }
+            // sun_path holds 108 bytes with the terminating NUL.
+            if path.as_os_str().len() > 107 {
+                return Err(Issue::new("socket", "longer than 107 bytes"));
+            }
         }
         Ok(())
     }
@@ -119,5 +137,18 @@ mod tests {
         assert!(parse("listne = \"127.0.0.1:1\"").is_err());
         assert!(parse("listen = \"localhost:9901\"").is_err());
         assert!(parse("listen = \"127.0.0.1\"").is_err());
+    }
+
+    #[test]
+    fn socket_must_be_an_absolute_short_path() {
+        let ok = parse("socket = \"/run/gateway/admin.sock\"").expect("parses");
+        assert!(ok.validate().is_ok());
+        for bad in ["admin.sock", "./admin.sock"] {
+            let c = parse(&format!("socket = \"{bad}\"")).expect("parses");
+            assert_eq!(c.validate().expect_err(bad).key, "socket");
+        }
+        let long = format!("/{}", "a".repeat(107));
+        let c = parse(&format!("socket = \"{long}\"")).expect("parses");
+        assert_eq!(c.validate().expect_err("long").key, "socket");
     }
 }

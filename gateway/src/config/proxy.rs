@@ -2,6 +2,8 @@
 
 use super::DurationSecs;
 use super::Issue;
+use crate::ebpf::Target;
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,6 +50,12 @@ pub struct ListenConfig {
     pub max_concurrent_streams: u32,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace: DurationSecs,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from one of
+    /// `trusted_proxies`, which names the real client.
+    pub proxy_protocol: bool,
+    /// Addresses or prefixes of the proxies in front of the gateway: only they may send a
+    /// PROXY header, and their `X-Forwarded-For` is believed on plain-HTTP listeners.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -64,6 +72,8 @@ impl Default for ListenConfig {
             max_body_bytes: 10 * 1024 * 1024,
             max_concurrent_streams: 128,
             shutdown_grace: secs(10),
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -99,6 +109,13 @@ impl ListenConfig {
         if self.max_concurrent_streams == 0 {
             return Err(Issue::new("max_concurrent_streams", "must be at least 1"));
         }
+        let trusted = self.trusted_proxy_nets()?;
+        if self.proxy_protocol && trusted.is_empty() {
+            return Err(Issue::new(
+                "proxy_protocol",
+                "needs trusted_proxies: the addresses allowed to send a PROXY header",
+            ));
+        }
         for (key, d) in [
             ("tls_handshake_timeout", self.tls_handshake_timeout),
             ("header_read_timeout", self.header_read_timeout),
@@ -108,6 +125,26 @@ impl ListenConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl ListenConfig {
+    /// `trusted_proxies` as prefixes (an address is its /32 or /128). A prefix covering a
+    /// whole address family is refused: it would let anyone name any client.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<IpNet>, Issue> {
+        let key = "trusted_proxies";
+        self.trusted_proxies
+            .iter()
+            .map(|s| match s.parse::<Target>() {
+                Err(e) => Err(Issue::new(key, format!("`{s}`: {e}"))),
+                Ok(Target::Addr(a)) => Ok(IpNet::from(a)),
+                Ok(Target::Net(n)) if n.prefix_len() == 0 => Err(Issue::new(
+                    key,
+                    format!("`{s}` trusts every address: anyone could name any client"),
+                )),
+                Ok(Target::Net(n)) => Ok(n),
+            })
+            .collect()
     }
 }
 
@@ -296,5 +333,39 @@ impl RouteConfig {
             return Err(Issue::new("path_prefix", "must start with `/`"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    fn listen(text: &str) -> ListenConfig {
+        toml::from_str(text).expect("parses")
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_prefixes() {
+        let l = listen("trusted_proxies = [\"10.0.0.1\", \"192.0.2.0/24\", \"2001:db8::/48\"]");
+        let nets = l.trusted_proxy_nets().expect("valid");
+        let shown: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.1/32", "192.0.2.0/24", "2001:db8::/48"]);
+        assert!(l.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_or_all_covering_trusted_proxies_are_refused() {
+        for bad in ["x", "10.0.0.0/33", "10.0.0.1/8", "0.0.0.0/0", "::/0"] {
+            let l = listen(&format!("trusted_proxies = [\"{bad}\"]"));
+            assert_eq!(l.validate().expect_err(bad).key, "trusted_proxies");
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        let l = listen("proxy_protocol = true");
+        assert_eq!(l.validate().expect_err("no list").key, "proxy_protocol");
+        let l = listen("proxy_protocol = true\ntrusted_proxies = [\"10.0.0.1\"]");
+        assert!(l.validate().is_ok());
     }
 }

@@ -49,7 +49,12 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 pub const PREFIX: &str = "gateway";
 
 /// Reasons a connection is refused at accept; anything else counts as `other`.
-pub const REFUSAL_REASONS: &[&str] = &["per_source_limit"];
+pub const REFUSAL_REASONS: &[&str] = &[
+    "per_source_limit",
+    "denied",
+    "untrusted_proxy",
+    "proxy_header",
+];
 
 /// The `other` label value for reasons outside the fixed lists.
 const OTHER: &str = "other";
@@ -301,7 +306,8 @@ impl Metrics {
         }
     }
 
-    /// One connection closed at accept (`per_source_limit`; anything else counts as `other`).
+    /// One connection closed at accept (one of [`REFUSAL_REASONS`]; anything else counts as
+    /// `other`).
     pub fn connection_refused(&self, reason: &str) {
         if let Some(c) = self.refused.get(slot(REFUSAL_REASONS, reason)) {
             c.inc();

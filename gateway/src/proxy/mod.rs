@@ -5,6 +5,7 @@
 //! shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
 
+pub mod client_addr;
 pub mod closing;
 pub mod forwarding;
 pub mod framing;
@@ -13,6 +14,7 @@ pub mod host;
 pub mod idle;
 pub mod path;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod refusal;
 pub mod request_body;
 pub mod route;

@@ -24,6 +24,10 @@ const BEARER: &str = "Bearer realm=\"gateway\"";
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
+    /// A banned client behind a trusted proxy (`X-Forwarded-For`): the kernel sees only
+    /// the proxy, so the ban is enforced here.
+    Banned,
+
     // The request head: refused before routing, never forwarded.
     /// An HTTP/1 head with both Content-Length and Transfer-Encoding (see
     /// [`super::framing`]).
@@ -188,6 +192,11 @@ impl Refusal {
         };
         let bad_request = |message| plain(StatusCode::BAD_REQUEST, "bad_request", message);
         match self {
+            Refusal::Banned => plain(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                Text("this client is banned"),
+            ),
             Refusal::AmbiguousFraming => {
                 bad_request(Text("both Transfer-Encoding and Content-Length"))
             }

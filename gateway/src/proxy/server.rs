@@ -2,12 +2,15 @@
 //! deadline, HTTP/1.1 and HTTP/2 with header, stream and timeout limits, and graceful
 //! shutdown (stop accepting, let in-flight requests finish up to a deadline).
 
+use super::client_addr::{ForwardedClient, TrustedProxies};
 use super::closing::{wait_true, Closer, Reason};
 use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
+use super::proxy_protocol::{self, Origin, Prefixed};
 use super::ProxyBody;
 use crate::abuse::Signal;
 use crate::config::ListenConfig;
+use crate::deny::DenyStore;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -140,25 +143,35 @@ impl Limits {
 
 /// Starts one worker thread per proxy, each with a single-threaded runtime serving its own
 /// listener sockets; they stop (after draining) when `shutdown` flips to true.
+/// `deny`: the deny list checked in user space (sources the kernel cannot see, such as
+/// clients behind a trusted proxy, and every source when no data plane runs).
 pub fn spawn_workers(
     proxies: Vec<Arc<Proxy>>,
     listeners: Listeners,
     tls: Option<TlsAcceptor>,
     cfg: &ListenConfig,
+    deny: Option<Arc<DenyStore>>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let limits = Limits::new(cfg);
     let mut handles = Vec::new();
     for (i, (proxy, socks)) in proxies.into_iter().zip(listeners.per_worker).enumerate() {
-        let (tls, cfg, shutdown, limits) =
-            (tls.clone(), cfg.clone(), shutdown.clone(), limits.clone());
+        let (tls, cfg, shutdown, limits, deny) = (
+            tls.clone(),
+            cfg.clone(),
+            shutdown.clone(),
+            limits.clone(),
+            deny.clone(),
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         handles.push(
             std::thread::Builder::new()
                 .name(format!("gateway-w{i}"))
-                .spawn(move || runtime.block_on(serve(proxy, socks, tls, cfg, shutdown, limits)))?,
+                .spawn(move || {
+                    runtime.block_on(serve(proxy, socks, tls, cfg, deny, shutdown, limits))
+                })?,
         );
     }
     Ok(handles)
@@ -214,11 +227,19 @@ pub async fn serve(
     listeners: Vec<(std::net::TcpListener, bool)>,
     tls: Option<TlsAcceptor>,
     cfg: ListenConfig,
+    deny: Option<Arc<DenyStore>>,
     mut shutdown: watch::Receiver<bool>,
     limits: Arc<Limits>,
 ) {
-    let proxy_deny_store = proxy.abuse().map(|a| a.store().clone());
+    let deny = deny.or_else(|| proxy.deny_store().cloned());
+    // The config check has refused a list that does not parse.
+    let trusted = Arc::new(TrustedProxies::new(
+        cfg.trusted_proxy_nets().unwrap_or_default(),
+    ));
     let shared = Arc::new(Shared {
+        deny: deny.clone(),
+        trusted,
+        proxy_protocol: cfg.proxy_protocol,
         proxy,
         builder: http_builder(&cfg),
         permits: limits.permits.clone(),
@@ -227,7 +248,7 @@ pub async fn serve(
         handshake_timeout: cfg.tls_handshake_timeout.0,
         shutdown_grace: cfg.shutdown_grace.0,
         shutdown: shutdown.clone(),
-        closer: Closer::new(proxy_deny_store),
+        closer: Closer::new(deny),
     });
     let mut tasks = vec![
         tokio::spawn(shared.closer.clone().watch_bans()),
@@ -275,6 +296,12 @@ pub async fn serve(
 /// What every accept loop and connection shares.
 struct Shared {
     proxy: Arc<Proxy>,
+    /// Bans checked in user space (see [`spawn_workers`]).
+    deny: Option<Arc<DenyStore>>,
+    /// `[listen] trusted_proxies`.
+    trusted: Arc<TrustedProxies>,
+    /// `[listen] proxy_protocol`: every connection starts with a PROXY header.
+    proxy_protocol: bool,
     builder: auto::Builder<TokioExecutor>,
     /// Connections of all workers (`max_connections`).
     permits: Arc<Semaphore>,
@@ -343,58 +370,129 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
                 }
             },
         };
-        let proxy = &shared.proxy;
-        if proxy.deny_store().is_some_and(|d| d.is_denied(peer.ip())) {
-            // Denied sources never get here when the data plane runs; without it, this is
-            // where they stop.
-            proxy.metrics().connection_refused("denied");
-            continue;
-        }
-        let Some(slot) = shared.limit.take(peer.ip()) else {
-            proxy.metrics().connection_refused("per_source_limit");
-            if let Some(a) = proxy.abuse() {
-                a.record(peer.ip(), Signal::ConnectionRefused);
-            }
-            continue;
-        };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnInfo::new(peer, tls.is_some()));
         let shared = shared.clone();
         let tls = tls.clone();
+        if shared.proxy_protocol {
+            if !shared.trusted.contains(peer.ip()) {
+                tracing::debug!(peer = %peer, "connection refused: not a trusted proxy");
+                shared.proxy.metrics().connection_refused("untrusted_proxy");
+                continue;
+            }
+            // The header is read on the connection's own task: a slow proxy never holds up
+            // the accept loop.
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _local = local;
+                let Some((stream, conn, slot)) =
+                    proxied(stream, peer, tls.is_some(), &shared).await
+                else {
+                    return;
+                };
+                let _slot = slot;
+                serve_conn(stream, conn, tls, &shared).await;
+            });
+            continue;
+        }
+        let Some(slot) = admit(&shared, peer.ip()) else {
+            continue;
+        };
+        let mut conn = ConnInfo::new(peer, tls.is_some());
+        conn.trust_forwarded_for = tls.is_none() && shared.trusted.contains(peer.ip());
         tokio::spawn(async move {
             let _permit = permit;
             let _local = local;
             let _slot = slot;
-            shared.proxy.metrics().connection_opened();
-            match tls {
-                None => drive(stream, conn, &shared, Proxy::handle).await,
-                Some(acceptor) => match handshake(acceptor, stream, &conn, &shared).await {
-                    // HTTP/2 runs each request in a task of its own, and spawning moves the
-                    // request's future (a few KiB) several times: boxed, only a pointer moves.
-                    // HTTP/1 keeps it inline, where boxing would cost more than it saves.
-                    Some(s) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                        drive(s, conn, &shared, |p, c, r, a| {
-                            Box::pin(Proxy::handle(p, c, r, a))
-                        })
-                        .await
-                    }
-                    Some(s) => drive(s, conn, &shared, Proxy::handle).await,
-                    None => {}
-                },
-            }
-            shared.proxy.metrics().connection_closed();
+            serve_conn(stream, conn, tls, &shared).await;
         });
     }
 }
 
+/// The user-space admission of a client: its bans (the data plane drops a banned TCP peer
+/// before it gets here; a client named by a proxy, or every client without a data plane,
+/// stops here) and its connection limit.
+fn admit(shared: &Shared, client: IpAddr) -> Option<SourceSlot> {
+    let proxy = &shared.proxy;
+    if shared.deny.as_ref().is_some_and(|d| d.is_denied(client)) {
+        proxy.metrics().connection_refused("denied");
+        return None;
+    }
+    let Some(slot) = shared.limit.take(client) else {
+        proxy.metrics().connection_refused("per_source_limit");
+        if let Some(a) = proxy.abuse() {
+            a.record(client, Signal::ConnectionRefused);
+        }
+        return None;
+    };
+    Some(slot)
+}
+
+/// Reads a trusted proxy's PROXY header (bounded, under the handshake deadline) and admits
+/// the client it names; `None`: the connection is closed (no valid header, banned client,
+/// limit reached).
+async fn proxied(
+    mut stream: TcpStream,
+    proxy_addr: SocketAddr,
+    tls: bool,
+    shared: &Shared,
+) -> Option<(Prefixed<TcpStream>, ConnInfo, SourceSlot)> {
+    let (origin, rest) =
+        match proxy_protocol::read_header(&mut stream, shared.handshake_timeout).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(peer = %proxy_addr, error = %e, "connection refused: PROXY header");
+                shared.proxy.metrics().connection_refused("proxy_header");
+                return None;
+            }
+        };
+    let client = match origin {
+        Origin::Client(c) => c,
+        Origin::Proxy => proxy_addr,
+    };
+    let slot = admit(shared, client.ip())?;
+    let mut conn = ConnInfo::new(client, tls);
+    conn.via = Some(proxy_addr);
+    conn.trust_forwarded_for = !tls && shared.trusted.contains(client.ip());
+    Some((Prefixed::new(rest, stream), conn, slot))
+}
+
+/// TLS (when the listener has it), then HTTP, on an admitted connection.
+async fn serve_conn<IO>(io: IO, conn: ConnInfo, tls: Option<TlsAcceptor>, shared: &Shared)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    shared.proxy.metrics().connection_opened();
+    match tls {
+        None => drive(io, conn, shared, Proxy::handle).await,
+        Some(acceptor) => match handshake(acceptor, io, &conn, shared).await {
+            // HTTP/2 runs each request in a task of its own, and spawning moves the
+            // request's future (a few KiB) several times: boxed, only a pointer moves.
+            // HTTP/1 keeps it inline, where boxing would cost more than it saves.
+            Some(s) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                drive(s, conn, shared, |p, c, r, a| {
+                    Box::pin(Proxy::handle(p, c, r, a))
+                })
+                .await
+            }
+            Some(s) => drive(s, conn, shared, Proxy::handle).await,
+            None => {}
+        },
+    }
+    shared.proxy.metrics().connection_closed();
+}
+
 /// The TLS handshake under its deadline; failures are counted and reported to the abuse
 /// engine.
-async fn handshake(
+async fn handshake<IO>(
     acceptor: TlsAcceptor,
-    stream: TcpStream,
+    stream: IO,
     conn: &ConnInfo,
     shared: &Shared,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let metrics = shared.proxy.metrics();
     let outcome = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await;
     match outcome {
@@ -431,9 +529,17 @@ where
     conn.activity.start();
     let registration = shared.closer.register(&conn);
     let watched = FramingWatch::new(io, verdicts.clone());
-    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    let deny = shared.deny.clone();
+    let trusted = shared.trusted.clone();
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         // One verdict per HTTP/1 request head, taken in order (HTTP/2 has none).
         let ambiguous = req.version() < hyper::Version::HTTP_2 && verdicts.next_is_ambiguous();
+        if conn.trust_forwarded_for {
+            if let Some(ip) = trusted.forwarded_client(req.headers()) {
+                let banned = deny.as_ref().is_some_and(|d| d.is_denied(ip));
+                req.extensions_mut().insert(ForwardedClient { ip, banned });
+            }
+        }
         serve(proxy.clone(), conn.clone(), req, ambiguous)
     });
     let connection = shared

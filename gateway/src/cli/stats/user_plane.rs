@@ -7,7 +7,6 @@ use crate::metrics::exposed;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// How long `gateway stats` waits for the admin endpoint (connect, then each read).
@@ -70,7 +69,7 @@ pub struct KeySet {
 }
 
 /// Reads and summarises `/metrics` at `addr`.
-pub fn fetch(addr: SocketAddr) -> Result<UserPlane, FetchError> {
+pub fn fetch(addr: &client::Endpoint) -> Result<UserPlane, FetchError> {
     let text = client::get(addr, "/metrics", TIMEOUT)?;
     Ok(summarise(addr, &client::parse(&text)))
 }
@@ -85,7 +84,7 @@ fn count(v: f64) -> u64 {
 }
 
 /// Builds the summary from parsed samples.
-pub fn summarise(addr: SocketAddr, samples: &[Sample]) -> UserPlane {
+pub fn summarise(addr: impl std::fmt::Display, samples: &[Sample]) -> UserPlane {
     let mut up = UserPlane {
         admin: addr.to_string(),
         ..UserPlane::default()

@@ -10,6 +10,7 @@ mod auth;
 mod head;
 mod outbound;
 
+use super::client_addr::ForwardedClient;
 use super::forwarding::Forwarding;
 use super::host::request_host;
 use super::idle::Activity;
@@ -36,7 +37,13 @@ use std::sync::Arc;
 /// What the server knows about a connection, shared by its requests.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// The client: the TCP peer, or the address a trusted proxy's PROXY header named.
     pub peer: SocketAddr,
+    /// The trusted proxy the connection came through, when a PROXY header named the client.
+    pub via: Option<SocketAddr>,
+    /// The peer is a trusted proxy on a plain-HTTP listener: its `X-Forwarded-For` names
+    /// each request's client (see [`super::client_addr`]).
+    pub trust_forwarded_for: bool,
     /// Forwarding header values (they carry whether the connection is TLS), built once for
     /// the connection.
     pub forwarding: Forwarding,
@@ -48,8 +55,19 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
         Self {
             peer,
+            via: None,
+            trust_forwarded_for: false,
             forwarding: Forwarding::new(peer.ip(), tls),
             activity: Activity::new(),
+        }
+    }
+
+    /// The address of one request's client: the connection's, or the one a trusted
+    /// proxy's `X-Forwarded-For` named (found at the connection, see `server::drive`).
+    pub fn client_of<B>(&self, req: &Request<B>) -> std::net::IpAddr {
+        match req.extensions().get::<ForwardedClient>() {
+            Some(c) => c.ip,
+            None => self.peer.ip(),
         }
     }
 }
@@ -163,16 +181,25 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let _in_progress = conn.activity.request(req.version());
+        let client = conn.client_of(&req);
+        let banned = req
+            .extensions()
+            .get::<ForwardedClient>()
+            .is_some_and(|c| c.banned);
         let is_head = req.method() == http::Method::HEAD;
-        let (route, mut resp) = if ambiguous_framing {
+        let (route, mut resp) = if banned {
+            // A banned client behind a trusted proxy: the kernel sees only the proxy.
+            (None, self.refuse(None, Refusal::Banned))
+        } else if ambiguous_framing {
             (None, self.refuse(None, Refusal::AmbiguousFraming))
         } else {
             self.route_and_forward(&conn, req).await
         };
         let status = resp.status();
         self.metrics.request(route, status.as_u16());
-        if let Some(abuse) = &self.abuse {
-            let ip = conn.peer.ip();
+        // A banned client's refusals are not evidence again.
+        if let Some(abuse) = self.abuse.as_ref().filter(|_| !banned) {
+            let ip = client;
             abuse.record(ip, Signal::Request);
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 abuse.record(ip, Signal::AuthFailure);

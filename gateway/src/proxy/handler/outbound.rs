@@ -2,6 +2,8 @@
 
 use super::{ConnInfo, Proxy};
 use crate::jwt::VerifiedToken;
+use crate::proxy::client_addr::ForwardedClient;
+use crate::proxy::forwarding::Forwarding;
 use crate::proxy::refusal::Refusal;
 use crate::proxy::route::Route;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -47,7 +49,11 @@ impl Proxy {
         if let Some(t) = token {
             route.claim_headers.apply(t, headers);
         }
-        conn.forwarding.apply(headers, host);
+        match parts.extensions.get::<ForwardedClient>() {
+            // Named by a trusted proxy's X-Forwarded-For: its own values, per request.
+            Some(c) => Forwarding::new(c.ip, false).apply(headers, host),
+            None => conn.forwarding.apply(headers, host),
+        }
         host_from_authority(parts);
         origin_form(parts, normalized)?;
         parts.version = Version::HTTP_11;

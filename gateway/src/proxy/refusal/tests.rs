@@ -195,6 +195,7 @@ fn table() -> Vec<Row> {
 /// it is numbered, and the table test then asks for its row.
 fn variant(r: &Refusal) -> usize {
     match r {
+        Refusal::Banned => 18,
         Refusal::AmbiguousFraming => 0,
         Refusal::HeadersTooLarge => 1,
         Refusal::TooManyHeaders => 2,
@@ -215,7 +216,7 @@ fn variant(r: &Refusal) -> usize {
         Refusal::Upstream(_) => 17,
     }
 }
-const VARIANTS: usize = 18;
+const VARIANTS: usize = 19;
 
 #[tokio::test]
 async fn every_refusal_is_answered_as_pinned() {

@@ -3,6 +3,7 @@ use crate::jwt::Reason;
 use crate::metrics::Metrics;
 use crate::proxy::refusal::DenialReason;
 use crate::proxy::upstream::UpstreamErrorKind;
+use std::net::SocketAddr;
 
 fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
