@@ -18,6 +18,7 @@ fn table() -> Vec<Row> {
     let plain =
         |r: Refusal, status, code, message: &str| (r, status, code, message.to_owned(), None, None);
     let mut rows = vec![
+        plain(Refusal::Banned, 403, "forbidden", "this client is banned"),
         plain(
             Refusal::AmbiguousFraming,
             400,
