@@ -28,7 +28,7 @@ pub fn addr_of(key: &SourceKey) -> IpAddr {
 
 /// What `deny add`/`del` and the config's `allow`/`deny` lists accept: one address, or a
 /// prefix. A full-length prefix (`/32`, `/128`) is an address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     Addr(IpAddr),
     Net(IpNet),
