@@ -639,6 +639,18 @@ impl ScrapeSources {
                 ConstCounter::new(v.load(Ordering::Relaxed)).encode(m.encode_family(&labels)?)?;
             }
         }
+        counter(
+            enc,
+            "abuse_protected_skipped",
+            "Limits crossed by protected addresses (interfaces, upstreams, JWKS hosts, trusted proxies, allow list), which are never banned",
+            c.protected.load(Ordering::Relaxed),
+        )?;
+        counter(
+            enc,
+            "deny_evictions",
+            "Automatic bans evicted (closest to expiry first) because a kernel deny map was full",
+            a.store().evictions(),
+        )?;
         Ok(())
     }
 

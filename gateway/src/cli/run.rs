@@ -8,7 +8,7 @@
 //! requests up to `[listen] shutdown_grace`, then detach the programs.
 
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
-use crate::abuse::{AbuseEngine, Signal};
+use crate::abuse::AbuseEngine;
 use crate::admin;
 use crate::config::{Config, DataPlaneMode};
 use crate::deny::DenyStore;
@@ -101,7 +101,8 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
     };
     // The deny list: the data plane's maps (when it runs) and the durable state file. At
     // start, bans still in force come back from the file (after a reboot the pins are gone).
-    let deny = match open_deny_store(&config, plane.is_some()) {
+    let protected = crate::deny::Protected::from_config(&config).await;
+    let deny = match open_deny_store(&config, plane.is_some(), &protected) {
         Ok(d) => d,
         Err(e) => return fail(EXIT_FAILURE, e),
     };
@@ -110,16 +111,11 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
         .abuse
         .as_ref()
         .map(|cfg| Arc::new(AbuseEngine::new(cfg, deny.clone())));
+    // SYN rate-limit trips are logged, never fed to the abuse engine: their source address
+    // can be forged (the kernel keeps limiting the SYNs themselves).
     if let Some(ring) = plane.as_mut().and_then(DataPlane::take_events) {
-        let abuse = abuse.clone();
         tokio::spawn(async move {
-            let on_event = move |ev: gateway_common::RateLimitEvent| {
-                events::log_event(ev);
-                if let Some(a) = &abuse {
-                    a.record(crate::ebpf::addr::addr_of(&ev.addr), Signal::KernelRate);
-                }
-            };
-            if let Err(e) = events::consume(ring, on_event).await {
+            if let Err(e) = events::consume(ring, events::log_event).await {
                 tracing::error!(error = %e, "rate-limit event reader stopped");
             }
         });
@@ -354,8 +350,13 @@ fn reload(path: &Path, running: &Config, plane: Option<&mut DataPlane>, certs: O
 }
 
 /// The deny store of this gateway: its own handle on the pinned maps (when the data plane
-/// runs), the state file of `[ebpf]` (when configured), the config's allow list.
-fn open_deny_store(config: &Config, data_plane: bool) -> Result<Arc<DenyStore>, String> {
+/// runs), the state file of `[ebpf]` (when configured), the config's allow list and the
+/// other addresses no ban may cover.
+fn open_deny_store(
+    config: &Config,
+    data_plane: bool,
+    protected: &crate::deny::Protected,
+) -> Result<Arc<DenyStore>, String> {
     let ebpf = config.ebpf.as_ref();
     let maps = match ebpf.filter(|_| data_plane) {
         Some(cfg) => Some(PinnedMaps::open(&cfg.pin_path).map_err(|e| e.to_string())?),
@@ -365,7 +366,8 @@ fn open_deny_store(config: &Config, data_plane: bool) -> Result<Arc<DenyStore>, 
         Some(cfg) => cfg.allow_nets().map_err(|i| i.message)?,
         None => Vec::new(),
     };
-    let store = DenyStore::new(maps, ebpf.map(|e| e.state_file.clone()), allow);
+    let store =
+        DenyStore::new(maps, ebpf.map(|e| e.state_file.clone()), allow).with_protected(protected);
     match store.restore() {
         Ok(0) => {}
         Ok(n) => tracing::info!(restored = n, "deny entries restored from the state file"),

@@ -185,6 +185,51 @@ impl Protected {
     pub fn interface_addrs() -> std::io::Result<Vec<IpAddr>> {
         interfaces::addrs()
     }
+
+    /// What a gateway with this config depends on: its interfaces' addresses, its upstream
+    /// servers, and the addresses its JWKS URLs resolve to now (a name that does not
+    /// resolve is logged and left out). The allow list comes in through
+    /// [`super::DenyStore::new`]. Another source is one more `add` here.
+    pub async fn from_config(config: &crate::config::Config) -> Self {
+        let mut p = Protected::new();
+        match Self::interface_addrs() {
+            Ok(addrs) => {
+                p.add("an address of this host", addrs);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list interface addresses; they are not protected from bans")
+            }
+        }
+        for u in &config.upstream {
+            p.add(
+                &format!("upstream {}", u.name),
+                u.servers.iter().map(|s| s.ip()),
+            );
+        }
+        let urls = config
+            .jwt
+            .iter()
+            .flat_map(|j| &j.keys)
+            .filter_map(|k| k.jwks_url.as_deref());
+        for url in urls {
+            let Some(authority) = url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| Some(format!("{}:{}", u.host()?, u.port_u16().unwrap_or(443))))
+            else {
+                continue;
+            };
+            match tokio::net::lookup_host(authority).await {
+                Ok(addrs) => {
+                    p.add(&format!("JWKS {url}"), addrs.map(|a| a.ip()));
+                }
+                Err(e) => {
+                    tracing::warn!(url, error = %e, "JWKS host does not resolve; its addresses are not protected from bans")
+                }
+            }
+        }
+        p
+    }
 }
 
 /// `getifaddrs(3)`: the one way to list every interface address without netlink.
