@@ -99,6 +99,11 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
         },
         None => None,
     };
+    if let Some(p) = plane.as_mut() {
+        if let Err(e) = apply_ipv6_prefix(p.maps(), &config) {
+            return fail(EXIT_FAILURE, e);
+        }
+    }
     // The deny list: the data plane's maps (when it runs) and the durable state file. At
     // start, bans still in force come back from the file (after a reboot the pins are gone).
     let protected = crate::deny::Protected::from_config(&config).await;
@@ -340,6 +345,7 @@ fn reload(path: &Path, running: &Config, plane: Option<&mut DataPlane>, certs: O
         let allow = new.allow_nets().map_err(|i| i.message)?;
         let deny = new.deny_targets().map_err(|i| i.message)?;
         maps.write_config(&kernel).map_err(|e| e.to_string())?;
+        apply_ipv6_prefix(maps, running)?;
         maps.replace_allow(&allow).map_err(|e| e.to_string())?;
         maps.sync_config_denies(&deny).map_err(|e| e.to_string())
     })();
@@ -347,6 +353,18 @@ fn reload(path: &Path, running: &Config, plane: Option<&mut DataPlane>, certs: O
         Ok(()) => tracing::info!("data plane config reloaded"),
         Err(e) => tracing::error!(error = %e, "data plane reload failed"),
     }
+}
+
+/// The kernel's SYN buckets count IPv6 sources by `[abuse] ipv6_prefix`, as the abuse
+/// engine does (the `[ebpf]` section alone writes the default). A restart applies a change.
+fn apply_ipv6_prefix(maps: &mut PinnedMaps, config: &Config) -> Result<(), String> {
+    let prefix = config.abuse.as_ref().map_or(
+        crate::config::abuse::AbuseConfig::default().ipv6_prefix,
+        |a| a.ipv6_prefix,
+    );
+    let mut kernel = maps.read_config().map_err(|e| e.to_string())?;
+    kernel.ipv6_prefix = u32::from(prefix);
+    maps.write_config(&kernel).map_err(|e| e.to_string())
 }
 
 /// The deny store of this gateway: its own handle on the pinned maps (when the data plane

@@ -187,7 +187,11 @@ impl EbpfConfig {
 
     /// The kernel's view of this section.
     pub fn to_kernel(&self) -> Result<DataPlaneConfig, Issue> {
-        let mut cfg = DataPlaneConfig::default();
+        let mut cfg = DataPlaneConfig {
+            // `[abuse] ipv6_prefix`'s default; `gateway run` writes the configured one.
+            ipv6_prefix: u32::from(super::abuse::AbuseConfig::default().ipv6_prefix),
+            ..DataPlaneConfig::default()
+        };
         if self.syn_rate > 0 && !self.protected_ports.is_empty() {
             cfg.flags |= config_flag::SYN_LIMIT;
             cfg.syn_cost_ns = 1_000_000_000 / u64::from(self.syn_rate);
