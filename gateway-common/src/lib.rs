@@ -55,8 +55,9 @@ pub mod limits {
     pub const MAX_SYN_BUCKETS: u32 = 65_536;
     /// Exact-address deny entries.
     pub const MAX_DENY: u32 = 65_536;
-    /// CIDR deny entries.
-    pub const MAX_DENY_CIDR: u32 = 16_384;
+    /// CIDR deny entries: as many as exact ones, since the abuse engine bans IPv6 sources
+    /// by prefix (a /48 holds 65 536 /64s). An LPM trie allocates per entry, not up front.
+    pub const MAX_DENY_CIDR: u32 = 65_536;
     /// CIDR allow entries.
     pub const MAX_ALLOW_CIDR: u32 = 16_384;
     /// Ring buffer for rate-limit events, in bytes (a power of two, multiple of the page size).
