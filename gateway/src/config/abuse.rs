@@ -95,8 +95,10 @@ impl Default for AbuseConfig {
 
 impl AbuseConfig {
     pub fn validate(&self) -> Result<(), Issue> {
-        if self.ipv6_prefix == 0 || self.ipv6_prefix > 128 {
-            return Err(Issue::new("ipv6_prefix", "must be between 1 and 128"));
+        // A deny entry shorter than /16 is refused (it could cut off whole regions), so
+        // the engine could not ban by a shorter prefix.
+        if self.ipv6_prefix < 16 || self.ipv6_prefix > 128 {
+            return Err(Issue::new("ipv6_prefix", "must be between 16 and 128"));
         }
         if self.max_sources < 64 {
             return Err(Issue::new("max_sources", "must be at least 64"));
