@@ -162,7 +162,10 @@ fn bench(c: &mut Criterion) {
             .expect("ban");
         per_ban.push(started.elapsed());
     }
-    assert!(unix_now() + 5 < expire_at, "adding took too long to measure the expiry");
+    assert!(
+        unix_now() + 5 < expire_at,
+        "adding took too long to measure the expiry"
+    );
     let means: Vec<Duration> = per_ban
         .chunks(BUCKET)
         .map(|c| c.iter().sum::<Duration>() / c.len() as u32)

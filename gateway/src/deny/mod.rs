@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 
 /// The longest TTL a deny entry may have: 100 years. Longer ones would overflow the
 /// kernel's nanosecond expiry (u64, about 584 years, counted from boot) or read as a typo.
@@ -112,6 +112,9 @@ impl std::fmt::Debug for DenyStore {
     }
 }
 
+/// New entries a slow subscriber may fall behind by before it is told to rescan.
+const ADDED_BACKLOG: usize = 4096;
+
 /// How many entries the sweep removes from the maps under one hold of their lock, so that
 /// a ban made meanwhile waits for a chunk, not for the whole sweep.
 const SWEEP_CHUNK: usize = 256;
@@ -128,8 +131,8 @@ pub struct DenyStore {
     protected: Protected,
     /// Automatic bans evicted because a kernel map was full.
     evicted: AtomicU64,
-    /// Bumped on every new entry: connection tasks re-check their peer.
-    changed: watch::Sender<u64>,
+    /// Every new entry, for the workers that close its sources' open connections.
+    added: broadcast::Sender<Target>,
     /// Set by [`DenyStore::persist_in_background`]: state-file updates go to a writer thread
     /// (an fsync must not hold up the request that triggered a ban).
     writer: Mutex<Option<std::sync::mpsc::Sender<Update>>>,
@@ -151,7 +154,7 @@ impl DenyStore {
             view: RwLock::new(Index::default()),
             protected,
             evicted: AtomicU64::new(0),
-            changed: watch::channel(0).0,
+            added: broadcast::channel(ADDED_BACKLOG).0,
             writer: Mutex::new(None),
             worker: Mutex::new(None),
         }
@@ -457,7 +460,8 @@ impl DenyStore {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(target, meta);
         }
-        self.changed.send_modify(|g| *g += 1);
+        // No subscriber (no proxy) is fine.
+        let _ = self.added.send(target);
         let entry = StateEntry {
             target: target.to_string(),
             origin: origin_name.to_string(),
@@ -575,9 +579,10 @@ impl DenyStore {
         view.denies(ip, unix_now())
     }
 
-    /// Changes whenever an entry is added.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// Every entry added from now on. A subscriber that falls more than a few thousand
+    /// behind is told it lagged (and should check everything once).
+    pub fn subscribe(&self) -> broadcast::Receiver<Target> {
+        self.added.subscribe()
     }
 
     /// Every entry, from the maps when there are any, else from the state file.

@@ -7,7 +7,7 @@
 //! space the deny maps match in: there `::/64` covers every IPv4 address, and a check done on
 //! `IpAddr`s would miss it.
 
-use crate::ebpf::addr::{key_of, Target};
+use crate::ebpf::addr::{key_range, Target};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -28,27 +28,6 @@ pub enum TooBroad {
 pub const MIN_V4_PREFIX: u8 = 8;
 /// Shortest IPv6 prefix a deny entry may have.
 pub const MIN_V6_PREFIX: u16 = 16;
-
-/// The first and last key a target covers, and its length in the 128-bit key space.
-fn key_range(t: &Target) -> (u128, u128, u8) {
-    let (net, len) = match t {
-        Target::Addr(a) => {
-            let k = u128::from_be_bytes(key_of(*a));
-            return (k, k, 128);
-        }
-        Target::Net(IpNet::V4(n)) => (
-            u128::from_be_bytes(key_of(IpAddr::V4(n.network()))),
-            96 + n.prefix_len(),
-        ),
-        Target::Net(IpNet::V6(n)) => (u128::from(n.network()), n.prefix_len()),
-    };
-    let host = if len == 0 {
-        u128::MAX
-    } else {
-        u128::MAX >> len
-    };
-    (net & !host, net | host, len)
-}
 
 /// `::ffff:0:0/96`, where IPv4 lives among the keys.
 const V4_MAPPED: u128 = 0xffff_0000_0000;
