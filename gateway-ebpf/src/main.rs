@@ -304,7 +304,7 @@ fn prefix_bucket(cfg: &DataPlaneConfig, pkt: &Packet, now: u64) -> Option<&'stat
         return None;
     }
     let key = prefix_key(&pkt.src, cfg.ipv6_prefix);
-    if let Some(p) = SYN_BUCKETS.get_ptr_mut(&key) {
+    if let Some(p) = SYN_BUCKETS.get_ptr_mut(key) {
         // SAFETY: a value pointer from a successful lookup, valid for this program run.
         return Some(unsafe { &mut *p });
     }
@@ -313,9 +313,9 @@ fn prefix_bucket(cfg: &DataPlaneConfig, pkt: &Packet, now: u64) -> Option<&'stat
         ts_ns: now,
         ..SynBucket::default()
     };
-    let _ = SYN_BUCKETS.insert(&key, &fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
+    let _ = SYN_BUCKETS.insert(key, fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
     // SAFETY: as above.
-    SYN_BUCKETS.get_ptr_mut(&key).map(|p| unsafe { &mut *p })
+    SYN_BUCKETS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
 
 /// Takes a token from a bucket (`credit`, `ts`): credit in ns, one SYN costs
