@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The entries by target, as updates see them (ordered, so the file is stable).
@@ -155,7 +155,13 @@ impl StateFile {
     }
 
     fn lock(&self) -> Result<File, StateError> {
-        fs::create_dir_all(self.dir()).map_err(|e| self.io(e))?;
+        // Not writable by others whatever the umask, so the check below passes for a
+        // directory we made.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(self.dir())
+            .map_err(|e| self.io(e))?;
         self.check_dir()?;
         let mut lock_path = self.path.clone().into_os_string();
         lock_path.push(".lock");
