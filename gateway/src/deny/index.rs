@@ -9,7 +9,10 @@
 
 use crate::ebpf::addr::{key_of, Target};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Keys are addresses attackers choose (by getting banned): a randomly seeded hash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 use std::net::IpAddr;
 
 /// What the index keeps per entry.

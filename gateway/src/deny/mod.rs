@@ -112,6 +112,9 @@ impl std::fmt::Debug for DenyStore {
     }
 }
 
+/// At most one state-file rewrite per this interval after the first of a burst.
+const STATE_WRITE_INTERVAL: Duration = Duration::from_millis(500);
+
 /// New entries a slow subscriber may fall behind by before it is told to rescan.
 const ADDED_BACKLOG: usize = 4096;
 
@@ -194,15 +197,39 @@ impl DenyStore {
         let worker = std::thread::Builder::new()
             .name("deny-state".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
+                let write = |batch: Vec<Update>| {
                     if let Err(e) = state.update(|entries| {
                         for f in batch {
                             f(entries);
                         }
                     }) {
                         tracing::error!(error = %e, "deny state file not updated");
+                    }
+                };
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    write(batch);
+                    // A rewrite costs what the list holds: during a ban storm, collect for
+                    // a while instead of rewriting back to back (the kernel maps already
+                    // hold every ban; the file is for reboots). A flush ends the wait.
+                    let until = std::time::Instant::now() + STATE_WRITE_INTERVAL;
+                    let mut pending = Vec::new();
+                    loop {
+                        let left = until.saturating_duration_since(std::time::Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(f) => pending.push(f),
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                                if !pending.is_empty() {
+                                    write(pending);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                    if !pending.is_empty() {
+                        write(pending);
                     }
                 }
             });
