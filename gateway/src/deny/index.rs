@@ -145,11 +145,12 @@ impl Index {
         Some(meta)
     }
 
-    /// Removes and returns every entry whose expiry has passed; costs what expired.
-    pub fn drain_expired(&mut self, now: u64) -> Vec<Target> {
+    /// Removes and returns up to `max` entries whose expiry has passed; costs what it
+    /// returns.
+    pub fn drain_expired(&mut self, now: u64, max: usize) -> Vec<Target> {
         let mut out = Vec::new();
         while let Some(&(exp, t)) = self.expiring.first() {
-            if live(exp, now) {
+            if live(exp, now) || out.len() >= max {
                 break;
             }
             self.remove(&t);
@@ -284,12 +285,14 @@ mod tests {
             },
         );
         assert_eq!(i.eviction_candidate(Kind::Address), Some(t("192.0.2.2")));
-        let mut gone = i.drain_expired(20);
-        gone.sort();
-        assert_eq!(gone, vec![t("192.0.2.1"), t("2001:db8::/64")]);
+        assert_eq!(i.drain_expired(20, 1).len(), 1, "at most `max` at a time");
+        let mut gone = i.drain_expired(20, 10);
+        gone.extend(i.drain_expired(20, 10));
+        assert_eq!(gone.len(), 1);
+        assert!(i.get(&t("192.0.2.1")).is_none() && i.get(&t("2001:db8::/64")).is_none());
         assert_eq!(i.eviction_candidate(Kind::Prefix), None);
         assert_eq!(i.len(), 3);
-        assert!(i.drain_expired(20).is_empty());
+        assert!(i.drain_expired(20, 10).is_empty());
         assert_eq!(i.remove(&t("192.0.2.2")).map(|m| m.automatic), Some(true));
         assert_eq!(i.eviction_candidate(Kind::Address), Some(t("192.0.2.3")));
         i.remove(&t("192.0.2.3"));

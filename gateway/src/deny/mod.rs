@@ -565,20 +565,23 @@ impl DenyStore {
     }
 
     /// Drops expired entries from the index, the maps and the state file; costs what
-    /// expired, not what is listed. The maps are changed in chunks, so a ban made meanwhile
-    /// waits for one chunk at most, and the index is locked only to take the expired out.
+    /// expired, not what is listed. It works in chunks: the index is write-locked (which
+    /// holds up `is_denied` at accept) and the maps locked (which holds up a ban) for one
+    /// chunk at a time, never for the whole sweep.
     pub fn sweep(&self) -> Result<(), DenyError> {
         let now = unix_now();
-        let expired = self
-            .view
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain_expired(now);
-        if expired.is_empty() {
-            return Ok(());
-        }
-        if let Some(maps) = &self.maps {
-            for chunk in expired.chunks(SWEEP_CHUNK) {
+        let mut swept = 0;
+        loop {
+            let chunk = self
+                .view
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain_expired(now, SWEEP_CHUNK);
+            if chunk.is_empty() {
+                break;
+            }
+            swept += chunk.len();
+            if let Some(maps) = &self.maps {
                 let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
                 // An `add` may have renewed one since it was taken out: leave those.
                 let gone: Vec<Target> = {
@@ -592,7 +595,10 @@ impl DenyStore {
                 maps.undeny_many(&gone)?;
             }
         }
-        tracing::info!(count = expired.len(), "deny entries expired");
+        if swept == 0 {
+            return Ok(());
+        }
+        tracing::info!(count = swept, "deny entries expired");
         self.persist(move |entries| entries.retain(|_, e| live(e.expires_unix, now)))
     }
 
