@@ -187,8 +187,13 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
             _ = int.recv() => break,
             _ = hup.recv() => reload(config_path, &config, plane.as_mut(), certs.as_deref()),
             _ = sweep.tick() => {
-                if let Err(e) = deny.sweep() {
-                    tracing::warn!(error = %e, "removing expired deny entries failed");
+                // Blocking (map syscalls, paced): off this runtime, which also serves the
+                // admin endpoint and the event reader.
+                let d = deny.clone();
+                match tokio::task::spawn_blocking(move || d.sweep()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "removing expired deny entries failed"),
+                    Err(e) => tracing::warn!(error = %e, "the deny sweep stopped"),
                 }
             }
         }
