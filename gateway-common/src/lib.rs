@@ -24,9 +24,20 @@ pub mod map_name {
     /// allow or deny lists; sources whose cached classification carries another value are
     /// classified again.
     pub const GENERATION: &str = "GENERATION";
+    /// SYN token buckets of IPv6 sources, one per prefix of `DataPlaneConfig::ipv6_prefix`
+    /// bits (IPv4 sources keep theirs in `SOURCES`).
+    pub const SYN_BUCKETS: &str = "SYN_BUCKETS";
     /// Every map that is pinned, in a stable order.
-    pub const ALL: [&str; 8] = [
-        SOURCES, DENY, DENY_CIDR, ALLOW_CIDR, CONFIG, TOTALS, EVENTS, GENERATION,
+    pub const ALL: [&str; 9] = [
+        SOURCES,
+        DENY,
+        DENY_CIDR,
+        ALLOW_CIDR,
+        CONFIG,
+        TOTALS,
+        EVENTS,
+        GENERATION,
+        SYN_BUCKETS,
     ];
 }
 
@@ -40,10 +51,13 @@ pub mod program_name {
 pub mod limits {
     /// Per-source counters (LRU: the least recently seen sources are evicted first).
     pub const MAX_SOURCES: u32 = 131_072;
+    /// IPv6 SYN buckets, one per prefix (LRU as well).
+    pub const MAX_SYN_BUCKETS: u32 = 65_536;
     /// Exact-address deny entries.
     pub const MAX_DENY: u32 = 65_536;
-    /// CIDR deny entries.
-    pub const MAX_DENY_CIDR: u32 = 16_384;
+    /// CIDR deny entries: as many as exact ones, since the abuse engine bans IPv6 sources
+    /// by prefix (a /48 holds 65 536 /64s). An LPM trie allocates per entry, not up front.
+    pub const MAX_DENY_CIDR: u32 = 65_536;
     /// CIDR allow entries.
     pub const MAX_ALLOW_CIDR: u32 = 16_384;
     /// Ring buffer for rate-limit events, in bytes (a power of two, multiple of the page size).
@@ -169,7 +183,10 @@ pub const PORT_BITMAP_WORDS: usize = 65_536 / 64;
 pub struct DataPlaneConfig {
     /// [`config_flag`] bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// IPv6 sources share one SYN bucket per prefix of this many bits (as the abuse engine
+    /// counts them), so rotating addresses inside a /64 buys no extra connections. 0 or
+    /// 128: one bucket per address.
+    pub ipv6_prefix: u32,
     /// Credit one SYN costs: 1e9 / rate.
     pub syn_cost_ns: u64,
     /// Bucket capacity: burst × cost.
@@ -184,7 +201,7 @@ impl Default for DataPlaneConfig {
     fn default() -> Self {
         Self {
             flags: 0,
-            _pad: 0,
+            ipv6_prefix: 0,
             syn_cost_ns: 0,
             syn_burst_ns: 0,
             event_interval_ns: 0,
@@ -204,6 +221,35 @@ impl DataPlaneConfig {
     pub fn is_protected(&self, port: u16) -> bool {
         self.ports[usize::from(port >> 6)] & (1u64 << (port & 63)) != 0
     }
+}
+
+/// A SYN token bucket shared by the IPv6 sources of one prefix (see
+/// `DataPlaneConfig::ipv6_prefix`); the same fields as in [`SourceStats`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynBucket {
+    pub credit_ns: u64,
+    pub ts_ns: u64,
+    pub last_event_ns: u64,
+    /// SYNs over the rate (dropped or monitored) from the whole prefix.
+    pub limited: u64,
+}
+
+/// The map key of the prefix of `prefix_len` bits an address belongs to.
+#[inline(always)]
+pub fn prefix_key(src: &SourceKey, prefix_len: u32) -> SourceKey {
+    let mut out = *src;
+    let mut i = 0;
+    while i < 16 {
+        let bit = (i as u32) * 8;
+        if bit >= prefix_len {
+            out[i] = 0;
+        } else if prefix_len - bit < 8 {
+            out[i] &= (0xffu32 << (8 - (prefix_len - bit))) as u8;
+        }
+        i += 1;
+    }
+    out
 }
 
 /// A rate-limit trip reported to user space through `EVENTS`.
@@ -294,4 +340,5 @@ mod pod {
     unsafe impl aya::Pod for super::DataPlaneConfig {}
     unsafe impl aya::Pod for super::RateLimitEvent {}
     unsafe impl aya::Pod for super::Totals {}
+    unsafe impl aya::Pod for super::SynBucket {}
 }

@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use gateway_common::{
-    class, config_flag, counter, limits, AllowEntry, DataPlaneConfig, DenyEntry, RateLimitEvent,
-    SourceKey, SourceStats, Totals,
+    class, config_flag, counter, limits, prefix_key, AllowEntry, DataPlaneConfig, DenyEntry,
+    RateLimitEvent, SourceKey, SourceStats, SynBucket, Totals,
 };
 use parse::{Packet, Parsed};
 
@@ -49,6 +49,10 @@ static GENERATION: Array<u64> = Array::pinned(1, 0);
 
 #[map]
 static TOTALS: PerCpuArray<Totals> = PerCpuArray::pinned(1, 0);
+
+#[map]
+static SYN_BUCKETS: LruHashMap<SourceKey, SynBucket> =
+    LruHashMap::pinned(limits::MAX_SYN_BUCKETS, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(limits::EVENTS_BYTES, 0);
@@ -291,9 +295,50 @@ fn source_stats(src: &SourceKey, now: u64) -> Option<(&'static mut SourceStats, 
     SOURCES.get_ptr_mut(src).map(|p| (unsafe { &mut *p }, true))
 }
 
-/// Token bucket on new connections. The bucket holds nanoseconds of credit; one SYN costs
-/// `syn_cost_ns`, time refills it one for one up to `syn_burst_ns`. Concurrent SYNs from one
-/// source on two CPUs may race on the bucket; the error is at most one token per race.
+/// The SYN bucket of an IPv6 source's prefix, created full on its first SYN; `None` when
+/// the source is counted per address (IPv4, or prefix aggregation off) or the LRU map
+/// refused an insert.
+#[inline(always)]
+fn prefix_bucket(cfg: &DataPlaneConfig, pkt: &Packet, now: u64) -> Option<&'static mut SynBucket> {
+    if pkt.ipv4 || cfg.ipv6_prefix == 0 || cfg.ipv6_prefix >= 128 {
+        return None;
+    }
+    let key = prefix_key(&pkt.src, cfg.ipv6_prefix);
+    if let Some(p) = SYN_BUCKETS.get_ptr_mut(key) {
+        // SAFETY: a value pointer from a successful lookup, valid for this program run.
+        return Some(unsafe { &mut *p });
+    }
+    let fresh = SynBucket {
+        credit_ns: cfg.syn_burst_ns,
+        ts_ns: now,
+        ..SynBucket::default()
+    };
+    let _ = SYN_BUCKETS.insert(key, fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
+    // SAFETY: as above.
+    SYN_BUCKETS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// Takes a token from a bucket (`credit`, `ts`): credit in ns, one SYN costs
+/// `syn_cost_ns`, time refills it one for one up to `syn_burst_ns`. `true` when taken.
+#[inline(always)]
+fn take_token(credit: &mut u64, ts: &mut u64, cfg: &DataPlaneConfig, now: u64) -> bool {
+    let elapsed = now.saturating_sub(*ts);
+    let mut c = credit.saturating_add(elapsed);
+    if c > cfg.syn_burst_ns {
+        c = cfg.syn_burst_ns;
+    }
+    *ts = now;
+    if c >= cfg.syn_cost_ns {
+        *credit = c - cfg.syn_cost_ns;
+        return true;
+    }
+    *credit = c;
+    false
+}
+
+/// Token bucket on new connections: the source's own (IPv4), or its prefix's (IPv6, see
+/// [`prefix_bucket`]). Concurrent SYNs on two CPUs may race on a bucket; the error is at
+/// most one token per race.
 #[inline(always)]
 fn rate_limit(
     stats: &mut SourceStats,
@@ -302,17 +347,28 @@ fn rate_limit(
     now: u64,
     totals: &mut [u64; counter::COUNT as usize],
 ) -> Verdict {
-    let elapsed = now.saturating_sub(stats.bucket_ts_ns);
-    let mut credit = stats.bucket_credit_ns.saturating_add(elapsed);
-    if credit > cfg.syn_burst_ns {
-        credit = cfg.syn_burst_ns;
-    }
-    stats.bucket_ts_ns = now;
-    if credit >= cfg.syn_cost_ns {
-        stats.bucket_credit_ns = credit - cfg.syn_cost_ns;
+    let shared = prefix_bucket(cfg, pkt, now);
+    let (taken, last_event) = match shared {
+        Some(b) => {
+            let taken = take_token(&mut b.credit_ns, &mut b.ts_ns, cfg, now);
+            if !taken {
+                b.limited += 1;
+            }
+            (taken, &mut b.last_event_ns)
+        }
+        None => (
+            take_token(
+                &mut stats.bucket_credit_ns,
+                &mut stats.bucket_ts_ns,
+                cfg,
+                now,
+            ),
+            &mut stats.last_event_ns,
+        ),
+    };
+    if taken {
         return Verdict::Pass;
     }
-    stats.bucket_credit_ns = credit;
 
     let enforce = cfg.flags & config_flag::ENFORCE != 0;
     let limited_total = if enforce {
@@ -325,9 +381,8 @@ fn rate_limit(
         stats.monitored_rate
     };
 
-    if now.saturating_sub(stats.last_event_ns) >= cfg.event_interval_ns || stats.last_event_ns == 0
-    {
-        stats.last_event_ns = now;
+    if now.saturating_sub(*last_event) >= cfg.event_interval_ns || *last_event == 0 {
+        *last_event = now;
         let event = RateLimitEvent {
             addr: pkt.src,
             ts_ns: now,

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the side-by-side benchmark of issue 6, bounded in time. In order:
 //! JWT micro benchmarks (criterion, with the raw ring verify as the floor), the data plane per
-//! packet (criterion over BPF_PROG_TEST_RUN, with a trivial program as the floor; root), end
+//! packet (criterion over BPF_PROG_TEST_RUN, with a trivial program as the floor; root), bans
+//! as the deny list grows to 50 000 entries (real pinned maps; root), end
 //! to end against HAProxy with the shared peer harness (interleaved runs), the kernel drop
 //! rate on a veth pair (XDP vs nftables; root), and memory (idle TLS connections, growth
 //! between two load runs). Prints a summary and writes `bench/results/<UTC timestamp>.md`.
@@ -33,7 +34,7 @@ const DEFAULTS: &[(&str, &str)] = &[("--warm-up-time", "1"), ("--measurement-tim
 /// A section of the report: fills in target verdicts, returns its markdown.
 type SectionFn<'a> = dyn FnMut(&mut Vec<(String, bool)>) -> Result<String> + 'a;
 
-const SECTIONS: &[&str] = &["jwt", "dataplane", "e2e", "drop", "memory"];
+const SECTIONS: &[&str] = &["jwt", "dataplane", "bans", "e2e", "drop", "memory"];
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -58,7 +59,7 @@ pub struct BenchArgs {
     /// Distinct tokens in the rotating pool (default 16384; --quick 4096), minted once per 12 h.
     #[arg(long, value_name = "N")]
     pub token_pool: Option<usize>,
-    /// Run only these sections (comma-separated): jwt, dataplane, e2e, drop, memory.
+    /// Run only these sections (comma-separated): jwt, dataplane, bans, e2e, drop, memory.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Criterion only: run this bench target (repeatable), as before the side-by-side bench.
@@ -166,6 +167,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if want("dataplane") {
         section("dataplane", &mut |_| micro::dataplane(&ctx));
+    }
+    if want("bans") {
+        section("bans", &mut |_| micro::bans(&ctx));
     }
     let material = if want("e2e") || want("memory") {
         util::require_tools(&["haproxy", "wrk", "h2load", "curl", "openssl", "python3"])?;

@@ -1,7 +1,13 @@
 //! The abuse engine: per-source signals (refused tokens, client errors, request rate, failed
-//! TLS handshakes, connections over the limit, kernel rate-limit trips) counted over sliding
-//! windows; a source that crosses a rule's limit is banned through the [`DenyStore`], so its
-//! next packet is dropped in the kernel.
+//! TLS handshakes, connections over the limit) counted over sliding windows; a source that
+//! crosses a rule's limit is banned through the [`DenyStore`], so its next packet is dropped
+//! in the kernel.
+//!
+//! Every signal comes from a connection whose TCP handshake completed, so its source address
+//! is not forged. The kernel's SYN rate-limit trips are not signals: a SYN's source can be
+//! anything, and a ban on it would let anyone ban any address (the kernel keeps limiting
+//! the SYNs themselves). Protected addresses (see [`crate::deny::Protected`]) are never
+//! banned; each one that crosses a limit is logged once and counted.
 //!
 //! Memory is bounded: sources live in sharded LRU maps (the least recently seen are
 //! forgotten first). The hot path takes one shard's lock for a few counter updates; the ban
@@ -16,12 +22,28 @@ use crate::deny::{DenyError, DenyStore};
 use crate::ebpf::Target;
 use ipnet::{IpNet, Ipv6Net};
 use lru::LruCache;
+use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// The address a source is counted by: IPv4 (and IPv4-mapped IPv6) as is, IPv6 by its
+/// prefix of `ipv6_prefix` bits, so that one host (which owns a whole /64) cannot rotate
+/// addresses to look like many. The abuse engine and the per-source connection limit share it.
+pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => Ipv6Net::new(v6, ipv6_prefix)
+                .map(|n| IpAddr::V6(n.network()))
+                .unwrap_or(ip),
+        },
+        v4 => v4,
+    }
+}
 
 /// What a source did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,17 +53,15 @@ pub enum Signal {
     Request,
     TlsFailure,
     ConnectionRefused,
-    KernelRate,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 6] = [
+    pub const ALL: [Signal; 5] = [
         Signal::AuthFailure,
         Signal::ClientError,
         Signal::Request,
         Signal::TlsFailure,
         Signal::ConnectionRefused,
-        Signal::KernelRate,
     ];
 
     fn index(self) -> usize {
@@ -56,7 +76,6 @@ impl Signal {
             Signal::Request => "rate",
             Signal::TlsFailure => "tls_failures",
             Signal::ConnectionRefused => "connections",
-            Signal::KernelRate => "kernel_rate",
         }
     }
 }
@@ -106,6 +125,8 @@ pub struct Decision {
 pub struct AbuseCounters {
     pub bans: [AtomicU64; SIGNALS],
     pub monitored: [AtomicU64; SIGNALS],
+    /// Limits crossed by protected addresses, which are never banned.
+    pub protected: AtomicU64,
 }
 
 impl std::fmt::Debug for AbuseEngine {
@@ -127,6 +148,8 @@ pub struct AbuseEngine {
     store: Arc<DenyStore>,
     epoch: Instant,
     counters: AbuseCounters,
+    /// Protected addresses already logged (each once; bounded by the protected set).
+    logged_protected: Mutex<HashSet<Target>>,
 }
 
 impl AbuseEngine {
@@ -140,7 +163,6 @@ impl AbuseEngine {
                 Signal::Request => cfg.requests.as_ref(),
                 Signal::TlsFailure => cfg.tls_failures.as_ref(),
                 Signal::ConnectionRefused => cfg.connections.as_ref(),
-                Signal::KernelRate => cfg.kernel_rate.as_ref(),
             }
             .map(CompiledRule::from)
         };
@@ -156,6 +178,7 @@ impl AbuseEngine {
             store,
             epoch: Instant::now(),
             counters: AbuseCounters::default(),
+            logged_protected: Mutex::new(HashSet::new()),
         }
     }
 
@@ -165,15 +188,12 @@ impl AbuseEngine {
 
     /// The address a source is tracked and banned by: IPv4 as is, IPv6 by prefix.
     fn key(&self, ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => Ipv6Net::new(v6, self.ipv6_prefix)
-                    .map(|n| IpAddr::V6(n.network()))
-                    .unwrap_or(ip),
-            },
-            v4 => v4,
-        }
+        source_key(ip, self.ipv6_prefix)
+    }
+
+    /// The IPv6 prefix length sources are counted by.
+    pub fn ipv6_prefix(&self) -> u8 {
+        self.ipv6_prefix
     }
 
     fn target(&self, key: IpAddr) -> Target {
@@ -260,6 +280,18 @@ impl AbuseEngine {
             }
             Err(DenyError::Allowed(_)) => {
                 tracing::info!(target_addr = %d.target, signal = d.signal.name(), "abuse: limit crossed by an allow-listed source; not banned");
+                self.forget(d.target);
+            }
+            Err(DenyError::Protected { hit, .. }) => {
+                self.counters.protected.fetch_add(1, Ordering::Relaxed);
+                let first = self
+                    .logged_protected
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(d.target);
+                if first {
+                    tracing::warn!(target_addr = %d.target, protected = %hit, signal = d.signal.name(), "abuse: limit crossed by a protected address; never banned (logged once per address)");
+                }
                 self.forget(d.target);
             }
             Err(e) => {
@@ -391,6 +423,43 @@ mod tests {
         }
         assert!(!a.store().is_denied(ip));
         assert_eq!(a.counters().bans[0].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn protected_addresses_are_counted_never_banned() {
+        let mut p = crate::deny::Protected::new();
+        p.add("upstream u", ["192.0.2.50".parse().unwrap()]);
+        let store = Arc::new(DenyStore::new(None, None, vec![]).with_protected(&p));
+        let e = AbuseEngine::new(
+            &AbuseConfig {
+                auth_failures: rule(1, 60),
+                ..AbuseConfig::default()
+            },
+            store,
+        );
+        let ip: IpAddr = "192.0.2.50".parse().unwrap();
+        for _ in 0..10 {
+            e.record(ip, Signal::AuthFailure);
+        }
+        assert!(!e.store().is_denied(ip));
+        assert_eq!(e.counters().bans[0].load(Ordering::Relaxed), 0);
+        assert_eq!(e.counters().protected.load(Ordering::Relaxed), 5);
+        assert_eq!(e.logged_protected.lock().unwrap().len(), 1);
+        // An unprotected neighbour is still banned.
+        let other: IpAddr = "192.0.2.51".parse().unwrap();
+        e.record(other, Signal::AuthFailure);
+        assert!(e.record(other, Signal::AuthFailure).is_some());
+        assert!(e.store().is_denied(other));
+    }
+
+    #[test]
+    fn source_keys_aggregate_ipv6_by_prefix_only() {
+        let k = |s: &str, p| source_key(s.parse().unwrap(), p).to_string();
+        assert_eq!(k("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::");
+        assert_eq!(k("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1");
+        assert_eq!(k("::ffff:192.0.2.7", 64), "192.0.2.7");
+        assert_eq!(k("192.0.2.7", 64), "192.0.2.7");
     }
 
     #[test]

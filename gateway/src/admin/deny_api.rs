@@ -33,6 +33,10 @@ pub struct AddRequest {
     /// `90s`, `10m`, ...; absent: until removed.
     pub ttl: Option<String>,
     pub reason: Option<String>,
+    /// Deny even when the target covers a protected address (never a target that covers
+    /// all of IPv4 or IPv6 or is shorter than /8 or /16).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// Who may use the API.
@@ -225,7 +229,7 @@ async fn add(req: Request<Incoming>, store: &DenyStore, enforced: bool) -> Respo
     if reason.len() > gateway_common::limits::REASON_LEN {
         return error(StatusCode::BAD_REQUEST, "reason is longer than 64 bytes");
     }
-    match store.add(target, ttl, "manual", &reason, 1) {
+    match store.add_manual(target, ttl, &reason, add.force) {
         Ok(()) if enforced => json(
             StatusCode::OK,
             serde_json::json!({ "denied": target.to_string(), "enforced": true }).to_string(),
@@ -239,7 +243,12 @@ async fn add(req: Request<Incoming>, store: &DenyStore, enforced: bool) -> Respo
             })
             .to_string(),
         ),
-        Err(e @ DenyError::Allowed(_)) => error(StatusCode::CONFLICT, e),
+        Err(e @ (DenyError::Allowed(_) | DenyError::Protected { .. })) => {
+            error(StatusCode::CONFLICT, e)
+        }
+        Err(e @ (DenyError::TooBroad(_) | DenyError::TtlTooLong(_))) => {
+            error(StatusCode::BAD_REQUEST, e)
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -10,7 +10,7 @@ use crate::admin::client;
 use crate::admin::deny_api::AddRequest;
 use crate::config::ebpf::DEFAULT_STATE_FILE;
 use crate::config::Config;
-use crate::deny::{DenyStore, DenyView};
+use crate::deny::{check_scope, check_ttl, DenyStore, DenyView, Protected};
 use crate::ebpf::Target;
 use clap::{Args, Subcommand};
 use gateway_common::limits;
@@ -32,6 +32,11 @@ pub enum DenyCommand {
         /// Why; shown by `deny list` (at most 64 bytes).
         #[arg(long)]
         reason: Option<String>,
+        /// Deny even when the target covers a protected address (this host's, an
+        /// upstream's, a JWKS host's, the allow list's); never more than a /8 (IPv4) or
+        /// /16 (IPv6).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         at: Where,
     },
@@ -120,11 +125,30 @@ impl Where {
             None => None,
         });
         let maps = self.maps.open()?;
-        Ok(Backend::Local(Box::new(DenyStore::new(
-            Some(maps),
-            state_file,
-            Vec::new(),
-        ))))
+        // The same protection as the gateway's: what the config names (when given) and
+        // this host's addresses.
+        let allow = match config.as_ref().and_then(|c| c.ebpf.as_ref()) {
+            Some(e) => e.allow_nets().map_err(|i| fail(EXIT_USAGE, i.message))?,
+            None => Vec::new(),
+        };
+        let protected = match &config {
+            Some(c) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(Protected::from_config(c)))
+                .map_err(|e| fail(EXIT_FAILURE, format!("cannot start a runtime: {e}")))?,
+            None => {
+                let mut p = Protected::new();
+                p.add(
+                    "an address of this host",
+                    Protected::interface_addrs().unwrap_or_default(),
+                );
+                p
+            }
+        };
+        Ok(Backend::Local(Box::new(
+            DenyStore::new(Some(maps), state_file, allow).with_protected(&protected),
+        )))
     }
 }
 
@@ -159,8 +183,9 @@ pub fn run(cmd: DenyCommand) -> ExitCode {
             target,
             ttl,
             reason,
+            force,
             at,
-        } => add(&target, ttl.as_deref(), reason.as_deref(), &at),
+        } => add(&target, ttl.as_deref(), reason.as_deref(), force, &at),
         DenyCommand::Del { target, at } => del(&target, &at),
         DenyCommand::List { json, at } => list(json, &at),
     }
@@ -174,15 +199,21 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, at: &Where) -> ExitCode {
+fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, force: bool, at: &Where) -> ExitCode {
     let target: Target = match target.parse() {
         Ok(t) => t,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    if let Err(e) = check_scope(&target) {
+        return fail(EXIT_USAGE, e);
+    }
     let ttl_value = match ttl.map(parse_ttl).transpose() {
         Ok(t) => t,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    if let Err(e) = check_ttl(ttl_value) {
+        return fail(EXIT_USAGE, e);
+    }
     let reason = reason.unwrap_or("manual");
     if reason.len() > limits::REASON_LEN {
         return fail(
@@ -204,6 +235,7 @@ fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, at: &Where) -> Exi
                 target: target.to_string(),
                 ttl: ttl.map(str::to_string),
                 reason: Some(reason.to_string()),
+                force,
             };
             let body = serde_json::to_string(&body).unwrap_or_default();
             backend
@@ -211,7 +243,7 @@ fn add(target: &str, ttl: Option<&str>, reason: Option<&str>, at: &Where) -> Exi
                 .map(|answer| warn_unenforced(&answer))
         }
         Backend::Local(store) => store
-            .add(target, ttl_value, "manual", reason, 1)
+            .add_manual(target, ttl_value, reason, force)
             .map_err(|e| e.to_string()),
     };
     if let Err(e) = done {

@@ -8,7 +8,7 @@
 //! requests up to `[listen] shutdown_grace`, then detach the programs.
 
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
-use crate::abuse::{AbuseEngine, Signal};
+use crate::abuse::AbuseEngine;
 use crate::admin;
 use crate::config::{Config, DataPlaneMode, Issue, Plan};
 use crate::deny::{DenyError, DenyStore};
@@ -102,9 +102,15 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         },
         None => None,
     };
+    if let Some(p) = plane.as_mut() {
+        if let Err(e) = apply_ipv6_prefix(p.maps(), &config) {
+            return fail(EXIT_FAILURE, e);
+        }
+    }
     // The deny list: the data plane's maps (when it runs) and the durable state file. At
     // start, bans still in force come back from the file (after a reboot the pins are gone).
-    let deny = match open_deny_store(&config, plane.is_some()) {
+    let protected = crate::deny::Protected::from_config(&config).await;
+    let deny = match open_deny_store(&config, plane.is_some(), &protected) {
         Ok(d) => d,
         Err(e) => return fail(EXIT_FAILURE, e),
     };
@@ -113,16 +119,11 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         .abuse
         .as_ref()
         .map(|cfg| Arc::new(AbuseEngine::new(cfg, deny.clone())));
+    // SYN rate-limit trips are logged, never fed to the abuse engine: their source address
+    // can be forged (the kernel keeps limiting the SYNs themselves).
     if let Some(ring) = plane.as_mut().and_then(DataPlane::take_events) {
-        let abuse = abuse.clone();
         tokio::spawn(async move {
-            let on_event = move |ev: gateway_common::RateLimitEvent| {
-                events::log_event(ev);
-                if let Some(a) = &abuse {
-                    a.record(crate::ebpf::addr::addr_of(&ev.addr), Signal::KernelRate);
-                }
-            };
-            if let Err(e) = events::consume(ring, on_event).await {
+            if let Err(e) = events::consume(ring, events::log_event).await {
                 tracing::error!(error = %e, "rate-limit event reader stopped");
             }
         });
@@ -210,8 +211,13 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
             _ = int.recv() => break,
             _ = hup.recv() => reload(config_path, &config, plane.as_mut(), certs.as_deref()),
             _ = sweep.tick() => {
-                if let Err(e) = deny.sweep() {
-                    tracing::warn!(error = %e, "removing expired deny entries failed");
+                // Blocking (map syscalls, paced): off this runtime, which also serves the
+                // admin endpoint and the event reader.
+                let d = deny.clone();
+                match tokio::task::spawn_blocking(move || d.sweep()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "removing expired deny entries failed"),
+                    Err(e) => tracing::warn!(error = %e, "the deny sweep stopped"),
                 }
             }
         }
@@ -384,6 +390,7 @@ fn reload(path: &Path, running: &Plan, plane: Option<&mut DataPlane>, certs: Opt
         let allow = new.allow_nets()?;
         let deny = new.deny_targets()?;
         maps.write_config(&kernel)?;
+        apply_ipv6_prefix(maps, running)?;
         maps.replace_allow(&allow)?;
         Ok(maps.sync_config_denies(&deny)?)
     })();
@@ -393,9 +400,26 @@ fn reload(path: &Path, running: &Plan, plane: Option<&mut DataPlane>, certs: Opt
     }
 }
 
+/// The kernel's SYN buckets count IPv6 sources by `[abuse] ipv6_prefix`, as the abuse
+/// engine does (the `[ebpf]` section alone writes the default). A restart applies a change.
+fn apply_ipv6_prefix(maps: &mut PinnedMaps, config: &Plan) -> Result<(), MapsError> {
+    let prefix = config.abuse.as_ref().map_or(
+        crate::config::abuse::AbuseConfig::default().ipv6_prefix,
+        |a| a.ipv6_prefix,
+    );
+    let mut kernel = maps.read_config()?;
+    kernel.ipv6_prefix = u32::from(prefix);
+    maps.write_config(&kernel)
+}
+
 /// The deny store of this gateway: its own handle on the pinned maps (when the data plane
-/// runs), the state file of `[ebpf]` (when configured), the config's allow list.
-fn open_deny_store(config: &Plan, data_plane: bool) -> Result<Arc<DenyStore>, StartError> {
+/// runs), the state file of `[ebpf]` (when configured), the config's allow list and the
+/// other addresses no ban may cover.
+fn open_deny_store(
+    config: &Plan,
+    data_plane: bool,
+    protected: &crate::deny::Protected,
+) -> Result<Arc<DenyStore>, StartError> {
     let ebpf = config.ebpf.as_ref();
     let maps = match ebpf.filter(|_| data_plane) {
         Some(cfg) => Some(PinnedMaps::open(&cfg.pin_path)?),
@@ -405,7 +429,8 @@ fn open_deny_store(config: &Plan, data_plane: bool) -> Result<Arc<DenyStore>, St
         Some(cfg) => cfg.allow_nets()?,
         None => Vec::new(),
     };
-    let store = DenyStore::new(maps, ebpf.map(|e| e.state_file.clone()), allow);
+    let store =
+        DenyStore::new(maps, ebpf.map(|e| e.state_file.clone()), allow).with_protected(protected);
     match store.restore() {
         Ok(0) => {}
         Ok(n) => tracing::info!(restored = n, "deny entries restored from the state file"),

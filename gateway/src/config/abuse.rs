@@ -69,7 +69,9 @@ pub struct AbuseConfig {
     /// Connections refused over `[listen] max_connections_per_source`. Default: 50 in 10 s → 5 min.
     #[serde(deserialize_with = "rule_or_off")]
     pub connections: Option<Rule>,
-    /// SYN rate-limit trips reported by the kernel. Default: 5 in 60 s → 10 min.
+    /// Not a rule: SYN rate-limit trips come from packets whose source can be forged, so
+    /// they never ban (the kernel still limits the SYNs). Accepted only as `false`, so an
+    /// old config that sets a rule is refused with the reason.
     #[serde(deserialize_with = "rule_or_off")]
     pub kernel_rate: Option<Rule>,
 }
@@ -86,18 +88,28 @@ impl Default for AbuseConfig {
             requests: None,
             tls_failures: rule(20, 10, 300),
             connections: rule(50, 10, 300),
-            kernel_rate: rule(5, 60, 600),
+            kernel_rate: None,
         }
     }
 }
 
 impl AbuseConfig {
     pub fn validate(&self) -> Result<(), Issue> {
-        if self.ipv6_prefix == 0 || self.ipv6_prefix > 128 {
-            return Err(Issue::new("ipv6_prefix", "must be between 1 and 128"));
+        // A deny entry shorter than /16 is refused (it could cut off whole regions), so
+        // the engine could not ban by a shorter prefix.
+        if self.ipv6_prefix < 16 || self.ipv6_prefix > 128 {
+            return Err(Issue::new("ipv6_prefix", "must be between 16 and 128"));
         }
         if self.max_sources < 64 {
             return Err(Issue::new("max_sources", "must be at least 64"));
+        }
+        if self.kernel_rate.is_some() {
+            return Err(Issue::new(
+                "kernel_rate",
+                "SYN rate-limit trips never ban: a SYN's source address can be forged, so \
+                 anyone could get any address banned (the kernel still limits the SYNs); \
+                 remove this rule",
+            ));
         }
         for (key, r) in [
             ("auth_failures", &self.auth_failures),
@@ -105,7 +117,6 @@ impl AbuseConfig {
             ("requests", &self.requests),
             ("tls_failures", &self.tls_failures),
             ("connections", &self.connections),
-            ("kernel_rate", &self.kernel_rate),
         ] {
             if let Some(r) = r {
                 if r.limit == 0 {

@@ -176,8 +176,14 @@ impl EbpfConfig {
         })
     }
 
+    /// The static deny list; an entry covering all of IPv4 or IPv6, or shorter than /8 or
+    /// /16, is refused as it is from `gateway deny add`.
     pub fn deny_targets(&self) -> Result<Vec<Target>, Issue> {
-        parse_targets("deny", &self.deny)
+        let targets = parse_targets("deny", &self.deny)?;
+        for t in &targets {
+            crate::deny::check_scope(t).map_err(|e| Issue::new("deny", e.to_string()))?;
+        }
+        Ok(targets)
     }
 
     pub fn event_interval(&self) -> Result<Duration, Issue> {
@@ -187,7 +193,11 @@ impl EbpfConfig {
 
     /// The kernel's view of this section.
     pub fn to_kernel(&self) -> Result<DataPlaneConfig, Issue> {
-        let mut cfg = DataPlaneConfig::default();
+        let mut cfg = DataPlaneConfig {
+            // `[abuse] ipv6_prefix`'s default; `gateway run` writes the configured one.
+            ipv6_prefix: u32::from(super::abuse::AbuseConfig::default().ipv6_prefix),
+            ..DataPlaneConfig::default()
+        };
         if self.syn_rate > 0 && !self.protected_ports.is_empty() {
             cfg.flags |= config_flag::SYN_LIMIT;
             cfg.syn_cost_ns = 1_000_000_000 / u64::from(self.syn_rate);
@@ -304,6 +314,20 @@ mod tests {
                     ..base()
                 },
                 "syn_burst",
+            ),
+            (
+                EbpfConfig {
+                    deny: vec!["::/64".into()],
+                    ..base()
+                },
+                "deny",
+            ),
+            (
+                EbpfConfig {
+                    deny: vec!["0.0.0.0/0".into()],
+                    ..base()
+                },
+                "deny",
             ),
             (
                 EbpfConfig {

@@ -7,19 +7,28 @@
 //! monotonic time restarts at boot; it is rewritten whole and renamed into place, so a crash
 //! leaves the old or the new version, never a torn one.
 
+mod index;
+mod protected;
 mod state;
 
-pub use state::{StateEntry, StateError, StateFile};
+pub use protected::{check_scope, Hit, Protected, TooBroad, MIN_V4_PREFIX, MIN_V6_PREFIX};
+pub use state::{Entries, StateEntry, StateError, StateFile};
 
 use crate::ebpf::maps::{new_deny_entry, origin_name};
 use crate::ebpf::{clock, MapsError, PinnedMaps, Target};
 use gateway_common::origin;
+use index::{live, Index, Kind, Meta};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::broadcast;
+
+/// The longest TTL a deny entry may have: 100 years. Longer ones would overflow the
+/// kernel's nanosecond expiry (u64, about 584 years, counted from boot) or read as a typo.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Errors of the deny store.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +40,27 @@ pub enum DenyError {
     State(#[from] StateError),
     #[error("{0} is on the allow list and cannot be denied")]
     Allowed(Target),
+    #[error(
+        "{target} covers {hit}, which is protected (a ban would cut the gateway off from it); \
+         use --force (API: \"force\": true) to deny it anyway"
+    )]
+    Protected { target: Target, hit: Hit },
+    #[error(transparent)]
+    TooBroad(#[from] TooBroad),
+    #[error(
+        "ttl {}s is too long: the largest accepted is {}s (100 years)",
+        .0.as_secs(),
+        MAX_TTL.as_secs()
+    )]
+    TtlTooLong(Duration),
+}
+
+/// Refuses a TTL longer than [`MAX_TTL`].
+pub fn check_ttl(ttl: Option<Duration>) -> Result<(), DenyError> {
+    match ttl {
+        Some(t) if t > MAX_TTL => Err(DenyError::TtlTooLong(t)),
+        _ => Ok(()),
+    }
 }
 
 /// One deny entry as the user plane sees it.
@@ -68,6 +98,11 @@ pub fn origin_code(name: &str) -> u32 {
         .unwrap_or(origin::MANUAL)
 }
 
+/// Whether entries of this origin were made by the abuse engine (and may be evicted).
+fn is_automatic(origin_name: &str) -> bool {
+    !matches!(origin_name, "manual" | "config")
+}
+
 impl std::fmt::Debug for DenyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DenyStore")
@@ -77,62 +112,33 @@ impl std::fmt::Debug for DenyStore {
     }
 }
 
-/// Targets in force with their expiry (unix seconds, 0 = never): addresses by hash and
-/// prefixes apart (there are few), so a check is one lookup plus the prefixes, however many
-/// sources are banned.
-#[derive(Debug, Default)]
-struct View {
-    exact: HashMap<IpAddr, u64>,
-    nets: HashMap<ipnet::IpNet, u64>,
-}
+/// At most one state-file rewrite per this interval after the first of a burst.
+const STATE_WRITE_INTERVAL: Duration = Duration::from_millis(500);
 
-fn live(expires_unix: u64, now: u64) -> bool {
-    expires_unix == 0 || expires_unix > now
-}
+/// New entries a slow subscriber may fall behind by before it is told to rescan.
+const ADDED_BACKLOG: usize = 4096;
 
-impl View {
-    fn insert(&mut self, t: Target, expires_unix: u64) {
-        match t {
-            Target::Addr(a) => self.exact.insert(a, expires_unix),
-            Target::Net(n) => self.nets.insert(n, expires_unix),
-        };
-    }
+/// How many entries the sweep removes from the maps under one hold of their lock, so that
+/// a ban made meanwhile waits for a chunk, not for the whole sweep.
+const SWEEP_CHUNK: usize = 64;
 
-    fn remove(&mut self, t: &Target) -> bool {
-        match t {
-            Target::Addr(a) => self.exact.remove(a).is_some(),
-            Target::Net(n) => self.nets.remove(n).is_some(),
-        }
-    }
+/// The sweep's pause between chunks (50 000 expired entries: about 800 pauses).
+const SWEEP_PAUSE: Duration = Duration::from_micros(100);
 
-    fn retain_live(&mut self, now: u64) {
-        self.exact.retain(|_, e| live(*e, now));
-        self.nets.retain(|_, e| live(*e, now));
-    }
-
-    fn denies(&self, ip: IpAddr, now: u64) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        self.exact.get(&ip).is_some_and(|e| live(*e, now))
-            || self
-                .nets
-                .iter()
-                .any(|(n, e)| live(*e, now) && n.contains(&ip))
-    }
-}
-
-/// Maps + state file + in-memory view, behind short locks (deny changes are rare; the
-/// request path only reads [`DenyStore::is_denied`]).
+/// Maps + state file + in-memory index, behind short locks (the request path only reads
+/// [`DenyStore::is_denied`]). Lock order: maps, then the index.
 pub struct DenyStore {
     maps: Option<Mutex<PinnedMaps>>,
     state: Option<StateFile>,
-    /// Targets in force, with their expiry (unix seconds, 0 = never), for the user plane.
-    view: RwLock<View>,
-    /// Bumped on every new entry: connection tasks re-check their peer.
-    changed: watch::Sender<u64>,
-    allow: Vec<ipnet::IpNet>,
+    /// Every entry with its expiry (unix seconds, 0 = never): what the user plane checks,
+    /// and the bookkeeping that spares the maps a scan.
+    view: RwLock<Index>,
+    /// Addresses no entry may cover without `force`.
+    protected: Protected,
+    /// Automatic bans evicted because a kernel map was full.
+    evicted: AtomicU64,
+    /// Every new entry, for the workers that close its sources' open connections.
+    added: broadcast::Sender<Target>,
     /// Set by [`DenyStore::persist_in_background`]: state-file updates go to a writer thread
     /// (an fsync must not hold up the request that triggered a ban).
     writer: Mutex<Option<std::sync::mpsc::Sender<Update>>>,
@@ -140,21 +146,48 @@ pub struct DenyStore {
 }
 
 /// A change to the state file's entries.
-type Update = Box<dyn FnOnce(&mut Vec<StateEntry>) + Send>;
+type Update = Box<dyn FnOnce(&mut Entries) + Send>;
 
 impl DenyStore {
     /// `maps`: the data plane's pinned maps (absent when it is off); `state`: the durable
     /// file (absent when not configured); `allow`: prefixes that are never denied.
     pub fn new(maps: Option<PinnedMaps>, state: Option<PathBuf>, allow: Vec<ipnet::IpNet>) -> Self {
+        let mut protected = Protected::new();
+        protected.add_net("on the allow list", allow.iter().copied());
         Self {
             maps: maps.map(Mutex::new),
             state: state.map(StateFile::new),
-            view: RwLock::new(View::default()),
-            changed: watch::channel(0).0,
-            allow,
+            view: RwLock::new(Index::default()),
+            protected,
+            evicted: AtomicU64::new(0),
+            added: broadcast::channel(ADDED_BACKLOG).0,
             writer: Mutex::new(None),
             worker: Mutex::new(None),
         }
+    }
+
+    /// Adds protected addresses (interfaces, upstreams, JWKS hosts, trusted proxies) to the
+    /// allow list's.
+    pub fn with_protected(mut self, more: &Protected) -> Self {
+        self.protected.merge(more);
+        self
+    }
+
+    /// How many entries are indexed (in force or not yet swept).
+    pub fn len(&self) -> usize {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Automatic bans evicted so far because a kernel map was full.
+    pub fn evictions(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// From now on the state file is written by a background thread, updates in order,
@@ -167,15 +200,39 @@ impl DenyStore {
         let worker = std::thread::Builder::new()
             .name("deny-state".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
+                let write = |batch: Vec<Update>| {
                     if let Err(e) = state.update(|entries| {
                         for f in batch {
                             f(entries);
                         }
                     }) {
                         tracing::error!(error = %e, "deny state file not updated");
+                    }
+                };
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    write(batch);
+                    // A rewrite costs what the list holds: during a ban storm, collect for
+                    // a while instead of rewriting back to back (the kernel maps already
+                    // hold every ban; the file is for reboots). A flush ends the wait.
+                    let until = std::time::Instant::now() + STATE_WRITE_INTERVAL;
+                    let mut pending = Vec::new();
+                    loop {
+                        let left = until.saturating_duration_since(std::time::Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(f) => pending.push(f),
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                                if !pending.is_empty() {
+                                    write(pending);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                    if !pending.is_empty() {
+                        write(pending);
                     }
                 }
             });
@@ -209,10 +266,7 @@ impl DenyStore {
     }
 
     /// Applies `f` to the state file's entries, inline or through the writer thread.
-    fn persist(
-        &self,
-        f: impl FnOnce(&mut Vec<StateEntry>) + Send + 'static,
-    ) -> Result<(), DenyError> {
+    fn persist(&self, f: impl FnOnce(&mut Entries) + Send + 'static) -> Result<(), DenyError> {
         let Some(state) = &self.state else {
             return Ok(());
         };
@@ -230,23 +284,46 @@ impl DenyStore {
 
     /// At start: entries of the state file still in force go back into the maps (after a
     /// reboot the pins are gone), map entries the file lacks are added to it (added while no
-    /// gateway ran), and the view is built. Returns how many entries were restored.
+    /// gateway ran), and the index is built. Automatic entries that cover a protected address
+    /// (made by an older version) are dropped. Returns how many entries were restored.
     pub fn restore(&self) -> Result<usize, DenyError> {
         let now = unix_now();
         let mut entries = match &self.state {
             Some(s) => s.load()?,
             None => Vec::new(),
         };
-        entries.retain(|e| e.expires_unix == 0 || e.expires_unix > now);
+        entries.retain(|e| live(e.expires_unix, now));
+        let mut dropped = Vec::new();
+        entries.retain(|e| {
+            let keep = !is_automatic(&e.origin)
+                || e.target
+                    .parse::<Target>()
+                    .is_ok_and(|t| self.protected.covered_by(&t).is_none());
+            if !keep {
+                tracing::warn!(target_addr = %e.target, origin = %e.origin, "deny: automatic entry covers a protected address; dropped");
+                dropped.push(e.target.clone());
+            }
+            keep
+        });
         let mut restored = 0;
+        let mut index = Index::default();
         if let Some(maps) = &self.maps {
             let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
             let mono = clock::monotonic_ns();
+            let in_maps: HashMap<Target, gateway_common::DenyEntry> = maps
+                .deny_list()?
+                .into_iter()
+                .map(|r| (r.target, r.entry))
+                .collect();
+            let gone: Vec<Target> = dropped.iter().filter_map(|t| t.parse().ok()).collect();
+            if !gone.is_empty() {
+                maps.undeny_many(&gone)?;
+            }
             for e in &entries {
                 let Ok(target) = e.target.parse::<Target>() else {
                     continue;
                 };
-                if maps.find_deny(&target)?.is_none() {
+                if !in_maps.contains_key(&target) {
                     let expires_ns = match e.expires_unix {
                         0 => 0,
                         t => mono.saturating_add((t - now).saturating_mul(1_000_000_000)),
@@ -258,18 +335,36 @@ impl DenyStore {
                     restored += 1;
                 }
             }
-            for r in maps.deny_list()? {
-                if r.expired(mono) || r.entry.origin == origin::CONFIG {
+            for (target, entry) in &in_maps {
+                let expired = entry.expires_ns != 0 && entry.expires_ns <= mono;
+                if expired || gone.contains(target) {
                     continue;
                 }
-                let t = r.target.to_string();
+                let origin = origin_name(entry.origin);
+                if entry.origin == origin::CONFIG {
+                    // The config owns these; they are indexed but not kept in the file.
+                    index.insert(
+                        *target,
+                        Meta {
+                            expires_unix: 0,
+                            automatic: false,
+                        },
+                    );
+                    continue;
+                }
+                let t = target.to_string();
                 if !entries.iter().any(|e| e.target == t) {
+                    let left = clock::time_left(entry.expires_ns, mono);
                     entries.push(StateEntry {
                         target: t,
-                        origin: origin_name(r.entry.origin).to_string(),
-                        reason: r.reason(),
+                        origin: origin.to_string(),
+                        reason: crate::ebpf::maps::DenyRecord {
+                            target: *target,
+                            entry: *entry,
+                        }
+                        .reason(),
                         created_unix: now,
-                        expires_unix: r.time_left(mono).map_or(0, |d| now + d.as_secs().max(1)),
+                        expires_unix: left.map_or(0, |d| now + d.as_secs().max(1)),
                         offenses: 1,
                     });
                 }
@@ -278,24 +373,46 @@ impl DenyStore {
         if let Some(s) = &self.state {
             s.save(&entries)?;
         }
-        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
         for e in &entries {
             if let Ok(t) = e.target.parse::<Target>() {
-                view.insert(t, e.expires_unix);
+                index.insert(
+                    t,
+                    Meta {
+                        expires_unix: e.expires_unix,
+                        automatic: is_automatic(&e.origin),
+                    },
+                );
             }
         }
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = index;
         Ok(restored)
     }
 
-    fn allowed(&self, target: &Target) -> bool {
-        self.allow.iter().any(|n| match target {
-            Target::Addr(a) => n.contains(a),
-            Target::Net(t) => n.contains(t),
-        })
+    fn inside_allow_list(&self, target: &Target) -> bool {
+        self.protected.inside_a_net(target)
     }
 
-    /// Adds (or replaces) an entry in the maps, the view and the state file. The map write
-    /// comes first: it is what drops packets.
+    /// What a new entry must pass: a TTL that fits, not all of an address family or too
+    /// short a prefix (whatever `force` says), not inside the allow list, and (unless
+    /// `force`) not covering a protected address.
+    fn admit(&self, target: &Target, ttl: Option<Duration>, force: bool) -> Result<(), DenyError> {
+        check_ttl(ttl)?;
+        check_scope(target)?;
+        if self.inside_allow_list(target) {
+            return Err(DenyError::Allowed(*target));
+        }
+        if !force {
+            if let Some(hit) = self.protected.covered_by(target) {
+                return Err(DenyError::Protected {
+                    target: *target,
+                    hit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds (or replaces) an automatic entry: refused when it covers a protected address.
     pub fn add(
         &self,
         target: Target,
@@ -304,24 +421,77 @@ impl DenyStore {
         reason: &str,
         offenses: u32,
     ) -> Result<(), DenyError> {
-        if self.allowed(&target) {
-            return Err(DenyError::Allowed(target));
+        self.admit(&target, ttl, false)?;
+        self.write(target, ttl, origin_name, reason, offenses)
+    }
+
+    /// Adds (or replaces) a manual entry (`gateway deny add`, the admin API); `force` lets it
+    /// cover a protected address, never all of an address family or too short a prefix.
+    pub fn add_manual(
+        &self,
+        target: Target,
+        ttl: Option<Duration>,
+        reason: &str,
+        force: bool,
+    ) -> Result<(), DenyError> {
+        self.admit(&target, ttl, force)?;
+        if force {
+            if let Some(hit) = self.protected.covered_by(&target) {
+                tracing::warn!(target_addr = %target, protected = %hit, "deny: forced over a protected address");
+            }
         }
+        self.write(target, ttl, "manual", reason, 1)
+    }
+
+    /// Writes an entry into the maps, the index and the state file. The map write comes
+    /// first: it is what drops packets.
+    fn write(
+        &self,
+        target: Target,
+        ttl: Option<Duration>,
+        origin_name: &str,
+        reason: &str,
+        offenses: u32,
+    ) -> Result<(), DenyError> {
+        let now = unix_now();
+        let expires_unix = ttl.map_or(0, |d| now + d.as_secs().max(1));
+        let meta = Meta {
+            expires_unix,
+            automatic: is_automatic(origin_name),
+        };
         if let Some(maps) = &self.maps {
             let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
             let mut entry = new_deny_entry(clock::expiry_ns(ttl), origin_code(origin_name), reason);
-            if let Ok(Some(old)) = maps.find_deny(&target) {
-                entry.hits = old.hits;
+            let present = self
+                .view
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&target)
+                .is_some();
+            if present {
+                if let Ok(Some(old)) = maps.find_present_deny(&target) {
+                    entry.hits = old.hits;
+                }
             }
-            maps.deny(&target, &entry)?;
+            match maps.deny(&target, &entry) {
+                Err(e) if e.is_full() => {
+                    self.evict_one(&mut maps, Kind::of(&target), e)?;
+                    maps.deny(&target, &entry)?;
+                }
+                r => r?,
+            }
+            self.view
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(target, meta);
+        } else {
+            self.view
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(target, meta);
         }
-        let now = unix_now();
-        let expires_unix = ttl.map_or(0, |d| now + d.as_secs().max(1));
-        self.view
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(target, expires_unix);
-        self.changed.send_modify(|g| *g += 1);
+        // No subscriber (no proxy) is fine.
+        let _ = self.added.send(target);
         let entry = StateEntry {
             target: target.to_string(),
             origin: origin_name.to_string(),
@@ -331,8 +501,33 @@ impl DenyStore {
             offenses,
         };
         self.persist(move |entries| {
-            entries.retain(|e| e.target != entry.target);
-            entries.push(entry);
+            entries.insert(entry.target.clone(), entry);
+        })
+    }
+
+    /// A kernel map is full: removes the automatic entry of that map closest to expiry, so
+    /// that a new ban can go in; manual and config entries are never evicted. `full` is
+    /// returned when there is no automatic entry to evict.
+    fn evict_one(
+        &self,
+        maps: &mut PinnedMaps,
+        kind: Kind,
+        full: MapsError,
+    ) -> Result<(), DenyError> {
+        let victim = {
+            let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+            let Some(victim) = view.eviction_candidate(kind) else {
+                return Err(full.into());
+            };
+            view.remove(&victim);
+            victim
+        };
+        maps.undeny(&victim)?;
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(evicted = %victim, "deny map full: evicted the automatic ban closest to expiry");
+        let t = victim.to_string();
+        self.persist(move |entries| {
+            entries.remove(&t);
         })
     }
 
@@ -340,19 +535,25 @@ impl DenyStore {
     pub fn remove(&self, target: &Target) -> Result<bool, DenyError> {
         let mut removed = false;
         if let Some(maps) = &self.maps {
-            removed |= maps
-                .lock()
+            let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
+            removed |= maps.undeny(target)?;
+            removed |= self
+                .view
+                .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .undeny(target)?;
+                .remove(target)
+                .is_some();
+        } else {
+            removed |= self
+                .view
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(target)
+                .is_some();
         }
-        removed |= self
-            .view
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(target);
         let t = target.to_string();
         if self.maps.is_none() && !removed {
-            // Without maps or view the file is the only record: say whether it was there.
+            // Without maps or index the file is the only record: say whether it was there.
             removed |= self
                 .state
                 .as_ref()
@@ -360,47 +561,70 @@ impl DenyStore {
                 .transpose()?
                 .is_some_and(|entries| entries.iter().any(|e| e.target == t));
         }
-        self.persist(move |entries| entries.retain(|e| e.target != t))?;
+        self.persist(move |entries| {
+            entries.remove(&t);
+        })?;
         Ok(removed)
     }
 
-    /// Drops expired entries from the maps, the view and the state file.
+    /// Drops expired entries from the index, the maps and the state file; costs what
+    /// expired, not what is listed. It works in chunks: the index is write-locked (which
+    /// holds up `is_denied` at accept) and the maps locked (which holds up a ban) for one
+    /// chunk at a time, never for the whole sweep, with a pause between chunks. It blocks:
+    /// call it off the async runtime.
     pub fn sweep(&self) -> Result<(), DenyError> {
         let now = unix_now();
-        if let Some(maps) = &self.maps {
-            let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
-            let mono = clock::monotonic_ns();
-            for r in maps.deny_list()? {
-                // Re-read: an `add` may have renewed it since the listing.
-                if r.expired(mono) {
-                    if let Some(cur) = maps.find_deny(&r.target)? {
-                        if cur.expires_ns != 0 && cur.expires_ns <= mono {
-                            maps.undeny(&r.target)?;
-                            tracing::info!(target = %r.target, "deny entry expired");
-                        }
-                    }
-                }
+        let mut swept = 0;
+        loop {
+            let chunk = self
+                .view
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain_expired(now, SWEEP_CHUNK);
+            if chunk.is_empty() {
+                break;
+            }
+            swept += chunk.len();
+            if let Some(maps) = &self.maps {
+                let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
+                // An `add` may have renewed one since it was taken out: leave those.
+                let gone: Vec<Target> = {
+                    let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+                    chunk
+                        .iter()
+                        .filter(|t| view.get(t).is_none())
+                        .copied()
+                        .collect()
+                };
+                maps.undeny_many(&gone)?;
+            }
+            // Expired entries drop nothing: there is no hurry, so leave the CPU to the
+            // threads serving requests between chunks.
+            if self.maps.is_some() {
+                std::thread::sleep(SWEEP_PAUSE);
             }
         }
-        self.view
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain_live(now);
-        self.persist(move |entries| entries.retain(|e| e.expires_unix == 0 || e.expires_unix > now))
+        if swept == 0 {
+            return Ok(());
+        }
+        tracing::info!(count = swept, "deny entries expired");
+        self.persist(move |entries| entries.retain(|_, e| live(e.expires_unix, now)))
     }
 
-    /// Whether `ip` is denied (exactly or by prefix) right now, from the in-memory view.
+    /// Whether `ip` is denied (exactly or by prefix) right now: one exact and one
+    /// longest-prefix lookup in the index.
     pub fn is_denied(&self, ip: IpAddr) -> bool {
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
-        if view.exact.is_empty() && view.nets.is_empty() {
+        if view.is_empty() {
             return false;
         }
         view.denies(ip, unix_now())
     }
 
-    /// Changes whenever an entry is added.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// Every entry added from now on. A subscriber that falls more than a few thousand
+    /// behind is told it lagged (and should check everything once).
+    pub fn subscribe(&self) -> broadcast::Receiver<Target> {
+        self.added.subscribe()
     }
 
     /// Every entry, from the maps when there are any, else from the state file.
@@ -452,15 +676,19 @@ impl DenyStore {
 mod tests {
     use super::*;
 
+    fn t(s: &str) -> Target {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn view_matches_addresses_prefixes_and_expiry() {
         let store = DenyStore::new(None, None, vec!["192.0.2.0/24".parse().unwrap()]);
         store
-            .add("198.51.100.7".parse().unwrap(), None, "manual", "t", 1)
+            .add(t("198.51.100.7"), None, "manual", "t", 1)
             .unwrap();
         store
             .add(
-                "2001:db8::/32".parse().unwrap(),
+                t("2001:db8::/32"),
                 Some(Duration::from_secs(60)),
                 "manual",
                 "t",
@@ -475,17 +703,91 @@ mod tests {
         assert!(store.is_denied("2001:db8:1::1".parse().unwrap()));
         assert!(!store.is_denied("198.51.100.8".parse().unwrap()));
         assert!(matches!(
-            store.add("192.0.2.9".parse().unwrap(), None, "manual", "t", 1),
+            store.add(t("192.0.2.9"), None, "manual", "t", 1),
             Err(DenyError::Allowed(_))
         ));
-        assert!(store.remove(&"198.51.100.7".parse().unwrap()).unwrap());
+        assert!(store.remove(&t("198.51.100.7")).unwrap());
         assert!(!store.is_denied("198.51.100.7".parse().unwrap()));
+    }
 
-        let mut view = View::default();
-        view.insert("203.0.113.1".parse().unwrap(), 100);
-        assert!(view.denies("203.0.113.1".parse().unwrap(), 99));
-        assert!(!view.denies("203.0.113.1".parse().unwrap(), 100), "expired");
-        view.retain_live(100);
-        assert!(view.exact.is_empty());
+    #[test]
+    fn protected_addresses_need_force_and_broad_prefixes_never_pass() {
+        let mut p = Protected::new();
+        p.add("upstream api", ["10.20.0.5".parse().unwrap()]);
+        let store =
+            DenyStore::new(None, None, vec!["192.0.2.0/24".parse().unwrap()]).with_protected(&p);
+        // Automatic bans never cover one.
+        let auto = store.add(
+            t("10.20.0.5"),
+            Some(Duration::from_secs(60)),
+            "rate",
+            "r",
+            1,
+        );
+        assert!(matches!(auto, Err(DenyError::Protected { .. })), "{auto:?}");
+        // A manual deny names it, unless forced.
+        for s in ["10.20.0.5", "10.20.0.0/16", "10.0.0.0/8", "192.0.0.0/16"] {
+            let e = store.add_manual(t(s), None, "m", false).unwrap_err();
+            assert!(matches!(e, DenyError::Protected { .. }), "{s}: {e}");
+        }
+        let msg = store
+            .add_manual(t("10.20.0.0/16"), None, "m", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("10.20.0.5 (upstream api)") && msg.contains("--force"),
+            "{msg}"
+        );
+        store
+            .add_manual(t("10.20.0.0/16"), None, "m", true)
+            .unwrap();
+        assert!(store.is_denied("10.20.0.5".parse().unwrap()));
+        // Too broad: refused even with force, in every spelling an attacker might try.
+        for s in [
+            "0.0.0.0/0",
+            "::/0",
+            "::/64",
+            "::/80",
+            "0.0.0.0/7",
+            "2000::/15",
+            "8000::/1",
+        ] {
+            for force in [false, true] {
+                let e = store.add_manual(t(s), None, "m", force).unwrap_err();
+                assert!(
+                    matches!(e, DenyError::TooBroad(_)),
+                    "{s} force={force}: {e}"
+                );
+            }
+        }
+        assert!(!store.is_denied("203.0.113.1".parse().unwrap()));
+        // Inside the allow list: useless, refused.
+        assert!(matches!(
+            store.add_manual(t("192.0.2.128/25"), None, "m", true),
+            Err(DenyError::Allowed(_))
+        ));
+    }
+
+    #[test]
+    fn ttls_that_would_overflow_are_refused_naming_the_largest() {
+        let store = DenyStore::new(None, None, Vec::new());
+        let e = store
+            .add_manual(
+                t("203.0.113.9"),
+                Some(MAX_TTL + Duration::from_secs(1)),
+                "m",
+                false,
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(&MAX_TTL.as_secs().to_string()),
+            "{e}"
+        );
+        let huge = store.add_manual(t("203.0.113.9"), Some(Duration::MAX), "m", false);
+        assert!(matches!(huge, Err(DenyError::TtlTooLong(_))));
+        store
+            .add_manual(t("203.0.113.9"), Some(MAX_TTL), "m", false)
+            .unwrap();
+        assert!(store.is_denied("203.0.113.9".parse().unwrap()));
     }
 }

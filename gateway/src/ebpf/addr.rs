@@ -28,7 +28,7 @@ pub fn addr_of(key: &SourceKey) -> IpAddr {
 
 /// What `deny add`/`del` and the config's `allow`/`deny` lists accept: one address, or a
 /// prefix. A full-length prefix (`/32`, `/128`) is an address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     Addr(IpAddr),
     Net(IpNet),
@@ -102,6 +102,30 @@ fn canonical(addr: IpAddr) -> IpAddr {
         },
         v4 => v4,
     }
+}
+
+/// An address as a number in the kernel's key space (IPv4 mapped).
+pub fn key_u128(addr: IpAddr) -> u128 {
+    u128::from_be_bytes(key_of(addr))
+}
+
+/// The first and last key a target covers, and its prefix length, in the kernel's 128-bit
+/// key space (where `::/64` covers every IPv4 address, as the maps match).
+pub fn key_range(t: &Target) -> (u128, u128, u8) {
+    let (net, len) = match t {
+        Target::Addr(a) => {
+            let k = key_u128(*a);
+            return (k, k, 128);
+        }
+        Target::Net(IpNet::V4(n)) => (key_u128(IpAddr::V4(n.network())), 96 + n.prefix_len()),
+        Target::Net(IpNet::V6(n)) => (u128::from(n.network()), n.prefix_len()),
+    };
+    let host = if len == 0 {
+        u128::MAX
+    } else {
+        u128::MAX >> len
+    };
+    (net & !host, net | host, len)
 }
 
 /// The LPM-trie key (prefix length in the 128-bit space, key bytes) of a prefix.

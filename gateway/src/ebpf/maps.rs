@@ -64,6 +64,23 @@ pub enum MapsError {
     },
 }
 
+impl MapsError {
+    /// The map had no room for another entry (`E2BIG` from a hash map, `ENOSPC` from an
+    /// LPM trie).
+    pub fn is_full(&self) -> bool {
+        match self {
+            MapsError::Op { source, .. } => match &**source {
+                MapError::SyscallError(s) => matches!(
+                    s.io_error.raw_os_error(),
+                    Some(libc::E2BIG) | Some(libc::ENOSPC)
+                ),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// One deny entry as read back from the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DenyRecord {
@@ -258,6 +275,33 @@ impl PinnedMaps {
                 Ok(false)
             }
             Err(e) => Err(op("remove", map_name::DENY)(e)),
+        }
+    }
+
+    /// Removes several deny entries and tells the kernel once; how many there were.
+    pub fn undeny_many(&mut self, targets: &[Target]) -> Result<usize, MapsError> {
+        let mut removed = 0;
+        for t in targets {
+            removed += usize::from(self.remove_deny(t)?);
+        }
+        self.bump_generation()?;
+        Ok(removed)
+    }
+
+    /// The deny entry of a target the caller knows is in the maps, in one lookup: for a
+    /// prefix, the trie's longest match for that exact prefix is the prefix itself.
+    pub fn find_present_deny(&self, target: &Target) -> Result<Option<DenyEntry>, MapsError> {
+        let res = match target {
+            Target::Addr(a) => self.deny.get(&addr::key_of(*a), 0),
+            Target::Net(n) => {
+                let (len, key) = addr::lpm_of(n);
+                self.deny_cidr.get(&Key::new(len, key), 0)
+            }
+        };
+        match res {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(op("lookup", map_name::DENY)(e)),
         }
     }
 

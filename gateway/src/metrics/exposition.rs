@@ -186,6 +186,18 @@ impl ScrapeSources {
                 ConstCounter::new(v.load(Ordering::Relaxed)).encode(m.encode_family(&labels)?)?;
             }
         }
+        counter(
+            enc,
+            name::ABUSE_PROTECTED_SKIPPED,
+            "Limits crossed by protected addresses (interfaces, upstreams, JWKS hosts, trusted proxies, allow list), which are never banned",
+            c.protected.load(Ordering::Relaxed),
+        )?;
+        counter(
+            enc,
+            name::DENY_EVICTIONS,
+            "Automatic bans evicted (closest to expiry first) because a kernel deny map was full",
+            a.store().evictions(),
+        )?;
         Ok(())
     }
 

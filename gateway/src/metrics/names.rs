@@ -47,4 +47,8 @@ series! {
     KEY_REFETCHES_RATE_LIMITED = "key_refetches_rate_limited" => [KEY_REFETCHES_RATE_LIMITED = "_total"],
     ABUSE_BANS = "abuse_bans" => [ABUSE_BANS = "_total"],
     ABUSE_WOULD_BAN = "abuse_would_ban" => [ABUSE_WOULD_BAN = "_total"],
+    /// Limits crossed by protected addresses, which are never banned.
+    ABUSE_PROTECTED_SKIPPED = "abuse_protected_skipped" => [ABUSE_PROTECTED_SKIPPED = "_total"],
+    /// Automatic bans evicted because a kernel deny map was full.
+    DENY_EVICTIONS = "deny_evictions" => [DENY_EVICTIONS = "_total"],
 }

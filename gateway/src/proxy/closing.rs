@@ -5,20 +5,23 @@
 //! A connection's task checks its signal every time it wakes, next to serving HTTP, so the
 //! check is an atomic load and a waker kept up to date, not a channel receive (that cost a
 //! locked waiter-list update per wake-up: ~3% of a request) or a timer of its own (polling
-//! one cost ~1%). The waiting is done once per worker: [`Closer::watch_bans`] rescans the
-//! worker's connections when the deny list changes, and [`Closer::watch_idle`] a few times
-//! per idle limit.
+//! one cost ~1%). The waiting is done once per worker: [`Closer::watch_bans`] looks up the
+//! connections a new deny entry covers (a range query over the worker's connections by
+//! address, so a ban costs the same however many connections and bans there are), and
+//! [`Closer::watch_idle`] rescans a few times per idle limit.
 
 use super::handler::ConnInfo;
 use crate::deny::DenyStore;
+use crate::ebpf::addr::{key_range, key_u128};
+use crate::ebpf::Target;
 use atomic_waker::AtomicWaker;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// Why a connection is asked to finish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,9 @@ pub struct Closer {
 struct Conns {
     next: u64,
     open: HashMap<u64, (Arc<ConnInfo>, Arc<Signal>)>,
+    /// (peer address in the kernel's key space, connection key): the connections a deny
+    /// entry covers are one range.
+    by_addr: BTreeSet<(u128, u64)>,
 }
 
 /// A connection's place in its worker's [`Closer`]; leaving drops it.
@@ -109,7 +115,10 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.closer.lock().open.remove(&self.key);
+        let mut conns = self.closer.lock();
+        if let Some((conn, _)) = conns.open.remove(&self.key) {
+            conns.by_addr.remove(&(key_u128(conn.peer.ip()), self.key));
+        }
     }
 }
 
@@ -131,6 +140,7 @@ impl Closer {
             let key = conns.next;
             conns.next += 1;
             conns.open.insert(key, (conn.clone(), signal.clone()));
+            conns.by_addr.insert((key_u128(ip), key));
             key
         };
         // A shutdown or ban that came between accepting and registering found no entry.
@@ -154,7 +164,18 @@ impl Closer {
         }
     }
 
-    /// Asks the connections of denied sources to finish.
+    /// Asks the connections whose source `target` covers to finish.
+    fn close_covered(&self, target: &Target) {
+        let (first, last, _) = key_range(target);
+        let conns = self.lock();
+        for (_, key) in conns.by_addr.range((first, 0)..=(last, u64::MAX)) {
+            if let Some((_, signal)) = conns.open.get(key) {
+                signal.raise(Reason::Banned);
+            }
+        }
+    }
+
+    /// Asks the connections of every denied source to finish (after missing entries).
     fn close_banned(&self, store: &DenyStore) {
         for (conn, signal) in self.lock().open.values() {
             if store.is_denied(conn.peer.ip()) {
@@ -163,15 +184,19 @@ impl Closer {
         }
     }
 
-    /// Closes banned sources' connections whenever the deny list gains entries, until it is
+    /// Closes the connections of each new deny entry's sources, until the deny list is
     /// dropped (runs for the worker's life; returns at once without a deny list).
     pub async fn watch_bans(self: Arc<Self>) {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let mut changes = store.subscribe();
-        while changes.changed().await.is_ok() {
-            self.close_banned(&store);
+        let mut added = store.subscribe();
+        loop {
+            match added.recv().await {
+                Ok(target) => self.close_covered(&target),
+                Err(broadcast::error::RecvError::Lagged(_)) => self.close_banned(&store),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
         }
     }
 
@@ -279,6 +304,31 @@ mod tests {
         drop(f);
         // Connecting again after the ban (before the data plane drops it): closed at once.
         assert_eq!(closer.register(&conn(A)).closing().await, Reason::Banned);
+        // A prefix closes the connections inside it, IPv4-mapped peers included, and
+        // only those.
+        let inside = closer.register(&conn("[::ffff:198.51.100.9]:40000"));
+        let v6 = closer.register(&conn("[2001:db8:1::5]:40000"));
+        let v6_out = closer.register(&conn("[2001:db8:2::5]:40000"));
+        store
+            .add("198.51.100.0/24".parse().unwrap(), None, "manual", "t", 1)
+            .expect("deny add");
+        store
+            .add("2001:db8:1::/48".parse().unwrap(), None, "manual", "t", 1)
+            .expect("deny add");
+        for r in [&other, &inside, &v6] {
+            let closed = tokio::time::timeout(Duration::from_secs(5), r.closing()).await;
+            assert_eq!(closed.ok(), Some(Reason::Banned));
+        }
+        let mut f = Box::pin(v6_out.closing());
+        assert!(pending(&mut f), "outside the prefix");
+        drop(f);
+        drop(inside);
+        drop(v6);
+        drop(v6_out);
+        drop(other);
+        drop(banned);
+        assert_eq!(closer.open(), 0, "leaving unregisters from both indexes");
+        assert!(closer.lock().by_addr.is_empty());
         watcher.abort();
     }
 

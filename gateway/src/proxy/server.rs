@@ -8,7 +8,8 @@ use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
 use super::proxy_protocol::{self, Origin, Prefixed};
 use super::ProxyBody;
-use crate::abuse::Signal;
+use crate::abuse::{source_key, Signal};
+use crate::config::abuse::AbuseConfig;
 use crate::config::ListenConfig;
 use crate::deny::DenyStore;
 use hyper::service::service_fn;
@@ -130,11 +131,14 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(cfg: &ListenConfig) -> Arc<Self> {
+    /// `ipv6_prefix`: IPv6 sources are counted per prefix of this length, as the abuse
+    /// engine counts them (one host owns a /64 and could rotate through it).
+    pub fn new(cfg: &ListenConfig, ipv6_prefix: u8) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
             source: Arc::new(SourceLimit {
                 max: cfg.max_connections_per_source,
+                ipv6_prefix,
                 open: Mutex::new(HashMap::new()),
             }),
         })
@@ -153,7 +157,11 @@ pub fn spawn_workers(
     deny: Option<Arc<DenyStore>>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let limits = Limits::new(cfg);
+    let ipv6_prefix = proxies
+        .first()
+        .and_then(|p| p.abuse())
+        .map_or(AbuseConfig::default().ipv6_prefix, |a| a.ipv6_prefix());
+    let limits = Limits::new(cfg, ipv6_prefix);
     let mut handles = Vec::new();
     for (i, (proxy, socks)) in proxies.into_iter().zip(listeners.per_worker).enumerate() {
         let (tls, cfg, shutdown, limits, deny) = (
@@ -177,9 +185,10 @@ pub fn spawn_workers(
     Ok(handles)
 }
 
-/// Open connections per source address; the guard gives the slot back.
+/// Open connections per source (IPv6 by prefix); the guard gives the slot back.
 struct SourceLimit {
     max: usize,
+    ipv6_prefix: u8,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -190,6 +199,7 @@ struct SourceSlot {
 
 impl SourceLimit {
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let ip = source_key(ip, self.ipv6_prefix);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -568,5 +578,39 @@ where
         }
         Ok(Ok(())) => {}
         Err(_) => tracing::debug!(peer = %peer, "connection dropped after {grace:?}: {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_share_their_prefixs_connection_slots() {
+        let limit = Arc::new(SourceLimit {
+            max: 2,
+            ipv6_prefix: 64,
+            open: Mutex::new(HashMap::new()),
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = limit.take(ip("2001:db8:1:2::1")).expect("first slot");
+        let b = limit.take(ip("2001:db8:1:2:ffff::9")).expect("second slot");
+        // A third address of the same /64 finds the prefix's slots taken.
+        assert!(limit.take(ip("2001:db8:1:2::3")).is_none());
+        // Another /64, and IPv4 (also as IPv4-mapped IPv6), count on their own.
+        let _c = limit.take(ip("2001:db8:1:3::1")).expect("another /64");
+        let _d = limit.take(ip("192.0.2.1")).expect("IPv4");
+        let _e = limit
+            .take(ip("::ffff:192.0.2.1"))
+            .expect("the same IPv4 source");
+        assert!(
+            limit.take(ip("192.0.2.1")).is_none(),
+            "mapped form counted as IPv4"
+        );
+        drop(a);
+        let _f = limit
+            .take(ip("2001:db8:1:2::77"))
+            .expect("a slot came back");
+        drop(b);
     }
 }

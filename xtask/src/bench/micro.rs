@@ -128,6 +128,38 @@ pub fn dataplane(ctx: &Ctx) -> Result<String> {
     Ok(md)
 }
 
+/// Bans as the list grows (`gateway/benches/bans.rs`): time per ban over 50 000 /64 bans,
+/// and a control client's latency without bans, with them, and while they all expire. The
+/// bench prints its figures; they are quoted as printed.
+pub fn bans(ctx: &Ctx) -> Result<String> {
+    if !cmd::is_root() {
+        return Ok("### Bans as the list grows\n\nSkipped: pinning BPF maps needs root.\n".into());
+    }
+    let out = Cmd::new("cargo")
+        .cwd(&ctx.root)
+        .without_cargo_run_env()
+        .env("GATEWAY_EBPF_OBJECT", &ctx.ebpf_object)
+        .args([
+            "bench", "--locked", "-p", "gateway", "--bench", "bans", "--",
+        ])
+        .args(["--warm-up-time", "1", "--measurement-time", "1"])
+        .probe()
+        .context("criterion bench `bans` failed")?;
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("bans/") && (l.contains(": ") || l.contains(" = ")))
+        .collect();
+    let mut md = String::from(
+        "### Bans as the list grows (`gateway/benches/bans.rs`, real pinned maps)\n\n```\n",
+    );
+    for l in lines {
+        md += l;
+        md.push('\n');
+    }
+    md += "```\n";
+    Ok(md)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
