@@ -324,6 +324,8 @@ fn every_exposed_name_is_what_the_registry_renders() {
         exposed::KEY_REFETCHES_RATE_LIMITED,
         exposed::ABUSE_BANS,
         exposed::ABUSE_WOULD_BAN,
+        exposed::ABUSE_PROTECTED_SKIPPED,
+        exposed::DENY_EVICTIONS,
     ];
     for name in exposed::ALL {
         if !absent.contains(name) {
