@@ -43,8 +43,14 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 pub const PREFIX: &str = "gateway";
 
 /// The auth layer's own refusal reasons, beside the verifier's codes.
-pub const AUTH_LAYER_REASONS: [&str; 3] =
-    ["missing_token", "invalid_request", "insufficient_scope"];
+pub const AUTH_LAYER_REASONS: [&str; 6] = [
+    "missing_token",
+    "invalid_request",
+    "insufficient_scope",
+    "issuer_not_accepted",
+    "claim_rule",
+    "rate_limited",
+];
 
 /// Denial reasons with their own series: the verifier's stable codes
 /// ([`crate::jwt::REASONS`]) and the auth layer's own. Anything else counts as `other`, so a
@@ -537,26 +543,72 @@ impl Collector for ScrapeSources {
                     i64::try_from(c.entries).unwrap_or(i64::MAX),
                 )?;
             }
-            let keys = v.keys();
             gauge(
                 &mut enc,
                 "keyset_keys",
                 "Verification keys currently loaded",
                 None,
-                i64::try_from(keys.snapshot().len()).unwrap_or(i64::MAX),
+                i64::try_from(v.key_count()).unwrap_or(i64::MAX),
             )?;
             gauge(
                 &mut enc,
                 "keyset_stale",
                 "1 while a JWKS source serves its last good key set because its last fetch failed",
                 None,
-                i64::from(keys.is_stale()),
+                i64::from(v.is_stale()),
             )?;
+            encode_issuers(&v, &mut enc)?;
         }
         self.encode_jwks(&mut enc)?;
         self.encode_abuse(&mut enc)?;
         self.encode_kernel(&mut enc)
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabel {
+    issuer: String,
+}
+
+/// Per-issuer token counts and key-set sizes (`issuer` is a `[[jwt.issuer]]` name or
+/// `default`).
+fn encode_issuers(v: &Verifier, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let stats = v.issuer_stats();
+    let mut m = enc.encode_descriptor(
+        "issuer_tokens",
+        "Tokens by the issuer their iss selected: verified (cache hits included) or rejected",
+        None,
+        MetricType::Counter,
+    )?;
+    for s in &stats {
+        for (result, n) in [("verified", s.verified), ("rejected", s.rejected)] {
+            let labels = IssuerLabels {
+                issuer: s.name.clone(),
+                result,
+            };
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "issuer_keys",
+        "Verification keys loaded per issuer",
+        None,
+        MetricType::Gauge,
+    )?;
+    for s in &stats {
+        let labels = IssuerLabel {
+            issuer: s.name.clone(),
+        };
+        ConstGauge::new(i64::try_from(s.keys).unwrap_or(i64::MAX))
+            .encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 impl ScrapeSources {

@@ -232,6 +232,10 @@ async fn start_proxy(
         None => None,
         Some(jwt) => {
             let (store, urls) = KeyStore::from_config(&jwt.keys).map_err(|e| e.to_string())?;
+            let (v, named_urls) = Verifier::load(jwt.clone(), store).map_err(|e| e.to_string())?;
+            let urls = urls
+                .into_iter()
+                .chain(named_urls.into_iter().map(|(_, s)| s));
             for source in urls {
                 let delay = match source.refresh().await {
                     Ok(d) => d,
@@ -243,7 +247,7 @@ async fn start_proxy(
                 source.spawn(delay);
                 metrics.add_jwks_source(source);
             }
-            let v = Arc::new(Verifier::new(jwt.clone(), store).map_err(|e| e.to_string())?);
+            let v = Arc::new(v);
             metrics.set_verifier(v.clone());
             Some(v)
         }

@@ -146,8 +146,7 @@ impl Config {
         if let Some(jwt) = &self.jwt {
             check(
                 one("jwt"),
-                jwt.validate()
-                    .map_err(|e| Issue::new("keys", e.to_string())),
+                jwt.validate().map_err(|e| Issue::new(e.key(), e.message())),
             );
         }
         for (i, u) in self.upstream.iter().enumerate() {
@@ -173,6 +172,11 @@ impl Config {
                 Err(Issue::new(
                     "auth",
                     "routes that check tokens need a [jwt] section",
+                ))
+            } else if let Some(unknown) = self.jwt.as_ref().and_then(|j| j.unknown_issuer(r)) {
+                Err(Issue::new(
+                    "issuers",
+                    format!("no issuer is named `{unknown}` (names: [[jwt.issuer]] name, or `default` for [jwt] issuers and [[jwt.keys]])"),
                 ))
             } else {
                 Ok(())

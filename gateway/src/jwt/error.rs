@@ -133,12 +133,18 @@ pub enum Rejection {
     /// The claims failed a check.
     #[error(transparent)]
     Claims(#[from] ClaimsError),
+    /// The source's budget of signature checks is spent; the signature was not checked.
+    #[error("too many signature checks from this source; retry after {retry_after:?}")]
+    Throttled {
+        /// When the budget has a check again.
+        retry_after: std::time::Duration,
+    },
 }
 
 impl Rejection {
     /// The stable reason code: one of `malformed`, `alg_not_allowed`, `key_not_found`,
     /// `bad_signature`, `expired`, `not_yet_valid`, `missing_claim`, `bad_issuer`,
-    /// `bad_audience`, `unsupported_crit`, `too_large`.
+    /// `bad_audience`, `unsupported_crit`, `too_large`, `verify_budget`.
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::Parse(ParseError::TooLarge { .. }) => "too_large",
@@ -147,6 +153,7 @@ impl Rejection {
             Rejection::AlgNotAllowed(_) => "alg_not_allowed",
             Rejection::KeyNotFound(_) => "key_not_found",
             Rejection::BadSignature => "bad_signature",
+            Rejection::Throttled { .. } => "verify_budget",
             Rejection::Claims(c) => match c {
                 ClaimsError::Expired { .. } => "expired",
                 ClaimsError::NotYetValid { .. } => "not_yet_valid",
@@ -164,7 +171,7 @@ impl Rejection {
 }
 
 /// Every reason code, for metrics labels and tests.
-pub const REASONS: [&str; 11] = [
+pub const REASONS: [&str; 12] = [
     "malformed",
     "alg_not_allowed",
     "key_not_found",
@@ -176,4 +183,5 @@ pub const REASONS: [&str; 11] = [
     "bad_audience",
     "unsupported_crit",
     "too_large",
+    "verify_budget",
 ];

@@ -251,13 +251,24 @@ impl Proxy {
                 ),
             );
         };
-        let token = match self.authorize(route, &req).await {
+        let token = match self.authorize(route, &req, conn.peer.ip()).await {
             Ok(t) => t,
             Err(resp) => {
                 drain(req.into_body()).await;
                 return (Some(idx), *resp);
             }
         };
+        if let Err(limited) = route.access.rate_limit(token.as_deref(), conn.peer.ip()) {
+            self.metrics.denial("rate_limited");
+            drain(req.into_body()).await;
+            return (
+                Some(idx),
+                *too_many_requests(
+                    &limited.headers(),
+                    "the rate limit of this route is reached",
+                ),
+            );
+        }
         let resp = self
             .forward(
                 conn,
@@ -332,6 +343,7 @@ impl Proxy {
         &self,
         route: &Route,
         req: &Request<Incoming>,
+        peer: std::net::IpAddr,
     ) -> Result<Option<Arc<VerifiedToken>>, Refusal> {
         if route.auth == AuthMode::None {
             return Ok(None);
@@ -364,7 +376,7 @@ impl Proxy {
         // An unknown `kid` may mean the issuer rotated keys: a JWKS source refetches (rate
         // limited, single flight) and the token gets one more try.
         let verified = verifier
-            .verify_async(raw, now_unix(), KID_REFETCH_WAIT)
+            .verify_async_from(raw, now_unix(), KID_REFETCH_WAIT, Some(peer))
             .await;
         self.metrics.verify_latency(started.elapsed());
         let token = match verified {
@@ -375,6 +387,16 @@ impl Proxy {
                 return Err(self.unauthorized(
                     Some("invalid_request"),
                     "the bearer token has invalid characters",
+                ));
+            }
+            Err(crate::jwt::Rejection::Throttled { retry_after }) => {
+                // This source's budget of signature checks is spent: nothing was verified.
+                self.metrics.denial("verify_budget");
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let retry = [(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))];
+                return Err(too_many_requests(
+                    &retry,
+                    "too many token verifications from this address",
                 ));
             }
             Err(rejection) => {
@@ -388,9 +410,17 @@ impl Proxy {
                 return Err(self.unauthorized(Some("invalid_token"), description));
             }
         };
+        if !route.access.accepts_issuer(&token) {
+            self.metrics.denial("issuer_not_accepted");
+            return Err(self.unauthorized(Some("invalid_token"), "the token is not valid"));
+        }
         if let Some(scope) = route.scopes.missing(req.method(), &token) {
             self.metrics.denial("insufficient_scope");
             return Err(self.forbidden(scope));
+        }
+        if !route.access.claims_satisfied(&token) {
+            self.metrics.denial("claim_rule");
+            return Err(self.forbidden_by_claims());
         }
         Ok(Some(token))
     }
@@ -427,6 +457,20 @@ impl Proxy {
                 &format!("the token lacks the scope `{scope}`"),
             ),
             &challenge,
+        )
+    }
+
+    /// 403 for a token that fails the route's claim rules; names neither the rule nor
+    /// the token's values.
+    fn forbidden_by_claims(&self) -> Refusal {
+        let realm = self.realm.to_str().unwrap_or("gateway");
+        with_challenge(
+            plain_error(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "the token's claims do not allow this request",
+            ),
+            &format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\""),
         )
     }
 
@@ -626,6 +670,15 @@ pub fn plain_error(status: StatusCode, error: &str, message: &str) -> Response<P
 fn with_challenge(mut resp: Response<ProxyBody>, challenge: &str) -> Refusal {
     if let Ok(v) = HeaderValue::from_str(challenge) {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    Box::new(resp)
+}
+
+/// 429 with the given headers (`Retry-After`, and a route limit's `RateLimit-*`).
+fn too_many_requests(headers: &[(HeaderName, HeaderValue)], message: &str) -> Refusal {
+    let mut resp = plain_error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message);
+    for (name, value) in headers {
+        resp.headers_mut().insert(name.clone(), value.clone());
     }
     Box::new(resp)
 }

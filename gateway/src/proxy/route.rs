@@ -2,8 +2,9 @@
 //! the first route whose host, path prefix and methods all match wins.
 
 use crate::config::{AuthMode, RouteConfig};
-use crate::policy::{ClaimHeaders, ScopePolicy};
+use crate::policy::{ClaimHeaders, RouteAccess, ScopePolicy};
 use http::Method;
+use std::sync::Arc;
 
 /// One compiled `[[route]]`.
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct Route {
     pub claim_headers: ClaimHeaders,
     pub forward_authorization: bool,
     pub query_token: bool,
+    /// Issuers, claim rules and rate limit (shared by every worker's copy of the route).
+    pub access: Arc<RouteAccess>,
 }
 
 impl Route {
@@ -39,6 +42,7 @@ impl Route {
             claim_headers: ClaimHeaders::from_route(cfg),
             forward_authorization: cfg.forward_authorization,
             query_token: cfg.query_token,
+            access: Arc::new(RouteAccess::from_config(cfg)),
         }
     }
 
