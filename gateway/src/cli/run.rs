@@ -228,6 +228,9 @@ async fn start_proxy(
     let upstream_names: Vec<String> = config.upstream.iter().map(|u| u.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
 
+    for w in super::config_cmd::warnings(config) {
+        tracing::warn!("config: {w}");
+    }
     let verifier = match &config.jwt {
         None => None,
         Some(jwt) => {

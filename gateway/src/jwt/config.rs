@@ -245,6 +245,21 @@ impl VerifierConfig {
             .find(|n| !self.issuer_names().any(|k| k == *n))
     }
 
+    /// The issuers `route` accepts whose tokens are checked for neither `iss` nor an
+    /// audience (empty for routes without token checks).
+    pub fn unchecked_route_issuers<'a>(
+        &'a self,
+        route: &'a crate::config::RouteConfig,
+    ) -> Vec<&'a str> {
+        if route.auth == crate::config::AuthMode::None {
+            return Vec::new();
+        }
+        self.unchecked_issuers()
+            .into_iter()
+            .filter(|n| route.issuers.as_ref().is_none_or(|l| l.iter().any(|r| r == n)))
+            .collect()
+    }
+
     /// Issuers whose tokens are checked for neither `iss` nor an audience: any token signed
     /// by their keys passes, including one minted for another client of the same IdP.
     pub fn unchecked_issuers(&self) -> Vec<&str> {
