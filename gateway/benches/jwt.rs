@@ -191,21 +191,30 @@ fn issuers_verifier(n: usize, alg: Algorithm, budget: bool) -> Verifier {
         format!(
             "{{ {kind} = \"{}\", kid = \"k\", alg = \"{alg}\" }}",
             dir.join(file).display(),
-            kind = if file.ends_with(".secret") { "secret_file" } else { "pem" },
+            kind = if file.ends_with(".secret") {
+                "secret_file"
+            } else {
+                "pem"
+            },
         )
     };
     let own = match alg {
         Algorithm::HS256 => key("hs.secret", "HS256"),
         _ => key("ec256.pub.pem", "ES256"),
     };
-    let others = [key("rsa2048.pub.pem", "RS256"), key("ed25519.pub.pem", "EdDSA")];
+    let others = [
+        key("rsa2048.pub.pem", "RS256"),
+        key("ed25519.pub.pem", "EdDSA"),
+    ];
     let mut text = format!(
         "audiences = [\"api.example.com\"]\nrequired_claims = [\"sub\"]\ncache = {{ enabled = false }}\nverify_budget = {{ enabled = {budget}, rate = \"1000000/s\", burst = 1000000 }}\n"
     );
     for (i, k) in others.iter().take(n - 1).enumerate() {
         text += &format!("[[issuer]]\nname = \"other{i}\"\niss = \"https://other{i}.example.com/\"\nkeys = [{k}]\n");
     }
-    text += &format!("[[issuer]]\nname = \"ours\"\niss = \"https://issuer.example.com/\"\nkeys = [{own}]\n");
+    text += &format!(
+        "[[issuer]]\nname = \"ours\"\niss = \"https://issuer.example.com/\"\nkeys = [{own}]\n"
+    );
     let cfg: VerifierConfig = toml::from_str(&text).unwrap();
     Verifier::load(cfg, KeyStore::new()).unwrap().0
 }
@@ -228,7 +237,10 @@ fn bench_issuers(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("issuers/{name}"));
         for n in [1, 3] {
             let v = issuers_verifier(n, alg, false);
-            assert_eq!(v.verify_uncached(&token, NOW).unwrap().issuer_name(), "ours");
+            assert_eq!(
+                v.verify_uncached(&token, NOW).unwrap().issuer_name(),
+                "ours"
+            );
             g.bench_function(format!("{n}"), |b| {
                 b.iter(|| v.verify_uncached(black_box(&token), NOW).is_ok())
             });

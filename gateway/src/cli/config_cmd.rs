@@ -67,7 +67,10 @@ mod tests {
     fn unchecked_issuers_are_warned_about_on_authenticated_routes_only() {
         let w = warned("");
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].starts_with("route[1] (api) accepts issuer `default`"), "{w:?}");
+        assert!(
+            w[0].starts_with("route[1] (api) accepts issuer `default`"),
+            "{w:?}"
+        );
         assert!(warned("issuers = [\"https://i/\"]").is_empty());
         assert!(warned("audiences = [\"api\"]").is_empty());
     }

@@ -256,7 +256,12 @@ impl VerifierConfig {
         }
         self.unchecked_issuers()
             .into_iter()
-            .filter(|n| route.issuers.as_ref().is_none_or(|l| l.iter().any(|r| r == n)))
+            .filter(|n| {
+                route
+                    .issuers
+                    .as_ref()
+                    .is_none_or(|l| l.iter().any(|r| r == n))
+            })
             .collect()
     }
 

@@ -246,3 +246,149 @@ impl RouteAccess {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::jwt::{SigningKey, Verifier, VerifierConfig};
+    use crate::keys::{KeyStore, VerifyingKey};
+    use std::path::Path;
+
+    fn route(extra: &str) -> RouteConfig {
+        toml::from_str(&format!("path_prefix = \"/\"\nupstream = \"a\"\n{extra}")).unwrap()
+    }
+
+    fn refused(extra: &str) -> String {
+        let r = route(extra);
+        let e = RouteAccess::validate(&r).expect_err(extra);
+        format!("{}: {}", e.key, e.message)
+    }
+
+    #[test]
+    fn route_keys_are_validated() {
+        assert!(refused("issuers = []").starts_with("issuers: an empty list"));
+        assert!(refused("auth = \"none\"\nissuers = [\"corp\"]").starts_with("issuers: needs"));
+        assert!(refused("auth = \"none\"\nrequire = { a = \"b\" }").starts_with("require: needs"));
+        assert!(refused("require = { roles = [] }").contains("matches nothing"));
+        assert!(
+            refused("auth = \"none\"\nrate_limit = { key = \"sub\", rate = \"1/s\" }")
+                .contains("needs a token")
+        );
+        assert!(
+            refused("rate_limit = { key = \"sub\", rate = \"1/s\", burst = 0 }")
+                .contains("at least 1")
+        );
+        assert!(RouteAccess::validate(&route(
+            "auth = \"none\"\nrate_limit = { key = \"source\", rate = \"5/m\" }"
+        ))
+        .is_ok());
+        for bad in [
+            "rate_limit = { key = \"sub\", rate = \"5\" }",
+            "rate_limit = { key = \"sub\", rate = \"5/s\", typo = 1 }",
+            "rate_limit = { rate = \"5/s\" }",
+            "require = { a = 1 }",
+        ] {
+            assert!(
+                toml::from_str::<RouteConfig>(&format!(
+                    "path_prefix = \"/\"\nupstream = \"a\"\n{bad}"
+                ))
+                .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn route_issuers_must_name_configured_issuers() {
+        let text = |issuers: &str| {
+            format!(
+                "[listen]\nhttp = [\"127.0.0.1:0\"]\n[jwt]\naudiences = [\"a\"]\n\
+                 [[jwt.issuer]]\nname = \"corp\"\niss = \"https://c/\"\nkeys = [{{ jwk = \"/k\" }}]\n\
+                 [[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n\
+                 [[route]]\npath_prefix = \"/\"\nupstream = \"a\"\nissuers = {issuers}\n"
+            )
+        };
+        assert!(Config::parse(Path::new("gw.toml"), &text("[\"corp\"]")).is_ok());
+        let e = Config::parse(Path::new("gw.toml"), &text("[\"corp\", \"default\"]"))
+            .expect_err("no unnamed issuer is configured")
+            .to_string();
+        assert!(
+            e.starts_with("gw.toml:15: route[0].issuers: no issuer is named `default`"),
+            "{e}"
+        );
+    }
+
+    fn token_with(claims: serde_json::Value) -> std::sync::Arc<VerifiedToken> {
+        let secret = [9u8; 32];
+        let key = VerifyingKey::hmac(&secret, None, None, "t").unwrap();
+        let cfg = VerifierConfig {
+            require_exp: false,
+            ..Default::default()
+        };
+        let v = Verifier::new(cfg, KeyStore::with_keys([key])).unwrap();
+        let signer = SigningKey::hmac(&secret, crate::jwt::Algorithm::HS256).unwrap();
+        let serde_json::Value::Object(c) = claims else {
+            panic!("claims")
+        };
+        let t = signer.sign(serde_json::Map::new(), &c).unwrap();
+        v.verify(&t, 0).unwrap()
+    }
+
+    #[test]
+    fn limits_per_claim_value_and_headers() {
+        let access = RouteAccess::from_config(&route(
+            "rate_limit = { key = \"tenant\", rate = \"2/m\", burst = 1 }",
+        ));
+        let source: IpAddr = "192.0.2.1".parse().unwrap();
+        let acme = token_with(serde_json::json!({"tenant": "acme"}));
+        let other = token_with(serde_json::json!({"tenant": "other"}));
+        let numeric = token_with(serde_json::json!({"tenant": 7}));
+        let none = token_with(serde_json::json!({"sub": "x"}));
+        assert!(access.rate_limit(Some(&acme), source).is_ok());
+        let limited = access.rate_limit(Some(&acme), source).unwrap_err();
+        assert!((1..=30).contains(&limited.retry_after), "{limited:?}");
+        let h = limited.headers();
+        assert_eq!(h[0].1, HeaderValue::from(limited.retry_after));
+        assert_eq!(h[1].1, "\"tenant\";q=2;w=60");
+        assert_eq!(
+            h[2].1,
+            format!("\"tenant\";r=0;t={}", limited.retry_after).as_str()
+        );
+        assert!(access.rate_limit(Some(&other), source).is_ok());
+        assert!(access.rate_limit(Some(&numeric), source).is_ok());
+        assert!(
+            access.rate_limit(Some(&numeric), source).is_err(),
+            "7 is a key too"
+        );
+        // No claim, or no token: no key, not limited.
+        for _ in 0..3 {
+            assert!(access.rate_limit(Some(&none), source).is_ok());
+            assert!(access.rate_limit(None, source).is_ok());
+        }
+        let by_source = RouteAccess::from_config(&route(
+            "rate_limit = { key = \"source\", rate = \"1/h\", burst = 1 }",
+        ));
+        assert!(by_source.rate_limit(None, source).is_ok());
+        assert!(by_source.rate_limit(Some(&acme), source).is_err());
+        assert!(by_source
+            .rate_limit(None, "192.0.2.2".parse().unwrap())
+            .is_ok());
+    }
+
+    #[test]
+    fn issuers_and_claim_rules() {
+        let t = token_with(serde_json::json!({"tenant": "acme"}));
+        assert_eq!(t.issuer_name(), "default");
+        let any = RouteAccess::from_config(&route(""));
+        assert!(any.accepts_issuer(&t) && any.claims_satisfied(&t));
+        let corp = RouteAccess::from_config(&route("issuers = [\"corp\"]"));
+        assert!(!corp.accepts_issuer(&t));
+        let both = RouteAccess::from_config(&route("issuers = [\"corp\", \"default\"]"));
+        assert!(both.accepts_issuer(&t));
+        let rule = RouteAccess::from_config(&route("require = { tenant = [\"x\", \"acme\"] }"));
+        assert!(rule.claims_satisfied(&t));
+        let rule = RouteAccess::from_config(&route("require = { tenant = \"x\" }"));
+        assert!(!rule.claims_satisfied(&t));
+    }
+}
