@@ -118,8 +118,7 @@ impl RouteLimit {
     }
 
     fn limited(&self, retry_after: Duration) -> Limited {
-        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        let secs = secs.max(1);
+        let secs = crate::ratelimit::retry_after_secs(retry_after);
         let name = match &self.buckets {
             Buckets::Source(_) => "source",
             Buckets::Claim(c, _) => c.as_str(),

@@ -392,8 +392,8 @@ impl Proxy {
             Err(crate::jwt::Rejection::Throttled { retry_after }) => {
                 // This source's budget of signature checks is spent: nothing was verified.
                 self.metrics.denial("verify_budget");
-                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                let retry = [(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))];
+                let secs = crate::ratelimit::retry_after_secs(retry_after);
+                let retry = [(header::RETRY_AFTER, HeaderValue::from(secs))];
                 return Err(too_many_requests(
                     &retry,
                     "too many token verifications from this address",

@@ -77,6 +77,11 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
+/// `Retry-After` seconds for a wait: whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// One bucket: tokens left as of `at`.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -214,6 +219,9 @@ mod tests {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
         }
         assert_eq!("7/m".parse::<Rate>().unwrap().to_string(), "7/m");
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1_001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(60)), 60);
     }
 
     #[test]
