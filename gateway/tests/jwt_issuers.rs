@@ -570,3 +570,29 @@ fn config_mistakes_are_refused() {
     assert!(toml::from_str::<VerifierConfig>("[[issuer]]\nname = \"x\"\nkeys = []\n").is_err());
     assert!(toml::from_str::<VerifierConfig>("verify_budget = { rate = \"fast\" }").is_err());
 }
+
+#[test]
+fn token_verify_with_a_config_uses_its_issuers() {
+    let dir = TempDir::new("issuer-cli");
+    let cfg = dir.write(
+        "gw.toml",
+        format!(
+            "[jwt]\nverify_budget = {{ enabled = false }}\n{}",
+            two_issuers("").replace("[[issuer]]", "[[jwt.issuer]]")
+        ),
+    );
+    let now = NOW.to_string();
+    let verify = |t: &str| {
+        gateway(
+            &["token", "verify", "--config", &cfg, "--now", &now, t],
+            None,
+        )
+    };
+    let (code, out, err) = verify(&token(&partners_key(), Some("k1"), PARTNERS, json!({})));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = verify(&token(&corp_key(), Some("k1"), CORP, json!({})));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = verify(&token(&corp_key(), Some("k1"), PARTNERS, json!({})));
+    assert_eq!(code, 1, "cross-signed token: {out}");
+    assert!(out.contains("alg_not_allowed"), "{out}");
+}
