@@ -596,3 +596,23 @@ fn token_verify_with_a_config_uses_its_issuers() {
     assert_eq!(code, 1, "cross-signed token: {out}");
     assert!(out.contains("alg_not_allowed"), "{out}");
 }
+
+#[test]
+fn issuer_config_errors_name_the_entry_line_and_key() {
+    let cfg = "[jwt]\naudiences = [\"a\"]\n\n[[jwt.issuer]]\nname = \"corp\"\niss = \"https://c/\"\nkeys = [{ jwk = \"/k\" }]\n\n[[jwt.issuer]]\nname = \"p\"\niss = \"https://c/\"\nkeys = [{ jwk = \"/k\" }]\n";
+    let e = gateway::config::Config::parse(std::path::Path::new("gw.toml"), cfg)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "gw.toml:11: jwt.issuer[1].iss: issuer `p`: iss is also issuer `corp`'s"
+    );
+    let cfg = cfg.replace("jwk = \"/k\" }]\n\n[[", "jwk = \"/k\", retry = 5 }]\n\n[[");
+    let e = gateway::config::Config::parse(std::path::Path::new("gw.toml"), &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("gw.toml:7: jwt.issuer[0].keys: issuer `corp`: "),
+        "{e}"
+    );
+}

@@ -144,10 +144,12 @@ impl Config {
             check(one("tls"), tls.validate());
         }
         if let Some(jwt) = &self.jwt {
-            check(
-                one("jwt"),
-                jwt.validate().map_err(|e| Issue::new(e.key(), e.message())),
-            );
+            if let Err(e) = jwt.validate() {
+                let at = e
+                    .issuer_index()
+                    .map_or(one("jwt"), |i| nth("jwt.issuer", i));
+                check(at, Err(Issue::new(e.key(), e.message())));
+            }
         }
         for (i, u) in self.upstream.iter().enumerate() {
             let twice = self.upstream[..i].iter().any(|o| o.name == u.name);

@@ -138,10 +138,12 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent.
     #[error("jwt configuration: {key}: {message}")]
     Invalid {
-        /// The key, e.g. `leeway` or `issuer`.
+        /// The key, e.g. `leeway`, or within an issuer `name`, `iss` or `keys`.
         key: &'static str,
         /// What is wrong.
         message: String,
+        /// Which `[[jwt.issuer]]` (0-based), when the problem is in one.
+        issuer: Option<usize>,
     },
 }
 
@@ -150,6 +152,23 @@ impl ConfigError {
         ConfigError::Invalid {
             key,
             message: message.into(),
+            issuer: None,
+        }
+    }
+
+    /// A problem with `key` of the `index`-th `[[jwt.issuer]]`.
+    pub(crate) fn in_issuer(index: usize, key: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            message: message.into(),
+            issuer: Some(index),
+        }
+    }
+
+    /// The `[[jwt.issuer]]` entry (0-based) the problem is in, if any.
+    pub fn issuer_index(&self) -> Option<usize> {
+        match self {
+            ConfigError::Invalid { issuer, .. } => *issuer,
         }
     }
 
@@ -190,32 +209,35 @@ impl VerifierConfig {
         }
         for (i, is) in self.issuer.iter().enumerate() {
             let earlier = &self.issuer[..i];
-            let bad = |m: String| ConfigError::new("issuer", format!("issuer `{}`: {m}", is.name));
+            let bad = |key, m: String| {
+                ConfigError::in_issuer(i, key, format!("issuer `{}`: {m}", is.name))
+            };
             if is.name.is_empty() || is.name == DEFAULT_ISSUER {
-                return Err(ConfigError::new(
-                    "issuer",
-                    format!("name must be set and not `{DEFAULT_ISSUER}` (the unnamed issuer's)"),
+                return Err(bad(
+                    "name",
+                    format!("must be set and not `{DEFAULT_ISSUER}` (the unnamed issuer's)"),
                 ));
             }
             if earlier.iter().any(|o| o.name == is.name) {
-                return Err(bad("defined twice".into()));
+                return Err(bad("name", "defined twice".into()));
             }
             if is.iss.is_empty() {
-                return Err(bad("iss must not be empty".into()));
+                return Err(bad("iss", "iss must not be empty".into()));
             }
             if let Some(o) = earlier.iter().find(|o| o.iss == is.iss) {
-                return Err(bad(format!("iss is also issuer `{}`'s", o.name)));
+                return Err(bad("iss", format!("iss is also issuer `{}`'s", o.name)));
             }
             if self.issuers.contains(&is.iss) {
                 return Err(bad(
+                    "iss",
                     "its iss is also in [jwt] issuers: the unnamed issuer's keys never verify a named issuer's tokens".into(),
                 ));
             }
             if is.keys.is_empty() {
-                return Err(bad("has no keys".into()));
+                return Err(bad("keys", "has no keys".into()));
             }
             for k in &is.keys {
-                k.validate().map_err(|e| bad(e.to_string()))?;
+                k.validate().map_err(|e| bad("keys", e.to_string()))?;
             }
         }
         Ok(())

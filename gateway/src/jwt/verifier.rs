@@ -235,10 +235,11 @@ impl Verifier {
     /// with `[[jwt.issuer]]` entries needs [`Self::load`].
     pub fn new(config: VerifierConfig, keys: KeyStore) -> Result<Self, ConfigError> {
         if !config.issuer.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "issuer",
-                message: "named issuers load their own keys: use Verifier::load".into(),
-            });
+            return Err(ConfigError::in_issuer(
+                0,
+                "keys",
+                "named issuers load their own keys: use Verifier::load",
+            ));
         }
         Self::build(config, Some(keys), Vec::new())
     }
@@ -254,12 +255,10 @@ impl Verifier {
         config.validate()?;
         let mut stores = Vec::with_capacity(config.issuer.len());
         let mut urls = Vec::new();
-        for is in &config.issuer {
-            let (store, sources) =
-                KeyStore::from_config(&is.keys).map_err(|e| ConfigError::Invalid {
-                    key: "issuer",
-                    message: format!("issuer `{}`: {e}", is.name),
-                })?;
+        for (i, is) in config.issuer.iter().enumerate() {
+            let (store, sources) = KeyStore::from_config(&is.keys).map_err(|e| {
+                ConfigError::in_issuer(i, "keys", format!("issuer `{}`: {e}", is.name))
+            })?;
             urls.extend(sources.into_iter().map(|s| (is.name.clone(), s)));
             stores.push(store);
         }
