@@ -94,6 +94,7 @@ name = "claims"
 path_prefix = "/claims/"
 upstream = "app"
 require = {{ tenant = "acme", roles = ["admin", "ops"] }}
+require_methods = {{ DELETE = {{ roles = "admin" }} }}
 
 [[route]]
 name = "limited"
@@ -133,11 +134,17 @@ upstream = "app"
 
     /// `GET path` with `token` from `source`, one connection.
     fn get(&self, source: &str, path: &str, token: Option<&str>) -> Reply {
+        self.send(source, "GET", path, token)
+    }
+
+    /// `method path` with `token` from `source`, one connection.
+    fn send(&self, source: &str, method: &str, path: &str, token: Option<&str>) -> Reply {
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: api.test\r\n{auth}Connection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: api.test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         Reply(exchange(source, self.addr, req.as_bytes()))
     }
 
@@ -307,6 +314,14 @@ fn issuers_routes_claim_rules_and_rate_limits() {
         }
     }
 
+    // Per method, on top of `require`: DELETE also needs roles = admin.
+    let ops = r#"{"sub":"a","scope":"write","tenant":"acme","roles":"ops"}"#;
+    let admin = r#"{"sub":"a","scope":"write","tenant":"acme","roles":["admin"]}"#;
+    let r = gw.send("127.0.0.2", "DELETE", "/claims/x", Some(&partners(ops)));
+    assert_eq!(r.status(), 403, "{}", r.body());
+    let r = gw.send("127.0.0.2", "DELETE", "/claims/x", Some(&partners(admin)));
+    assert_eq!(r.status(), 200, "{}", r.body());
+
     // Per-subject limit (burst 2, then 1/m): alice's third request is 429; bob is served.
     let alice = corp(r#"{"sub":"alice","scope":"read"}"#);
     let alice_again = partners(r#"{"sub":"alice","scope":"read"}"#);
@@ -355,7 +370,7 @@ fn issuers_routes_claim_rules_and_rate_limits() {
     let m = gw.metrics();
     for (series, want) in [
         ("gateway_denials_total{reason=\"issuer_not_accepted\"}", 1),
-        ("gateway_denials_total{reason=\"claim_rule\"}", 5),
+        ("gateway_denials_total{reason=\"claim_rule\"}", 6),
         ("gateway_denials_total{reason=\"rate_limited\"}", 2),
         (
             "gateway_requests_total{route=\"limited\",status=\"429\"}",

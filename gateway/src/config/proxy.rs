@@ -286,6 +286,10 @@ pub struct RouteConfig {
     /// [`crate::policy::claims`]).
     #[serde(default)]
     pub require: BTreeMap<String, crate::policy::ClaimValues>,
+    /// Further claim rules for some methods, e.g. `{ DELETE = { roles = "admin" } }`, on top
+    /// of `require`.
+    #[serde(default)]
+    pub require_methods: BTreeMap<String, BTreeMap<String, crate::policy::ClaimValues>>,
     /// Token bucket per subject, claim or source.
     pub rate_limit: Option<crate::policy::RateLimitConfig>,
 }

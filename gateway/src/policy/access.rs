@@ -149,6 +149,8 @@ pub struct RouteAccess {
     /// Accepted issuer names; `None` = every issuer.
     issuers: Option<Vec<Box<str>>>,
     claims: ClaimRules,
+    /// Further rules for some methods (`require_methods`).
+    by_method: Vec<(http::Method, ClaimRules)>,
     limit: Option<RouteLimit>,
 }
 
@@ -162,6 +164,16 @@ impl RouteAccess {
                 .as_ref()
                 .map(|v| v.iter().map(|s| Box::from(s.as_str())).collect()),
             claims: ClaimRules::new(&cfg.require),
+            by_method: cfg
+                .require_methods
+                .iter()
+                .filter_map(|(m, rules)| {
+                    Some((
+                        http::Method::from_bytes(m.as_bytes()).ok()?,
+                        ClaimRules::new(rules),
+                    ))
+                })
+                .collect(),
             limit: cfg.rate_limit.as_ref().map(RouteLimit::new),
         }
     }
@@ -190,14 +202,36 @@ impl RouteAccess {
                 "needs auth = \"required\" or \"optional\"",
             ));
         }
-        for (claim, values) in &cfg.require {
-            if let ClaimValues::Any(v) = values {
-                if v.is_empty() {
-                    return Err(Issue::new(
-                        "require",
-                        format!("`{claim}`: an empty list matches nothing"),
-                    ));
-                }
+        if !cfg.require_methods.is_empty() && no_token {
+            return Err(Issue::new(
+                "require_methods",
+                "needs auth = \"required\" or \"optional\"",
+            ));
+        }
+        let empty_list = |rules: &std::collections::BTreeMap<String, ClaimValues>| {
+            rules.iter().find_map(|(claim, values)| match values {
+                ClaimValues::Any(v) if v.is_empty() => Some(claim.clone()),
+                _ => None,
+            })
+        };
+        if let Some(claim) = empty_list(&cfg.require) {
+            return Err(Issue::new(
+                "require",
+                format!("`{claim}`: an empty list matches nothing"),
+            ));
+        }
+        for (method, rules) in &cfg.require_methods {
+            if http::Method::from_bytes(method.as_bytes()).is_err() {
+                return Err(Issue::new(
+                    "require_methods",
+                    format!("`{method}` is not an HTTP method"),
+                ));
+            }
+            if let Some(claim) = empty_list(rules) {
+                return Err(Issue::new(
+                    "require_methods",
+                    format!("{method} `{claim}`: an empty list matches nothing"),
+                ));
             }
         }
         if let Some(rl) = &cfg.rate_limit {
@@ -231,10 +265,17 @@ impl RouteAccess {
             .is_none_or(|list| list.iter().any(|n| **n == *token.issuer_name()))
     }
 
-    /// Whether the token's claims satisfy the route's `require` rules.
+    /// Whether the token's claims satisfy the route's `require` rules and those
+    /// `require_methods` gives for `method`.
     #[inline]
-    pub fn claims_satisfied(&self, token: &VerifiedToken) -> bool {
-        self.claims.satisfied(token.claims())
+    pub fn claims_satisfied(&self, method: &http::Method, token: &VerifiedToken) -> bool {
+        let claims = token.claims();
+        self.claims.satisfied(claims)
+            && self
+                .by_method
+                .iter()
+                .filter(|(m, _)| m == method)
+                .all(|(_, rules)| rules.satisfied(claims))
     }
 
     /// Takes a token from the request's bucket, or says how long to wait.
@@ -270,6 +311,13 @@ mod tests {
         assert!(refused("auth = \"none\"\nissuers = [\"corp\"]").starts_with("issuers: needs"));
         assert!(refused("auth = \"none\"\nrequire = { a = \"b\" }").starts_with("require: needs"));
         assert!(refused("require = { roles = [] }").contains("matches nothing"));
+        assert!(refused("require_methods = { GET = { roles = [] } }").contains("matches nothing"));
+        assert!(refused("require_methods = { \"G T\" = { roles = \"a\" } }")
+            .contains("not an HTTP method"));
+        assert!(
+            refused("auth = \"none\"\nrequire_methods = { GET = { a = \"b\" } }")
+                .starts_with("require_methods: needs")
+        );
         assert!(
             refused("auth = \"none\"\nrate_limit = { key = \"sub\", rate = \"1/s\" }")
                 .contains("needs a token")
@@ -380,14 +428,25 @@ mod tests {
         let t = token_with(serde_json::json!({"tenant": "acme"}));
         assert_eq!(t.issuer_name(), "default");
         let any = RouteAccess::from_config(&route(""));
-        assert!(any.accepts_issuer(&t) && any.claims_satisfied(&t));
+        let get = http::Method::GET;
+        assert!(any.accepts_issuer(&t) && any.claims_satisfied(&get, &t));
         let corp = RouteAccess::from_config(&route("issuers = [\"corp\"]"));
         assert!(!corp.accepts_issuer(&t));
         let both = RouteAccess::from_config(&route("issuers = [\"corp\", \"default\"]"));
         assert!(both.accepts_issuer(&t));
         let rule = RouteAccess::from_config(&route("require = { tenant = [\"x\", \"acme\"] }"));
-        assert!(rule.claims_satisfied(&t));
+        assert!(rule.claims_satisfied(&get, &t));
         let rule = RouteAccess::from_config(&route("require = { tenant = \"x\" }"));
-        assert!(!rule.claims_satisfied(&t));
+        assert!(!rule.claims_satisfied(&get, &t));
+        // Per method, on top of `require`.
+        let rule = RouteAccess::from_config(&route(
+            "require = { tenant = \"acme\" }\nrequire_methods = { DELETE = { roles = \"admin\" } }",
+        ));
+        assert!(rule.claims_satisfied(&get, &t));
+        assert!(!rule.claims_satisfied(&http::Method::DELETE, &t));
+        let admin = token_with(serde_json::json!({"tenant": "acme", "roles": ["admin"]}));
+        assert!(rule.claims_satisfied(&http::Method::DELETE, &admin));
+        let stranger = token_with(serde_json::json!({"tenant": "x", "roles": ["admin"]}));
+        assert!(!rule.claims_satisfied(&http::Method::DELETE, &stranger));
     }
 }

@@ -418,7 +418,7 @@ impl Proxy {
             self.metrics.denial("insufficient_scope");
             return Err(self.forbidden(scope));
         }
-        if !route.access.claims_satisfied(&token) {
+        if !route.access.claims_satisfied(req.method(), &token) {
             self.metrics.denial("claim_rule");
             return Err(self.forbidden_by_claims());
         }
