@@ -313,8 +313,10 @@ fn start_verifier(
     jwks: &mut Vec<JwksSource>,
 ) -> Result<Arc<Verifier>, StartError> {
     let (store, urls) = KeyStore::from_config(&jwt.keys)?;
+    let (v, named_urls) = Verifier::load(jwt.clone(), store)?;
     jwks.extend(urls);
-    let v = Arc::new(Verifier::new(jwt.clone(), store)?);
+    jwks.extend(named_urls.into_iter().map(|(_, s)| s));
+    let v = Arc::new(v);
     metrics.set_verifier(v.clone());
     Ok(v)
 }

@@ -1,7 +1,7 @@
 //! What is read at scrape time rather than counted as it happens: the verifier's cache and
 //! key set, JWKS sources, the abuse engine's bans, the kernel's pinned counters.
 
-use super::{lock, name, SignalLabel, SourceLabel};
+use super::{lock, name, IssuerLabel, IssuerResultLabel, SignalLabel, SourceLabel};
 use crate::jwt::Verifier;
 use crate::keys::JwksSource;
 use arc_swap::ArcSwapOption;
@@ -82,26 +82,61 @@ impl Collector for ScrapeSources {
                     i64::try_from(c.entries).unwrap_or(i64::MAX),
                 )?;
             }
-            let keys = v.keys();
             gauge(
                 &mut enc,
                 name::KEYSET_KEYS,
                 "Verification keys currently loaded",
                 None,
-                i64::try_from(keys.snapshot().len()).unwrap_or(i64::MAX),
+                i64::try_from(v.key_count()).unwrap_or(i64::MAX),
             )?;
             gauge(
                 &mut enc,
                 name::KEYSET_STALE,
                 "1 while a JWKS source serves its last good key set because its last fetch failed",
                 None,
-                i64::from(keys.is_stale()),
+                i64::from(v.is_stale()),
             )?;
+            encode_issuers(&v, &mut enc)?;
         }
         self.encode_jwks(&mut enc)?;
         self.encode_abuse(&mut enc)?;
         self.encode_kernel(&mut enc)
     }
+}
+
+/// Per-issuer token counts and key-set sizes (`issuer` is a `[[jwt.issuer]]` name or
+/// `default`).
+fn encode_issuers(v: &Verifier, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let stats = v.issuer_stats();
+    let mut m = enc.encode_descriptor(
+        name::ISSUER_TOKENS,
+        "Tokens by the issuer their iss selected: verified (cache hits included) or rejected",
+        None,
+        MetricType::Counter,
+    )?;
+    for s in &stats {
+        for (result, n) in [("verified", s.verified), ("rejected", s.rejected)] {
+            let labels = IssuerResultLabel {
+                issuer: s.name.clone(),
+                result,
+            };
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        name::ISSUER_KEYS,
+        "Verification keys loaded per issuer",
+        None,
+        MetricType::Gauge,
+    )?;
+    for s in &stats {
+        let labels = IssuerLabel {
+            issuer: s.name.clone(),
+        };
+        ConstGauge::new(i64::try_from(s.keys).unwrap_or(i64::MAX))
+            .encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 impl ScrapeSources {

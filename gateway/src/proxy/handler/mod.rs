@@ -214,7 +214,7 @@ impl Proxy {
         else {
             return (None, self.refuse(None, Refusal::NoRoute));
         };
-        let token = match self.authorize(route, &req).await {
+        let token = match self.authorize(route, &req, conn.peer.ip()).await {
             Ok(t) => t,
             Err(r) => {
                 drain(req.into_body()).await;
