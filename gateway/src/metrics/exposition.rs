@@ -21,7 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(super) struct ScrapeSources {
     pub(super) verifier: ArcSwapOption<Verifier>,
     pub(super) abuse: ArcSwapOption<crate::abuse::AbuseEngine>,
-    pub(super) jwks: Mutex<Vec<JwksSource>>,
+    /// With the name of the issuer each serves.
+    pub(super) jwks: Mutex<Vec<(Box<str>, JwksSource)>>,
     pub(super) pin_path: Mutex<Option<PathBuf>>,
 }
 
@@ -141,9 +142,15 @@ fn encode_issuers(v: &Verifier, enc: &mut DescriptorEncoder) -> Result<(), std::
 
 impl ScrapeSources {
     fn encode_jwks(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats: Vec<(String, crate::keys::JwksStats)> = lock(&self.jwks)
+        let stats: Vec<(SourceLabel, crate::keys::JwksStats)> = lock(&self.jwks)
             .iter()
-            .map(|s| (s.url().to_owned(), s.stats()))
+            .map(|(issuer, s)| {
+                let labels = SourceLabel {
+                    issuer: issuer.to_string(),
+                    source: s.url().to_owned(),
+                };
+                (labels, s.stats())
+            })
             .collect();
         if stats.is_empty() {
             return Ok(());
@@ -151,7 +158,7 @@ impl ScrapeSources {
         let now = now_unix();
         let ages: Vec<_> = stats
             .iter()
-            .filter_map(|(url, s)| Some((url, now.saturating_sub(s.last_success_unix?))))
+            .filter_map(|(labels, s)| Some((labels, now.saturating_sub(s.last_success_unix?))))
             .collect();
         if !ages.is_empty() {
             let mut m = enc.encode_descriptor(
@@ -160,12 +167,9 @@ impl ScrapeSources {
                 Some(&Unit::Seconds),
                 MetricType::Gauge,
             )?;
-            for (url, age) in ages {
-                let labels = SourceLabel {
-                    source: url.clone(),
-                };
+            for (labels, age) in ages {
                 ConstGauge::new(i64::try_from(age).unwrap_or(i64::MAX))
-                    .encode(m.encode_family(&labels)?)?;
+                    .encode(m.encode_family(labels)?)?;
             }
         }
         for (name, help, get) in [
@@ -184,11 +188,8 @@ impl ScrapeSources {
             ),
         ] {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (url, s) in &stats {
-                let labels = SourceLabel {
-                    source: url.clone(),
-                };
-                ConstCounter::new(get(s)).encode(m.encode_family(&labels)?)?;
+            for (labels, s) in &stats {
+                ConstCounter::new(get(s)).encode(m.encode_family(labels)?)?;
             }
         }
         Ok(())
