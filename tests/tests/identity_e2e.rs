@@ -7,7 +7,8 @@
 //! the other's (401 invalid_token); claim rules (string, array, any-of) pass and refuse
 //! (403); a per-subject limit answers 429 with Retry-After and RateLimit headers for one
 //! subject while another is served; the verification budget holds a bad-signature flood from
-//! one source while another source verifies normally; the metrics carry all of it.
+//! one source while another source verifies normally; the metrics carry all of it; a
+//! subject's 429s do not get the address it shares banned by the abuse engine.
 
 use gateway_tests::client::{read_until_closed, RawReply};
 use gateway_tests::gateway::{cli_ok, GatewayProcess};
@@ -50,6 +51,11 @@ fn free_port() -> u16 {
 impl Gw {
     /// `budget`: the `[jwt] verify_budget` table.
     fn start(budget: &str) -> Gw {
+        Gw::start_with(budget, "")
+    }
+
+    /// `extra`: further top-level tables (e.g. `[abuse]`).
+    fn start_with(budget: &str, extra: &str) -> Gw {
         let dir = TempDir::new().expect("temp dir");
         let upstream = EchoUpstream::start().expect("echo upstream");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -63,6 +69,8 @@ http = ["127.0.0.1:0"]
 
 [admin]
 listen = "{admin}"
+
+{extra}
 
 [jwt]
 audiences = ["{AUD}"]
@@ -146,6 +154,14 @@ upstream = "app"
             "{method} {path} HTTP/1.1\r\nHost: api.test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
         Reply(exchange(source, self.addr, req.as_bytes()))
+    }
+
+    /// Like [`Gw::get`], without expecting an answer.
+    fn send_raw(&self, source: &str, path: &str, token: &str) -> RawReply {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        exchange(source, self.addr, req.as_bytes())
     }
 
     fn metrics(&self) -> String {
@@ -453,5 +469,42 @@ fn the_verification_budget_holds_a_flood_to_its_source() {
     assert!(
         metric(&m, "gateway_denials_total{reason=\"verify_budget\"}").is_some_and(|n| n >= 40),
         "{m}"
+    );
+}
+
+/// One client at its own pace must not get the address it shares banned: a per-subject
+/// limit's 429s are not client errors for the abuse engine, while real client errors (404s)
+/// from the same address still ban it (the gateway then drops its connections at accept).
+#[test]
+fn limit_429s_do_not_get_a_shared_address_banned() {
+    let gw = Gw::start_with(
+        "{}",
+        "[abuse]\nclient_errors = { limit = 3, window = \"60s\", ban = \"5m\" }\n",
+    );
+    let shared = "127.0.0.5";
+    let alice = corp(r#"{"sub":"alice","scope":"read"}"#);
+    let bob = corp(r#"{"sub":"bob","scope":"read"}"#);
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| gw.get(shared, "/limited/x", Some(&alice)).status())
+        .collect();
+    assert_eq!(statuses[..2], [200, 200], "{statuses:?}");
+    assert!(statuses[2..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Ten 429s from the address, over a limit of 3 client errors: bob is still served.
+    let r = gw.get(shared, "/limited/x", Some(&bob));
+    assert_eq!(r.status(), 200, "{}", r.body());
+    let bans = "gateway_abuse_bans_total{signal=\"client_errors\"}";
+    assert_eq!(metric(&gw.metrics(), bans), Some(0));
+
+    // Real client errors still count: the fourth 404 bans the address.
+    for _ in 0..4 {
+        assert_eq!(gw.get(shared, "/nowhere", None).status(), 404);
+    }
+    assert_eq!(metric(&gw.metrics(), bans), Some(1));
+    let dropped = gw.send_raw(shared, "/limited/x", &bob);
+    assert_eq!(
+        dropped.status(),
+        None,
+        "a banned source is dropped: {:?}",
+        dropped.text()
     );
 }
