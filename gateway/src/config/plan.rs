@@ -6,7 +6,8 @@
 //! them with, so a verifier is built exactly when some route needs one. Nothing in a plan is
 //! looked up by name or parsed again later. A plan is immutable and self-contained (`Send +
 //! Sync`, no handles to running things), so a reload can build a new one beside the running
-//! one and swap an `Arc<Plan>`.
+//! one and swap an `Arc<Plan>`. The one state it holds is each route's rate-limit buckets
+//! ([`RoutePlan::access`]): they start empty with every plan, so a reload resets the limits.
 
 use super::{
     AbuseConfig, AdminConfig, AuthMode, Config, EbpfConfig, Issue, ListenConfig, RouteConfig,
