@@ -200,7 +200,7 @@ pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
                 Section::one("jwt"),
                 Err(Issue::new(
                     "keys",
-                    "routes check tokens but no [[jwt.keys]] source is given: every token would be refused",
+                    "routes check tokens but no [[jwt.keys]] source or [[jwt.issuer]] is given: every token would be refused",
                 )),
             ),
             Ok(()) => {}
@@ -481,7 +481,7 @@ mod tests {
         assert_eq!(
             err(&text),
             format!(
-                "gw.toml:{}: jwt.keys: routes check tokens but no [[jwt.keys]] source is given: \
+                "gw.toml:{}: jwt.keys: routes check tokens but no [[jwt.keys]] source or [[jwt.issuer]] is given: \
                  every token would be refused",
                 line_of(&text, "[jwt]", 0)
             )
