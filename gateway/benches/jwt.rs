@@ -1,7 +1,10 @@
 //! JWT verification cost per algorithm against the raw ring verification of the same
-//! signature (the floor), and the verified-token cache hit.
+//! signature (the floor), the verified-token cache hit, and the cost of named issuers: the
+//! verify path with three `[[jwt.issuer]]`s (the token's the last one looked at) against
+//! one, and with the per-source verification budget.
 //!
 //! `cargo bench -p gateway --bench jwt -- --warm-up-time 1 --measurement-time 3`
+//! (`-- issuers` for the issuer comparison only)
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gateway::jwt::{Algorithm, CacheConfig, SigningKey, Verifier, VerifierConfig};
@@ -180,5 +183,76 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A verifier with `n` named issuers from the fixture keys (`[[jwt.issuer]]`, keys from
+/// PEM and secret files as the gateway loads them); the bench token's issuer is the last.
+fn issuers_verifier(n: usize, alg: Algorithm, budget: bool) -> Verifier {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/jwt");
+    let key = |file: &str, alg: &str| {
+        format!(
+            "{{ {kind} = \"{}\", kid = \"k\", alg = \"{alg}\" }}",
+            dir.join(file).display(),
+            kind = if file.ends_with(".secret") {
+                "secret_file"
+            } else {
+                "pem"
+            },
+        )
+    };
+    let own = match alg {
+        Algorithm::HS256 => key("hs.secret", "HS256"),
+        _ => key("ec256.pub.pem", "ES256"),
+    };
+    let others = [
+        key("rsa2048.pub.pem", "RS256"),
+        key("ed25519.pub.pem", "EdDSA"),
+    ];
+    let mut text = format!(
+        "audiences = [\"api.example.com\"]\nrequired_claims = [\"sub\"]\ncache = {{ enabled = false }}\nverify_budget = {{ enabled = {budget}, rate = \"1000000/s\", burst = 1000000 }}\n"
+    );
+    for (i, k) in others.iter().take(n - 1).enumerate() {
+        text += &format!("[[issuer]]\nname = \"other{i}\"\niss = \"https://other{i}.example.com/\"\nkeys = [{k}]\n");
+    }
+    text += &format!(
+        "[[issuer]]\nname = \"ours\"\niss = \"https://issuer.example.com/\"\nkeys = [{own}]\n"
+    );
+    let cfg: VerifierConfig = toml::from_str(&text).unwrap();
+    Verifier::load(cfg, KeyStore::new()).unwrap().0
+}
+
+fn bench_issuers(c: &mut Criterion) {
+    let source: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    for (name, alg, signer) in [
+        (
+            "ES256",
+            Algorithm::ES256,
+            SigningKey::from_pem(&fixture("ec256.key"), Algorithm::ES256).unwrap(),
+        ),
+        (
+            "HS256",
+            Algorithm::HS256,
+            SigningKey::hmac(&fixture("hs.secret"), Algorithm::HS256).unwrap(),
+        ),
+    ] {
+        let token = signer.sign(kid_header(), &claims()).unwrap();
+        let mut g = c.benchmark_group(format!("issuers/{name}"));
+        for n in [1, 3] {
+            let v = issuers_verifier(n, alg, false);
+            assert_eq!(
+                v.verify_uncached(&token, NOW).unwrap().issuer_name(),
+                "ours"
+            );
+            g.bench_function(format!("{n}"), |b| {
+                b.iter(|| v.verify_uncached(black_box(&token), NOW).is_ok())
+            });
+        }
+        let v = issuers_verifier(3, alg, true);
+        assert!(v.verify_from(&token, NOW, source).is_ok());
+        g.bench_function("3+budget", |b| {
+            b.iter(|| v.verify_from(black_box(&token), NOW, source).is_ok())
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_issuers);
 criterion_main!(benches);

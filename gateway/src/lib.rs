@@ -8,6 +8,7 @@
 //! - [`policy`]: bearer tokens, scopes per method, claims forwarded as headers.
 //! - [`tls`]: TLS termination (rustls), certificates by SNI, reload.
 //! - [`proxy`]: listeners, the request path, routes and upstream pools.
+//! - [`ratelimit`]: token buckets per key (route rate limits, the verification budget).
 //! - [`metrics`], [`admin`]: counters and the loopback admin endpoint.
 //! - [`deny`]: the deny list (kernel maps + durable state file); [`abuse`]: automatic bans.
 //! - [`cli`]: the `gateway` command line.
@@ -26,4 +27,5 @@ pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod tls;

@@ -13,7 +13,7 @@ use crate::admin;
 use crate::config::{Config, DataPlaneMode, Issue, Plan};
 use crate::deny::{DenyError, DenyStore};
 use crate::ebpf::{events, DataPlane, MapsError, PinnedMaps};
-use crate::jwt::{Verifier, VerifierConfig};
+use crate::jwt::{Verifier, VerifierConfig, DEFAULT_ISSUER};
 use crate::keys::{JwksSource, KeyError, KeyStore};
 use crate::metrics::Metrics;
 use crate::proxy::server::{self, Listeners, ServerError};
@@ -266,7 +266,7 @@ async fn start_proxy(
         |jwt| start_verifier(jwt, &metrics, &mut jwks),
         metrics.clone(),
     )?;
-    for source in jwks {
+    for (issuer, source) in jwks {
         let delay = match source.refresh().await {
             Ok(d) => d,
             Err(e) => {
@@ -275,7 +275,7 @@ async fn start_proxy(
             }
         };
         source.spawn(delay);
-        metrics.add_jwks_source(source);
+        metrics.add_jwks_source(&issuer, source);
     }
     if let Some(cfg) = config
         .ebpf
@@ -346,11 +346,13 @@ async fn start_proxy(
 fn start_verifier(
     jwt: &VerifierConfig,
     metrics: &Metrics,
-    jwks: &mut Vec<JwksSource>,
+    jwks: &mut Vec<(String, JwksSource)>,
 ) -> Result<Arc<Verifier>, StartError> {
     let (store, urls) = KeyStore::from_config(&jwt.keys)?;
-    jwks.extend(urls);
-    let v = Arc::new(Verifier::new(jwt.clone(), store)?);
+    let (v, named_urls) = Verifier::load(jwt.clone(), store)?;
+    jwks.extend(urls.into_iter().map(|s| (DEFAULT_ISSUER.to_owned(), s)));
+    jwks.extend(named_urls);
+    let v = Arc::new(v);
     metrics.set_verifier(v.clone());
     Ok(v)
 }

@@ -217,7 +217,7 @@ fn build_verifier(a: &VerifyArgs) -> Result<Verifier, String> {
             ..Default::default()
         });
     }
-    if sources.is_empty() {
+    if sources.is_empty() && cfg.issuer.is_empty() {
         return Err(
             "no key source given (use --key, --jwk, --jwks, --secret-file or --config)".into(),
         );
@@ -239,11 +239,16 @@ fn build_verifier(a: &VerifyArgs) -> Result<Verifier, String> {
     }
     cfg.cache.enabled = false;
     let (store, urls) = KeyStore::from_config(&sources).map_err(|e| e.to_string())?;
+    cfg.keys = sources;
+    let (verifier, named) = Verifier::load(cfg, store).map_err(|e| e.to_string())?;
+    let urls: Vec<JwksSource> = urls
+        .into_iter()
+        .chain(named.into_iter().map(|(_, s)| s))
+        .collect();
     if !urls.is_empty() {
         fetch_all(&urls)?;
     }
-    cfg.keys.clear();
-    Verifier::new(cfg, store).map_err(|e| e.to_string())
+    Ok(verifier)
 }
 
 /// Fetches JWKS URL sources once (the CLI verifies one token; no background refresh).

@@ -6,14 +6,15 @@
 //! them with, so a verifier is built exactly when some route needs one. Nothing in a plan is
 //! looked up by name or parsed again later. A plan is immutable and self-contained (`Send +
 //! Sync`, no handles to running things), so a reload can build a new one beside the running
-//! one and swap an `Arc<Plan>`.
+//! one and swap an `Arc<Plan>`. The one state it holds is each route's rate-limit buckets
+//! ([`RoutePlan::access`]): they start empty with every plan, so a reload resets the limits.
 
 use super::{
     AbuseConfig, AdminConfig, AuthMode, Config, EbpfConfig, Issue, ListenConfig, RouteConfig,
     RuntimeConfig, TlsConfig, UpstreamConfig,
 };
 use crate::jwt::VerifierConfig;
-use crate::policy::{ClaimHeaders, ScopePolicy};
+use crate::policy::{ClaimHeaders, RouteAccess, ScopePolicy};
 use http::{HeaderName, Method};
 use std::sync::Arc;
 
@@ -67,6 +68,9 @@ pub struct RoutePlan<A = RouteAuth> {
     pub auth: A,
     pub scopes: ScopePolicy,
     pub claim_headers: ClaimHeaders,
+    /// Issuers accepted, claim rules (`require`, `require_methods`) and the rate limit with
+    /// its buckets. Shared by every copy of the route; a new plan starts with empty buckets.
+    pub access: Arc<RouteAccess>,
     /// The route as written.
     pub config: RouteConfig,
 }
@@ -82,6 +86,7 @@ impl<A> RoutePlan<A> {
             auth,
             scopes: self.scopes.clone(),
             claim_headers: self.claim_headers.clone(),
+            access: Arc::clone(&self.access),
             config: self.config.clone(),
         }
     }
@@ -103,8 +108,8 @@ pub struct Plan {
     pub admin: Option<AdminConfig>,
     /// Bans for abusive sources. Absent: no automatic bans.
     pub abuse: Option<AbuseConfig>,
-    /// What is allowed but has no effect, one `file:line: key: message` line each; the
-    /// caller decides how to tell.
+    /// What is allowed but has no effect or is probably not meant, one `file:line: key:
+    /// message` line each; the caller decides how to tell.
     pub(super) warnings: Vec<String>,
 }
 
@@ -129,8 +134,9 @@ impl Plan {
         self.listen.is_some()
     }
 
-    /// What is allowed but has no effect, e.g. a `[jwt]` section no route uses; one
-    /// `file:line: key: message` line each.
+    /// What is allowed but has no effect or is probably not meant, e.g. a `[jwt]` section no
+    /// route uses, or a route accepting an issuer that checks neither `iss` nor an audience;
+    /// one `file:line: key: message` line each.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
@@ -160,7 +166,8 @@ impl Section {
 pub(super) type Issues = Vec<(Section, Issue)>;
 
 /// Checks each section, then how the sections refer to each other, and builds the plan when
-/// nothing is wrong; with the plan, what is allowed but has no effect.
+/// nothing is wrong; with the plan, what is allowed but has no effect or is probably not
+/// meant.
 pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
     let mut found = Vec::new();
     let mut check = |at: Section, r: Result<(), Issue>| {
@@ -182,18 +189,22 @@ pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
     }
     if let Some(jwt) = &config.jwt {
         let checks_tokens = config.route.iter().any(|r| r.auth != AuthMode::None);
-        check(
-            Section::one("jwt"),
-            jwt.validate()
-                .map_err(|e| Issue::new("keys", e.to_string()))
-                .and_then(|()| match checks_tokens && jwt.keys.is_empty() {
-                    true => Err(Issue::new(
-                        "keys",
-                        "routes check tokens but no [[jwt.keys]] source is given: every token would be refused",
-                    )),
-                    false => Ok(()),
-                }),
-        );
+        match jwt.validate() {
+            // A problem inside a `[[jwt.issuer]]` names that entry.
+            Err(e) => check(
+                e.issuer_index()
+                    .map_or(Section::one("jwt"), |i| Section::nth("jwt.issuer", i)),
+                Err(Issue::new(e.key(), e.message())),
+            ),
+            Ok(()) if checks_tokens && jwt.keys.is_empty() && jwt.issuer.is_empty() => check(
+                Section::one("jwt"),
+                Err(Issue::new(
+                    "keys",
+                    "routes check tokens but no [[jwt.keys]] source or [[jwt.issuer]] is given: every token would be refused",
+                )),
+            ),
+            Ok(()) => {}
+        }
     }
     for (i, u) in config.upstream.iter().enumerate() {
         let twice = config.upstream[..i].iter().any(|o| o.name == u.name);
@@ -245,6 +256,21 @@ pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
                 "no [[route]] checks tokens, so no keys are loaded and nothing is verified",
             ),
         ));
+    }
+    // Valid but probably not meant: a token the same identity provider minted for another
+    // client would pass.
+    if let Some(jwt) = &config.jwt {
+        for (i, r) in config.route.iter().enumerate() {
+            for issuer in jwt.unchecked_route_issuers(r) {
+                unused.push((
+                    Section::nth("route", i),
+                    Issue::new(
+                        "auth",
+                        format!("accepts issuer `{issuer}`, which checks neither iss nor aud: set [jwt] issuers or audiences"),
+                    ),
+                ));
+            }
+        }
     }
     let plan = Plan {
         runtime: config.runtime,
@@ -304,6 +330,12 @@ fn compile_route(
                 format!("no [[upstream]] is named `{}`", r.upstream),
             )
         })?;
+    if let Some(unknown) = jwt.and_then(|j| j.unknown_issuer(r)) {
+        return Err(Issue::new(
+            "issuers",
+            format!("no issuer is named `{unknown}` (names: [[jwt.issuer]] name, or `default` for [jwt] issuers and [[jwt.keys]])"),
+        ));
+    }
     let auth = match (r.auth, jwt) {
         (AuthMode::None, _) => RouteAuth::None,
         (AuthMode::Required, Some(j)) => RouteAuth::Required(Arc::clone(j)),
@@ -323,6 +355,7 @@ fn compile_route(
         auth,
         scopes,
         claim_headers: ClaimHeaders::new(claim_headers),
+        access: Arc::new(RouteAccess::from_config(r)),
         config: r.clone(),
     })
 }
@@ -448,7 +481,7 @@ mod tests {
         assert_eq!(
             err(&text),
             format!(
-                "gw.toml:{}: jwt.keys: routes check tokens but no [[jwt.keys]] source is given: \
+                "gw.toml:{}: jwt.keys: routes check tokens but no [[jwt.keys]] source or [[jwt.issuer]] is given: \
                  every token would be refused",
                 line_of(&text, "[jwt]", 0)
             )
@@ -532,6 +565,56 @@ mod tests {
             RouteAuth::Required(j) => assert!(Arc::ptr_eq(j, jwt)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn unchecked_issuers_are_warned_about_on_authenticated_routes_only() {
+        let warned = |jwt: &str| {
+            let text = format!(
+                "{LISTEN}{UPSTREAMS}\n[jwt]\n{jwt}\n[[jwt.keys]]\npem = \"/k.pem\"\n\n\
+                 [[route]]\nname = \"open\"\npath_prefix = \"/o/\"\nupstream = \"a\"\nauth = \"none\"\n\n\
+                 [[route]]\nname = \"api\"\npath_prefix = \"/api/\"\nupstream = \"a\"\n"
+            );
+            let plan = parse(&text).expect("valid");
+            (plan.warnings().to_vec(), line_of(&text, "[[route]]", 1))
+        };
+        let (w, line) = warned("");
+        assert_eq!(
+            w,
+            [format!(
+                "gw.toml:{line}: route[1].auth: accepts issuer `default`, which checks neither \
+                 iss nor aud: set [jwt] issuers or audiences"
+            )]
+        );
+        assert!(warned("issuers = [\"https://i/\"]").0.is_empty());
+        assert!(warned("audiences = [\"api\"]").0.is_empty());
+    }
+
+    #[test]
+    fn routes_carry_their_issuers_claim_rules_and_limits() {
+        let text = format!(
+            "{LISTEN}{UPSTREAMS}\n[jwt]\naudiences = [\"api\"]\n\n\
+             [[jwt.issuer]]\nname = \"corp\"\niss = \"https://corp/\"\nkeys = [{{ pem = \"/c.pem\" }}]\n\n\
+             [[route]]\npath_prefix = \"/\"\nupstream = \"a\"\nissuers = [\"corp\"]\n\
+             rate_limit = {{ key = \"source\", rate = \"1/h\", burst = 1 }}\n"
+        );
+        let plan = parse(&text).expect("valid");
+        let route = &plan.routes()[0];
+        // Named issuers only: the policy the route checks tokens with carries them.
+        let jwt = route.auth.jwt().expect("checks tokens");
+        assert_eq!(jwt.issuer.len(), 1);
+        assert!(jwt.keys.is_empty());
+        // The limiter is the route's, shared by its copies.
+        let ip = std::net::IpAddr::from([192, 0, 2, 9]);
+        let copy = route.with_auth(());
+        assert!(route.access.rate_limit(None, ip).is_ok());
+        assert!(copy.access.rate_limit(None, ip).is_err());
+        // An issuer name the [jwt] section does not define is refused with its route.
+        let e = err(&text.replace("issuers = [\"corp\"]", "issuers = [\"corp\", \"default\"]"));
+        assert!(
+            e.contains("route[0].issuers: no issuer is named `default`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -323,12 +323,26 @@ pub struct RouteConfig {
     /// carries one. Off by default: query strings end up in logs.
     #[serde(default)]
     pub query_token: bool,
+    /// Issuers (`[[jwt.issuer]]` names, `default` for the unnamed one) whose tokens this
+    /// route accepts; absent = every issuer.
+    pub issuers: Option<Vec<String>>,
+    /// Claim rules, e.g. `{ tenant = "acme", roles = ["admin", "ops"] }` (see
+    /// [`crate::policy::claims`]).
+    #[serde(default)]
+    pub require: BTreeMap<String, crate::policy::ClaimValues>,
+    /// Further claim rules for some methods, e.g. `{ DELETE = { roles = "admin" } }`, on top
+    /// of `require`.
+    #[serde(default)]
+    pub require_methods: BTreeMap<String, BTreeMap<String, crate::policy::ClaimValues>>,
+    /// Token bucket per subject, claim or source.
+    pub rate_limit: Option<crate::policy::RateLimitConfig>,
 }
 
 impl RouteConfig {
     /// Checks on the route's own values as written. Methods, scopes, claim headers and the
     /// upstream are checked where they are parsed and resolved, in [`super::plan`].
     pub fn validate(&self) -> Result<(), Issue> {
+        crate::policy::RouteAccess::validate(self)?;
         if !self.path_prefix.starts_with('/') {
             return Err(Issue::new("path_prefix", "must start with `/`"));
         }

@@ -133,6 +133,12 @@ pub enum Rejection {
     /// The claims failed a check.
     #[error(transparent)]
     Claims(#[from] ClaimsError),
+    /// The source's budget of signature checks is spent; the signature was not checked.
+    #[error("too many signature checks from this source; retry after {retry_after:?}")]
+    Throttled {
+        /// When the budget has a check again.
+        retry_after: std::time::Duration,
+    },
 }
 
 impl Rejection {
@@ -145,6 +151,7 @@ impl Rejection {
             Rejection::AlgNotAllowed(_) => Reason::AlgNotAllowed,
             Rejection::KeyNotFound(_) => Reason::KeyNotFound,
             Rejection::BadSignature => Reason::BadSignature,
+            Rejection::Throttled { .. } => Reason::VerifyBudget,
             Rejection::Claims(c) => match c {
                 ClaimsError::Expired { .. } => Reason::Expired,
                 ClaimsError::NotYetValid { .. } => Reason::NotYetValid,
@@ -181,11 +188,13 @@ pub enum Reason {
     BadAudience,
     UnsupportedCrit,
     TooLarge,
+    /// The source's budget of signature checks was spent; the signature was not checked.
+    VerifyBudget,
 }
 
 impl Reason {
     /// Every code, in declaration order (`ALL[r as usize] == r`).
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Malformed,
         Reason::AlgNotAllowed,
         Reason::KeyNotFound,
@@ -197,6 +206,7 @@ impl Reason {
         Reason::BadAudience,
         Reason::UnsupportedCrit,
         Reason::TooLarge,
+        Reason::VerifyBudget,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -212,6 +222,7 @@ impl Reason {
             Reason::BadAudience => "bad_audience",
             Reason::UnsupportedCrit => "unsupported_crit",
             Reason::TooLarge => "too_large",
+            Reason::VerifyBudget => "verify_budget",
         }
     }
 }

@@ -2,99 +2,18 @@
 
 use super::alg::{AlgSet, Algorithm};
 use super::b64;
-use super::cache::{CacheConfig, CacheStats, TokenCache};
+use super::cache::{CacheStats, TokenCache};
 use super::claims::{self, ClaimsPolicy, Times};
+use super::config::{ConfigError, VerifierConfig, DEFAULT_ISSUER};
 use super::error::{ParseError, Rejection, Segment};
 use super::token::{self, Header};
-use crate::keys::{KeySourceConfig, KeyStore};
-use serde::Deserialize;
+use crate::keys::{JwksSource, KeyStore};
+use crate::ratelimit::{Decision, KeyedLimiter};
 use serde_json::{Map, Value};
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Verification policy, embeddable as the `[jwt]` table of the gateway configuration.
-///
-/// ```toml
-/// [jwt]
-/// issuers = ["https://issuer.example/"]
-/// audiences = ["api"]
-/// algorithms = ["RS256", "ES256"]
-/// leeway = 30
-/// required_claims = ["sub"]
-/// typ = "at+jwt"
-///
-/// [[jwt.keys]]
-/// jwks_url = "https://issuer.example/.well-known/jwks.json"
-/// ```
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VerifierConfig {
-    /// Accepted `iss` values (exact match); empty = not checked.
-    pub issuers: Vec<String>,
-    /// Accepted audiences (`aud` must contain one); empty = not checked.
-    pub audiences: Vec<String>,
-    /// Algorithms accepted at all; empty = every supported one (each key is further bound
-    /// to its own algorithm).
-    pub algorithms: Vec<Algorithm>,
-    /// Clock-skew allowance in seconds for `exp`, `nbf` and `iat`.
-    pub leeway: u64,
-    /// Whether `exp` must be present.
-    pub require_exp: bool,
-    /// Claims that must be present.
-    pub required_claims: Vec<String>,
-    /// Required `typ` (compared case-insensitively; `application/` prefix optional, RFC 7515
-    /// §4.1.9), e.g. `at+jwt` for RFC 9068 access tokens.
-    pub typ: Option<String>,
-    /// Longest accepted token in bytes, checked before any decoding.
-    pub max_token_bytes: usize,
-    /// Verified-token cache.
-    pub cache: CacheConfig,
-    /// Key sources (used to build the [`KeyStore`] with [`KeyStore::from_config`]).
-    pub keys: Vec<KeySourceConfig>,
-}
-
-impl Default for VerifierConfig {
-    fn default() -> Self {
-        VerifierConfig {
-            issuers: Vec::new(),
-            audiences: Vec::new(),
-            algorithms: Vec::new(),
-            leeway: 30,
-            require_exp: true,
-            required_claims: Vec::new(),
-            typ: None,
-            max_token_bytes: token::DEFAULT_MAX_TOKEN_BYTES,
-            cache: CacheConfig::default(),
-            keys: Vec::new(),
-        }
-    }
-}
-
-/// A configuration the verifier cannot work with.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A value is out of range or inconsistent.
-    #[error("jwt configuration: {0}")]
-    Invalid(String),
-}
-
-impl VerifierConfig {
-    /// Checks values and key source shapes (without loading keys).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_token_bytes == 0 {
-            return Err(ConfigError::Invalid("max_token_bytes must be > 0".into()));
-        }
-        if self.leeway > 86_400 {
-            return Err(ConfigError::Invalid("leeway above one day".into()));
-        }
-        for k in &self.keys {
-            k.validate()
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        }
-        Ok(())
-    }
-}
+use std::time::{Duration, Instant};
 
 /// A token whose signature and claims passed. Shared (`Arc`) between the cache and callers.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +23,9 @@ pub struct VerifiedToken {
     alg: Algorithm,
     times: Times,
     key_fingerprint: u64,
+    /// Index of the issuer whose key verified it (in the verifier's issuer list).
+    issuer: usize,
+    issuer_name: Arc<str>,
 }
 
 impl VerifiedToken {
@@ -147,6 +69,11 @@ impl VerifiedToken {
     pub fn iat(&self) -> Option<i64> {
         self.times.iat
     }
+    /// The configured issuer whose key verified it: a `[[jwt.issuer]]` name, or
+    /// `default` for the unnamed issuer (`[jwt] issuers` + `[[jwt.keys]]`).
+    pub fn issuer_name(&self) -> &str {
+        &self.issuer_name
+    }
     /// Fingerprint of the key that verified the signature.
     pub fn key_fingerprint(&self) -> u64 {
         self.key_fingerprint
@@ -184,22 +111,64 @@ impl VerifiedToken {
 /// Largest signature any supported algorithm produces (RSA 8192).
 const MAX_SIG: usize = 1024;
 
-/// Verifies tokens against a key store and a policy. Cheap to share (`Arc` it).
-pub struct Verifier {
+/// A token without `kid` is tried against at most this many of its issuer's keys (those
+/// bound to its `alg`, in configuration order): an issuer with many keys would otherwise let
+/// one kid-less token cost many signature checks.
+pub const MAX_KIDLESS_KEYS: usize = 4;
+
+/// One issuer: its keys and the policy its tokens are checked under.
+struct Issuer {
+    name: Arc<str>,
     keys: KeyStore,
     allowed: AlgSet,
     policy: ClaimsPolicy,
+    verified: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// Counters of one issuer, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerStats {
+    /// The issuer's name (`default` for the unnamed one).
+    pub name: String,
+    /// Tokens accepted (cache hits included).
+    pub verified: u64,
+    /// Tokens of this issuer refused after it was selected (signature, claims, key).
+    pub rejected: u64,
+    /// Keys loaded now.
+    pub keys: usize,
+    /// Whether a JWKS source of this issuer serves a stale set.
+    pub stale: bool,
+}
+
+/// Verifies tokens against per-issuer key stores and policies. Cheap to share (`Arc` it).
+///
+/// The token's `iss` selects the issuer first (exact match among the named issuers; any
+/// other value, or none, goes to the unnamed issuer when there is one), then `kid` selects
+/// among that issuer's keys only: a key never verifies another issuer's token.
+pub struct Verifier {
+    issuers: Vec<Issuer>,
+    /// Named issuers' `iss` values with their index in `issuers`.
+    by_iss: Vec<(Box<str>, usize)>,
+    /// Index of the unnamed issuer, if configured.
+    default: Option<usize>,
+    /// Every algorithm some issuer accepts (an early, cheap refusal).
+    any_allowed: AlgSet,
     typ: Option<String>,
     max_token_bytes: usize,
     cache: Option<TokenCache>,
+    /// Signature verifications per source.
+    budget: Option<KeyedLimiter<IpAddr>>,
+    budget_refused: AtomicU64,
+    unknown_issuer: AtomicU64,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.issuers.iter().map(|i| &*i.name).collect();
         f.debug_struct("Verifier")
-            .field("allowed", &self.allowed)
-            .field("policy", &self.policy)
-            .field("keys", &self.keys)
+            .field("issuers", &names)
+            .field("any_allowed", &self.any_allowed)
             .finish()
     }
 }
@@ -219,35 +188,207 @@ pub fn now_unix() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// The budget's key for a source: the address, IPv6 by /64 (one host holds a whole /64).
+fn budget_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn alg_set(algs: &[Algorithm]) -> AlgSet {
+    if algs.is_empty() {
+        Algorithm::ALL.into_iter().collect()
+    } else {
+        algs.iter().copied().collect()
+    }
+}
+
+/// A failed verification and, when known, the issuer it was checked against.
+struct Failed {
+    rejection: Rejection,
+    issuer: Option<usize>,
+}
+
+impl From<Rejection> for Failed {
+    fn from(rejection: Rejection) -> Self {
+        Failed {
+            rejection,
+            issuer: None,
+        }
+    }
+}
+
+impl From<ParseError> for Failed {
+    fn from(e: ParseError) -> Self {
+        Rejection::from(e).into()
+    }
+}
+
 impl Verifier {
-    /// Builds a verifier. The config's `keys` are not read here: build `keys` with
-    /// [`KeyStore::from_config`] (or by hand).
+    /// A verifier with only the unnamed issuer, whose keys are `keys`. The config's `keys`
+    /// are not read here: build `keys` with [`KeyStore::from_config`] (or by hand). A config
+    /// with `[[jwt.issuer]]` entries needs [`Self::load`].
     pub fn new(config: VerifierConfig, keys: KeyStore) -> Result<Self, ConfigError> {
+        if !config.issuer.is_empty() {
+            return Err(ConfigError::in_issuer(
+                0,
+                "keys",
+                "named issuers load their own keys: use Verifier::load",
+            ));
+        }
+        Self::build(config, Some(keys), Vec::new())
+    }
+
+    /// A verifier for the whole config: `default_keys` for the unnamed issuer (built by the
+    /// caller from `config.keys`), and each named issuer's key files loaded now. The named
+    /// issuers' JWKS URL sources are returned with the issuer's name, empty: the caller
+    /// fetches them ([`JwksSource::refresh`]) and spawns their refresh loops.
+    pub fn load(
+        config: VerifierConfig,
+        default_keys: KeyStore,
+    ) -> Result<(Self, Vec<(String, JwksSource)>), ConfigError> {
         config.validate()?;
-        let allowed = if config.algorithms.is_empty() {
-            Algorithm::ALL.into_iter().collect()
-        } else {
-            config.algorithms.iter().copied().collect()
+        let mut stores = Vec::with_capacity(config.issuer.len());
+        let mut urls = Vec::new();
+        for (i, is) in config.issuer.iter().enumerate() {
+            let (store, sources) = KeyStore::from_config(&is.keys).map_err(|e| {
+                ConfigError::in_issuer(i, "keys", format!("issuer `{}`: {e}", is.name))
+            })?;
+            urls.extend(sources.into_iter().map(|s| (is.name.clone(), s)));
+            stores.push(store);
+        }
+        let default = config.has_default_issuer().then_some(default_keys);
+        Ok((Self::build(config, default, stores)?, urls))
+    }
+
+    fn build(
+        config: VerifierConfig,
+        default_keys: Option<KeyStore>,
+        named: Vec<KeyStore>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let leeway = i64::try_from(config.leeway).unwrap_or(i64::MAX);
+        let policy = |issuers: Vec<String>, audiences: Vec<String>| ClaimsPolicy {
+            issuers,
+            audiences,
+            require_exp: config.require_exp,
+            leeway,
+            required: config.required_claims.clone(),
         };
-        Ok(Verifier {
+        let issuer = |name: &str, keys, allowed, policy| Issuer {
+            name: Arc::from(name),
             keys,
             allowed,
-            policy: ClaimsPolicy {
-                issuers: config.issuers,
-                audiences: config.audiences,
-                require_exp: config.require_exp,
-                leeway: i64::try_from(config.leeway).unwrap_or(i64::MAX),
-                required: config.required_claims,
-            },
+            policy,
+            verified: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        };
+        let mut issuers = Vec::new();
+        let mut default = None;
+        if let Some(keys) = default_keys {
+            default = Some(issuers.len());
+            issuers.push(issuer(
+                DEFAULT_ISSUER,
+                keys,
+                alg_set(&config.algorithms),
+                policy(config.issuers.clone(), config.audiences.clone()),
+            ));
+        }
+        let mut by_iss = Vec::new();
+        for (cfg, keys) in config.issuer.iter().zip(named) {
+            by_iss.push((Box::from(cfg.iss.as_str()), issuers.len()));
+            issuers.push(issuer(
+                &cfg.name,
+                keys,
+                alg_set(cfg.algorithms.as_deref().unwrap_or(&config.algorithms)),
+                policy(
+                    vec![cfg.iss.clone()],
+                    cfg.audiences
+                        .clone()
+                        .unwrap_or_else(|| config.audiences.clone()),
+                ),
+            ));
+        }
+        let mut any_allowed = AlgSet::EMPTY;
+        for a in issuers.iter().flat_map(|i| i.allowed.iter()) {
+            any_allowed.insert(a);
+        }
+        let b = &config.verify_budget;
+        Ok(Verifier {
+            issuers,
+            by_iss,
+            default,
+            any_allowed,
             typ: config.typ.as_deref().map(normalize_typ),
             max_token_bytes: config.max_token_bytes,
             cache: config.cache.enabled.then(|| TokenCache::new(&config.cache)),
+            budget: b
+                .enabled
+                .then(|| KeyedLimiter::new(b.rate, b.burst, b.max_sources)),
+            budget_refused: AtomicU64::new(0),
+            unknown_issuer: AtomicU64::new(0),
         })
     }
 
-    /// The key store.
+    /// The unnamed issuer's key store (the first named issuer's when there is none).
     pub fn keys(&self) -> &KeyStore {
-        &self.keys
+        let i = self.default.unwrap_or(0);
+        match self.issuers.get(i) {
+            Some(is) => &is.keys,
+            None => empty_store(),
+        }
+    }
+
+    /// The key store of the issuer called `name`.
+    pub fn issuer_keys(&self, name: &str) -> Option<&KeyStore> {
+        self.issuers
+            .iter()
+            .find(|i| &*i.name == name)
+            .map(|i| &i.keys)
+    }
+
+    /// Every issuer's name, the unnamed one (`default`) first when configured.
+    pub fn issuer_names(&self) -> impl Iterator<Item = &str> {
+        self.issuers.iter().map(|i| &*i.name)
+    }
+
+    /// Per-issuer counters and key-set state.
+    pub fn issuer_stats(&self) -> Vec<IssuerStats> {
+        self.issuers
+            .iter()
+            .map(|i| IssuerStats {
+                name: i.name.to_string(),
+                verified: i.verified.load(Ordering::Relaxed),
+                rejected: i.rejected.load(Ordering::Relaxed),
+                keys: i.keys.snapshot().len(),
+                stale: i.keys.is_stale(),
+            })
+            .collect()
+    }
+
+    /// Tokens refused because their `iss` matched no issuer (and no unnamed issuer exists).
+    pub fn unknown_issuer_count(&self) -> u64 {
+        self.unknown_issuer.load(Ordering::Relaxed)
+    }
+
+    /// Verifications refused because the source's budget was spent.
+    pub fn budget_refused_count(&self) -> u64 {
+        self.budget_refused.load(Ordering::Relaxed)
+    }
+
+    /// Whether any issuer's JWKS source serves a stale set.
+    pub fn is_stale(&self) -> bool {
+        self.issuers.iter().any(|i| i.keys.is_stale())
+    }
+
+    /// Keys loaded over all issuers.
+    pub fn key_count(&self) -> usize {
+        self.issuers.iter().map(|i| i.keys.snapshot().len()).sum()
     }
 
     /// Cache counters (`None` when the cache is disabled).
@@ -258,43 +399,87 @@ impl Verifier {
     /// Verifies `token` at Unix time `now`. Cache hits re-check `exp`/`nbf` and that the
     /// signing key is still loaded. A `kid` that no key has asks JWKS URL sources for a
     /// (rate-limited) refetch in the background; see [`Self::verify_async`] to wait for it.
+    /// No verification budget applies (no source).
     pub fn verify(&self, token: &str, now: i64) -> Result<Arc<VerifiedToken>, Rejection> {
-        self.verify_impl(token, now, true)
+        self.verify_impl(token, now, None, true)
+            .map_err(|f| f.rejection)
+    }
+
+    /// Like [`Self::verify`], charging a signature check to `source`'s budget: once spent,
+    /// the token is refused ([`Rejection::Throttled`]) without a signature check.
+    pub fn verify_from(
+        &self,
+        token: &str,
+        now: i64,
+        source: IpAddr,
+    ) -> Result<Arc<VerifiedToken>, Rejection> {
+        self.verify_impl(token, now, Some(source), true)
+            .map_err(|f| f.rejection)
+    }
+
+    fn count(&self, r: &Result<Arc<VerifiedToken>, Failed>) {
+        let (issuer, ok) = match r {
+            Ok(t) => (Some(t.issuer), true),
+            Err(f) => (f.issuer, false),
+        };
+        if let Some(is) = issuer.and_then(|i| self.issuers.get(i)) {
+            if ok { &is.verified } else { &is.rejected }.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn verify_impl(
         &self,
         token: &str,
         now: i64,
+        source: Option<IpAddr>,
         refetch: bool,
-    ) -> Result<Arc<VerifiedToken>, Rejection> {
+    ) -> Result<Arc<VerifiedToken>, Failed> {
+        let r = self.verify_counted(token, now, source, refetch);
+        self.count(&r);
+        r
+    }
+
+    fn verify_counted(
+        &self,
+        token: &str,
+        now: i64,
+        source: Option<IpAddr>,
+        refetch: bool,
+    ) -> Result<Arc<VerifiedToken>, Failed> {
         if token.len() > self.max_token_bytes {
-            return Err(ParseError::TooLarge {
+            return Err(Rejection::from(ParseError::TooLarge {
                 len: token.len(),
                 limit: self.max_token_bytes,
-            }
+            })
             .into());
         }
         if let Some(cache) = &self.cache {
             if let Some(hit) = cache.get(token) {
-                if self
-                    .keys
-                    .snapshot()
-                    .contains_fingerprint(hit.key_fingerprint)
-                {
-                    claims::check_times(&hit.times, now, self.policy.leeway)?;
-                    return Ok(hit);
+                // The cached token's issuer is the one its `iss` selected: its key must still
+                // be in that issuer's set.
+                if let Some(is) = self.issuers.get(hit.issuer) {
+                    if is.keys.snapshot().contains_fingerprint(hit.key_fingerprint) {
+                        claims::check_times(&hit.times, now, is.policy.leeway).map_err(|e| {
+                            Failed {
+                                rejection: e.into(),
+                                issuer: Some(hit.issuer),
+                            }
+                        })?;
+                        return Ok(hit);
+                    }
                 }
                 // Its key was rotated out: forget it and verify from scratch.
                 cache.remove(token);
             }
         }
-        let verified = match self.check(token, now) {
+        let verified = match self.check(token, now, source) {
             Ok(v) => Arc::new(v),
             Err(e) => {
-                if refetch && matches!(e, Rejection::KeyNotFound(Some(_))) {
+                if refetch && matches!(e.rejection, Rejection::KeyNotFound(Some(_))) {
                     // Maybe the issuer rotated: ask for a refetch (rate-limited).
-                    let _ = self.keys.request_refresh();
+                    if let Some(is) = e.issuer.and_then(|i| self.issuers.get(i)) {
+                        let _ = is.keys.request_refresh();
+                    }
                 }
                 return Err(e);
             }
@@ -305,24 +490,37 @@ impl Verifier {
         Ok(verified)
     }
 
-    /// Like [`Self::verify`], but when the token's `kid` is unknown and a JWKS URL source
-    /// grants a refetch, waits (up to `wait`) for it and tries once more.
+    /// Like [`Self::verify`], but when the token's `kid` is unknown and a JWKS URL source of
+    /// its issuer grants a refetch, waits (up to `wait`) for it and tries once more.
     pub async fn verify_async(
         &self,
         token: &str,
         now: i64,
         wait: Duration,
     ) -> Result<Arc<VerifiedToken>, Rejection> {
-        match self.verify_impl(token, now, false) {
-            Err(Rejection::KeyNotFound(Some(_))) => {
-                let waiters = self.keys.request_refresh();
+        self.verify_async_from(token, now, wait, None).await
+    }
+
+    /// [`Self::verify_async`] for a request from `source`, which pays for signature checks
+    /// from its budget (see [`Self::verify_from`]).
+    pub async fn verify_async_from(
+        &self,
+        token: &str,
+        now: i64,
+        wait: Duration,
+        source: Option<IpAddr>,
+    ) -> Result<Arc<VerifiedToken>, Rejection> {
+        match self.verify_impl(token, now, source, false) {
+            Err(Failed {
+                rejection: Rejection::KeyNotFound(Some(kid)),
+                issuer,
+            }) => {
+                let waiters = issuer
+                    .and_then(|i| self.issuers.get(i))
+                    .map(|is| is.keys.request_refresh())
+                    .unwrap_or_default();
                 if waiters.is_empty() {
-                    return Err(Rejection::KeyNotFound(
-                        token::split(token, self.max_token_bytes)
-                            .ok()
-                            .and_then(|p| token::decode_header(p.header).ok())
-                            .and_then(|h| h.kid().map(|k| k.chars().take(64).collect())),
-                    ));
+                    return Err(Rejection::KeyNotFound(Some(kid)));
                 }
                 let _ = tokio::time::timeout(wait, async {
                     for mut w in waiters {
@@ -330,23 +528,55 @@ impl Verifier {
                     }
                 })
                 .await;
-                self.verify_impl(token, now, false)
+                self.verify_impl(token, now, source, false)
+                    .map_err(|f| f.rejection)
             }
-            other => other,
+            other => other.map_err(|f| f.rejection),
         }
     }
 
-    /// Full verification bypassing the cache (nothing is read from or written to it).
+    /// Full verification bypassing the cache (nothing is read from or written to it) and
+    /// any budget.
     pub fn verify_uncached(&self, token: &str, now: i64) -> Result<VerifiedToken, Rejection> {
-        self.check(token, now)
+        self.check(token, now, None).map_err(|f| f.rejection)
     }
 
-    fn check(&self, token: &str, now: i64) -> Result<VerifiedToken, Rejection> {
+    /// The issuer a token's claims select.
+    fn select_issuer(&self, claims: &Map<String, Value>) -> Option<usize> {
+        if let Some(Value::String(iss)) = claims.get("iss") {
+            if let Some((_, i)) = self.by_iss.iter().find(|(s, _)| **s == **iss) {
+                return Some(*i);
+            }
+        }
+        self.default
+    }
+
+    /// Spends one signature check from `source`'s budget.
+    fn charge(&self, source: Option<IpAddr>) -> Result<(), Rejection> {
+        let (Some(budget), Some(ip)) = (&self.budget, source) else {
+            return Ok(());
+        };
+        let key = budget_key(ip);
+        match budget.take(&key, || key, Instant::now()) {
+            Decision::Allowed { .. } => Ok(()),
+            Decision::Limited { retry_after } => {
+                self.budget_refused.fetch_add(1, Ordering::Relaxed);
+                Err(Rejection::Throttled { retry_after })
+            }
+        }
+    }
+
+    fn check(
+        &self,
+        token: &str,
+        now: i64,
+        source: Option<IpAddr>,
+    ) -> Result<VerifiedToken, Failed> {
         let parts = token::split(token, self.max_token_bytes)?;
         let header: Header = token::decode_header(parts.header)?;
         let alg = header.alg();
-        if !self.allowed.contains(alg) {
-            return Err(Rejection::alg(alg));
+        if !self.any_allowed.contains(alg) {
+            return Err(Rejection::alg(alg).into());
         }
         if let Some(want) = &self.typ {
             let found = header.typ().map(normalize_typ).unwrap_or_default();
@@ -368,22 +598,45 @@ impl Verifier {
                 b64::validate_url(parts.signature.as_bytes())
                     .map_err(|e| ParseError::Base64(Segment::Signature, e))?;
                 // Well-formed but longer than any signature we could verify.
-                return Err(Rejection::BadSignature);
+                return Err(Rejection::BadSignature.into());
             }
             Err(e) => return Err(ParseError::Base64(Segment::Signature, e).into()),
         };
+        // The claims are read before the signature is checked: their `iss` chooses whose
+        // keys may verify it. They are trusted only after the signature passed.
+        let claims = token::decode_claims(parts.payload)?;
+        let Some(index) = self.select_issuer(&claims) else {
+            self.unknown_issuer.fetch_add(1, Ordering::Relaxed);
+            return Err(Rejection::Claims(super::error::ClaimsError::BadIssuer).into());
+        };
+        let in_issuer = |rejection: Rejection| Failed {
+            rejection,
+            issuer: Some(index),
+        };
+        let Some(issuer) = self.issuers.get(index) else {
+            return Err(Rejection::Claims(super::error::ClaimsError::BadIssuer).into());
+        };
+        if !issuer.allowed.contains(alg) {
+            return Err(in_issuer(Rejection::alg(alg)));
+        }
 
         let fingerprint = {
-            let set = self.keys.snapshot();
+            let set = issuer.keys.snapshot();
             let kid = header.kid();
-            let (mut selected, mut bound) = (false, false);
+            let (mut selected, mut tried) = (false, 0usize);
             let mut verified_by = None;
             for key in set.select(kid) {
                 selected = true;
                 if !key.algorithms().contains(alg) {
                     continue;
                 }
-                bound = true;
+                if kid.is_none() && tried == MAX_KIDLESS_KEYS {
+                    break;
+                }
+                if tried == 0 {
+                    self.charge(source).map_err(in_issuer)?;
+                }
+                tried += 1;
                 if key.verify(alg, parts.signing_input.as_bytes(), sig) {
                     verified_by = Some(key.fingerprint());
                     break;
@@ -391,24 +644,35 @@ impl Verifier {
             }
             match verified_by {
                 Some(fp) => fp,
-                None if bound => return Err(Rejection::BadSignature),
-                None if selected => return Err(Rejection::alg(alg)),
+                None if tried > 0 => return Err(in_issuer(Rejection::BadSignature)),
+                None if selected => return Err(in_issuer(Rejection::alg(alg))),
                 None => {
-                    return Err(Rejection::KeyNotFound(
+                    return Err(in_issuer(Rejection::KeyNotFound(
                         kid.map(|k| k.chars().take(64).collect()),
-                    ))
+                    )))
                 }
             }
         };
 
-        let claims = token::decode_claims(parts.payload)?;
-        let times = self.policy.check(&claims, now)?;
+        let times = issuer
+            .policy
+            .check(&claims, now)
+            .map_err(|e| in_issuer(e.into()))?;
         Ok(VerifiedToken {
             header: header.into_map(),
             claims,
             alg,
             times,
             key_fingerprint: fingerprint,
+            issuer: index,
+            issuer_name: Arc::clone(&issuer.name),
         })
     }
+}
+
+/// An empty key store, for a verifier without issuers (every constructor makes at least
+/// one; this keeps [`Verifier::keys`] free of an `Option`).
+fn empty_store() -> &'static KeyStore {
+    static EMPTY: std::sync::OnceLock<KeyStore> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(KeyStore::new)
 }

@@ -143,13 +143,33 @@ pub fn parse_jwks(
     alg: Option<Algorithm>,
 ) -> Result<Vec<VerifyingKey>, KeyError> {
     let map = json::parse_object(bytes).map_err(|e| KeyError::invalid(origin, e))?;
-    jwks_from_map(&map, origin, alg)
+    jwks_from_map(&map, origin, alg, Secrets::Allowed)
+}
+
+/// Parses a JWK Set fetched from a URL: like [`parse_jwks`], but symmetric (`oct`) keys are
+/// skipped. An HMAC secret served over the network is a secret every fetcher knows, so it
+/// would let anyone who can read the URL mint tokens.
+pub fn parse_remote_jwks(
+    bytes: &[u8],
+    origin: &str,
+    alg: Option<Algorithm>,
+) -> Result<Vec<VerifyingKey>, KeyError> {
+    let map = json::parse_object(bytes).map_err(|e| KeyError::invalid(origin, e))?;
+    jwks_from_map(&map, origin, alg, Secrets::Refused)
+}
+
+/// Whether a JWK Set may supply HMAC secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Allowed,
+    Refused,
 }
 
 fn jwks_from_map(
     map: &Map<String, Value>,
     origin: &str,
     alg: Option<Algorithm>,
+    secrets: Secrets,
 ) -> Result<Vec<VerifyingKey>, KeyError> {
     let Some(Value::Array(items)) = map.get("keys") else {
         return Err(KeyError::invalid(
@@ -163,6 +183,10 @@ fn jwks_from_map(
             tracing::warn!(%origin, index = i, "JWKS entry is not an object; skipped");
             continue;
         };
+        if secrets == Secrets::Refused && jwk.get("kty").and_then(Value::as_str) == Some("oct") {
+            tracing::warn!(%origin, index = i, kid = ?jwk.get("kid"), "symmetric (oct) key in a JWKS URL's set; skipped: secrets are never taken from a URL");
+            continue;
+        }
         match convert(jwk, origin, alg) {
             Ok(k) => {
                 if let Some(kid) = k.kid() {
@@ -197,7 +221,7 @@ pub fn parse_jwk_or_jwks(
 ) -> Result<Vec<VerifyingKey>, KeyError> {
     let map = json::parse_object(bytes).map_err(|e| KeyError::invalid(origin, e))?;
     if map.contains_key("keys") {
-        jwks_from_map(&map, origin, alg)
+        jwks_from_map(&map, origin, alg, Secrets::Allowed)
     } else {
         convert(&map, origin, alg)
             .map(|k| vec![k])

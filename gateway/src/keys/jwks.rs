@@ -5,6 +5,7 @@
 //!   once per `refetch_interval`, so a flood of random `kid`s cannot hammer the issuer.
 //! - A failed fetch (network, status, bad JSON, no usable key) keeps the last good set in
 //!   use, marks the source stale and counts the failure.
+//! - Symmetric (`oct`) keys in the fetched set are skipped ([`jwk::parse_remote_jwks`]).
 //! - `Cache-Control: max-age` sets the next refresh, clamped to `[min_refresh, max_refresh]`.
 
 use super::{jwk, pem, JwksConfig, KeyError, KeyStore, SlotId, StoreInner};
@@ -291,7 +292,7 @@ impl Shared {
             Err(_) => Err(fetch_err(&self.cfg.url, "timed out")),
         }
         .and_then(|(body, age)| {
-            let keys = jwk::parse_jwks(&body, &self.cfg.url, self.cfg.alg)?;
+            let keys = jwk::parse_remote_jwks(&body, &self.cfg.url, self.cfg.alg)?;
             Ok((keys, age))
         });
         let out = match result {

@@ -13,7 +13,7 @@ mod key;
 pub mod pem;
 
 pub use config::{JwksConfig, KeySourceConfig};
-pub use jwk::{parse_jwk, parse_jwk_or_jwks, parse_jwks};
+pub use jwk::{parse_jwk, parse_jwk_or_jwks, parse_jwks, parse_remote_jwks};
 pub use jwks::{JwksSource, JwksStats};
 pub use key::{KeyMaterialKind, VerifyingKey};
 

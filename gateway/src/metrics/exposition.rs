@@ -1,7 +1,7 @@
 //! What is read at scrape time rather than counted as it happens: the verifier's cache and
 //! key set, JWKS sources, the abuse engine's bans, the kernel's pinned counters.
 
-use super::{lock, name, SignalLabel, SourceLabel};
+use super::{lock, name, IssuerLabel, IssuerResultLabel, SignalLabel, SourceLabel};
 use crate::jwt::Verifier;
 use crate::keys::JwksSource;
 use arc_swap::ArcSwapOption;
@@ -21,7 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(super) struct ScrapeSources {
     pub(super) verifier: ArcSwapOption<Verifier>,
     pub(super) abuse: ArcSwapOption<crate::abuse::AbuseEngine>,
-    pub(super) jwks: Mutex<Vec<JwksSource>>,
+    /// With the name of the issuer each serves.
+    pub(super) jwks: Mutex<Vec<(Box<str>, JwksSource)>>,
     pub(super) pin_path: Mutex<Option<PathBuf>>,
 }
 
@@ -82,21 +83,21 @@ impl Collector for ScrapeSources {
                     i64::try_from(c.entries).unwrap_or(i64::MAX),
                 )?;
             }
-            let keys = v.keys();
             gauge(
                 &mut enc,
                 name::KEYSET_KEYS,
                 "Verification keys currently loaded",
                 None,
-                i64::try_from(keys.snapshot().len()).unwrap_or(i64::MAX),
+                i64::try_from(v.key_count()).unwrap_or(i64::MAX),
             )?;
             gauge(
                 &mut enc,
                 name::KEYSET_STALE,
                 "1 while a JWKS source serves its last good key set because its last fetch failed",
                 None,
-                i64::from(keys.is_stale()),
+                i64::from(v.is_stale()),
             )?;
+            encode_issuers(&v, &mut enc)?;
         }
         self.encode_jwks(&mut enc)?;
         self.encode_abuse(&mut enc)?;
@@ -104,11 +105,52 @@ impl Collector for ScrapeSources {
     }
 }
 
+/// Per-issuer token counts and key-set sizes (`issuer` is a `[[jwt.issuer]]` name or
+/// `default`).
+fn encode_issuers(v: &Verifier, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let stats = v.issuer_stats();
+    let mut m = enc.encode_descriptor(
+        name::ISSUER_TOKENS,
+        "Tokens by the issuer their iss selected: verified (cache hits included) or rejected",
+        None,
+        MetricType::Counter,
+    )?;
+    for s in &stats {
+        for (result, n) in [("verified", s.verified), ("rejected", s.rejected)] {
+            let labels = IssuerResultLabel {
+                issuer: s.name.clone(),
+                result,
+            };
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        name::ISSUER_KEYS,
+        "Verification keys loaded per issuer",
+        None,
+        MetricType::Gauge,
+    )?;
+    for s in &stats {
+        let labels = IssuerLabel {
+            issuer: s.name.clone(),
+        };
+        ConstGauge::new(i64::try_from(s.keys).unwrap_or(i64::MAX))
+            .encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl ScrapeSources {
     fn encode_jwks(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats: Vec<(String, crate::keys::JwksStats)> = lock(&self.jwks)
+        let stats: Vec<(SourceLabel, crate::keys::JwksStats)> = lock(&self.jwks)
             .iter()
-            .map(|s| (s.url().to_owned(), s.stats()))
+            .map(|(issuer, s)| {
+                let labels = SourceLabel {
+                    issuer: issuer.to_string(),
+                    source: s.url().to_owned(),
+                };
+                (labels, s.stats())
+            })
             .collect();
         if stats.is_empty() {
             return Ok(());
@@ -116,7 +158,7 @@ impl ScrapeSources {
         let now = now_unix();
         let ages: Vec<_> = stats
             .iter()
-            .filter_map(|(url, s)| Some((url, now.saturating_sub(s.last_success_unix?))))
+            .filter_map(|(labels, s)| Some((labels, now.saturating_sub(s.last_success_unix?))))
             .collect();
         if !ages.is_empty() {
             let mut m = enc.encode_descriptor(
@@ -125,12 +167,9 @@ impl ScrapeSources {
                 Some(&Unit::Seconds),
                 MetricType::Gauge,
             )?;
-            for (url, age) in ages {
-                let labels = SourceLabel {
-                    source: url.clone(),
-                };
+            for (labels, age) in ages {
                 ConstGauge::new(i64::try_from(age).unwrap_or(i64::MAX))
-                    .encode(m.encode_family(&labels)?)?;
+                    .encode(m.encode_family(labels)?)?;
             }
         }
         for (name, help, get) in [
@@ -149,11 +188,8 @@ impl ScrapeSources {
             ),
         ] {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (url, s) in &stats {
-                let labels = SourceLabel {
-                    source: url.clone(),
-                };
-                ConstCounter::new(get(s)).encode(m.encode_family(&labels)?)?;
+            for (labels, s) in &stats {
+                ConstCounter::new(get(s)).encode(m.encode_family(labels)?)?;
             }
         }
         Ok(())

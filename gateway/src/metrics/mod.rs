@@ -91,7 +91,19 @@ struct UpstreamErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
+    issuer: String,
     source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabel {
+    issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerResultLabel {
+    issuer: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -334,11 +346,12 @@ impl Metrics {
         self.scrape.abuse.store(Some(a));
     }
 
-    /// A JWKS URL source whose refresh counters and key-set age are reported at scrape time.
-    /// (The verifier's key store says whether any source is stale, but not when each last
+    /// A JWKS URL source of `issuer` (a `[[jwt.issuer]]` name or `default`) whose refresh
+    /// counters and key-set age are reported at scrape time, labelled with both. (The
+    /// verifier's key store says whether any source is stale, but not when each last
     /// succeeded or how often it failed; those live on the source.)
-    pub fn add_jwks_source(&self, source: JwksSource) {
-        lock(&self.scrape.jwks).push(source);
+    pub fn add_jwks_source(&self, issuer: &str, source: JwksSource) {
+        lock(&self.scrape.jwks).push((issuer.into(), source));
     }
 
     /// Where the kernel's maps are pinned; their global counters are read at scrape time and

@@ -40,6 +40,10 @@ series! {
     TOKEN_CACHE_ENTRIES = "token_cache_entries" => [TOKEN_CACHE_ENTRIES = ""],
     KEYSET_KEYS = "keyset_keys" => [KEYSET_KEYS = ""],
     KEYSET_STALE = "keyset_stale" => [KEYSET_STALE = ""],
+    /// Tokens by the issuer their `iss` selected and result (`verified`, `rejected`).
+    ISSUER_TOKENS = "issuer_tokens" => [ISSUER_TOKENS = "_total"],
+    /// Verification keys loaded per issuer.
+    ISSUER_KEYS = "issuer_keys" => [ISSUER_KEYS = ""],
     /// Seconds since each JWKS source's last good fetch.
     KEYSET_AGE = "keyset_age" => [KEYSET_AGE = "_seconds"],
     KEY_REFRESH_FAILURES = "key_refresh_failures" => [KEY_REFRESH_FAILURES = "_total"],

@@ -334,3 +334,43 @@ fn every_exposed_name_is_what_the_registry_renders() {
     }
     assert!(exposed::REQUESTS.starts_with(&format!("{PREFIX}_")));
 }
+
+#[test]
+fn jwks_sources_are_labelled_with_their_issuer() {
+    use crate::keys::{KeySourceConfig, KeyStore};
+    let m = Metrics::new(&[], &[]);
+    for (issuer, url) in [
+        ("default", "https://idp.example/jwks.json"),
+        ("corp", "https://corp.example/jwks.json"),
+    ] {
+        let cfg: KeySourceConfig =
+            toml::from_str(&format!("jwks_url = \"{url}\"")).expect("source config");
+        let (_, mut sources) = KeyStore::from_config(&[cfg]).expect("source");
+        m.add_jwks_source(issuer, sources.pop().expect("one URL source"));
+    }
+    let t = m.render();
+    for name in [
+        exposed::KEY_REFRESHES,
+        exposed::KEY_REFRESH_FAILURES,
+        exposed::KEY_REFETCHES_RATE_LIMITED,
+    ] {
+        assert_eq!(
+            value(
+                &t,
+                &format!("{name}{{issuer=\"corp\",source=\"https://corp.example/jwks.json\"}}")
+            )
+            .as_deref(),
+            Some("0"),
+            "{t}"
+        );
+        assert_eq!(
+            value(
+                &t,
+                &format!("{name}{{issuer=\"default\",source=\"https://idp.example/jwks.json\"}}")
+            )
+            .as_deref(),
+            Some("0"),
+            "{t}"
+        );
+    }
+}

@@ -1,5 +1,12 @@
 //! Who may do what: bearer-token extraction (RFC 6750), the scopes each method needs, the
-//! RFC 6750 refusals, and verified claims turned into request headers.
+//! RFC 6750 refusals, and verified claims turned into request headers; per route, the
+//! issuers accepted, claim rules and rate limits ([`access`]).
+
+pub mod access;
+pub mod claims;
+
+pub use access::{Limited, RateLimitConfig, RouteAccess};
+pub use claims::{ClaimRules, ClaimValues};
 
 use crate::jwt::VerifiedToken;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};

@@ -12,6 +12,7 @@ use super::request_body::ClientFault;
 use super::upstream::UpstreamErrorKind;
 use super::{full_body, ProxyBody};
 use crate::jwt;
+use crate::policy::Limited;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -65,6 +66,18 @@ pub enum Refusal {
     /// A valid token without the scope the method needs.
     InsufficientScope(ScopeName),
 
+    // Identity providers and rate limits (issue 14).
+    /// A valid token of an issuer the route does not accept (`[[route]] issuers`).
+    IssuerNotAccepted,
+    /// A valid token whose claims fail the route's `require`/`require_methods` rules. The
+    /// answer names neither the rule nor the token's values.
+    ClaimRule,
+    /// The source's budget of signature checks is spent; the token was not checked. Whole
+    /// seconds until it has a check again (`Retry-After`).
+    VerifyBudget { retry_after: u64 },
+    /// Over the route's `rate_limit`: `Retry-After` and the `RateLimit-*` fields.
+    RateLimited(Limited),
+
     // The exchange with the upstream.
     /// The client's body failed the exchange.
     ClientBody(ClientFault),
@@ -97,11 +110,17 @@ pub enum DenialReason {
     MissingToken,
     InvalidRequest,
     InsufficientScope,
+    /// [`Refusal::IssuerNotAccepted`].
+    IssuerNotAccepted,
+    /// [`Refusal::ClaimRule`].
+    ClaimRule,
+    /// [`Refusal::RateLimited`].
+    RateLimited,
 }
 
 impl DenialReason {
     /// How many reasons there are.
-    pub const COUNT: usize = jwt::Reason::ALL.len() + 3;
+    pub const COUNT: usize = jwt::Reason::ALL.len() + 6;
 
     /// Every reason, in [`DenialReason::index`] order.
     pub const ALL: [DenialReason; Self::COUNT] = {
@@ -114,6 +133,9 @@ impl DenialReason {
         all[i] = DenialReason::MissingToken;
         all[i + 1] = DenialReason::InvalidRequest;
         all[i + 2] = DenialReason::InsufficientScope;
+        all[i + 3] = DenialReason::IssuerNotAccepted;
+        all[i + 4] = DenialReason::ClaimRule;
+        all[i + 5] = DenialReason::RateLimited;
         all
     };
 
@@ -125,6 +147,9 @@ impl DenialReason {
             DenialReason::MissingToken => N,
             DenialReason::InvalidRequest => N + 1,
             DenialReason::InsufficientScope => N + 2,
+            DenialReason::IssuerNotAccepted => N + 3,
+            DenialReason::ClaimRule => N + 4,
+            DenialReason::RateLimited => N + 5,
         }
     }
 
@@ -134,6 +159,9 @@ impl DenialReason {
             DenialReason::MissingToken => "missing_token",
             DenialReason::InvalidRequest => "invalid_request",
             DenialReason::InsufficientScope => "insufficient_scope",
+            DenialReason::IssuerNotAccepted => "issuer_not_accepted",
+            DenialReason::ClaimRule => "claim_rule",
+            DenialReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -151,6 +179,18 @@ enum Challenge<'a> {
     },
     /// `Bearer realm=.., error="insufficient_scope", scope=..`.
     Scope(&'a str),
+    /// `Bearer realm=.., error="insufficient_scope"`: claim rules, named nowhere.
+    InsufficientClaims,
+}
+
+/// Headers a refusal adds besides `Content-Type`, `Cache-Control` and `WWW-Authenticate`.
+#[derive(Debug, Clone, Copy)]
+enum Extra<'a> {
+    None,
+    /// `Retry-After` in whole seconds.
+    RetryAfter(u64),
+    /// `Retry-After`, `RateLimit-Policy` and `RateLimit` of a route limit.
+    Limited(&'a Limited),
 }
 
 /// Everything about one refusal's answer.
@@ -160,6 +200,7 @@ struct Answer<'a> {
     message: Message<'a>,
     challenge: Challenge<'a>,
     denial: Option<DenialReason>,
+    extra: Extra<'a>,
 }
 
 /// A refusal's message: mostly fixed text.
@@ -189,6 +230,7 @@ impl Refusal {
             message,
             challenge: Challenge::None,
             denial: None,
+            extra: Extra::None,
         };
         let bad_request = |message| plain(StatusCode::BAD_REQUEST, "bad_request", message);
         match self {
@@ -233,6 +275,7 @@ impl Refusal {
                 message: Text("a bearer token is required"),
                 challenge: Challenge::Bearer,
                 denial: Some(DenialReason::MissingToken),
+                extra: Extra::None,
             },
             Refusal::InvalidRequest(why) => Answer {
                 status: StatusCode::UNAUTHORIZED,
@@ -243,6 +286,7 @@ impl Refusal {
                     description: why,
                 },
                 denial: Some(DenialReason::InvalidRequest),
+                extra: Extra::None,
             },
             Refusal::InvalidToken(reason) => {
                 let description = if *reason == jwt::Reason::Expired {
@@ -259,6 +303,7 @@ impl Refusal {
                         description,
                     },
                     denial: Some(DenialReason::Token(*reason)),
+                    extra: Extra::None,
                 }
             }
             Refusal::InsufficientScope(scope) => Answer {
@@ -267,6 +312,42 @@ impl Refusal {
                 message: Message::LacksScope(scope.as_str()),
                 challenge: Challenge::Scope(scope.as_str()),
                 denial: Some(DenialReason::InsufficientScope),
+                extra: Extra::None,
+            },
+            Refusal::IssuerNotAccepted => Answer {
+                status: StatusCode::UNAUTHORIZED,
+                code: "invalid_token",
+                message: Text("the token is not valid"),
+                challenge: Challenge::Error {
+                    error: "invalid_token",
+                    description: "the token is not valid",
+                },
+                denial: Some(DenialReason::IssuerNotAccepted),
+                extra: Extra::None,
+            },
+            Refusal::ClaimRule => Answer {
+                status: StatusCode::FORBIDDEN,
+                code: "insufficient_scope",
+                message: Text("the token's claims do not allow this request"),
+                challenge: Challenge::InsufficientClaims,
+                denial: Some(DenialReason::ClaimRule),
+                extra: Extra::None,
+            },
+            Refusal::VerifyBudget { retry_after } => Answer {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "too_many_requests",
+                message: Text("too many token verifications from this address"),
+                challenge: Challenge::None,
+                denial: Some(DenialReason::Token(jwt::Reason::VerifyBudget)),
+                extra: Extra::RetryAfter(*retry_after),
+            },
+            Refusal::RateLimited(limited) => Answer {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "too_many_requests",
+                message: Text("the rate limit of this route is reached"),
+                challenge: Challenge::None,
+                denial: Some(DenialReason::RateLimited),
+                extra: Extra::Limited(limited),
             },
             Refusal::ClientBody(ClientFault::TooLarge) => plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -315,7 +396,8 @@ impl Refusal {
     }
 
     /// The response: status, JSON body, `Content-Type`, `Cache-Control: no-store` and, for
-    /// the auth layer's, `WWW-Authenticate`.
+    /// the auth layer's, `WWW-Authenticate`; 429s add `Retry-After` (and a route limit's
+    /// `RateLimit-Policy` and `RateLimit`).
     #[cold]
     pub fn into_response(self) -> Response<ProxyBody> {
         let a = self.answer();
@@ -332,6 +414,17 @@ impl Refusal {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(challenge) = a.challenge.header() {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        match a.extra {
+            Extra::None => {}
+            Extra::RetryAfter(secs) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Extra::Limited(limited) => {
+                for (name, value) in limited.headers() {
+                    headers.insert(name, value);
+                }
+            }
         }
         resp
     }
@@ -353,6 +446,11 @@ impl Challenge<'_> {
             }
             Challenge::Scope(scope) => {
                 format!("{BEARER}, error=\"insufficient_scope\", scope=\"{scope}\"")
+            }
+            Challenge::InsufficientClaims => {
+                return Some(HeaderValue::from_static(
+                    "Bearer realm=\"gateway\", error=\"insufficient_scope\"",
+                ))
             }
         };
         HeaderValue::from_str(&text).ok()

@@ -6,6 +6,7 @@ mod support;
 mod cache;
 mod cli;
 mod differential;
+mod issuers;
 mod jwks;
 mod props;
 mod verify;

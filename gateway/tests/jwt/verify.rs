@@ -110,6 +110,15 @@ fn every_reason_code_is_reachable() {
         "unsupported_crit",
     );
     check(format!("{}.{}", good, "x".repeat(20_000)), "too_large");
+    // A source's budget of signature checks (one per hour here): the second is refused
+    // without being checked.
+    let tight = verifier_with(vec![public_of(&p, Some("k1"))], |c| {
+        c.verify_budget.rate = "1/h".parse().unwrap();
+        c.verify_budget.burst = 1;
+    });
+    let source = "192.0.2.1".parse().unwrap();
+    assert_eq!(reason(tight.verify_from(&good, NOW, source)), "valid");
+    seen.insert(reason(tight.verify_from(&good, NOW, source)));
     assert_eq!(seen.len(), REASONS.len(), "{seen:?}");
 }
 

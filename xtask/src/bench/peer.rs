@@ -282,6 +282,9 @@ algorithms = ["ES256"]
 pem = "{key}"
 alg = "ES256"
 
+[jwt.verify_budget]
+enabled = false
+
 [[upstream]]
 name = "app"
 servers = ["127.0.0.1:{backend}"]

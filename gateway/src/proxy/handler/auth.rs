@@ -1,11 +1,13 @@
-//! Bearer token → verify → scopes, per the route's auth mode (RFC 6750).
+//! Bearer token → verify → issuer, scopes and claim rules, per the route's auth mode (RFC
+//! 6750); then the route's rate limit.
 
 use super::Proxy;
-use crate::jwt::{now_unix, VerifiedToken};
+use crate::jwt::{now_unix, Rejection, VerifiedToken};
 use crate::policy::{self, TokenProblem};
 use crate::proxy::refusal::{Refusal, ScopeName};
 use crate::proxy::route::{Auth, Route};
 use http::Request;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,11 +15,31 @@ use std::time::{Duration, Instant};
 const KID_REFETCH_WAIT: Duration = Duration::from_secs(2);
 
 impl Proxy {
-    /// The verified token (if any) or the refusal.
+    /// The verified token (if any) or the refusal. `peer` is the client address: the
+    /// verification budget's and a `source` rate limit's key.
     pub(super) async fn authorize<B>(
         &self,
         route: &Route,
         req: &Request<B>,
+        peer: IpAddr,
+    ) -> Result<Option<Arc<VerifiedToken>>, Refusal> {
+        let token = self.authenticate(route, req, peer).await?;
+        // The subject (or claim) is taken from the verified token only.
+        route
+            .access
+            .rate_limit(token.as_deref(), peer)
+            .map_err(Refusal::RateLimited)?;
+        Ok(token)
+    }
+
+    /// The verified token of an accepted issuer whose scopes and claims the route's rules
+    /// allow; `None` on routes without token checks and for an anonymous request on an
+    /// `optional` route.
+    async fn authenticate<B>(
+        &self,
+        route: &Route,
+        req: &Request<B>,
+        peer: IpAddr,
     ) -> Result<Option<Arc<VerifiedToken>>, Refusal> {
         let (verifier, optional) = match &route.auth {
             Auth::None => return Ok(None),
@@ -37,7 +59,7 @@ impl Proxy {
         // An unknown `kid` may mean the issuer rotated keys: a JWKS source refetches (rate
         // limited, single flight) and the token gets one more try.
         let verified = verifier
-            .verify_async(raw, now_unix(), KID_REFETCH_WAIT)
+            .verify_async_from(raw, now_unix(), KID_REFETCH_WAIT, Some(peer))
             .await;
         self.metrics.verify_latency(started.elapsed());
         let token = match verified {
@@ -48,10 +70,22 @@ impl Proxy {
                     "the bearer token has invalid characters",
                 ))
             }
+            // This source's budget of signature checks is spent: nothing was verified.
+            Err(Rejection::Throttled { retry_after }) => {
+                return Err(Refusal::VerifyBudget {
+                    retry_after: crate::ratelimit::retry_after_secs(retry_after),
+                })
+            }
             Err(rejection) => return Err(Refusal::InvalidToken(rejection.code())),
         };
+        if !route.access.accepts_issuer(&token) {
+            return Err(Refusal::IssuerNotAccepted);
+        }
         if let Some(scope) = route.scopes.missing(req.method(), &token) {
             return Err(Refusal::InsufficientScope(ScopeName::new(scope)));
+        }
+        if !route.access.claims_satisfied(req.method(), &token) {
+            return Err(Refusal::ClaimRule);
         }
         Ok(Some(token))
     }

@@ -203,7 +203,10 @@ impl Proxy {
             abuse.record(ip, Signal::Request);
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 abuse.record(ip, Signal::AuthFailure);
-            } else if status.is_client_error() {
+            } else if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+                // A 429 is a client over a limit of its own (a route's per-subject or
+                // per-source limit, its verification budget, the upstream's): banning its
+                // address would ban everyone who shares it for one client's pace.
                 abuse.record(ip, Signal::ClientError);
             }
         }
@@ -241,7 +244,7 @@ impl Proxy {
         else {
             return (None, self.refuse(None, Refusal::NoRoute));
         };
-        let token = match self.authorize(route, &req).await {
+        let token = match self.authorize(route, &req, conn.client_of(&req)).await {
             Ok(t) => t,
             Err(r) => {
                 drain(req.into_body()).await;

@@ -508,3 +508,167 @@ fn end_to_end_headers_are_left_alone() {
     ]);
     assert_eq!(left, ["accept", "authorization", "content-length", "host"]);
 }
+
+/// A client over its route's per-subject limit, a per-source limit or its verification
+/// budget gets 429s the abuse engine does not count as client errors, so an address many
+/// clients share is not banned for one client's pace; real client errors still are.
+#[tokio::test]
+async fn limit_429s_are_not_client_errors_for_the_abuse_engine() {
+    use crate::abuse::AbuseEngine;
+    use crate::config::abuse::Rule;
+    use crate::config::{AbuseConfig, DurationSecs};
+    use crate::deny::DenyStore;
+    use crate::jwt::VerifyBudgetConfig;
+    use crate::ratelimit::Rate;
+    let text = r#"
+[listen]
+http = ["127.0.0.1:0"]
+
+[jwt]
+
+# Never read: the test hands the proxy a verifier of its own.
+[[jwt.keys]]
+pem = "/nonexistent/unused.pem"
+
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:1"]
+connect_timeout = "1s"
+
+[[route]]
+name = "api"
+path_prefix = "/api/"
+upstream = "app"
+auth = "required"
+rate_limit = { key = "sub", rate = "1/h", burst = 1 }
+
+[[route]]
+name = "public"
+path_prefix = "/public/"
+upstream = "app"
+auth = "none"
+rate_limit = { key = "source", rate = "1/h", burst = 1 }
+"#;
+    let plan = crate::config::Config::parse(std::path::Path::new("gw.toml"), text).expect("config");
+    let key = VerifyingKey::hmac(&SECRET, None, None, "test").expect("hmac key");
+    // One signature check per source an hour: the second fresh token is over budget.
+    let hour = Rate {
+        count: 1,
+        per: std::time::Duration::from_secs(3600),
+    };
+    let cfg = VerifierConfig {
+        verify_budget: VerifyBudgetConfig {
+            rate: hour,
+            burst: 1,
+            ..VerifyBudgetConfig::default()
+        },
+        ..VerifierConfig::default()
+    };
+    let verifier = Arc::new(Verifier::new(cfg, KeyStore::with_keys([key])).expect("verifier"));
+    let metrics = Arc::new(Metrics::new(
+        &["api".to_owned(), "public".to_owned()],
+        &["app".to_owned()],
+    ));
+    let rule = Some(Rule {
+        limit: 2,
+        window: DurationSecs(std::time::Duration::from_secs(60)),
+        ban: DurationSecs(std::time::Duration::from_secs(60)),
+    });
+    let engine = Arc::new(AbuseEngine::new(
+        &AbuseConfig {
+            client_errors: rule,
+            ..AbuseConfig::default()
+        },
+        Arc::new(DenyStore::new(None, None, vec![])),
+    ));
+    let proxy = Proxy::new(
+        &Arc::new(plan),
+        |_| Ok::<_, Infallible>(verifier.clone()),
+        metrics,
+    )
+    .unwrap_or_else(|never| match never {})
+    .with_abuse(engine.clone());
+    let proxy = Arc::new(proxy);
+    let ip: std::net::IpAddr = "127.0.0.9".parse().expect("ip"); // `send`'s peer
+    let signed = |sub: &str, jti: u32| {
+        let mut claims = serde_json::Map::new();
+        claims.insert("exp".into(), (now_unix() + 300).into());
+        claims.insert("scope".into(), "read write".into());
+        claims.insert("sub".into(), sub.into());
+        claims.insert("jti".into(), jti.into());
+        SigningKey::hmac(&SECRET, Algorithm::HS256)
+            .expect("signing key")
+            .sign(serde_json::Map::new(), &claims)
+            .expect("token")
+    };
+    let bearer = |t: &str| {
+        get("/api/x")
+            .header("authorization", format!("Bearer {t}"))
+            .body(empty())
+            .expect("request")
+    };
+
+    // Per source: the first goes upstream (nothing listens: 502), then 429s.
+    let first = send(
+        &proxy,
+        get("/public/x").body(empty()).expect("request"),
+        false,
+    )
+    .await;
+    assert_eq!(first.status, 502, "{}", first.body);
+    for _ in 0..5 {
+        let a = send(
+            &proxy,
+            get("/public/x").body(empty()).expect("request"),
+            false,
+        )
+        .await;
+        assert_eq!(a.status, 429, "{}", a.body);
+        assert!(a.headers.contains_key("ratelimit"), "{:?}", a.headers);
+    }
+    // Per subject: one token (verified once, then from the cache), then 429s.
+    let alice = signed("alice", 1);
+    assert_eq!(send(&proxy, bearer(&alice), false).await.status, 502);
+    for _ in 0..5 {
+        let a = send(&proxy, bearer(&alice), false).await;
+        assert_eq!(a.status, 429, "{}", a.body);
+        assert!(
+            a.headers.contains_key("ratelimit-policy"),
+            "{:?}",
+            a.headers
+        );
+    }
+    // The verification budget: every fresh token needs a check, and the one is spent.
+    for jti in 2..7 {
+        let a = send(&proxy, bearer(&signed("bob", jti)), false).await;
+        assert_eq!(a.status, 429, "{}", a.body);
+        assert!(a.body.contains("verifications"), "{}", a.body);
+    }
+    assert!(
+        !engine.store().is_denied(ip),
+        "15 limit 429s banned the source"
+    );
+    assert_eq!(
+        series(&proxy, "gateway_denials_total{reason=\"rate_limited\"}").as_deref(),
+        Some("10")
+    );
+    assert_eq!(
+        series(&proxy, "gateway_denials_total{reason=\"verify_budget\"}").as_deref(),
+        Some("5")
+    );
+
+    // Real client errors still count: the third 404 crosses the limit of 2.
+    for _ in 0..3 {
+        assert_eq!(
+            send(
+                &proxy,
+                get("/nowhere").body(empty()).expect("request"),
+                false
+            )
+            .await
+            .status,
+            404
+        );
+    }
+    assert!(engine.store().is_denied(ip), "404s must still ban");
+}

@@ -3,7 +3,8 @@ use http_body_util::BodyExt;
 
 const B: &str = "Bearer realm=\"gateway\"";
 
-/// A refusal, then its status, code, message, `WWW-Authenticate` and denial label.
+/// A refusal, then its status, code, message, `WWW-Authenticate`, denial label and any
+/// further headers.
 type Row = (
     Refusal,
     u16,
@@ -11,12 +12,31 @@ type Row = (
     String,
     Option<String>,
     Option<&'static str>,
+    Vec<(&'static str, String)>,
 );
+
+/// A route limit's refusal, as the policy makes it: `key = "source"`, 1 an hour, one at once,
+/// the second request from one address refused.
+fn limited() -> Limited {
+    let route: crate::config::RouteConfig = toml::from_str(
+        "path_prefix = \"/\"\nupstream = \"a\"\n\
+         rate_limit = { key = \"source\", rate = \"1/h\", burst = 1 }",
+    )
+    .expect("route");
+    let access = crate::policy::RouteAccess::from_config(&route);
+    let ip = std::net::IpAddr::from([192, 0, 2, 1]);
+    access.rate_limit(None, ip).expect("the first passes");
+    access.rate_limit(None, ip).expect_err("the second is over")
+}
 
 /// Every refusal.
 fn table() -> Vec<Row> {
-    let plain =
-        |r: Refusal, status, code, message: &str| (r, status, code, message.to_owned(), None, None);
+    let plain = |r: Refusal, status, code, message: &str| {
+        (r, status, code, message.to_owned(), None, None, vec![])
+    };
+    let limited = limited();
+    let wait = limited.retry_after;
+    assert!((3000..=3600).contains(&wait), "{wait}");
     let mut rows = vec![
         plain(Refusal::Banned, 403, "forbidden", "this client is banned"),
         plain(
@@ -110,6 +130,7 @@ fn table() -> Vec<Row> {
             "a bearer token is required".to_owned(),
             Some(B.to_owned()),
             Some("missing_token"),
+            vec![],
         ),
         (
             Refusal::InvalidRequest("more than one Authorization header"),
@@ -120,6 +141,7 @@ fn table() -> Vec<Row> {
                 "{B}, error=\"invalid_request\", error_description=\"more than one Authorization header\""
             )),
             Some("invalid_request"),
+            vec![],
         ),
         (
             Refusal::InsufficientScope(ScopeName::new("wr\"it\\e")),
@@ -128,6 +150,50 @@ fn table() -> Vec<Row> {
             "the token lacks the scope `write`".to_owned(),
             Some(format!("{B}, error=\"insufficient_scope\", scope=\"write\"")),
             Some("insufficient_scope"),
+            vec![],
+        ),
+        // Identity providers and rate limits (issue 14).
+        (
+            Refusal::IssuerNotAccepted,
+            401,
+            "invalid_token",
+            "the token is not valid".to_owned(),
+            Some(format!(
+                "{B}, error=\"invalid_token\", error_description=\"the token is not valid\""
+            )),
+            Some("issuer_not_accepted"),
+            vec![],
+        ),
+        (
+            Refusal::ClaimRule,
+            403,
+            "insufficient_scope",
+            "the token's claims do not allow this request".to_owned(),
+            Some(format!("{B}, error=\"insufficient_scope\"")),
+            Some("claim_rule"),
+            vec![],
+        ),
+        (
+            Refusal::VerifyBudget { retry_after: 7 },
+            429,
+            "too_many_requests",
+            "too many token verifications from this address".to_owned(),
+            None,
+            Some("verify_budget"),
+            vec![("retry-after", "7".to_owned())],
+        ),
+        (
+            Refusal::RateLimited(limited),
+            429,
+            "too_many_requests",
+            "the rate limit of this route is reached".to_owned(),
+            None,
+            Some("rate_limited"),
+            vec![
+                ("retry-after", wait.to_string()),
+                ("ratelimit-policy", "\"source\";q=1;w=3600".to_owned()),
+                ("ratelimit", format!("\"source\";r=0;t={wait}")),
+            ],
         ),
         plain(
             Refusal::ClientBody(ClientFault::TooLarge),
@@ -187,6 +253,7 @@ fn table() -> Vec<Row> {
                 "{B}, error=\"invalid_token\", error_description=\"{description}\""
             )),
             Some(reason.as_str()),
+            vec![],
         ));
     }
     rows
@@ -196,7 +263,7 @@ fn table() -> Vec<Row> {
 /// it is numbered, and the table test then asks for its row.
 fn variant(r: &Refusal) -> usize {
     match r {
-        Refusal::Banned => 18,
+        Refusal::Banned => 22,
         Refusal::AmbiguousFraming => 0,
         Refusal::HeadersTooLarge => 1,
         Refusal::TooManyHeaders => 2,
@@ -215,9 +282,13 @@ fn variant(r: &Refusal) -> usize {
         Refusal::InsufficientScope(_) => 15,
         Refusal::ClientBody(_) => 16,
         Refusal::Upstream(_) => 17,
+        Refusal::IssuerNotAccepted => 18,
+        Refusal::ClaimRule => 19,
+        Refusal::VerifyBudget { .. } => 20,
+        Refusal::RateLimited(_) => 21,
     }
 }
-const VARIANTS: usize = 19;
+const VARIANTS: usize = 23;
 
 #[tokio::test]
 async fn every_refusal_is_answered_as_pinned() {
@@ -230,7 +301,7 @@ async fn every_refusal_is_answered_as_pinned() {
         covered.iter().all(|c| *c),
         "a variant has no row: {covered:?}"
     );
-    for (refusal, status, code, message, challenge, denial) in rows {
+    for (refusal, status, code, message, challenge, denial, extra) in rows {
         let what = format!("{refusal:?}");
         assert_eq!(refusal.status().as_u16(), status, "{what}");
         assert_eq!(refusal.code(), code, "{what}");
@@ -250,7 +321,18 @@ async fn every_refusal_is_answered_as_pinned() {
             challenge.as_deref(),
             "{what}"
         );
-        assert_eq!(h.len(), 2 + usize::from(challenge.is_some()), "{what}");
+        for (name, value) in &extra {
+            assert_eq!(
+                h.get(*name).map(|v| v.as_bytes()),
+                Some(value.as_bytes()),
+                "{what}: {name}"
+            );
+        }
+        assert_eq!(
+            h.len(),
+            2 + usize::from(challenge.is_some()) + extra.len(),
+            "{what}"
+        );
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         // Byte for byte: `error` then `message`, one line.
         let expected = format!(
