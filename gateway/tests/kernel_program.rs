@@ -48,13 +48,13 @@ fn harness(name: &str) -> Option<Harness> {
         .unwrap()
         .try_into()
         .unwrap();
-    xdp.load().expect("the verifier accepts the XDP program");
+    loader::load_program(|| xdp.load()).expect("the verifier accepts the XDP program");
     let tc: &mut SchedClassifier = ebpf
         .program_mut(program_name::TC)
         .unwrap()
         .try_into()
         .unwrap();
-    tc.load().expect("the verifier accepts the TC program");
+    loader::load_program(|| tc.load()).expect("the verifier accepts the TC program");
     let maps = PinnedMaps::open(&fs.pin_path()).expect("maps are pinned");
     Some(Harness {
         ebpf,

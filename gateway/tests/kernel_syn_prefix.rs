@@ -31,7 +31,7 @@ fn harness(name: &str, ipv6_prefix: u32) -> Option<Harness> {
         .expect("XDP program")
         .try_into()
         .expect("an XDP program");
-    xdp.load().expect("the verifier accepts the XDP program");
+    loader::load_program(|| xdp.load()).expect("the verifier accepts the XDP program");
     let mut maps = PinnedMaps::open(&fs.pin_path()).expect("maps are pinned");
     // One SYN per second per bucket, no burst beyond it.
     let mut cfg = EbpfConfig {

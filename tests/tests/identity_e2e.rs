@@ -165,7 +165,11 @@ upstream = "app"
     }
 
     fn metrics(&self) -> String {
-        let req = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+        // The admin endpoint answers only its own address as Host (DNS rebinding).
+        let req = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
+        );
         exchange("127.0.0.1", self.admin, req.as_bytes()).text()
     }
 }

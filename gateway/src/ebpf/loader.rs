@@ -229,8 +229,7 @@ fn attach(ebpf: &mut Ebpf, interface: &str, mode: DataPlaneMode) -> Result<(), L
                 .ok_or(LoadError::MissingProgram(program_name::XDP))?
                 .try_into()
                 .map_err(|e| program_error(program_name::XDP, e))?;
-            prog.load()
-                .map_err(|e| program_error(program_name::XDP, e))?;
+            load_program(|| prog.load()).map_err(|e| program_error(program_name::XDP, e))?;
             if mode == DataPlaneMode::Xdp {
                 prog.attach(interface, XdpMode::Driver).map_err(attach_err(
                     "the interface's driver may not support native XDP (loopback does not): \
@@ -258,8 +257,7 @@ fn attach(ebpf: &mut Ebpf, interface: &str, mode: DataPlaneMode) -> Result<(), L
                 .ok_or(LoadError::MissingProgram(program_name::TC))?
                 .try_into()
                 .map_err(|e| program_error(program_name::TC, e))?;
-            prog.load()
-                .map_err(|e| program_error(program_name::TC, e))?;
+            load_program(|| prog.load()).map_err(|e| program_error(program_name::TC, e))?;
             prog.attach(interface, TcAttachType::Ingress)
                 .map_err(attach_err(
                     "check that the interface is up and TC is available",
@@ -268,4 +266,28 @@ fn attach(ebpf: &mut Ebpf, interface: &str, mode: DataPlaneMode) -> Result<(), L
         DataPlaneMode::Off => {}
     }
     Ok(())
+}
+
+/// Loads a program, trying again when the kernel answers `EAGAIN`: the verifier gives up
+/// with it when a signal is pending for the loading thread (a child exiting, a timer), which
+/// says nothing about the program. libbpf tries five times too.
+pub fn load_program(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                tracing::debug!(
+                    attempt,
+                    "the kernel asked to load the program again (EAGAIN)"
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
