@@ -367,6 +367,11 @@ impl Metrics {
         self.scrape.verifier.store(Some(v));
     }
 
+    /// The fleet link whose state and events are reported.
+    pub fn set_fleet(&self, f: Arc<crate::fleet::FleetStats>) {
+        self.scrape.fleet.store(Some(f));
+    }
+
     /// The abuse engine whose bans (and would-be bans in monitor mode) are reported.
     pub fn set_abuse(&self, a: Arc<crate::abuse::AbuseEngine>) {
         self.scrape.abuse.store(Some(a));
@@ -476,6 +481,7 @@ impl EncodeMetric for LatencyHistogram {
 struct ScrapeSources {
     verifier: ArcSwapOption<Verifier>,
     abuse: ArcSwapOption<crate::abuse::AbuseEngine>,
+    fleet: ArcSwapOption<crate::fleet::FleetStats>,
     jwks: Mutex<Vec<JwksSource>>,
     pin_path: Mutex<Option<PathBuf>>,
 }
@@ -555,6 +561,7 @@ impl Collector for ScrapeSources {
         }
         self.encode_jwks(&mut enc)?;
         self.encode_abuse(&mut enc)?;
+        self.encode_fleet(&mut enc)?;
         self.encode_kernel(&mut enc)
     }
 }
@@ -652,6 +659,73 @@ impl ScrapeSources {
             a.store().evictions(),
         )?;
         Ok(())
+    }
+
+    fn encode_fleet(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::fleet::Invalid;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(f) = self.fleet.load_full() else {
+            return Ok(());
+        };
+        gauge(
+            enc,
+            "fleet_connected",
+            "1 while this node follows the fleet's Redis",
+            None,
+            i64::from(f.connected()),
+        )?;
+        gauge(
+            enc,
+            "fleet_queue_length",
+            "Events waiting to be published",
+            None,
+            i64::try_from(f.queued()).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            enc,
+            "fleet_events_sent",
+            "Events published to Redis",
+            f.sent.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "fleet_events_received",
+            "Valid events read from Redis (stream and catch-up)",
+            f.received.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "fleet_events_dropped",
+            "Outgoing events dropped because the queue was full while Redis was away",
+            f.dropped(),
+        )?;
+        counter(
+            enc,
+            "fleet_bans_refused",
+            "Received bans refused here (allow list or protected address)",
+            f.refused.load(Relaxed),
+        )?;
+        let mut m = enc.encode_descriptor(
+            "fleet_events_rejected",
+            "Messages from Redis that failed validation, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for why in Invalid::ALL {
+            let labels = ReasonLabel {
+                reason: why.label(),
+            };
+            let v = f.rejected.get(why.index()).map_or(0, |c| c.load(Relaxed));
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+        let (sum, count, buckets) = f.lag();
+        let mut m = enc.encode_descriptor(
+            "fleet_propagation_lag_seconds",
+            "From a ban's creation on its node to its application here",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
     fn encode_kernel(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {

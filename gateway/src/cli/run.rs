@@ -112,6 +112,21 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
         Err(e) => return fail(EXIT_FAILURE, e),
     };
     deny.persist_in_background();
+    // The fleet: bans made here travel through Redis, bans made elsewhere arrive; Redis
+    // being away at start (or later) only delays them.
+    let fleet = match &config.fleet {
+        Some(cfg) => {
+            let cursor = config
+                .ebpf
+                .as_ref()
+                .map(|e| crate::deny::StateFile::beside(&e.state_file, "fleet-cursor"));
+            match crate::fleet::Fleet::start(cfg, deny.clone(), cursor) {
+                Ok(f) => Some(f),
+                Err(e) => return fail(EXIT_FAILURE, e),
+            }
+        }
+        None => None,
+    };
     let abuse = config
         .abuse
         .as_ref()
@@ -158,6 +173,9 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
         if let Some(cfg) = &ebpf {
             m.set_pin_path(cfg.pin_path.clone());
         }
+        if let Some(f) = &fleet {
+            m.set_fleet(f.stats());
+        }
         match admin::bind(admin_cfg).await {
             Ok(listener) => {
                 eprintln!(
@@ -202,6 +220,7 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    drop(fleet);
     deny.flush();
     drop(plane);
     ExitCode::SUCCESS

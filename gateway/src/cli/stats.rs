@@ -288,6 +288,25 @@ pub mod user_plane {
         pub connections_open: i64,
         /// By reason.
         pub connections_refused: BTreeMap<String, u64>,
+        /// `null` without `[fleet]`.
+        pub fleet: Option<Fleet>,
+    }
+
+    /// The fleet link (`[fleet]`).
+    #[derive(Debug, Default, Clone, PartialEq, Serialize)]
+    pub struct Fleet {
+        pub connected: bool,
+        pub queued: u64,
+        pub sent: u64,
+        pub received: u64,
+        pub dropped: u64,
+        /// Received bans the allow list or a protected address won over.
+        pub refused: u64,
+        /// Messages that failed validation, by reason (non-zero ones).
+        pub rejected: BTreeMap<String, u64>,
+        /// Propagation lag observations, and the upper bound of the p99 bucket (ms).
+        pub lag_count: u64,
+        pub lag_p99_le_ms: Option<f64>,
     }
 
     /// Token verification latency.
@@ -347,7 +366,34 @@ pub mod user_plane {
         let mut has_cache = false;
         let mut keys = KeySet::default();
         let mut has_keys = false;
+        let mut fleet: Option<Fleet> = None;
+        let mut lag_buckets: Vec<(f64, u64)> = Vec::new();
         for s in samples {
+            if s.name.starts_with("gateway_fleet_") {
+                let f = fleet.get_or_insert_with(Fleet::default);
+                let n = count(s.value);
+                match s.name.as_str() {
+                    "gateway_fleet_connected" => f.connected = s.value > 0.0,
+                    "gateway_fleet_queue_length" => f.queued = n,
+                    "gateway_fleet_events_sent_total" => f.sent = n,
+                    "gateway_fleet_events_received_total" => f.received = n,
+                    "gateway_fleet_events_dropped_total" => f.dropped = n,
+                    "gateway_fleet_bans_refused_total" => f.refused = n,
+                    "gateway_fleet_events_rejected_total" if n > 0 => {
+                        f.rejected.insert(label(s, "reason"), n);
+                    }
+                    "gateway_fleet_propagation_lag_seconds_count" => f.lag_count = n,
+                    "gateway_fleet_propagation_lag_seconds_bucket" => {
+                        let le = match s.label("le") {
+                            Some("+Inf") | None => f64::INFINITY,
+                            Some(v) => v.parse().unwrap_or(f64::INFINITY),
+                        };
+                        lag_buckets.push((le, n));
+                    }
+                    _ => {}
+                }
+                continue;
+            }
             let n = count(s.value);
             match s.name.as_str() {
                 "gateway_requests_total" => {
@@ -406,6 +452,10 @@ pub mod user_plane {
                 _ => {}
             }
         }
+        if let Some(f) = fleet.as_mut() {
+            f.lag_p99_le_ms = quantile_le(&mut lag_buckets, f.lag_count, 0.99).map(|s| s * 1e3);
+        }
+        up.fleet = fleet;
         if has_cache {
             up.token_cache = Some(cache);
         }
@@ -414,20 +464,26 @@ pub mod user_plane {
         }
         if up.verify.count > 0 {
             up.verify.mean_us = Some(verify_sum / up.verify.count as f64 * 1e6);
-            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let quantile = |q: f64| {
-                let want = (q * up.verify.count as f64).ceil() as u64;
-                buckets
-                    .iter()
-                    .find(|(_, cumulative)| *cumulative >= want)
-                    .map(|(le, _)| *le)
-                    .filter(|le| le.is_finite())
-                    .map(|le| le * 1e6)
-            };
-            up.verify.p50_le_us = quantile(0.5);
-            up.verify.p99_le_us = quantile(0.99);
+            let n = up.verify.count;
+            up.verify.p50_le_us = quantile_le(&mut buckets, n, 0.5).map(|le| le * 1e6);
+            up.verify.p99_le_us = quantile_le(&mut buckets, n, 0.99).map(|le| le * 1e6);
         }
         up
+    }
+
+    /// The upper bound of the cumulative-histogram bucket holding quantile `q` of `count`
+    /// observations; `None` without observations or in the overflow bucket.
+    fn quantile_le(buckets: &mut [(f64, u64)], count: u64, q: f64) -> Option<f64> {
+        if count == 0 {
+            return None;
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let want = (q * count as f64).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= want)
+            .map(|(le, _)| *le)
+            .filter(|le| le.is_finite())
     }
 
     fn micros(us: f64) -> String {
@@ -507,6 +563,22 @@ pub mod user_plane {
             up.connections_open,
             nonzero(&up.connections_refused)
         );
+        if let Some(f) = &up.fleet {
+            let mut line = format!(
+                "fleet: {}  queued {}  sent {}  received {}  dropped {}  refused {}  rejected: {}",
+                if f.connected { "connected" } else { "DISCONNECTED" },
+                f.queued,
+                f.sent,
+                f.received,
+                f.dropped,
+                f.refused,
+                nonzero(&f.rejected)
+            );
+            if let Some(p99) = f.lag_p99_le_ms {
+                let _ = write!(line, "  lag p99 <= {p99}ms");
+            }
+            let _ = writeln!(out, "{line}");
+        }
         let upstream: Vec<String> = up
             .upstream_errors
             .iter()

@@ -8,6 +8,7 @@ pub mod abuse;
 pub mod admin;
 pub mod ebpf;
 pub mod env;
+pub mod fleet;
 pub mod proxy;
 
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 pub use abuse::AbuseConfig;
 pub use admin::AdminConfig;
 pub use ebpf::{DataPlaneMode, EbpfConfig};
+pub use fleet::FleetConfig;
 pub use proxy::{
     AuthMode, CertConfig, HealthCheckConfig, ListenConfig, RouteConfig, RuntimeConfig, TlsConfig,
     UpstreamConfig,
@@ -44,6 +46,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Bans for abusive sources. Absent: no automatic bans.
     pub abuse: Option<AbuseConfig>,
+    /// Bans shared with other gateways through Redis. Absent: this node bans alone.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// A configuration that cannot be used, located as precisely as we can.
@@ -139,6 +143,9 @@ impl Config {
         }
         if let Some(abuse) = &self.abuse {
             check(one("abuse"), abuse.validate());
+        }
+        if let Some(fleet) = &self.fleet {
+            check(one("fleet"), fleet.validate());
         }
         if let Some(tls) = &self.tls {
             check(one("tls"), tls.validate());
