@@ -9,5 +9,6 @@ pub mod gateway;
 pub mod netns;
 pub mod packet;
 pub mod privileged;
+pub mod redis;
 pub mod tls;
 pub mod upstream;

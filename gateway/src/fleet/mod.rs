@@ -400,13 +400,20 @@ impl Shared {
     async fn follow(&self) -> redis::RedisResult<()> {
         let mut con = self.connect(BLOCK + TIMEOUT).await?;
         let noted = self.stream_end(&mut con).await?;
-        self.reconcile(&mut con).await?;
+        let in_force = self.reconcile(&mut con).await?;
         let first = self.stream_first(&mut con).await?;
-        let mut id = match self.cursor.as_ref().and_then(Cursor::load) {
+        let saved = self.cursor.as_ref().and_then(Cursor::load);
+        let mut id = match saved {
             // Still in the stream (not trimmed, not from a Redis that was replaced).
             Some(saved) if first.is_some_and(|f| saved >= f.before()) && saved <= noted => saved,
             _ => noted,
         };
+        if saved.is_some_and(|s| s > noted) {
+            // The stream ends before what this node read: Redis lost its data (a restart
+            // without persistence, a failover to an empty replica). Each node puts back
+            // its own bans in force, so the fleet's view is rebuilt.
+            self.republish_own(&in_force);
+        }
         self.stats.set_connected(true);
         let mut saved_id = id;
         let mut reconciled = Instant::now();
@@ -479,9 +486,52 @@ impl Shared {
         Ok(r.ids.first().and_then(|e| StreamId::parse(&e.id)))
     }
 
+    /// Queues this node's own bans in force that Redis lacks.
+    fn republish_own(&self, in_force: &HashSet<Target>) {
+        let rows = match self.store.list() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet: own bans not listed; not republished");
+                return;
+            }
+        };
+        let now = now_ms() / 1000;
+        let mut queued = 0;
+        for row in rows {
+            if row.node.is_some() || row.expired || !self.codec.shares(&row.origin) {
+                continue;
+            }
+            let Ok(target) = row.target.parse::<Target>() else {
+                continue;
+            };
+            if in_force.contains(&target) {
+                continue;
+            }
+            let automatic = row.origin != "manual";
+            self.outbox.push(
+                Event {
+                    op: Op::Add,
+                    target,
+                    origin: row.origin,
+                    reason: row.reason,
+                    node: self.node.clone(),
+                    created_ms: now_ms(),
+                    expires_unix: row.expires_in_secs.map_or(0, |s| now + s.max(1)),
+                },
+                automatic,
+            );
+            queued += 1;
+        }
+        tracing::warn!(republished = queued, "fleet: Redis lost its data; own bans put back");
+    }
+
     /// Applies every ban in force in the sorted set, and lifts the bans received from the
-    /// fleet that are no longer there (a removal missed while away, a failover).
-    async fn reconcile(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    /// fleet that are no longer there (a removal missed while away, a failover). Returns
+    /// the targets in force there.
+    async fn reconcile(
+        &self,
+        con: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<HashSet<Target>> {
         let now = now_ms() / 1000;
         let members: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
             .arg(&self.keys.bans)
@@ -514,7 +564,7 @@ impl Shared {
                 }
             }
         }
-        Ok(())
+        Ok(in_force)
     }
 
     /// Checks and applies one message; `live` ones (from the stream) feed the lag
