@@ -42,8 +42,15 @@ impl RedisServer {
         format!("redis://{}/0", self.addr())
     }
 
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
+    /// Its Unix socket: reachable from the test's network namespaces, which share the file
+    /// system but not the loopback interface.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// `unix:///DIR/redis.sock`.
+    pub fn unix_url(&self) -> String {
+        format!("unix://{}", self.socket().display())
     }
 
     /// Kills the server (as a crash: no shutdown save; the data is gone).
@@ -63,6 +70,9 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--protected-mode", "yes"])
+            .arg("--unixsocket")
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

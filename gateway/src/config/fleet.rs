@@ -48,7 +48,8 @@ fn default_queue() -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
-    /// `redis://host:port/db` or `rediss://` (TLS); no password in it.
+    /// `redis://host:port/db`, `rediss://` (TLS) or `unix:///path/redis.sock`; no
+    /// password in it.
     pub redis_url: String,
     /// File holding the Redis password (`AUTH`), first line.
     #[serde(default)]
@@ -86,11 +87,16 @@ pub fn valid_node(s: &str) -> bool {
 impl FleetConfig {
     pub fn validate(&self) -> Result<(), Issue> {
         let (scheme, rest) = self.redis_url.split_once("://").unwrap_or(("", ""));
-        if !matches!(scheme, "redis" | "rediss") || rest.is_empty() {
+        let shape_ok = match scheme {
+            "redis" | "rediss" => !rest.is_empty(),
+            "unix" => rest.starts_with('/'),
+            _ => false,
+        };
+        if !shape_ok {
             return Err(Issue::new(
                 "redis_url",
                 format!(
-                    "`{}` is not a redis:// or rediss:// URL",
+                    "`{}` is not a redis://, rediss:// or unix:///path URL",
                     self.redis_url
                 ),
             ));
@@ -162,6 +168,7 @@ mod tests {
         assert_eq!(f.key_prefix, "gateway:");
         assert!(f.share.contains(&"manual".to_owned()));
         assert!(!f.share.contains(&"rate".to_owned()));
+        assert!(parse("[fleet]\nredis_url = \"unix:///run/redis/redis.sock\"\n").is_ok());
         let c = parse(
             "[fleet]\nredis_url = \"rediss://cache.example:6380\"\nnode = \"edge-a\"\n\
              share = [\"manual\"]\nkey_prefix = \"f1:\"\nhmac_key_file = \"/k\"\n\
@@ -175,6 +182,7 @@ mod tests {
     fn bad_values_name_file_line_and_key() {
         for (body, line, key) in [
             ("[fleet]\nredis_url = \"http://x\"\n", 2, "fleet.redis_url"),
+            ("[fleet]\nredis_url = \"unix://rel\"\n", 2, "fleet.redis_url"),
             (
                 "[fleet]\nredis_url = \"redis://u:pw@127.0.0.1\"\n",
                 2,

@@ -39,6 +39,23 @@ impl std::fmt::Display for StreamId {
     }
 }
 
+/// Where this node was: the last stream id read, and the epoch of the Redis it was read
+/// from (a random value Redis holds; another one means Redis lost its data).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    pub id: StreamId,
+    pub epoch: String,
+}
+
+impl Position {
+    fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split_whitespace();
+        let id = StreamId::parse(parts.next()?)?;
+        let epoch = parts.next().unwrap_or("").to_owned();
+        (epoch.len() <= 64 && parts.next().is_none()).then_some(Self { id, epoch })
+    }
+}
+
 /// The cursor file.
 #[derive(Debug)]
 pub struct Cursor(StateFile);
@@ -48,11 +65,11 @@ impl Cursor {
         Self(StateFile::new(path))
     }
 
-    /// The saved id; `None` when there is none or it cannot be read (then the node starts
-    /// from the stream's end after loading the sorted set, which loses nothing).
-    pub fn load(&self) -> Option<StreamId> {
-        match self.0.read_small(64) {
-            Ok(Some(b)) => StreamId::parse(&String::from_utf8_lossy(&b)),
+    /// The saved position; `None` when there is none or it cannot be read (then the node
+    /// starts from the stream's end after loading the sorted set, which loses nothing).
+    pub fn load(&self) -> Option<Position> {
+        match self.0.read_small(160) {
+            Ok(Some(b)) => Position::parse(&String::from_utf8_lossy(&b)),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "fleet: stream cursor unreadable");
@@ -61,8 +78,9 @@ impl Cursor {
         }
     }
 
-    pub fn save(&self, id: StreamId) {
-        if let Err(e) = self.0.replace_with(id.to_string().as_bytes()) {
+    pub fn save(&self, p: &Position) {
+        let text = format!("{} {}\n", p.id, p.epoch);
+        if let Err(e) = self.0.replace_with(text.as_bytes()) {
             tracing::warn!(error = %e, "fleet: stream cursor not saved");
         }
     }
@@ -82,5 +100,9 @@ mod tests {
         for bad in ["", "1", "a-1", "1-", "-1", "1-2-3"] {
             assert_eq!(StreamId::parse(bad), None, "{bad}");
         }
+        let p = Position::parse("5-1 abcd\n").unwrap();
+        assert_eq!((p.id.to_string(), p.epoch.as_str()), ("5-1".into(), "abcd"));
+        assert_eq!(Position::parse("5-1 a b"), None);
+        assert_eq!(Position::parse(&format!("5-1 {}", "e".repeat(65))), None);
     }
 }

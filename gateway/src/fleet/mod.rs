@@ -5,7 +5,9 @@
 //!   2^53): the bans in force, what a node loads at start and reconciles against;
 //! - `ban`, a hash from target to the last message about it (reason, origin, node, expiry);
 //! - `events`, a stream (trimmed to about [`STREAM_LEN`] entries) every node reads with
-//!   `XREAD BLOCK`, without a consumer group since every node needs every event.
+//!   `XREAD BLOCK`, without a consumer group since every node needs every event;
+//! - `epoch`, a random value set by the first node to find it missing: when it changes,
+//!   Redis lost its data, and each node publishes its own bans in force again.
 //!
 //! A change made here goes into a bounded [`Outbox`] (the request that banned does not wait),
 //! and the publisher task writes all three keys at once with one Lua script. The follower
@@ -26,7 +28,7 @@ pub use stats::{FleetStats, LAG_BUCKETS};
 use crate::config::fleet::{valid_node, FleetConfig};
 use crate::deny::{Applied, Change, DenyError, DenyStore};
 use crate::ebpf::Target;
-use cursor::{Cursor, StreamId};
+use cursor::{Cursor, Position, StreamId};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, Script};
 use std::collections::HashSet;
@@ -102,6 +104,16 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// A fresh random epoch (16 hex digits); the time when no random numbers are to be had.
+fn random_epoch() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        b = now_ms().to_be_bytes();
+    }
+    format!("{:016x}", u64::from_be_bytes(b))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -114,6 +126,7 @@ struct Keys {
     bans: String,
     ban: String,
     events: String,
+    epoch: String,
 }
 
 impl Keys {
@@ -122,15 +135,17 @@ impl Keys {
             bans: format!("{prefix}bans"),
             ban: format!("{prefix}ban"),
             events: format!("{prefix}events"),
+            epoch: format!("{prefix}epoch"),
         }
     }
 }
 
-/// Writes one event: drops expired bans (a few per call), adds or removes the ban in the
-/// sorted set and the hash (a ban never lowers a longer one's score), appends the message
+/// Writes one event: sets the epoch if Redis has none (a fresh data set), drops expired
+/// bans (a few per call), adds or removes the ban in the sorted set and the hash (a ban never lowers a longer one's score), appends the message
 /// to the stream. One script, so the three keys never disagree.
 const PUBLISH_LUA: &str = r"
 local now = tonumber(ARGV[6])
+redis.call('SET', KEYS[4], ARGV[7], 'NX')
 local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 64)
 for _, t in ipairs(old) do
   redis.call('ZREM', KEYS[1], t)
@@ -356,6 +371,7 @@ impl Shared {
                 .key(&self.keys.bans)
                 .key(&self.keys.ban)
                 .key(&self.keys.events)
+                .key(&self.keys.epoch)
                 .arg(match event.op {
                     Op::Add => "add",
                     Op::Del => "del",
@@ -365,6 +381,7 @@ impl Shared {
                 .arg(self.codec.encode(event))
                 .arg(STREAM_LEN)
                 .arg(now_ms() / 1000)
+                .arg(random_epoch())
                 .invoke_async(con)
                 .await?;
             self.stats
@@ -377,16 +394,15 @@ impl Shared {
         Ok(())
     }
 
-    /// Follows the fleet for ever: catch up, then the stream, again after any failure.
+    /// Follows the fleet for ever: catch up, then the stream, again after any failure. Where
+    /// it was is kept across reconnections (and in the cursor file across restarts).
     async fn follow_forever(self: Arc<Self>) {
         let mut backoff = Backoff::new();
+        let mut at = self.cursor.as_ref().and_then(Cursor::load);
         loop {
-            match self.follow().await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "fleet: follower lost Redis");
-                    self.stats.set_connected(false);
-                }
+            if let Err(e) = self.follow(&mut at).await {
+                tracing::debug!(error = %e, "fleet: follower lost Redis");
+                self.stats.set_connected(false);
             }
             backoff.wait().await;
             if self.stats.connected() {
@@ -395,27 +411,53 @@ impl Shared {
         }
     }
 
+    /// Redis's epoch: a random value set once per Redis data set (by whichever node comes
+    /// first, follower or publisher); another value than before means the data was lost.
+    async fn epoch(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&self.keys.epoch)
+            .arg(random_epoch())
+            .arg("NX")
+            .query_async(con)
+            .await?;
+        let e: Option<String> = redis::cmd("GET")
+            .arg(&self.keys.epoch)
+            .query_async(con)
+            .await?;
+        Ok(e.unwrap_or_default())
+    }
+
     /// One connection's life: note the stream's end, load the bans in force, read the
-    /// stream from the saved id (or the noted end if that id is gone), reconcile now and then.
-    async fn follow(&self) -> redis::RedisResult<()> {
+    /// stream from where this node was (or the noted end if that id is gone), reconcile
+    /// now and then.
+    async fn follow(&self, at: &mut Option<Position>) -> redis::RedisResult<()> {
         let mut con = self.connect(BLOCK + TIMEOUT).await?;
+        let epoch = self.epoch(&mut con).await?;
         let noted = self.stream_end(&mut con).await?;
         let in_force = self.reconcile(&mut con).await?;
         let first = self.stream_first(&mut con).await?;
-        let saved = self.cursor.as_ref().and_then(Cursor::load);
-        let mut id = match saved {
-            // Still in the stream (not trimmed, not from a Redis that was replaced).
-            Some(saved) if first.is_some_and(|f| saved >= f.before()) && saved <= noted => saved,
+        let mut id = match at.as_ref() {
+            // The same Redis, and the id still in its stream (not trimmed).
+            Some(p)
+                if p.epoch == epoch
+                    && first.is_some_and(|f| p.id >= f.before())
+                    && p.id <= noted =>
+            {
+                p.id
+            }
             _ => noted,
         };
-        if saved.is_some_and(|s| s > noted) {
-            // The stream ends before what this node read: Redis lost its data (a restart
-            // without persistence, a failover to an empty replica). Each node puts back
-            // its own bans in force, so the fleet's view is rebuilt.
+        if at.as_ref().is_some_and(|p| p.epoch != epoch) {
+            // Redis lost its data (a restart without persistence, a failover to an empty
+            // replica): each node puts back its own bans in force.
             self.republish_own(&in_force);
         }
+        let mut here = Position {
+            id,
+            epoch: epoch.clone(),
+        };
+        self.save_position(at, &here);
         self.stats.set_connected(true);
-        let mut saved_id = id;
         let mut reconciled = Instant::now();
         loop {
             let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
@@ -441,16 +483,23 @@ impl Shared {
                 };
                 self.apply(raw, true);
             }
-            if id != saved_id {
-                if let Some(c) = &self.cursor {
-                    c.save(id);
-                }
-                saved_id = id;
+            if id != here.id {
+                here.id = id;
+                self.save_position(at, &here);
             }
             if reconciled.elapsed() >= RECONCILE_EVERY {
                 self.reconcile(&mut con).await?;
                 reconciled = Instant::now();
             }
+        }
+    }
+
+    fn save_position(&self, at: &mut Option<Position>, here: &Position) {
+        if at.as_ref() != Some(here) {
+            if let Some(c) = &self.cursor {
+                c.save(here);
+            }
+            *at = Some(here.clone());
         }
     }
 
