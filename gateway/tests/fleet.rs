@@ -50,8 +50,12 @@ impl Node {
             protected.iter().map(|s| s.parse::<IpAddr>().unwrap()),
         );
         let store = Arc::new(
-            DenyStore::new(None, Some(state.clone()), vec!["192.0.2.0/24".parse().unwrap()])
-                .with_protected(&p),
+            DenyStore::new(
+                None,
+                Some(state.clone()),
+                vec!["192.0.2.0/24".parse().unwrap()],
+            )
+            .with_protected(&p),
         );
         store.restore().unwrap();
         let cursor = gateway::deny::StateFile::beside(&state, "fleet-cursor");
@@ -159,8 +163,14 @@ async fn bans_and_removals_travel_and_protected_addresses_win() {
         .unwrap();
     eventually(5, "on C", || c.denies("198.51.100.9")).await;
     let bs = b.fleet.stats();
-    eventually(5, "refused on B", || bs.refused.load(Ordering::Relaxed) >= 1).await;
-    assert!(!b.denies("198.51.100.9"), "a protected address stays reachable");
+    eventually(5, "refused on B", || {
+        bs.refused.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(
+        !b.denies("198.51.100.9"),
+        "a protected address stays reachable"
+    );
 
     // An origin not in `share` stays home.
     a.store
@@ -188,7 +198,10 @@ async fn redis_down_is_not_an_outage_and_what_was_banned_meanwhile_travels() {
     eventually(5, "first ban on B", || b.denies("198.51.100.1")).await;
 
     redis.stop();
-    eventually(5, "both see Redis gone", || !sa.connected() && !sb.connected()).await;
+    eventually(5, "both see Redis gone", || {
+        !sa.connected() && !sb.connected()
+    })
+    .await;
     // Banning goes on locally, at once, and what was banned stays enforced.
     let started = Instant::now();
     a.store
@@ -256,7 +269,10 @@ async fn a_node_started_later_holds_the_fleets_bans() {
     eventually(5, "late node connected", || sl.connected()).await;
     assert!(late.denies("198.51.100.11"));
     assert!(late.denies("2001:db8:7:1::1"));
-    assert!(!late.denies("198.51.100.12"), "an expired ban is not loaded");
+    assert!(
+        !late.denies("198.51.100.12"),
+        "an expired ban is not loaded"
+    );
     // Until removed: capped at max_ttl here (renewed by reconciliation while in Redis).
     let row = late
         .store
@@ -292,15 +308,16 @@ async fn forged_unsigned_and_malformed_entries_are_refused() {
     };
     // Unsigned, wrongly signed, with a signature of the wrong shape.
     xadd(&msg("198.51.100.50", ""));
-    xadd(&msg("198.51.100.51", &format!(r#","sig":"{}""#, "ab".repeat(32))));
+    xadd(&msg(
+        "198.51.100.51",
+        &format!(r#","sig":"{}""#, "ab".repeat(32)),
+    ));
     xadd(&msg("198.51.100.52", r#","sig":"not hex""#));
     // Malformed: not JSON, a field missing, too long, no `m` field.
     xadd("{");
     xadd(r#"{"v":1,"op":"add"}"#);
     xadd(&"x".repeat(5000));
-    redis
-        .cli(&["XADD", "t:events", "*", "other", "1"])
-        .unwrap();
+    redis.cli(&["XADD", "t:events", "*", "other", "1"]).unwrap();
     // Straight into the sorted set and hash, for a node that loads them at start.
     redis
         .cli(&["ZADD", "t:bans", "9999999999", "198.51.100.53"])
@@ -343,7 +360,14 @@ async fn forged_unsigned_and_malformed_entries_are_refused() {
     let plain = Node::start(&config(&redis, "edge-p", None), &["198.51.100.9"]);
     let sp = plain.fleet.stats();
     eventually(5, "plain connected", || sp.connected()).await;
-    for target in ["0.0.0.0/0", "::/0", "0.0.0.0/1", "10.0.0.0/7", "192.0.2.5", "198.51.100.9"] {
+    for target in [
+        "0.0.0.0/0",
+        "::/0",
+        "0.0.0.0/1",
+        "10.0.0.0/7",
+        "192.0.2.5",
+        "198.51.100.9",
+    ] {
         xadd(&msg(target, ""));
     }
     xadd(&msg("198.51.100.61", ""));
@@ -351,8 +375,15 @@ async fn forged_unsigned_and_malformed_entries_are_refused() {
     for ip in ["8.8.8.8", "10.1.2.3", "192.0.2.5", "198.51.100.9"] {
         assert!(!plain.denies(ip), "{ip} banned through Redis");
     }
-    assert_eq!(sp.rejected[Invalid::Target.index()].load(Ordering::Relaxed), 4);
-    assert_eq!(sp.refused.load(Ordering::Relaxed), 2, "allow list and protected");
+    assert_eq!(
+        sp.rejected[Invalid::Target.index()].load(Ordering::Relaxed),
+        4
+    );
+    assert_eq!(
+        sp.refused.load(Ordering::Relaxed),
+        2,
+        "allow list and protected"
+    );
 
     // Applying the same event twice is harmless: one entry, one application.
     let before = plain.store.len();

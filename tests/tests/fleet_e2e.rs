@@ -58,7 +58,11 @@ upstream = "app"
 auth = "none"
 "#;
 
-fn start_loopback_node(dir: &Path, name: &str, redis: &RedisServer) -> (GatewayProcess, SocketAddr) {
+fn start_loopback_node(
+    dir: &Path,
+    name: &str,
+    redis: &RedisServer,
+) -> (GatewayProcess, SocketAddr) {
     let admin = free_addr();
     // No data plane; the state file is what the deny list is read from.
     let rest = format!(
@@ -163,7 +167,10 @@ fn bans_travel_between_three_gateways_through_redis_and_survive_its_outage() {
     assert!(net.pair.ping(None), "the client reaches C before any ban");
 
     // A manual deny on A: dropped by C's XDP, listed on B with its node.
-    deny(admin_a, &["add", &client, "--ttl", "10m", "--reason", "fleet e2e"]);
+    deny(
+        admin_a,
+        &["add", &client, "--ttl", "10m", "--reason", "fleet e2e"],
+    );
     eventually(10, "C drops the client", || !net.pair.ping(None));
     eventually(5, "B lists the ban", || {
         entry(&deny_list(None, admin_b), &client).is_some()
@@ -177,7 +184,9 @@ fn bans_travel_between_three_gateways_through_redis_and_survive_its_outage() {
 
     // Its removal travels.
     deny(admin_a, &["del", &client]);
-    eventually(10, "C lets the client through again", || net.pair.ping(None));
+    eventually(10, "C lets the client through again", || {
+        net.pair.ping(None)
+    });
     eventually(5, "B drops the entry", || {
         entry(&deny_list(None, admin_b), &client).is_none()
     });
@@ -228,7 +237,13 @@ fn bans_travel_between_three_gateways_through_redis_and_survive_its_outage() {
 
     // `gateway stats` shows the fleet's state.
     let out = exec_in(&net.pair.server, &bin().display().to_string())
-        .args(["stats", "--pin-path", &net.pin(), "--admin", &admin_c.to_string()])
+        .args([
+            "stats",
+            "--pin-path",
+            &net.pin(),
+            "--admin",
+            &admin_c.to_string(),
+        ])
         .output()
         .expect("gateway stats");
     let text = String::from_utf8_lossy(&out.stdout);

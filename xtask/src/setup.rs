@@ -63,7 +63,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "`ping` for the end-to-end tests (deny/pass checks)",
     ),
     ("hping3", "bounded SYN floods in the end-to-end tests"),
-    ("redis-server", "the fleet tests' Redis, started by each test on a free port"),
+    (
+        "redis-server",
+        "the fleet tests' Redis, started by each test on a free port",
+    ),
     (
         "curl",
         "HTTP(S) requests against the gateway in tests and the demo",

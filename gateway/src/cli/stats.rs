@@ -564,7 +564,8 @@ pub mod user_plane {
             nonzero(&up.connections_refused)
         );
         if let Some(f) = &up.fleet {
-            let mut line = format!(
+            let mut line =
+                format!(
                 "fleet: {}  queued {}  sent {}  received {}  dropped {}  refused {}  rejected: {}",
                 if f.connected { "connected" } else { "DISCONNECTED" },
                 f.queued,

@@ -182,7 +182,11 @@ mod tests {
     fn bad_values_name_file_line_and_key() {
         for (body, line, key) in [
             ("[fleet]\nredis_url = \"http://x\"\n", 2, "fleet.redis_url"),
-            ("[fleet]\nredis_url = \"unix://rel\"\n", 2, "fleet.redis_url"),
+            (
+                "[fleet]\nredis_url = \"unix://rel\"\n",
+                2,
+                "fleet.redis_url",
+            ),
             (
                 "[fleet]\nredis_url = \"redis://u:pw@127.0.0.1\"\n",
                 2,
@@ -208,7 +212,11 @@ mod tests {
                 3,
                 "fleet.queue",
             ),
-            ("[fleet]\nredis_url = \"redis://h\"\nsahre = []\n", 3, "fleet.sahre"),
+            (
+                "[fleet]\nredis_url = \"redis://h\"\nsahre = []\n",
+                3,
+                "fleet.sahre",
+            ),
         ] {
             let e = parse(body).unwrap_err();
             assert!(

@@ -147,9 +147,7 @@ impl StateFile {
             Err(e) => return Err(self.io(e)),
         };
         let mut out = Vec::new();
-        f.take(max)
-            .read_to_end(&mut out)
-            .map_err(|e| self.io(e))?;
+        f.take(max).read_to_end(&mut out).map_err(|e| self.io(e))?;
         Ok(Some(out))
     }
 

@@ -95,7 +95,10 @@ mod tests {
         let a = StreamId::parse("1700000000000-5").unwrap();
         let b = StreamId::parse("1700000000001-0").unwrap();
         assert!(a < b);
-        assert_eq!(b.before().to_string(), format!("1700000000000-{}", u64::MAX));
+        assert_eq!(
+            b.before().to_string(),
+            format!("1700000000000-{}", u64::MAX)
+        );
         assert_eq!(a.before().to_string(), "1700000000000-4");
         for bad in ["", "1", "a-1", "1-", "-1", "1-2-3"] {
             assert_eq!(StreamId::parse(bad), None, "{bad}");

@@ -256,7 +256,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 128 {
+    if !s.len().is_multiple_of(2) || s.len() > 128 {
         return None;
     }
     (0..s.len())
@@ -349,8 +349,14 @@ mod tests {
             (raw("10.0.0.1", "manual", "a b", "r"), Invalid::Node),
             (raw("10.0.0.1", "manual", "", "r"), Invalid::Node),
             (raw("10.0.0.1", "manual", "a", "\\u0007"), Invalid::Reason),
-            (raw("10.0.0.1", "manual", "a", &"x".repeat(300)), Invalid::Reason),
-            (raw("10.0.0.1", "manual", "a", &"x".repeat(3000)), Invalid::TooLong),
+            (
+                raw("10.0.0.1", "manual", "a", &"x".repeat(300)),
+                Invalid::Reason,
+            ),
+            (
+                raw("10.0.0.1", "manual", "a", &"x".repeat(3000)),
+                Invalid::TooLong,
+            ),
             ("{".to_owned(), Invalid::Malformed),
             (r#"{"v":1}"#.to_owned(), Invalid::Malformed),
             (

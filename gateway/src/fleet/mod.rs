@@ -313,7 +313,10 @@ impl Shared {
         self.outbox.push(event, automatic);
     }
 
-    async fn connect(&self, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {
+    async fn connect(
+        &self,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(response_timeout));
@@ -571,7 +574,10 @@ impl Shared {
             );
             queued += 1;
         }
-        tracing::warn!(republished = queued, "fleet: Redis lost its data; own bans put back");
+        tracing::warn!(
+            republished = queued,
+            "fleet: Redis lost its data; own bans put back"
+        );
     }
 
     /// Applies every ban in force in the sorted set, and lifts the bans received from the
@@ -607,7 +613,9 @@ impl Shared {
         for t in self.store.from_fleet() {
             if !in_force.contains(&t) {
                 match self.store.remove_remote(&t) {
-                    Ok(true) => tracing::info!(target_addr = %t, "fleet: ban no longer in Redis; lifted"),
+                    Ok(true) => {
+                        tracing::info!(target_addr = %t, "fleet: ban no longer in Redis; lifted")
+                    }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(target_addr = %t, error = %e, "fleet: lifting failed"),
                 }

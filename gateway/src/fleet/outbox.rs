@@ -51,11 +51,7 @@ impl Outbox {
         {
             let mut inner = self.lock();
             if inner.queue.len() >= self.cap {
-                let victim = inner
-                    .queue
-                    .iter()
-                    .position(|q| q.automatic)
-                    .unwrap_or(0);
+                let victim = inner.queue.iter().position(|q| q.automatic).unwrap_or(0);
                 inner.queue.remove(victim);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -124,11 +120,7 @@ mod tests {
     }
 
     fn targets(o: &Outbox) -> Vec<String> {
-        o.peek(100)
-            .0
-            .iter()
-            .map(|e| e.target.to_string())
-            .collect()
+        o.peek(100).0.iter().map(|e| e.target.to_string()).collect()
     }
 
     #[test]
