@@ -705,6 +705,12 @@ impl ScrapeSources {
             "Received bans refused here (allow list or protected address)",
             f.refused.load(Relaxed),
         )?;
+        counter(
+            enc,
+            "fleet_counts_lost",
+            "Per-source counts not added to the fleet's because Redis was away",
+            f.counts_lost.load(Relaxed),
+        )?;
         let mut m = enc.encode_descriptor(
             "fleet_events_rejected",
             "Messages from Redis that failed validation, by reason",

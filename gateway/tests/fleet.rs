@@ -392,3 +392,66 @@ async fn forged_unsigned_and_malformed_entries_are_refused() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(plain.store.len(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_spreading_bad_tokens_over_three_nodes_is_banned_by_the_fleet_count() {
+    use gateway::abuse::{AbuseEngine, Signal};
+    use gateway::config::abuse::{AbuseConfig, Rule};
+    let redis = RedisServer::start();
+    // Local limit 20, fleet limit 30, in windows of an hour (fixed windows: the events of
+    // this test all fall in one).
+    let cfg = AbuseConfig {
+        auth_failures: Some(Rule {
+            limit: 20,
+            window: DurationSecs(Duration::from_secs(3600)),
+            ban: DurationSecs(Duration::from_secs(60)),
+            fleet_limit: Some(30),
+        }),
+        ..AbuseConfig::default()
+    };
+    let mut nodes = Vec::new();
+    for name in ["edge-a", "edge-b", "edge-c"] {
+        let mut n = Node::start(&config(&redis, name, None), &[]);
+        let engine = Arc::new(AbuseEngine::new(&cfg, n.store.clone()));
+        n.fleet.count_for(engine.clone());
+        let s = n.fleet.stats();
+        eventually(5, "connected", || s.connected()).await;
+        nodes.push((n, engine));
+    }
+    let spreader: IpAddr = "198.51.100.70".parse().unwrap();
+    let careful: IpAddr = "198.51.100.71".parse().unwrap();
+    // 12 refused tokens on each node: under every local limit, 36 over the fleet's 30.
+    // Another source: 9 on each, 27 in all, under both.
+    for (_, engine) in &nodes {
+        for _ in 0..12 {
+            assert!(engine.record(spreader, Signal::AuthFailure).is_none());
+        }
+        for _ in 0..9 {
+            assert!(engine.record(careful, Signal::AuthFailure).is_none());
+        }
+    }
+    eventually(5, "the spreader is banned on every node", || {
+        nodes.iter().all(|(n, _)| n.store.is_denied(spreader))
+    })
+    .await;
+    never(500, "the careful source was banned", || {
+        nodes.iter().any(|(n, _)| n.store.is_denied(careful))
+    })
+    .await;
+    let reason = nodes[0]
+        .0
+        .store
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.target == "198.51.100.70")
+        .unwrap()
+        .reason;
+    assert!(reason.contains("fleet-wide"), "{reason}");
+    // Without the fleet, the same spread bans nobody: the local limits alone.
+    let alone = AbuseEngine::new(&cfg, Arc::new(DenyStore::new(None, None, Vec::new())));
+    for _ in 0..12 {
+        assert!(alone.record(spreader, Signal::AuthFailure).is_none());
+    }
+    assert!(!alone.store().is_denied(spreader));
+}

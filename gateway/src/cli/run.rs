@@ -131,6 +131,10 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
         .abuse
         .as_ref()
         .map(|cfg| Arc::new(AbuseEngine::new(cfg, deny.clone())));
+    let mut fleet = fleet;
+    if let (Some(f), Some(a)) = (fleet.as_mut(), &abuse) {
+        f.count_for(a.clone());
+    }
     // SYN rate-limit trips are logged, never fed to the abuse engine: their source address
     // can be forged (the kernel keeps limiting the SYNs themselves).
     if let Some(ring) = plane.as_mut().and_then(DataPlane::take_events) {

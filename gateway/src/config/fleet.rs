@@ -227,4 +227,41 @@ mod tests {
         let e = parse("[fleet]\nnode = \"a\"\n").unwrap_err();
         assert!(e.contains("redis_url"), "{e}");
     }
+
+    #[test]
+    fn fleet_limits_only_on_http_signals_and_only_with_a_fleet() {
+        let fleet = "[fleet]\nredis_url = \"redis://h\"\n";
+        let rule = |extra: &str| format!("{{ limit = 5, window = \"10s\", ban = \"1m\"{extra} }}");
+        let ok = format!(
+            "[abuse]\nclient_errors = {}\n{fleet}",
+            rule(", fleet_limit = 9")
+        );
+        assert!(parse(&ok).is_ok(), "{ok}");
+        for (body, key, says) in [
+            (
+                format!("[abuse]\nrequests = {}\n{fleet}", rule(", fleet_limit = 9")),
+                "abuse.requests",
+                "only",
+            ),
+            (
+                format!(
+                    "[abuse]\nauth_failures = {}\n{fleet}",
+                    rule(", fleet_limit = 0")
+                ),
+                "abuse.auth_failures",
+                "at least 1",
+            ),
+            (
+                format!("[abuse]\nclient_errors = {}\n", rule(", fleet_limit = 9")),
+                "abuse.client_errors",
+                "[fleet]",
+            ),
+        ] {
+            let e = parse(&body).unwrap_err();
+            assert!(
+                e.starts_with(&format!("/etc/g.toml:2: {key}")) && e.contains(says),
+                "{body}: {e}"
+            );
+        }
+    }
 }

@@ -142,7 +142,17 @@ impl Config {
             check(one("admin"), admin.validate());
         }
         if let Some(abuse) = &self.abuse {
-            check(one("abuse"), abuse.validate());
+            let fleet = match abuse.has_fleet_limits() && self.fleet.is_none() {
+                true => Err(Issue::new(
+                    match abuse.auth_failures.is_some_and(|r| r.fleet_limit.is_some()) {
+                        true => "auth_failures",
+                        false => "client_errors",
+                    },
+                    "fleet_limit needs a [fleet] section",
+                )),
+                false => Ok(()),
+            };
+            check(one("abuse"), abuse.validate().and(fleet));
         }
         if let Some(fleet) = &self.fleet {
             check(one("fleet"), fleet.validate());

@@ -16,15 +16,18 @@
 //! list and the protected addresses win), and reconciles against the sorted set now and then.
 //! With Redis away both tasks retry with backoff; the node keeps banning alone meanwhile.
 
+mod counts;
 mod cursor;
 mod message;
 mod outbox;
 mod stats;
 
+pub use counts::Counts;
 pub use message::{Codec, Event, Invalid, Message, Op};
 pub use outbox::Outbox;
 pub use stats::{FleetStats, LAG_BUCKETS};
 
+use crate::abuse::{AbuseEngine, Signal};
 use crate::config::fleet::{valid_node, FleetConfig};
 use crate::deny::{Applied, Change, DenyError, DenyStore};
 use crate::ebpf::Target;
@@ -52,6 +55,10 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// How often local counts are added to the fleet's.
+const COUNT_EVERY: Duration = Duration::from_millis(100);
+/// Distinct sources counted per interval at most.
+const COUNT_SOURCES: usize = 65_536;
 /// The score of a ban "until removed": exact in a double, beyond any real expiry.
 const FOREVER: u64 = 1 << 53;
 
@@ -75,10 +82,19 @@ pub enum FleetError {
 }
 
 /// The running fleet link: its counters and tasks (aborted when dropped).
-#[derive(Debug)]
 pub struct Fleet {
     stats: Arc<FleetStats>,
+    shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("node", &self.stats.node)
+            .field("tasks", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Fleet {
@@ -127,6 +143,8 @@ struct Keys {
     ban: String,
     events: String,
     epoch: String,
+    /// Prefix of the count keys: `cnt:SIGNAL:WINDOW:SOURCE`.
+    counts: String,
 }
 
 impl Keys {
@@ -136,6 +154,7 @@ impl Keys {
             ban: format!("{prefix}ban"),
             events: format!("{prefix}events"),
             epoch: format!("{prefix}epoch"),
+            counts: format!("{prefix}cnt:"),
         }
     }
 }
@@ -241,10 +260,28 @@ impl Fleet {
         store.set_observer(Box::new(move |change| hook.queue(change)));
         let tasks = vec![
             tokio::spawn(shared.clone().publish_forever()),
-            tokio::spawn(shared.follow_forever()),
+            tokio::spawn(shared.clone().follow_forever()),
         ];
         tracing::info!(node = %stats.node, signed = stats.signed, "fleet: sharing bans through Redis");
-        Ok(Self { stats, tasks })
+        Ok(Self {
+            stats,
+            shared,
+            tasks,
+        })
+    }
+
+    /// Counts the abuse engine's events of rules with a `fleet_limit` across the fleet, and
+    /// bans a source when the fleet's count crosses the limit (nothing to do without such
+    /// rules).
+    pub fn count_for(&mut self, engine: Arc<AbuseEngine>) {
+        if !Signal::ALL.iter().any(|s| engine.fleet_rule(*s).is_some()) {
+            return;
+        }
+        let counts = Arc::new(Counts::new(COUNT_SOURCES));
+        engine.count_for_fleet(counts.clone());
+        let shared = self.shared.clone();
+        self.tasks
+            .push(tokio::spawn(shared.count_forever(counts, engine)));
     }
 
     pub fn stats(&self) -> Arc<FleetStats> {
@@ -395,6 +432,66 @@ impl Shared {
             self.outbox.ack(seq);
         }
         Ok(())
+    }
+
+    /// Every [`COUNT_EVERY`], adds the counts gathered here to the fleet's (`INCRBY` and
+    /// `EXPIRE` on one key per source, signal and fixed window, pipelined) and bans the
+    /// sources whose fleet-wide count crossed their rule's `fleet_limit`. Counts that cannot
+    /// reach Redis are lost (counted): the local limits still hold.
+    async fn count_forever(self: Arc<Self>, counts: Arc<Counts>, engine: Arc<AbuseEngine>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut tick = tokio::time::interval(COUNT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut con: Option<MultiplexedConnection> = None;
+        loop {
+            tick.tick().await;
+            let batch = counts.take();
+            if batch.is_empty() {
+                continue;
+            }
+            if con.is_none() {
+                con = self.connect(TIMEOUT).await.ok();
+            }
+            let Some(c) = con.as_mut() else {
+                self.stats
+                    .counts_lost
+                    .fetch_add(batch.len() as u64, Relaxed);
+                continue;
+            };
+            let now = now_ms();
+            let mut pipe = redis::pipe();
+            let mut asked = Vec::with_capacity(batch.len());
+            for (key, signal, n) in batch {
+                let Some((window_ms, limit)) = engine.fleet_rule(signal) else {
+                    continue;
+                };
+                let window = now / window_ms.max(1);
+                let k = format!("{}{}:{window}:{key}", self.keys.counts, signal.name());
+                pipe.cmd("INCRBY").arg(&k).arg(n);
+                pipe.cmd("EXPIRE")
+                    .arg(&k)
+                    .arg(window_ms.div_ceil(1000) * 2 + 1)
+                    .ignore();
+                asked.push((key, signal, limit));
+            }
+            match pipe.query_async::<Vec<u64>>(c).await {
+                Ok(totals) => {
+                    for ((key, signal, limit), total) in asked.iter().zip(totals) {
+                        if total > u64::from(*limit) {
+                            let total = u32::try_from(total).unwrap_or(u32::MAX);
+                            engine.fleet_crossed(*key, *signal, total);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "fleet: counts not added");
+                    self.stats
+                        .counts_lost
+                        .fetch_add(asked.len() as u64, Relaxed);
+                    con = None;
+                }
+            }
+        }
     }
 
     /// Follows the fleet for ever: catch up, then the stream, again after any failure. Where

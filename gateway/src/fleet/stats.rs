@@ -24,6 +24,8 @@ pub struct FleetStats {
     pub received: AtomicU64,
     /// Received bans refused here: the allow list or a protected address won.
     pub refused: AtomicU64,
+    /// Per-source counts that could not be added to the fleet's (Redis away).
+    pub counts_lost: AtomicU64,
     /// Messages that failed validation, by reason.
     pub rejected: [AtomicU64; Invalid::ALL.len()],
     lag_buckets: [AtomicU64; LAG_BUCKETS.len() + 1],
@@ -40,6 +42,7 @@ impl FleetStats {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            counts_lost: AtomicU64::new(0),
             rejected: Default::default(),
             lag_buckets: Default::default(),
             lag_sum_us: AtomicU64::new(0),
