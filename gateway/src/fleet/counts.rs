@@ -72,7 +72,7 @@ mod tests {
 
     #[test]
     fn adds_up_per_source_and_signal_and_stays_bounded() {
-        let c = Counts::new(SHARDS);
+        let c = Counts::new(SHARDS * 2);
         let a: IpAddr = "198.51.100.1".parse().unwrap();
         for _ in 0..5 {
             c.add(a, Signal::AuthFailure);
@@ -85,7 +85,8 @@ mod tests {
             [(a, Signal::ClientError, 1), (a, Signal::AuthFailure, 5)]
         );
         assert!(c.take().is_empty());
-        // One source per shard at most here: many sources overflow, counted.
+        // One source and signal per shard at most here: many sources overflow, counted.
+        let c = Counts::new(SHARDS);
         for i in 0..=255u8 {
             c.add(IpAddr::from([203, 0, 113, i]), Signal::AuthFailure);
         }

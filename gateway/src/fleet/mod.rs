@@ -334,7 +334,8 @@ impl Shared {
                     automatic,
                 )
             }
-            Change::Removed { target } => (
+            // A removal is an operator's act: it travels as `manual` does.
+            Change::Removed { target } if self.codec.shares("manual") => (
                 Event {
                     op: Op::Del,
                     target,
@@ -346,6 +347,7 @@ impl Shared {
                 },
                 false,
             ),
+            Change::Removed { .. } => return,
         };
         self.outbox.push(event, automatic);
     }
