@@ -34,6 +34,7 @@ fn rule(limit: u32) -> Option<Rule> {
         limit,
         window: DurationSecs(Duration::from_secs(60)),
         ban: DurationSecs(Duration::from_secs(600)),
+        fleet_limit: None,
     })
 }
 

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod deny;
 pub mod ebpf;
+pub mod fleet;
 pub mod jwt;
 pub mod keys;
 pub mod metrics;

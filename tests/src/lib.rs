@@ -12,5 +12,6 @@ pub mod netns;
 pub mod packet;
 pub mod privileged;
 pub mod proxy;
+pub mod redis;
 pub mod tls;
 pub mod upstream;

@@ -64,6 +64,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("hping3", "bounded SYN floods in the end-to-end tests"),
     (
+        "redis-server",
+        "the fleet tests' Redis, started by each test on a free port",
+    ),
+    (
         "curl",
         "HTTP(S) requests against the gateway in tests and the demo",
     ),
@@ -99,7 +103,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 
 /// Packages whose install would start a distribution service; they are installed with a
 /// policy-rc.d that forbids service starts (see `ServiceStartBlock`).
-const NO_SERVICE_START: &[&str] = &["haproxy"];
+const NO_SERVICE_START: &[&str] = &["haproxy", "redis-server"];
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// Marks a policy-rc.d written by setup, so a run interrupted before removing it is cleaned
 /// up by the next one.

@@ -46,7 +46,7 @@ pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
 }
 
 /// What a source did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signal {
     AuthFailure,
     ClientError,
@@ -89,6 +89,7 @@ struct CompiledRule {
     limit: u32,
     window_ms: u64,
     ban: Duration,
+    fleet_limit: Option<u32>,
 }
 
 impl From<&Rule> for CompiledRule {
@@ -97,6 +98,7 @@ impl From<&Rule> for CompiledRule {
             limit: r.limit,
             window_ms: u64::try_from(r.window.0.as_millis()).unwrap_or(u64::MAX),
             ban: r.ban.0,
+            fleet_limit: r.fleet_limit,
         }
     }
 }
@@ -150,6 +152,8 @@ pub struct AbuseEngine {
     counters: AbuseCounters,
     /// Protected addresses already logged (each once; bounded by the protected set).
     logged_protected: Mutex<HashSet<Target>>,
+    /// Where events of rules with a `fleet_limit` are also counted (`[fleet]`).
+    fleet_counts: std::sync::OnceLock<Arc<crate::fleet::Counts>>,
 }
 
 impl AbuseEngine {
@@ -179,7 +183,51 @@ impl AbuseEngine {
             epoch: Instant::now(),
             counters: AbuseCounters::default(),
             logged_protected: Mutex::new(HashSet::new()),
+            fleet_counts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on events of rules with a `fleet_limit` are also counted in `counts`,
+    /// which the fleet adds up across nodes. Set once.
+    pub fn count_for_fleet(&self, counts: Arc<crate::fleet::Counts>) {
+        let _ = self.fleet_counts.set(counts);
+    }
+
+    /// A rule's window (ms) and fleet limit, when it has one.
+    pub fn fleet_rule(&self, signal: Signal) -> Option<(u64, u32)> {
+        let r = self.rules[signal.index()]?;
+        Some((r.window_ms, r.fleet_limit?))
+    }
+
+    /// The fleet counted more than the rule's `fleet_limit` for `key` (a source as the
+    /// engine tracks it): ban it as a local crossing would, unless it is banned already.
+    pub fn fleet_crossed(&self, key: IpAddr, signal: Signal, count: u32) -> Option<Decision> {
+        let rule = self.rules[signal.index()]?;
+        if self.store.is_denied(key) {
+            // Banned already (by another node's crossing, received from the fleet).
+            return None;
+        }
+        let now = self.now_ms();
+        let offenses = {
+            let mut shard = self
+                .shard(&key)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let state = shard.get_or_insert_mut(key, SourceState::default);
+            if now < state.banned_until_ms {
+                return None;
+            }
+            self.mark_banned(state, rule, now)
+        };
+        let decision = Decision {
+            target: self.target(key),
+            signal,
+            ban: self.ban_length(rule.ban, offenses),
+            offenses,
+            count,
+        };
+        self.apply(&decision, rule, " fleet-wide");
+        Some(decision)
     }
 
     pub fn counters(&self) -> &AbuseCounters {
@@ -219,6 +267,11 @@ impl AbuseEngine {
     pub fn record(&self, ip: IpAddr, signal: Signal) -> Option<Decision> {
         let rule = self.rules[signal.index()]?;
         let key = self.key(ip);
+        if rule.fleet_limit.is_some() {
+            if let Some(c) = self.fleet_counts.get() {
+                c.add(key, signal);
+            }
+        }
         let now = self.now_ms();
         let (count, offenses) = {
             let mut shard = self
@@ -233,12 +286,7 @@ impl AbuseEngine {
             if count <= rule.limit {
                 return None;
             }
-            state.offenses = state.offenses.saturating_add(1);
-            state.windows = Default::default();
-            let ban = self.ban_length(rule.ban, state.offenses);
-            state.banned_until_ms =
-                now.saturating_add(u64::try_from(ban.as_millis()).unwrap_or(u64::MAX));
-            (count, state.offenses)
+            (count, self.mark_banned(state, rule, now))
         };
         let decision = Decision {
             target: self.target(key),
@@ -247,8 +295,19 @@ impl AbuseEngine {
             offenses,
             count,
         };
-        self.apply(&decision, rule);
+        self.apply(&decision, rule, "");
         Some(decision)
+    }
+
+    /// Records a ban in the source's state: one more offense, windows cleared, not counted
+    /// again until the ban ends. Returns the offenses so far.
+    fn mark_banned(&self, state: &mut SourceState, rule: CompiledRule, now: u64) -> u32 {
+        state.offenses = state.offenses.saturating_add(1);
+        state.windows = Default::default();
+        let ban = self.ban_length(rule.ban, state.offenses);
+        state.banned_until_ms =
+            now.saturating_add(u64::try_from(ban.as_millis()).unwrap_or(u64::MAX));
+        state.offenses
     }
 
     /// `ban` doubled for each earlier offense, capped at `max_ban`.
@@ -258,9 +317,10 @@ impl AbuseEngine {
             .min(self.max_ban)
     }
 
-    fn apply(&self, d: &Decision, rule: CompiledRule) {
+    /// `scope`: empty, or ` fleet-wide` for a count across the fleet.
+    fn apply(&self, d: &Decision, rule: CompiledRule, scope: &str) {
         let reason = format!(
-            "{}: {} in {}s",
+            "{}: {}{scope} in {}s",
             d.signal.name(),
             d.count,
             rule.window_ms / 1000
@@ -337,6 +397,7 @@ mod tests {
             limit,
             window: DurationSecs(Duration::from_secs(10)),
             ban: DurationSecs(Duration::from_secs(ban_secs)),
+            fleet_limit: None,
         })
     }
 

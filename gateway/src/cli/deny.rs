@@ -310,8 +310,8 @@ fn list(json: bool, at: &Where) -> ExitCode {
     } else {
         let _ = writeln!(
             out,
-            "{:<40} {:<14} {:>13} {:>12}  REASON",
-            "ADDRESS/PREFIX", "ORIGIN", "TIME LEFT", "HITS"
+            "{:<40} {:<14} {:<16} {:>13} {:>12}  REASON",
+            "ADDRESS/PREFIX", "ORIGIN", "NODE", "TIME LEFT", "HITS"
         );
         for row in &rows {
             let left = if row.expired {
@@ -322,10 +322,12 @@ fn list(json: bool, at: &Where) -> ExitCode {
                     None => "until removed".to_string(),
                 }
             };
+            // The fleet node a ban came from; `-` for this node's own.
+            let node = row.node.as_deref().unwrap_or("-");
             let _ = writeln!(
                 out,
-                "{:<40} {:<14} {:>13} {:>12}  {}",
-                row.target, row.origin, left, row.hits, row.reason
+                "{:<40} {:<14} {:<16} {:>13} {:>12}  {}",
+                row.target, row.origin, node, left, row.hits, row.reason
             );
         }
     }

@@ -115,10 +115,29 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         Err(e) => return fail(EXIT_FAILURE, e),
     };
     deny.persist_in_background();
+    // The fleet: bans made here travel through Redis, bans made elsewhere arrive; Redis
+    // being away at start (or later) only delays them.
+    let fleet = match &config.fleet {
+        Some(cfg) => {
+            let cursor = config
+                .ebpf
+                .as_ref()
+                .map(|e| crate::deny::StateFile::beside(&e.state_file, "fleet-cursor"));
+            match crate::fleet::Fleet::start(cfg, deny.clone(), cursor) {
+                Ok(f) => Some(f),
+                Err(e) => return fail(EXIT_FAILURE, e),
+            }
+        }
+        None => None,
+    };
     let abuse = config
         .abuse
         .as_ref()
         .map(|cfg| Arc::new(AbuseEngine::new(cfg, deny.clone())));
+    let mut fleet = fleet;
+    if let (Some(f), Some(a)) = (fleet.as_mut(), &abuse) {
+        f.count_for(a.clone());
+    }
     // SYN rate-limit trips are logged, never fed to the abuse engine: their source address
     // can be forged (the kernel keeps limiting the SYNs themselves).
     if let Some(ring) = plane.as_mut().and_then(DataPlane::take_events) {
@@ -170,6 +189,9 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
             .unwrap_or_else(|| Arc::new(Metrics::new(&[], &[])));
         if let Some(cfg) = &ebpf {
             m.set_pin_path(cfg.pin_path.clone());
+        }
+        if let Some(f) = &fleet {
+            m.set_fleet(f.stats());
         }
         match admin::bind(admin_cfg).await {
             Ok(listener) => {
@@ -231,6 +253,7 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    drop(fleet);
     deny.flush();
     drop(plane);
     ExitCode::SUCCESS

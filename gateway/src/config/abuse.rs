@@ -14,6 +14,11 @@ pub struct Rule {
     pub window: DurationSecs,
     /// First ban; repeat offenders get it doubled each time, up to `max_ban`.
     pub ban: DurationSecs,
+    /// With `[fleet]`: events of one source across all nodes within one window of this
+    /// length (fixed windows) that the fleet allows; the one after bans everywhere. Only
+    /// for `auth_failures` and `client_errors`.
+    #[serde(default)]
+    pub fleet_limit: Option<u32>,
 }
 
 fn rule(limit: u32, window: u64, ban: u64) -> Option<Rule> {
@@ -21,6 +26,7 @@ fn rule(limit: u32, window: u64, ban: u64) -> Option<Rule> {
         limit,
         window: DurationSecs(Duration::from_secs(window)),
         ban: DurationSecs(Duration::from_secs(ban)),
+        fleet_limit: None,
     })
 }
 
@@ -94,6 +100,13 @@ impl Default for AbuseConfig {
 }
 
 impl AbuseConfig {
+    /// Whether any rule counts fleet-wide (`fleet_limit`).
+    pub fn has_fleet_limits(&self) -> bool {
+        [&self.auth_failures, &self.client_errors]
+            .iter()
+            .any(|r| r.is_some_and(|r| r.fleet_limit.is_some()))
+    }
+
     pub fn validate(&self) -> Result<(), Issue> {
         // A deny entry shorter than /16 is refused (it could cut off whole regions), so
         // the engine could not ban by a shorter prefix.
@@ -127,6 +140,17 @@ impl AbuseConfig {
                 }
                 if r.ban.0 > self.max_ban.0 {
                     return Err(Issue::new(key, "ban is longer than max_ban"));
+                }
+                match r.fleet_limit {
+                    Some(_) if !matches!(key, "auth_failures" | "client_errors") => {
+                        return Err(Issue::new(
+                            key,
+                            "fleet_limit is for auth_failures and client_errors only (the \
+                             other signals stay local)",
+                        ));
+                    }
+                    Some(0) => return Err(Issue::new(key, "fleet_limit must be at least 1")),
+                    _ => {}
                 }
             }
         }

@@ -10,6 +10,7 @@ pub mod admin;
 mod duration;
 pub mod ebpf;
 pub mod env;
+pub mod fleet;
 pub mod plan;
 pub mod proxy;
 
@@ -20,6 +21,7 @@ pub use abuse::AbuseConfig;
 pub use admin::AdminConfig;
 pub use duration::DurationSecs;
 pub use ebpf::{DataPlaneMode, EbpfConfig};
+pub use fleet::FleetConfig;
 pub use plan::{Plan, RouteAuth, RoutePlan, UpstreamId};
 pub use proxy::{
     AuthMode, CertConfig, HealthCheckConfig, ListenConfig, RouteConfig, RuntimeConfig, TlsConfig,
@@ -49,6 +51,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Bans for abusive sources. Absent: no automatic bans.
     pub abuse: Option<AbuseConfig>,
+    /// Bans shared with other gateways through Redis. Absent: this node bans alone.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// A configuration that cannot be used, located as precisely as we can.

@@ -108,6 +108,8 @@ pub struct Plan {
     pub admin: Option<AdminConfig>,
     /// Bans for abusive sources. Absent: no automatic bans.
     pub abuse: Option<AbuseConfig>,
+    /// Bans and abuse counts shared with other nodes through Redis. Absent: this node alone.
+    pub fleet: Option<super::FleetConfig>,
     /// What is allowed but has no effect or is probably not meant, one `file:line: key:
     /// message` line each; the caller decides how to tell.
     pub(super) warnings: Vec<String>,
@@ -182,7 +184,20 @@ pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
         check(Section::one("admin"), admin.validate());
     }
     if let Some(abuse) = &config.abuse {
-        check(Section::one("abuse"), abuse.validate());
+        let fleet = match abuse.has_fleet_limits() && config.fleet.is_none() {
+            true => Err(Issue::new(
+                match abuse.auth_failures.is_some_and(|r| r.fleet_limit.is_some()) {
+                    true => "auth_failures",
+                    false => "client_errors",
+                },
+                "fleet_limit needs a [fleet] section",
+            )),
+            false => Ok(()),
+        };
+        check(Section::one("abuse"), abuse.validate().and(fleet));
+    }
+    if let Some(fleet) = &config.fleet {
+        check(Section::one("fleet"), fleet.validate());
     }
     if let Some(tls) = &config.tls {
         check(Section::one("tls"), tls.validate());
@@ -281,6 +296,7 @@ pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
         ebpf: config.ebpf,
         admin: config.admin,
         abuse: config.abuse,
+        fleet: config.fleet,
         warnings: Vec::new(),
     };
     Ok((plan, unused))

@@ -75,7 +75,42 @@ pub struct DenyView {
     pub expires_in_secs: Option<u64>,
     pub expired: bool,
     pub hits: u64,
+    /// The fleet node the entry came from (`[fleet]`); absent for this node's own entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
+
+/// A change this node made to its deny list, as the fleet publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    Added {
+        target: Target,
+        /// Unix seconds; 0 = until removed.
+        expires_unix: u64,
+        origin: String,
+        reason: String,
+    },
+    Removed {
+        target: Target,
+    },
+}
+
+/// What became of a ban received from the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Applied {
+    /// Written into the maps and the view.
+    New,
+    /// An entry lasting at least as long was there already (an event applied twice).
+    AlreadyThere,
+    /// Its expiry has passed.
+    Expired,
+}
+
+/// Receives every change made on this node (not those applied from the fleet); must not
+/// block: it runs on the request path of the ban that made the change.
+pub type Observer = Box<dyn Fn(Change) + Send + Sync>;
 
 fn kind_of(t: &Target) -> &'static str {
     match t {
@@ -143,6 +178,10 @@ pub struct DenyStore {
     /// (an fsync must not hold up the request that triggered a ban).
     writer: Mutex<Option<std::sync::mpsc::Sender<Update>>>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The fleet's outbox, when `[fleet]` is on.
+    observer: std::sync::OnceLock<Observer>,
+    /// The node each entry received from the fleet came from (bounded by the index).
+    nodes: RwLock<HashMap<Target, std::sync::Arc<str>>>,
 }
 
 /// A change to the state file's entries.
@@ -163,7 +202,101 @@ impl DenyStore {
             added: broadcast::channel(ADDED_BACKLOG).0,
             writer: Mutex::new(None),
             worker: Mutex::new(None),
+            observer: std::sync::OnceLock::new(),
+            nodes: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// From now on every change made on this node (not those applied from the fleet) is
+    /// handed to `observer`. Set once; a second call is ignored.
+    pub fn set_observer(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn notify(&self, change: impl FnOnce() -> Change) {
+        if let Some(o) = self.observer.get() {
+            o(change());
+        }
+    }
+
+    fn nodes_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Target, std::sync::Arc<str>>> {
+        self.nodes.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The fleet node an entry came from, if it came from one.
+    pub fn node_of(&self, target: &Target) -> Option<std::sync::Arc<str>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(target)
+            .cloned()
+    }
+
+    /// Entries received from the fleet, with their node (for the reconciliation).
+    pub fn from_fleet(&self) -> Vec<Target> {
+        self.nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Applies a ban received from the fleet: the same checks as an automatic ban (never
+    /// the allow list, a protected address, all of a family or too short a prefix), and a
+    /// received ban never shortens one that is here already, so applying it twice is
+    /// harmless. It is not handed to the observer (it travelled already).
+    pub fn apply_remote(
+        &self,
+        target: Target,
+        expires_unix: u64,
+        origin_name: &str,
+        reason: &str,
+        node: &str,
+    ) -> Result<Applied, DenyError> {
+        let now = unix_now();
+        if !live(expires_unix, now) {
+            return Ok(Applied::Expired);
+        }
+        let ttl = (expires_unix != 0).then(|| Duration::from_secs(expires_unix - now));
+        self.admit(&target, ttl, false)?;
+        let present = self
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&target);
+        if let Some(m) = present {
+            let longer_or_same =
+                m.expires_unix == 0 || (expires_unix != 0 && m.expires_unix >= expires_unix);
+            if longer_or_same && live(m.expires_unix, now) {
+                return Ok(Applied::AlreadyThere);
+            }
+        }
+        self.write(target, ttl, origin_name, reason, 1, Some(node))?;
+        Ok(Applied::New)
+    }
+
+    /// Removes an entry because the fleet says so; entries of the config file stay (each
+    /// node's own). `false` when there was nothing to remove.
+    pub fn remove_remote(&self, target: &Target) -> Result<bool, DenyError> {
+        if self
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(target)
+            .is_none()
+        {
+            return Ok(false);
+        }
+        if let Some(maps) = &self.maps {
+            let maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Ok(Some(e)) = maps.find_present_deny(target) {
+                if e.origin == origin::CONFIG {
+                    return Ok(false);
+                }
+            }
+        }
+        self.remove_inner(target)
     }
 
     /// Adds protected addresses (interfaces, upstreams, JWKS hosts, trusted proxies) to the
@@ -366,6 +499,7 @@ impl DenyStore {
                         created_unix: now,
                         expires_unix: left.map_or(0, |d| now + d.as_secs().max(1)),
                         offenses: 1,
+                        node: None,
                     });
                 }
             }
@@ -385,6 +519,10 @@ impl DenyStore {
             }
         }
         *self.view.write().unwrap_or_else(PoisonError::into_inner) = index;
+        *self.nodes_mut() = entries
+            .iter()
+            .filter_map(|e| Some((e.target.parse::<Target>().ok()?, e.node.as_deref()?.into())))
+            .collect();
         Ok(restored)
     }
 
@@ -422,7 +560,18 @@ impl DenyStore {
         offenses: u32,
     ) -> Result<(), DenyError> {
         self.admit(&target, ttl, false)?;
-        self.write(target, ttl, origin_name, reason, offenses)
+        self.write(target, ttl, origin_name, reason, offenses, None)?;
+        self.notify_added(target, ttl, origin_name, reason);
+        Ok(())
+    }
+
+    fn notify_added(&self, target: Target, ttl: Option<Duration>, origin: &str, reason: &str) {
+        self.notify(|| Change::Added {
+            target,
+            expires_unix: ttl.map_or(0, |d| unix_now() + d.as_secs().max(1)),
+            origin: origin.to_owned(),
+            reason: reason.to_owned(),
+        });
     }
 
     /// Adds (or replaces) a manual entry (`gateway deny add`, the admin API); `force` lets it
@@ -440,7 +589,9 @@ impl DenyStore {
                 tracing::warn!(target_addr = %target, protected = %hit, "deny: forced over a protected address");
             }
         }
-        self.write(target, ttl, "manual", reason, 1)
+        self.write(target, ttl, "manual", reason, 1, None)?;
+        self.notify_added(target, ttl, "manual", reason);
+        Ok(())
     }
 
     /// Writes an entry into the maps, the index and the state file. The map write comes
@@ -452,6 +603,7 @@ impl DenyStore {
         origin_name: &str,
         reason: &str,
         offenses: u32,
+        node: Option<&str>,
     ) -> Result<(), DenyError> {
         let now = unix_now();
         let expires_unix = ttl.map_or(0, |d| now + d.as_secs().max(1));
@@ -490,6 +642,10 @@ impl DenyStore {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(target, meta);
         }
+        match node {
+            Some(n) => self.nodes_mut().insert(target, n.into()),
+            None => self.nodes_mut().remove(&target),
+        };
         // No subscriber (no proxy) is fine.
         let _ = self.added.send(target);
         let entry = StateEntry {
@@ -499,6 +655,7 @@ impl DenyStore {
             created_unix: now,
             expires_unix,
             offenses,
+            node: node.map(str::to_owned),
         };
         self.persist(move |entries| {
             entries.insert(entry.target.clone(), entry);
@@ -523,6 +680,7 @@ impl DenyStore {
             victim
         };
         maps.undeny(&victim)?;
+        self.nodes_mut().remove(&victim);
         self.evicted.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(evicted = %victim, "deny map full: evicted the automatic ban closest to expiry");
         let t = victim.to_string();
@@ -531,8 +689,15 @@ impl DenyStore {
         })
     }
 
-    /// Removes an entry everywhere; `false` when there was none.
+    /// Removes an entry everywhere; `false` when there was none. The fleet hears of it.
     pub fn remove(&self, target: &Target) -> Result<bool, DenyError> {
+        let removed = self.remove_inner(target)?;
+        self.notify(|| Change::Removed { target: *target });
+        Ok(removed)
+    }
+
+    fn remove_inner(&self, target: &Target) -> Result<bool, DenyError> {
+        self.nodes_mut().remove(target);
         let mut removed = false;
         if let Some(maps) = &self.maps {
             let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
@@ -585,17 +750,26 @@ impl DenyStore {
                 break;
             }
             swept += chunk.len();
-            if let Some(maps) = &self.maps {
-                let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
-                // An `add` may have renewed one since it was taken out: leave those.
-                let gone: Vec<Target> = {
-                    let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
-                    chunk
-                        .iter()
-                        .filter(|t| view.get(t).is_none())
-                        .copied()
-                        .collect()
-                };
+            let maps = self
+                .maps
+                .as_ref()
+                .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner));
+            // An `add` may have renewed one since it was taken out: leave those.
+            let gone: Vec<Target> = {
+                let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+                chunk
+                    .iter()
+                    .filter(|t| view.get(t).is_none())
+                    .copied()
+                    .collect()
+            };
+            {
+                let mut nodes = self.nodes_mut();
+                for t in &gone {
+                    nodes.remove(t);
+                }
+            }
+            if let Some(mut maps) = maps {
                 maps.undeny_many(&gone)?;
             }
             // Expired entries drop nothing: there is no hurry, so leave the CPU to the
@@ -645,6 +819,7 @@ impl DenyStore {
                         .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
                     expired: r.expired(now),
                     hits: r.entry.hits,
+                    node: self.node_of(&r.target).map(|n| n.to_string()),
                 })
                 .collect());
         }
@@ -666,6 +841,7 @@ impl DenyStore {
                         .then(|| e.expires_unix.saturating_sub(now)),
                     expired: e.expires_unix != 0 && e.expires_unix <= now,
                     hits: 0,
+                    node: e.node.clone(),
                 })
             })
             .collect())

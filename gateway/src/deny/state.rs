@@ -45,6 +45,9 @@ pub struct StateEntry {
     pub expires_unix: u64,
     /// How many bans this target has had (escalation survives restarts).
     pub offenses: u32,
+    /// The fleet node the ban came from; absent for this node's own entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,6 +68,14 @@ pub struct StateFile {
 impl StateFile {
     pub fn new(path: PathBuf) -> Self {
         Self { path }
+    }
+
+    /// The path of a companion file beside `state` (`deny.json` → `deny.json.NAME`).
+    pub fn beside(state: &Path, name: &str) -> PathBuf {
+        let mut p = state.as_os_str().to_owned();
+        p.push(".");
+        p.push(name);
+        PathBuf::from(p)
     }
 
     pub fn path(&self) -> &Path {
@@ -122,6 +133,22 @@ impl StateFile {
         f(&mut entries);
         let entries: Vec<StateEntry> = entries.into_values().collect();
         self.write(&entries)
+    }
+
+    /// The file's first `max` bytes, never through a symlink; `None` when it does not exist.
+    pub fn read_small(&self, max: u64) -> Result<Option<Vec<u8>>, StateError> {
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut out = Vec::new();
+        f.take(max).read_to_end(&mut out).map_err(|e| self.io(e))?;
+        Ok(Some(out))
     }
 
     fn dir(&self) -> &Path {
@@ -187,9 +214,16 @@ impl StateFile {
             path: self.path.clone(),
             detail: e.to_string(),
         })?;
+        self.replace_with(&text)
+    }
+
+    /// Replaces the file with `bytes`: a random temporary name created exclusively, fsync,
+    /// rename (the fleet's stream cursor uses it too, beside the state file).
+    pub fn replace_with(&self, bytes: &[u8]) -> Result<(), StateError> {
+        self.check_dir()?;
         let (tmp, mut f) = self.create_temp()?;
         let written = f
-            .write_all(&text)
+            .write_all(bytes)
             .and_then(|()| f.sync_all())
             .and_then(|()| fs::rename(&tmp, &self.path));
         if let Err(e) = written {
@@ -249,6 +283,7 @@ mod tests {
             created_unix: 1,
             expires_unix: 0,
             offenses: 1,
+            node: None,
         };
         f.save(std::slice::from_ref(&e)).unwrap();
         f.update(|v| {

@@ -1,7 +1,7 @@
 //! What is read at scrape time rather than counted as it happens: the verifier's cache and
 //! key set, JWKS sources, the abuse engine's bans, the kernel's pinned counters.
 
-use super::{lock, name, IssuerLabel, IssuerResultLabel, SignalLabel, SourceLabel};
+use super::{lock, name, IssuerLabel, IssuerResultLabel, ReasonLabel, SignalLabel, SourceLabel};
 use crate::jwt::Verifier;
 use crate::keys::JwksSource;
 use arc_swap::ArcSwapOption;
@@ -21,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(super) struct ScrapeSources {
     pub(super) verifier: ArcSwapOption<Verifier>,
     pub(super) abuse: ArcSwapOption<crate::abuse::AbuseEngine>,
+    pub(super) fleet: ArcSwapOption<crate::fleet::FleetStats>,
     /// With the name of the issuer each serves.
     pub(super) jwks: Mutex<Vec<(Box<str>, JwksSource)>>,
     pub(super) pin_path: Mutex<Option<PathBuf>>,
@@ -101,6 +102,7 @@ impl Collector for ScrapeSources {
         }
         self.encode_jwks(&mut enc)?;
         self.encode_abuse(&mut enc)?;
+        self.encode_fleet(&mut enc)?;
         self.encode_kernel(&mut enc)
     }
 }
@@ -235,6 +237,80 @@ impl ScrapeSources {
             a.store().evictions(),
         )?;
         Ok(())
+    }
+
+    fn encode_fleet(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::fleet::Invalid;
+        use prometheus_client::encoding::NoLabelSet;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(f) = self.fleet.load_full() else {
+            return Ok(());
+        };
+        gauge(
+            enc,
+            name::FLEET_CONNECTED,
+            "1 while this node follows the fleet's Redis",
+            None,
+            i64::from(f.connected()),
+        )?;
+        gauge(
+            enc,
+            name::FLEET_QUEUE_LENGTH,
+            "Events waiting to be published",
+            None,
+            i64::try_from(f.queued()).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            enc,
+            name::FLEET_EVENTS_SENT,
+            "Events published to Redis",
+            f.sent.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            name::FLEET_EVENTS_RECEIVED,
+            "Valid events read from Redis (stream and catch-up)",
+            f.received.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            name::FLEET_EVENTS_DROPPED,
+            "Outgoing events dropped because the queue was full while Redis was away",
+            f.dropped(),
+        )?;
+        counter(
+            enc,
+            name::FLEET_BANS_REFUSED,
+            "Received bans refused here (allow list or protected address)",
+            f.refused.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            name::FLEET_COUNTS_LOST,
+            "Per-source counts not added to the fleet's because Redis was away",
+            f.counts_lost.load(Relaxed),
+        )?;
+        let mut m = enc.encode_descriptor(
+            name::FLEET_EVENTS_REJECTED,
+            "Messages from Redis that failed validation, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for why in Invalid::ALL {
+            let labels = ReasonLabel {
+                reason: why.label(),
+            };
+            let v = f.rejected.get(why.index()).map_or(0, |c| c.load(Relaxed));
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+        let (sum, count, buckets) = f.lag();
+        let mut m = enc.encode_descriptor(
+            name::FLEET_PROPAGATION_LAG,
+            "From a ban's creation on its node to its application here",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
     fn encode_kernel(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {

@@ -341,6 +341,11 @@ impl Metrics {
         self.scrape.verifier.store(Some(v));
     }
 
+    /// The fleet link whose state and events are reported.
+    pub fn set_fleet(&self, f: Arc<crate::fleet::FleetStats>) {
+        self.scrape.fleet.store(Some(f));
+    }
+
     /// The abuse engine whose bans (and would-be bans in monitor mode) are reported.
     pub fn set_abuse(&self, a: Arc<crate::abuse::AbuseEngine>) {
         self.scrape.abuse.store(Some(a));

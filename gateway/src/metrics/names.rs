@@ -15,6 +15,8 @@ macro_rules! series {
             /// Every exposed name, for tests.
             #[cfg(test)]
             pub const ALL: &[&str] = &[$($($eid,)+)+];
+            /// What every fleet series starts with.
+            pub const FLEET_PREFIX: &str = "gateway_fleet_";
         }
     };
 }
@@ -55,4 +57,18 @@ series! {
     ABUSE_PROTECTED_SKIPPED = "abuse_protected_skipped" => [ABUSE_PROTECTED_SKIPPED = "_total"],
     /// Automatic bans evicted because a kernel deny map was full.
     DENY_EVICTIONS = "deny_evictions" => [DENY_EVICTIONS = "_total"],
+    /// The fleet link (`[fleet]`): every series starts with [`exposed::FLEET_PREFIX`].
+    FLEET_CONNECTED = "fleet_connected" => [FLEET_CONNECTED = ""],
+    FLEET_QUEUE_LENGTH = "fleet_queue_length" => [FLEET_QUEUE_LENGTH = ""],
+    FLEET_EVENTS_SENT = "fleet_events_sent" => [FLEET_EVENTS_SENT = "_total"],
+    FLEET_EVENTS_RECEIVED = "fleet_events_received" => [FLEET_EVENTS_RECEIVED = "_total"],
+    FLEET_EVENTS_DROPPED = "fleet_events_dropped" => [FLEET_EVENTS_DROPPED = "_total"],
+    FLEET_BANS_REFUSED = "fleet_bans_refused" => [FLEET_BANS_REFUSED = "_total"],
+    FLEET_COUNTS_LOST = "fleet_counts_lost" => [FLEET_COUNTS_LOST = "_total"],
+    FLEET_EVENTS_REJECTED = "fleet_events_rejected" => [FLEET_EVENTS_REJECTED = "_total"],
+    FLEET_PROPAGATION_LAG = "fleet_propagation_lag" => [
+        FLEET_PROPAGATION_LAG_BUCKET = "_seconds_bucket",
+        FLEET_PROPAGATION_LAG_SUM = "_seconds_sum",
+        FLEET_PROPAGATION_LAG_COUNT = "_seconds_count"
+    ],
 }

@@ -326,6 +326,17 @@ fn every_exposed_name_is_what_the_registry_renders() {
         exposed::ABUSE_WOULD_BAN,
         exposed::ABUSE_PROTECTED_SKIPPED,
         exposed::DENY_EVICTIONS,
+        exposed::FLEET_CONNECTED,
+        exposed::FLEET_QUEUE_LENGTH,
+        exposed::FLEET_EVENTS_SENT,
+        exposed::FLEET_EVENTS_RECEIVED,
+        exposed::FLEET_EVENTS_DROPPED,
+        exposed::FLEET_BANS_REFUSED,
+        exposed::FLEET_COUNTS_LOST,
+        exposed::FLEET_EVENTS_REJECTED,
+        exposed::FLEET_PROPAGATION_LAG_BUCKET,
+        exposed::FLEET_PROPAGATION_LAG_SUM,
+        exposed::FLEET_PROPAGATION_LAG_COUNT,
     ];
     for name in exposed::ALL {
         if !absent.contains(name) {

@@ -37,6 +37,25 @@ pub struct UserPlane {
     pub connections_open: i64,
     /// By reason.
     pub connections_refused: BTreeMap<String, u64>,
+    /// `null` without `[fleet]`.
+    pub fleet: Option<Fleet>,
+}
+
+/// The fleet link (`[fleet]`).
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Fleet {
+    pub connected: bool,
+    pub queued: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub dropped: u64,
+    /// Received bans the allow list or a protected address won over.
+    pub refused: u64,
+    /// Messages that failed validation, by reason (non-zero ones).
+    pub rejected: BTreeMap<String, u64>,
+    /// Propagation lag observations, and the upper bound of the p99 bucket (ms).
+    pub lag_count: u64,
+    pub lag_p99_le_ms: Option<f64>,
 }
 
 /// Token verification latency.
@@ -96,8 +115,34 @@ pub fn summarise(addr: impl std::fmt::Display, samples: &[Sample]) -> UserPlane 
     let mut has_cache = false;
     let mut keys = KeySet::default();
     let mut has_keys = false;
+    let mut fleet: Option<Fleet> = None;
+    let mut lag_buckets: Vec<(f64, u64)> = Vec::new();
     for s in samples {
         let n = count(s.value);
+        if s.name.starts_with(exposed::FLEET_PREFIX) {
+            let f = fleet.get_or_insert_with(Fleet::default);
+            match s.name.as_str() {
+                exposed::FLEET_CONNECTED => f.connected = s.value > 0.0,
+                exposed::FLEET_QUEUE_LENGTH => f.queued = n,
+                exposed::FLEET_EVENTS_SENT => f.sent = n,
+                exposed::FLEET_EVENTS_RECEIVED => f.received = n,
+                exposed::FLEET_EVENTS_DROPPED => f.dropped = n,
+                exposed::FLEET_BANS_REFUSED => f.refused = n,
+                exposed::FLEET_EVENTS_REJECTED if n > 0 => {
+                    f.rejected.insert(label(s, "reason"), n);
+                }
+                exposed::FLEET_PROPAGATION_LAG_COUNT => f.lag_count = n,
+                exposed::FLEET_PROPAGATION_LAG_BUCKET => {
+                    let le = match s.label("le") {
+                        Some("+Inf") | None => f64::INFINITY,
+                        Some(v) => v.parse().unwrap_or(f64::INFINITY),
+                    };
+                    lag_buckets.push((le, n));
+                }
+                _ => {}
+            }
+            continue;
+        }
         match s.name.as_str() {
             exposed::REQUESTS => {
                 up.requests += n;
@@ -155,6 +200,10 @@ pub fn summarise(addr: impl std::fmt::Display, samples: &[Sample]) -> UserPlane 
             _ => {}
         }
     }
+    if let Some(f) = fleet.as_mut() {
+        f.lag_p99_le_ms = quantile_le(&mut lag_buckets, f.lag_count, 0.99).map(|s| s * 1e3);
+    }
+    up.fleet = fleet;
     if has_cache {
         up.token_cache = Some(cache);
     }
@@ -163,20 +212,26 @@ pub fn summarise(addr: impl std::fmt::Display, samples: &[Sample]) -> UserPlane 
     }
     if up.verify.count > 0 {
         up.verify.mean_us = Some(verify_sum / up.verify.count as f64 * 1e6);
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let quantile = |q: f64| {
-            let want = (q * up.verify.count as f64).ceil() as u64;
-            buckets
-                .iter()
-                .find(|(_, cumulative)| *cumulative >= want)
-                .map(|(le, _)| *le)
-                .filter(|le| le.is_finite())
-                .map(|le| le * 1e6)
-        };
-        up.verify.p50_le_us = quantile(0.5);
-        up.verify.p99_le_us = quantile(0.99);
+        let n = up.verify.count;
+        up.verify.p50_le_us = quantile_le(&mut buckets, n, 0.5).map(|le| le * 1e6);
+        up.verify.p99_le_us = quantile_le(&mut buckets, n, 0.99).map(|le| le * 1e6);
     }
     up
+}
+
+/// The upper bound of the cumulative-histogram bucket holding quantile `q` of `count`
+/// observations; `None` without observations or in the overflow bucket.
+fn quantile_le(buckets: &mut [(f64, u64)], count: u64, q: f64) -> Option<f64> {
+    if count == 0 {
+        return None;
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let want = (q * count as f64).ceil() as u64;
+    buckets
+        .iter()
+        .find(|(_, cumulative)| *cumulative >= want)
+        .map(|(le, _)| *le)
+        .filter(|le| le.is_finite())
 }
 
 fn micros(us: f64) -> String {
@@ -256,6 +311,26 @@ pub fn render(up: &UserPlane) -> String {
         up.connections_open,
         nonzero(&up.connections_refused)
     );
+    if let Some(f) = &up.fleet {
+        let mut line = format!(
+            "fleet: {}  queued {}  sent {}  received {}  dropped {}  refused {}  rejected: {}",
+            if f.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            f.queued,
+            f.sent,
+            f.received,
+            f.dropped,
+            f.refused,
+            nonzero(&f.rejected)
+        );
+        if let Some(p99) = f.lag_p99_le_ms {
+            let _ = write!(line, "  lag p99 <= {p99}ms");
+        }
+        let _ = writeln!(out, "{line}");
+    }
     let upstream: Vec<String> = up
         .upstream_errors
         .iter()

@@ -573,6 +573,7 @@ rate_limit = { key = "source", rate = "1/h", burst = 1 }
         limit: 2,
         window: DurationSecs(std::time::Duration::from_secs(60)),
         ban: DurationSecs(std::time::Duration::from_secs(60)),
+        fleet_limit: None,
     });
     let engine = Arc::new(AbuseEngine::new(
         &AbuseConfig {
