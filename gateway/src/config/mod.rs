@@ -17,8 +17,8 @@ pub use abuse::AbuseConfig;
 pub use admin::AdminConfig;
 pub use ebpf::{DataPlaneMode, EbpfConfig};
 pub use proxy::{
-    AuthMode, CertConfig, HealthCheckConfig, ListenConfig, RouteConfig, RuntimeConfig, TlsConfig,
-    UpstreamConfig,
+    AuthMode, CertConfig, EncodedSlashes, HealthCheckConfig, ListenConfig, RouteConfig,
+    RuntimeConfig, TlsConfig, UpstreamConfig,
 };
 
 use crate::jwt::VerifierConfig;

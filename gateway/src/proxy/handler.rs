@@ -2,13 +2,14 @@
 //! → scopes → headers for the upstream → upstream → response. Every refusal is answered here,
 //! before the upstream pays anything, and counted by reason.
 
+use super::client_headers;
 use super::forwarding::Forwarding;
 use super::host::request_host;
 use super::idle::Activity;
 use super::request_body::{ClientFault, RequestBody};
 use super::route::{self, Route};
 use super::upstream::{Upstream, UpstreamError};
-use super::{full_body, path, ProxyBody};
+use super::{full_body, ProxyBody};
 use crate::abuse::{AbuseEngine, Signal};
 use crate::config::{AuthMode, Config};
 use crate::deny::DenyStore;
@@ -53,7 +54,8 @@ pub struct Proxy {
     upstreams: Vec<Arc<Upstream>>,
     verifier: Option<Arc<Verifier>>,
     metrics: Arc<Metrics>,
-    /// Every configured claim header: client-sent copies are removed on every route.
+    /// Every configured claim header: client-sent copies (and look-alikes) are removed on
+    /// every route.
     claim_header_names: Vec<HeaderName>,
     max_body_bytes: u64,
     max_header_bytes: usize,
@@ -219,17 +221,16 @@ impl Proxy {
         if let Err(resp) = self.check_framing(&req) {
             return (None, *resp);
         }
-        // `None`: the path is already normal and the request's own URI is forwarded as is.
-        let normalized = match path::normalize(req.uri().path()) {
-            Ok(Cow::Borrowed(_)) => None,
-            Ok(Cow::Owned(p)) => Some(p),
-            Err(e) => {
-                return (
-                    None,
-                    plain_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-                )
-            }
-        };
+        if !route::is_acceptable_method(req.method()) {
+            return (
+                None,
+                plain_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the method is not upper-case letters",
+                ),
+            );
+        }
         let host = match request_host(&req) {
             Ok(h) => h.map(Cow::into_owned),
             Err(e) => {
@@ -239,18 +240,28 @@ impl Proxy {
                 )
             }
         };
-        let path = normalized.as_deref().unwrap_or(req.uri().path());
-        let Some((idx, route)) = route::find(&self.routes, host.as_deref(), path, req.method())
-        else {
-            return (
-                None,
-                plain_error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no route for this request",
-                ),
-            );
-        };
+        // `normalized` is `None` when the path is already normal and the request's own URI
+        // is forwarded as is.
+        let (idx, route, normalized) =
+            match route::resolve(&self.routes, host.as_deref(), req.uri().path(), req.method()) {
+                Ok(Some(r)) => (r.index, r.route, r.path),
+                Ok(None) => {
+                    return (
+                        None,
+                        plain_error(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            "no route for this request",
+                        ),
+                    )
+                }
+                Err(e) => {
+                    return (
+                        None,
+                        plain_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+                    )
+                }
+            };
         let token = match self.authorize(route, &req).await {
             Ok(t) => t,
             Err(resp) => {
@@ -442,9 +453,11 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
-        for name in &self.claim_header_names {
-            headers.remove(name);
-        }
+        client_headers::remove_spoofable(
+            headers,
+            &self.claim_header_names,
+            route.strip_override_headers,
+        );
         if !route.forward_authorization {
             headers.remove(header::AUTHORIZATION);
         }
@@ -464,11 +477,17 @@ impl Proxy {
                 }
             }
         }
+        // An upstream that must not see credentials does not get a query token either.
+        let query = match parts.uri.query() {
+            Some(q) if !route.forward_authorization => policy::without_query_token(q),
+            _ => None,
+        };
         // Origin form for the upstream: the normalised path, or the request's own when it
         // was normal already (absolute-form targets lose scheme and authority).
-        if normalized.is_some() || parts.uri.scheme().is_some() {
+        if normalized.is_some() || parts.uri.scheme().is_some() || query.is_some() {
             let path = normalized.as_deref().unwrap_or(parts.uri.path());
-            let target = match parts.uri.query() {
+            let target = match query.as_deref().or(parts.uri.query()) {
+                Some("") => path.to_string(),
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),
             };
@@ -603,6 +622,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        // The upstream needs the Host: `Connection: host` must not remove it.
+        .filter(|n| n != header::HOST)
         .collect();
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -671,6 +692,17 @@ mod tests {
             ("x-kept", "yes"),
         ]);
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_never_removes_host() {
+        let left = stripped(&[
+            ("connection", "host, x-hop"),
+            ("connection", "Host"),
+            ("host", "example.com"),
+            ("x-hop", "x"),
+        ]);
+        assert_eq!(left, ["host"]);
     }
 
     #[test]
