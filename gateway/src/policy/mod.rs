@@ -98,7 +98,9 @@ fn names_access_token(name: &str) -> bool {
     let (mut i, mut j) = (0, 0);
     while i < bytes.len() {
         let b = if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 Some(v) => {
                     i += 3;

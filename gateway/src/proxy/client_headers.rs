@@ -108,7 +108,11 @@ mod tests {
         );
         assert_eq!(left, ["accept", "x-auth", "x-auth-subx"]);
         // A claim header configured with `_` is matched the same way.
-        let left = left_after(&["x-user-id", "x_user_id", "x-other"], &["x_user_id"], false);
+        let left = left_after(
+            &["x-user-id", "x_user_id", "x-other"],
+            &["x_user_id"],
+            false,
+        );
         assert_eq!(left, ["x-other"]);
     }
 
@@ -149,7 +153,11 @@ mod tests {
 
     #[test]
     fn nothing_to_remove_leaves_the_map_alone() {
-        let left = left_after(&["accept", "x-request-id", "user-agent"], &["x-auth-sub"], true);
+        let left = left_after(
+            &["accept", "x-request-id", "user-agent"],
+            &["x-auth-sub"],
+            true,
+        );
         assert_eq!(left, ["accept", "user-agent", "x-request-id"]);
     }
 }

@@ -242,26 +242,30 @@ impl Proxy {
         };
         // `normalized` is `None` when the path is already normal and the request's own URI
         // is forwarded as is.
-        let (idx, route, normalized) =
-            match route::resolve(&self.routes, host.as_deref(), req.uri().path(), req.method()) {
-                Ok(Some(r)) => (r.index, r.route, r.path),
-                Ok(None) => {
-                    return (
-                        None,
-                        plain_error(
-                            StatusCode::NOT_FOUND,
-                            "not_found",
-                            "no route for this request",
-                        ),
-                    )
-                }
-                Err(e) => {
-                    return (
-                        None,
-                        plain_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-                    )
-                }
-            };
+        let (idx, route, normalized) = match route::resolve(
+            &self.routes,
+            host.as_deref(),
+            req.uri().path(),
+            req.method(),
+        ) {
+            Ok(Some(r)) => (r.index, r.route, r.path),
+            Ok(None) => {
+                return (
+                    None,
+                    plain_error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no route for this request",
+                    ),
+                )
+            }
+            Err(e) => {
+                return (
+                    None,
+                    plain_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+                )
+            }
+        };
         let token = match self.authorize(route, &req).await {
             Ok(t) => t,
             Err(resp) => {

@@ -2,12 +2,14 @@
 //! with the request's host checked in [`host`] and the request body held to its limit and
 //! its failures told apart in [`request_body`]),
 //! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), client headers the
-//! upstream must not trust ([`client_headers`]), closing connections on
+//! upstream must not trust ([`client_headers`]), the open-file budget
+//! ([`fd_limit`]), closing connections on
 //! shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
 
 pub mod client_headers;
 pub mod closing;
+pub mod fd_limit;
 pub mod forwarding;
 pub mod framing;
 pub mod handler;

@@ -225,8 +225,7 @@ mod tests {
     }
 
     fn resolved(routes: &[Route], p: &str) -> Result<Option<(String, Option<String>)>, PathError> {
-        resolve(routes, None, p, &Method::GET)
-            .map(|r| r.map(|r| (r.route.name.clone(), r.path)))
+        resolve(routes, None, p, &Method::GET).map(|r| r.map(|r| (r.route.name.clone(), r.path)))
     }
 
     #[test]
@@ -239,16 +238,27 @@ mod tests {
             "/public/..%5Capi%5Citems",
             "/public/..\\api\\items",
         ] {
-            assert_eq!(resolved(&routes, p), Err(PathError::EscapedSeparator), "{p}");
+            assert_eq!(
+                resolved(&routes, p),
+                Err(PathError::EscapedSeparator),
+                "{p}"
+            );
         }
         for p in ["/public/..;/api/items", "/public/.;/x"] {
-            assert_eq!(resolved(&routes, p), Err(PathError::DotSegmentParameters), "{p}");
+            assert_eq!(
+                resolved(&routes, p),
+                Err(PathError::DotSegmentParameters),
+                "{p}"
+            );
         }
         assert_eq!(
             resolved(&routes, "/public/../api/items"),
             Ok(Some(("api".into(), Some("/api/items".into()))))
         );
-        assert_eq!(resolved(&routes, "/api/items"), Ok(Some(("api".into(), None))));
+        assert_eq!(
+            resolved(&routes, "/api/items"),
+            Ok(Some(("api".into(), None)))
+        );
     }
 
     #[test]
@@ -256,7 +266,10 @@ mod tests {
         let routes = open_and_closed("keep");
         assert_eq!(
             resolved(&routes, "/public/..%2fapi%2Fitems"),
-            Ok(Some(("open".into(), Some("/public/..%2Fapi%2Fitems".into()))))
+            Ok(Some((
+                "open".into(),
+                Some("/public/..%2Fapi%2Fitems".into())
+            )))
         );
         assert_eq!(
             resolved(&routes, "/public/..;/api/items"),
