@@ -101,17 +101,43 @@ fn certificates(dir: &Path) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.crt", "-days", "365", "-subj", "/CN=gateway scan CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "365",
+            "-subj",
+            "/CN=gateway scan CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
         ],
     );
     openssl(
         dir,
         &[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=localhost",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.csr",
+            "-subj",
+            "/CN=localhost",
         ],
     );
     std::fs::write(
@@ -122,8 +148,21 @@ fn certificates(dir: &Path) {
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "365", "-sha256", "-extfile", "ext.cnf", "-out",
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "365",
+            "-sha256",
+            "-extfile",
+            "ext.cnf",
+            "-out",
             "tls.crt",
         ],
     );
@@ -184,24 +223,50 @@ fn testssl_finds_nothing_above_low() {
         .iter()
         .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL")))
         .filter(|f| !NOT_THE_LISTENERS.contains(&f["id"].as_str().unwrap_or("")))
-        .map(|f| format!("{} {}: {}", field(f, "severity"), field(f, "id"), field(f, "finding")))
+        .map(|f| {
+            format!(
+                "{} {}: {}",
+                field(f, "severity"),
+                field(f, "id"),
+                field(f, "finding")
+            )
+        })
         .collect();
-    assert!(above_low.is_empty(), "testssl.sh findings above LOW: {above_low:#?}");
+    assert!(
+        above_low.is_empty(),
+        "testssl.sh findings above LOW: {above_low:#?}"
+    );
     let problems: Vec<String> = findings
         .iter()
         .filter(|f| f["severity"] == "FATAL" || f["id"] == "scanProblem")
         .map(|f| format!("{}: {}", field(f, "id"), field(f, "finding")))
         .collect();
-    assert!(problems.is_empty(), "the scan did not complete: {problems:#?}");
+    assert!(
+        problems.is_empty(),
+        "the scan did not complete: {problems:#?}"
+    );
     for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
         assert_eq!(by_id(old), "not offered", "{old}");
     }
     assert_eq!(by_id("TLS1_2"), "offered");
-    assert!(by_id("TLS1_3").starts_with("offered"), "TLS 1.3: {}", by_id("TLS1_3"));
+    assert!(
+        by_id("TLS1_3").starts_with("offered"),
+        "TLS 1.3: {}",
+        by_id("TLS1_3")
+    );
     let mut offered: Vec<String> = findings
         .iter()
-        .filter(|f| f["id"].as_str().is_some_and(|id| id.starts_with("cipher_x")))
-        .filter_map(|f| field(f, "finding").split_whitespace().last().map(str::to_string))
+        .filter(|f| {
+            f["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("cipher_x"))
+        })
+        .filter_map(|f| {
+            field(f, "finding")
+                .split_whitespace()
+                .last()
+                .map(str::to_string)
+        })
         .collect();
     offered.sort();
     let mut want: Vec<String> = CIPHERS.iter().map(|c| c.to_string()).collect();
@@ -216,7 +281,10 @@ fn testssl_finds_nothing_above_low() {
     };
     assert_eq!(severity("cipher_order"), "OK", "{}", by_id("cipher_order"));
     // The scan spoke HTTP through the listener too (its request reached the upstream).
-    assert!(upstream.hits() > 0, "testssl.sh's HTTP request never reached the upstream");
+    assert!(
+        upstream.hits() > 0,
+        "testssl.sh's HTTP request never reached the upstream"
+    );
 }
 
 /// The gateway's resident memory in KiB.
@@ -258,7 +326,10 @@ fn attack(name: &str, port: u16, client: &Client, pid: u32) -> Outcome {
     rt.block_on(async {
         let mut i = 0usize;
         while child.try_wait().expect("wait").is_none() {
-            assert!(started.elapsed() < Duration::from_secs(40), "{name}: the attack overran");
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "{name}: the attack overran"
+            );
             let proto = Proto::BOTH[i % 2];
             let req = Req::get(&format!("/control/{i}")).timeout(Duration::from_secs(5));
             match client.send(proto, req).await {
@@ -278,12 +349,14 @@ fn attack(name: &str, port: u16, client: &Client, pid: u32) -> Outcome {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{name}: report ({e}): {:?}", String::from_utf8_lossy(&out.stdout)));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name}: report ({e}): {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     peak = peak.max(rss_kib(pid));
-    eprintln!(
-        "{name}: {report} served={served} rss {before} -> peak {peak} KiB"
-    );
+    eprintln!("{name}: {report} served={served} rss {before} -> peak {peak} KiB");
     Outcome {
         report,
         served,
@@ -322,8 +395,15 @@ fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
         .build()
         .expect("runtime");
     let check = |name: &str, o: &Outcome, bound: u64| {
-        assert!(o.failures.is_empty(), "{name}: other clients failed: {:?}", o.failures);
-        assert!(o.served >= 1, "{name}: other clients got no answer during the attack");
+        assert!(
+            o.failures.is_empty(),
+            "{name}: other clients failed: {:?}",
+            o.failures
+        );
+        assert!(
+            o.served >= 1,
+            "{name}: other clients got no answer during the attack"
+        );
         // ... and right after it, on both protocols.
         for proto in Proto::BOTH {
             let reply = rt
@@ -347,7 +427,11 @@ fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
     check("continuation", &o, BOUND_KIB);
     assert_eq!(o.report["closed"], true, "{}", o.report);
     assert!(!o.report["goaway"].is_null(), "{}", o.report);
-    assert!(o.report["bytes_out"].as_u64() < Some(1 << 20), "{}", o.report);
+    assert!(
+        o.report["bytes_out"].as_u64() < Some(1 << 20),
+        "{}",
+        o.report
+    );
 
     let o = attack("stream_limit", addr.port(), &client, pid);
     check("stream_limit", &o, BOUND_KIB);
@@ -357,8 +441,16 @@ fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
 
     let o = attack("window", addr.port(), &client, pid);
     check("window", &o, WINDOW_BOUND_KIB);
-    assert_eq!(o.report["zero_increment"]["goaway"], "PROTOCOL_ERROR", "{}", o.report);
-    assert_eq!(o.report["overflow"]["goaway"], "FLOW_CONTROL_ERROR", "{}", o.report);
+    assert_eq!(
+        o.report["zero_increment"]["goaway"], "PROTOCOL_ERROR",
+        "{}",
+        o.report
+    );
+    assert_eq!(
+        o.report["overflow"]["goaway"], "FLOW_CONTROL_ERROR",
+        "{}",
+        o.report
+    );
 
     let hits_before = upstream.hits();
     let o = attack("made_you_reset", addr.port(), &client, pid);
@@ -368,8 +460,14 @@ fn http2_abuse_leaves_other_clients_served_and_memory_bounded() {
     // The server stops the connection early: the upstream sees a handful of the streams,
     // not the 20 000 the attack would open.
     let attack_hits = upstream.hits() - hits_before - o.served - 2;
-    assert!(attack_hits < 2000, "{attack_hits} attack requests reached the upstream");
+    assert!(
+        attack_hits < 2000,
+        "{attack_hits} attack requests reached the upstream"
+    );
 
     // Still standing, and still answering.
-    assert!(proc.wait_exit(Duration::from_millis(10)).expect("wait").is_none());
+    assert!(proc
+        .wait_exit(Duration::from_millis(10))
+        .expect("wait")
+        .is_none());
 }

@@ -138,7 +138,7 @@ pub fn server_config(cfg: &TlsConfig, store: Arc<CertStore>) -> Result<ServerCon
             .with_no_client_auth()
             .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Our cipher-suite order (AES-256-GCM, ChaCha20, AES-128-GCM; all AEAD with forward
+    // Our cipher-suite order (AES-256-GCM, AES-128-GCM, ChaCha20; all AEAD with forward
     // secrecy), not the client's: a scanner (testssl.sh) rates a server without an order of
     // its own as a finding.
     config.ignore_client_order = true;
