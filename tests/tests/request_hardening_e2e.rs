@@ -88,7 +88,7 @@ auth = "none"
 
 /// One gateway with its upstream; drops the gateway first, then the upstream and temp dir.
 struct Gw {
-    proc: GatewayProcess,
+    _proc: GatewayProcess,
     upstream: EchoUpstream,
     https: Client,
     http: Client,
@@ -145,7 +145,7 @@ servers = ["{upstream}"]
         );
         let http = Client::plain(proc.listener(false).expect("http listener"));
         Gw {
-            proc,
+            _proc: proc,
             upstream,
             https,
             http,
