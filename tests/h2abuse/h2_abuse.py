@@ -288,9 +288,9 @@ def stream_limit(port, deadline):
 
 def window(port, deadline):
     # Responses (~28 KB each: the echo of the request's headers) the client will not accept
-    # a byte of: the server must not buffer them all (16 x 120 x 28 KB = 54 MB if it did).
+    # a byte of: the server must not buffer them all (8 x 120 x 28 KB = 27 MB if it did).
     pad = "x" * 4000
-    conns = [Raw(port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0}) for _ in range(16)]
+    conns = [Raw(port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0}) for _ in range(8)]
     for c in conns:
         c.pump(0.05)
         for i in range(120):
