@@ -278,6 +278,7 @@ async fn start_proxy(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    crate::proxy::fd_limit::raise_and_check(crate::proxy::fd_limit::needed(config, workers));
     let listeners = Listeners::bind(&listen, workers)?;
     for (addr, tls) in listeners.local_addrs() {
         eprintln!(

@@ -22,8 +22,8 @@ pub use duration::DurationSecs;
 pub use ebpf::{DataPlaneMode, EbpfConfig};
 pub use plan::{Plan, RouteAuth, RoutePlan, UpstreamId};
 pub use proxy::{
-    AuthMode, CertConfig, HealthCheckConfig, ListenConfig, RouteConfig, RuntimeConfig, TlsConfig,
-    UpstreamConfig,
+    AuthMode, CertConfig, EncodedSlashes, HealthCheckConfig, ListenConfig, RouteConfig,
+    RuntimeConfig, TlsConfig, UpstreamConfig,
 };
 
 use crate::jwt::VerifierConfig;

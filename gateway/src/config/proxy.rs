@@ -248,6 +248,23 @@ pub enum AuthMode {
     None,
 }
 
+/// What a route does with a percent-encoded `/` or `\` (`%2F`, `%5C`) in the path, and with
+/// a dot-segment carrying `;` parameters (`..;`, `.;`). Upstreams disagree on them (some
+/// decode `%2F` into a separator, Tomcat reads `..;` as `..`), so a path the gateway routed
+/// one way could be served as another (Envoy's `path_with_escaped_slashes_action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlashes {
+    /// 400.
+    #[default]
+    Reject,
+    /// Forwarded as they are, for upstreams that never decode them.
+    Keep,
+    /// `%2F` and `%5C` decoded to `/` before normalisation, and the route chosen again on the
+    /// result; dot-segments with parameters are still 400.
+    Decode,
+}
+
 /// `[[route]]`: which requests go where, under which policy.
 ///
 /// Adding a route option: a field here (doc comment, serde default), a check in
@@ -286,6 +303,14 @@ pub struct RouteConfig {
     /// carries one. Off by default: query strings end up in logs.
     #[serde(default)]
     pub query_token: bool,
+    /// Percent-encoded separators and dot-segments with parameters in the path.
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
+    /// On routes with token checks, remove the method- and URL-override headers
+    /// (`X-HTTP-Method-Override`, `X-Original-URL`, ...) that would let an upstream serve
+    /// another method or path than the one the scopes were checked for.
+    #[serde(default = "yes")]
+    pub strip_override_headers: bool,
 }
 
 impl RouteConfig {

@@ -1,11 +1,15 @@
 //! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`],
 //! with the request's host checked in [`host`], the request body held to its limit and
 //! its failures told apart in [`request_body`], and every answer of its own in [`refusal`]),
-//! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), closing connections on
+//! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), client headers the
+//! upstream must not trust ([`client_headers`]), the open-file budget ([`fd_limit`]),
+//! closing connections on
 //! shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
 
+pub mod client_headers;
 pub mod closing;
+pub mod fd_limit;
 pub mod forwarding;
 pub mod framing;
 pub mod handler;

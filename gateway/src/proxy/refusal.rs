@@ -42,7 +42,10 @@ pub enum Refusal {
     UnsupportedTransferCoding,
     /// `chunked` applied more than once.
     ChunkedTwice,
-    /// The path cannot be normalised.
+    /// A method token that is not upper-case ASCII letters (RFC 9110 methods are
+    /// case-sensitive; an upstream that upper-cases it would run a method no route checked).
+    MethodNotUpperCase,
+    /// The path cannot be normalised, or is ambiguous and its route refuses that.
     Path(PathError),
     /// The request's host is missing, doubled or invalid.
     Host(HostError),
@@ -210,6 +213,9 @@ impl Refusal {
                 Text("only the chunked transfer coding is supported"),
             ),
             Refusal::ChunkedTwice => bad_request(Text("chunked applied more than once")),
+            Refusal::MethodNotUpperCase => {
+                bad_request(Text("the method is not upper-case letters"))
+            }
             Refusal::Path(e) => bad_request(Message::Display(e)),
             Refusal::Host(e) => bad_request(Message::Display(e)),
             Refusal::InvalidTarget => bad_request(Text("invalid request target")),

@@ -1,4 +1,5 @@
-//! One request's path: head checks ([`head`]) → path normalisation → host → route → bearer
+//! One request's path: head checks ([`head`]) → method → host → path normalisation and route
+//! ([`route::resolve`]) → bearer
 //! token, verify, scopes ([`auth`]) → the head for the upstream ([`outbound`]) → upstream →
 //! response. Every refusal is a [`Refusal`], answered and counted in one place
 //! ([`Proxy::refuse`]) before the upstream pays anything.
@@ -17,7 +18,7 @@ use super::refusal::Refusal;
 use super::request_body::RequestBody;
 use super::route::{self, Route};
 use super::upstream::{Upstream, UpstreamError};
-use super::{path, BoxError, ErrorChain, ProxyBody};
+use super::{BoxError, ErrorChain, ProxyBody};
 use crate::abuse::{AbuseEngine, Signal};
 use crate::config::Plan;
 use crate::deny::DenyStore;
@@ -63,7 +64,8 @@ pub struct Proxy {
     /// indexes it.
     upstreams: Vec<Arc<Upstream>>,
     metrics: Arc<Metrics>,
-    /// Every configured claim header: client-sent copies are removed on every route.
+    /// Every configured claim header: client-sent copies (and look-alikes) are removed on
+    /// every route.
     claim_header_names: Vec<HeaderName>,
     max_body_bytes: u64,
     max_header_bytes: usize,
@@ -199,20 +201,24 @@ impl Proxy {
         if let Err(r) = self.check_head(&req) {
             return (None, self.refuse(None, r));
         }
-        // `None`: the path is already normal and the request's own URI is forwarded as is.
-        let normalized = match path::normalize(req.uri().path()) {
-            Ok(Cow::Borrowed(_)) => None,
-            Ok(Cow::Owned(p)) => Some(p),
-            Err(e) => return (None, self.refuse(None, Refusal::Path(e))),
-        };
+        if !route::is_acceptable_method(req.method()) {
+            return (None, self.refuse(None, Refusal::MethodNotUpperCase));
+        }
         let host = match request_host(&req) {
             Ok(h) => h.map(Cow::into_owned),
             Err(e) => return (None, self.refuse(None, Refusal::Host(e))),
         };
-        let path = normalized.as_deref().unwrap_or(req.uri().path());
-        let Some((idx, route)) = route::find(&self.routes, host.as_deref(), path, req.method())
-        else {
-            return (None, self.refuse(None, Refusal::NoRoute));
+        // `normalized` is `None` when the path is already normal and the request's own URI
+        // is forwarded as is.
+        let (idx, route, normalized) = match route::resolve(
+            &self.routes,
+            host.as_deref(),
+            req.uri().path(),
+            req.method(),
+        ) {
+            Ok(Some(r)) => (r.index, r.route, r.path),
+            Ok(None) => return (None, self.refuse(None, Refusal::NoRoute)),
+            Err(e) => return (None, self.refuse(None, Refusal::Path(e))),
         };
         let token = match self.authorize(route, &req).await {
             Ok(t) => t,

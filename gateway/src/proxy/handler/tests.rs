@@ -475,6 +475,17 @@ fn stripped(pairs: &[(&'static str, &'static str)]) -> Vec<String> {
 }
 
 #[test]
+fn connection_never_removes_host() {
+    let left = stripped(&[
+        ("connection", "host, x-hop"),
+        ("connection", "Host"),
+        ("host", "example.com"),
+        ("x-hop", "x"),
+    ]);
+    assert_eq!(left, ["host"]);
+}
+
+#[test]
 fn each_hop_by_hop_header_goes_even_without_connection() {
     for hop in &HOP_BY_HOP {
         let left = stripped(&[

@@ -79,6 +79,24 @@ fn table() -> Vec<Row> {
             "the path does not start with `/`",
         ),
         plain(
+            Refusal::Path(PathError::EscapedSeparator),
+            400,
+            "bad_request",
+            "an encoded `/` or `\\`, or a `\\`, in the path",
+        ),
+        plain(
+            Refusal::Path(PathError::DotSegmentParameters),
+            400,
+            "bad_request",
+            "a dot-segment with `;` parameters in the path",
+        ),
+        plain(
+            Refusal::MethodNotUpperCase,
+            400,
+            "bad_request",
+            "the method is not upper-case letters",
+        ),
+        plain(
             Refusal::Host(HostError::Duplicate),
             400,
             "bad_request",
@@ -213,9 +231,10 @@ fn variant(r: &Refusal) -> usize {
         Refusal::InsufficientScope(_) => 15,
         Refusal::ClientBody(_) => 16,
         Refusal::Upstream(_) => 17,
+        Refusal::MethodNotUpperCase => 18,
     }
 }
-const VARIANTS: usize = 18;
+const VARIANTS: usize = 19;
 
 #[tokio::test]
 async fn every_refusal_is_answered_as_pinned() {
