@@ -48,6 +48,14 @@ pub struct ListenConfig {
     pub max_concurrent_streams: u32,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace: DurationSecs,
+    /// How long a request body may stop arriving while the upstream waits for it: 408.
+    pub body_timeout: DurationSecs,
+    /// How long a connection's writes may stay blocked (the client reads nothing of its
+    /// response) before the connection is closed.
+    pub send_timeout: DurationSecs,
+    /// Requests in progress in total (all connections, all workers); more get 503 with
+    /// `Retry-After`.
+    pub max_requests_in_flight: usize,
 }
 
 impl Default for ListenConfig {
@@ -64,6 +72,9 @@ impl Default for ListenConfig {
             max_body_bytes: 10 * 1024 * 1024,
             max_concurrent_streams: 128,
             shutdown_grace: secs(10),
+            body_timeout: secs(10),
+            send_timeout: secs(30),
+            max_requests_in_flight: 16_384,
         }
     }
 }
@@ -99,9 +110,14 @@ impl ListenConfig {
         if self.max_concurrent_streams == 0 {
             return Err(Issue::new("max_concurrent_streams", "must be at least 1"));
         }
+        if self.max_requests_in_flight == 0 {
+            return Err(Issue::new("max_requests_in_flight", "must be at least 1"));
+        }
         for (key, d) in [
             ("tls_handshake_timeout", self.tls_handshake_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("body_timeout", self.body_timeout),
+            ("send_timeout", self.send_timeout),
         ] {
             if d.0.is_zero() {
                 return Err(Issue::new(key, "must be longer than zero"));
@@ -164,9 +180,14 @@ pub struct UpstreamConfig {
     /// Until the upstream's response headers arrive.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: DurationSecs,
-    /// Idle keep-alive connections kept per server.
+    /// Idle keep-alive connections kept per server (per worker).
     #[serde(default = "default_max_idle")]
     pub max_idle_per_server: usize,
+    /// Requests in progress per server (all workers): each holds one upstream connection.
+    /// A request over it waits up to `connect_timeout` for one to finish, then gets 503 with
+    /// `Retry-After`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Consecutive connection failures that take a server out of rotation (passive check).
     #[serde(default = "default_max_fails")]
     pub max_fails: u32,
@@ -185,6 +206,9 @@ fn default_request_timeout() -> DurationSecs {
 }
 fn default_max_idle() -> usize {
     64
+}
+fn default_max_connections() -> usize {
+    1024
 }
 fn default_max_fails() -> u32 {
     3
@@ -224,6 +248,9 @@ impl UpstreamConfig {
         }
         if self.max_fails == 0 {
             return Err(Issue::new("max_fails", "must be at least 1"));
+        }
+        if self.max_connections == 0 {
+            return Err(Issue::new("max_connections", "must be at least 1"));
         }
         if let Some(hc) = &self.health_check {
             if !hc.path.starts_with('/') {

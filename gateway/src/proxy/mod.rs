@@ -3,8 +3,8 @@
 //! its failures told apart in [`request_body`], and every answer of its own in [`refusal`]),
 //! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), client headers the
 //! upstream must not trust ([`client_headers`]), the open-file budget ([`fd_limit`]),
-//! closing connections on
-//! shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
+//! the rest of a request body the response did not wait for ([`linger`]), closing
+//! connections on shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
 
 pub mod client_headers;
@@ -15,6 +15,7 @@ pub mod framing;
 pub mod handler;
 pub mod host;
 pub mod idle;
+pub mod linger;
 pub mod path;
 pub mod pool;
 pub mod refusal;

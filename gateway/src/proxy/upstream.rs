@@ -2,6 +2,7 @@
 //! and request timeouts, passive health (consecutive connection failures take a server out
 //! for a while) and optional active checks.
 
+use super::linger::ResponseEnd;
 use super::pool::{PoolError, Retry, ServerPool};
 use super::{empty_body, ProxyBody};
 use crate::config::UpstreamConfig;
@@ -221,10 +222,12 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (origin-form URI, Host header set) to the next healthy server.
+    /// Sends `req` (origin-form URI, Host header set) to the next healthy server; `end` goes
+    /// with the response body (dropped with a failed exchange).
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
+        end: ResponseEnd,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let (server, pool) = self
             .pick()
@@ -233,7 +236,7 @@ impl Upstream {
             // An HTTP/1.0 client may send none; HTTP/1.1 servers require one.
             req.headers_mut().insert(HOST, server.host.clone());
         }
-        match tokio::time::timeout(self.request_timeout, pool.send(req)).await {
+        match tokio::time::timeout(self.request_timeout, pool.send(req, end)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
                 addr: server.addr,
@@ -308,7 +311,7 @@ impl Upstream {
         else {
             return false;
         };
-        match tokio::time::timeout(timeout, pool.send(req)).await {
+        match tokio::time::timeout(timeout, pool.send(req, ResponseEnd::default())).await {
             Ok(Ok(resp)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
                 // Read the (small) body so that the connection can be reused.

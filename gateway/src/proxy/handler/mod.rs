@@ -14,8 +14,9 @@ mod outbound;
 use super::forwarding::Forwarding;
 use super::host::request_host;
 use super::idle::Activity;
+use super::idle::InFlight;
 use super::refusal::Refusal;
-use super::request_body::RequestBody;
+use super::request_body;
 use super::route::{self, Route};
 use super::upstream::{Upstream, UpstreamError};
 use super::{BoxError, ErrorChain, ProxyBody};
@@ -27,7 +28,6 @@ use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Body;
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -42,7 +42,7 @@ pub struct ConnInfo {
     /// the connection.
     pub forwarding: Forwarding,
     /// Requests in progress, for closing the connection when it goes quiet.
-    pub activity: Activity,
+    pub activity: Arc<Activity>,
 }
 
 impl ConnInfo {
@@ -50,7 +50,7 @@ impl ConnInfo {
         Self {
             peer,
             forwarding: Forwarding::new(peer.ip(), tls),
-            activity: Activity::new(),
+            activity: Arc::new(Activity::new()),
         }
     }
 }
@@ -68,6 +68,8 @@ pub struct Proxy {
     /// every route.
     claim_header_names: Vec<HeaderName>,
     max_body_bytes: u64,
+    /// How long the request body may stall (`body_timeout`).
+    body_timeout: std::time::Duration,
     max_header_bytes: usize,
     max_headers: usize,
     abuse: Option<Arc<AbuseEngine>>,
@@ -101,6 +103,7 @@ impl Proxy {
             metrics,
             claim_header_names,
             max_body_bytes: listen.max_body_bytes,
+            body_timeout: listen.body_timeout.0,
             max_header_bytes: listen.max_header_bytes,
             max_headers: listen.max_headers,
             abuse: None,
@@ -122,6 +125,7 @@ impl Proxy {
             metrics: self.metrics.clone(),
             claim_header_names: self.claim_header_names.clone(),
             max_body_bytes: self.max_body_bytes,
+            body_timeout: self.body_timeout,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
             abuse: self.abuse.clone(),
@@ -164,12 +168,13 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let _in_progress = conn.activity.request(req.version());
+        // Ends with the response (it goes into the upstream's response body), or here.
+        let in_flight = conn.activity.request(req.version());
         let is_head = req.method() == http::Method::HEAD;
         let (route, mut resp) = if ambiguous_framing {
             (None, self.refuse(None, Refusal::AmbiguousFraming))
         } else {
-            self.route_and_forward(&conn, req).await
+            self.route_and_forward(&conn, req, in_flight).await
         };
         let status = resp.status();
         self.metrics.request(route, status.as_u16());
@@ -193,6 +198,7 @@ impl Proxy {
         &self,
         conn: &ConnInfo,
         req: Request<B>,
+        in_flight: Option<InFlight>,
     ) -> (Option<usize>, Response<ProxyBody>)
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -235,6 +241,7 @@ impl Proxy {
                 normalized,
                 host.as_deref(),
                 token.as_deref(),
+                in_flight,
             )
             .await;
         (Some(idx), resp)
@@ -249,6 +256,7 @@ impl Proxy {
         normalized: Option<String>,
         host: Option<&str>,
         token: Option<&VerifiedToken>,
+        in_flight: Option<InFlight>,
     ) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -258,13 +266,17 @@ impl Proxy {
         if let Err(r) = self.rewrite_head(&mut parts, conn, route, normalized, host, token) {
             return self.refuse(Some(route), r);
         }
-        let (body, progress) = RequestBody::new(body, self.max_body_bytes);
+        let (body, progress) =
+            request_body::forwarded(body, self.max_body_bytes, self.body_timeout);
         // Routes and upstreams come from one plan, whose ids always index its upstreams.
         let upstream = &self.upstreams[route.upstream.index()];
-        match upstream
-            .send(Request::from_parts(parts, body.boxed()))
-            .await
-        {
+        let sent = upstream
+            .send(
+                Request::from_parts(parts, body),
+                progress.response_end(in_flight),
+            )
+            .await;
+        match sent {
             Ok(mut resp) => {
                 outbound::strip_hop_by_hop(resp.headers_mut());
                 resp
@@ -314,20 +326,12 @@ fn failure(
 /// Reads (and discards) a little of a refused request's body before we answer, so that a
 /// client still sending a small body gets our status rather than a reset stream (HTTP/2) or
 /// a closed connection. Bounded in bytes and time: a refusal never waits on a slow client.
-async fn drain<B: Body + Unpin>(mut body: B) {
-    const MAX_BYTES: usize = 64 * 1024;
-    const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-    let mut seen = 0usize;
-    let _ = tokio::time::timeout(MAX_WAIT, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(data) = frame.data_ref() {
-                seen += bytes::Buf::remaining(data);
-                if seen > MAX_BYTES {
-                    break;
-                }
-            }
-        }
-    })
+async fn drain<B: Body + Unpin>(body: B) {
+    super::linger::discard(
+        body,
+        super::linger::LINGER_BYTES,
+        std::time::Duration::from_millis(500),
+    )
     .await;
 }
 

@@ -6,7 +6,7 @@ use super::*;
 use crate::jwt::{now_unix, Algorithm, SigningKey, VerifierConfig};
 use crate::keys::{KeyStore, VerifyingKey};
 use http::header::{HeaderMap, HeaderValue};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
