@@ -12,7 +12,7 @@
 //! worker's [`super::closing::Closer`] looks at its connections a few times per limit and
 //! closes the quiet ones. A request counts as in progress until its response has been sent
 //! to its end (the guard travels with the response body, see
-//! [`super::request_body::ResponseEnd`]): an HTTP/2 response that streams for minutes (a
+//! [`super::linger::ResponseEnd`]): an HTTP/2 response that streams for minutes (a
 //! download, server-sent events) keeps its connection, however long the idle limit.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

@@ -22,6 +22,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// How much of a body nobody waits for is read before it is dropped.
 pub const LINGER_BYTES: usize = 64 * 1024;
@@ -34,33 +35,26 @@ pub trait Leftover: Send + Sync {
     fn response_done(&self);
 }
 
-/// Held by the response body; dropped at its end.
+/// What a request holds until its response has been sent: held by the response body,
+/// dropped at its end (or with the failed exchange).
 #[derive(Default)]
 pub struct ResponseEnd {
-    pub(super) leftover: Option<Arc<dyn Leftover>>,
-    pub(super) in_flight: Option<InFlight>,
+    /// The request body, to linger over what the upstream side left of it.
+    pub leftover: Option<LeftoverBody>,
+    /// The HTTP/2 request's mark on its connection (see [`super::idle`]).
+    pub in_flight: Option<InFlight>,
+    /// Its place under `max_requests_in_flight`.
+    pub request_slot: Option<OwnedSemaphorePermit>,
+    /// Its place under the upstream server's `max_connections`.
+    pub server_slot: Option<OwnedSemaphorePermit>,
 }
 
-impl ResponseEnd {
-    pub fn new(leftover: Option<Arc<dyn Leftover>>, in_flight: Option<InFlight>) -> Self {
-        Self {
-            leftover,
-            in_flight,
-        }
-    }
+/// A request body as the response's end holds it: dropped, it is told the response is done.
+pub struct LeftoverBody(pub Arc<dyn Leftover>);
 
-    /// Nothing to do at the end.
-    pub fn is_empty(&self) -> bool {
-        self.leftover.is_none() && self.in_flight.is_none()
-    }
-}
-
-impl Drop for ResponseEnd {
+impl Drop for LeftoverBody {
     fn drop(&mut self) {
-        if let Some(l) = self.leftover.take() {
-            l.response_done();
-        }
-        // `in_flight` ends after this, with the response.
+        self.0.response_done();
     }
 }
 

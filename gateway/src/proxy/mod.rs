@@ -1,4 +1,4 @@
-//! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`],
+//! The reverse proxy: listeners and connections ([`server`], with [`send_timeout`]), the request path ([`handler`],
 //! with the request's host checked in [`host`], the request body held to its limit and
 //! its failures told apart in [`request_body`], and every answer of its own in [`refusal`]),
 //! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), client headers the
@@ -21,6 +21,7 @@ pub mod pool;
 pub mod refusal;
 pub mod request_body;
 pub mod route;
+pub mod send_timeout;
 pub mod server;
 pub mod upstream;
 

@@ -64,6 +64,9 @@ pub enum Refusal {
     /// A valid token without the scope the method needs.
     InsufficientScope(ScopeName),
 
+    /// More requests in progress than `max_requests_in_flight`: 503, retry later.
+    Overloaded,
+
     // The exchange with the upstream.
     /// The client's body failed the exchange.
     ClientBody(ClientFault),
@@ -159,6 +162,8 @@ struct Answer<'a> {
     message: Message<'a>,
     challenge: Challenge<'a>,
     denial: Option<DenialReason>,
+    /// Sends `Retry-After: 1`: the refusal is about load, not the request.
+    retry_after: bool,
 }
 
 /// A refusal's message: mostly fixed text.
@@ -188,6 +193,7 @@ impl Refusal {
             message,
             challenge: Challenge::None,
             denial: None,
+            retry_after: false,
         };
         let bad_request = |message| plain(StatusCode::BAD_REQUEST, "bad_request", message);
         match self {
@@ -230,6 +236,7 @@ impl Refusal {
                 message: Text("a bearer token is required"),
                 challenge: Challenge::Bearer,
                 denial: Some(DenialReason::MissingToken),
+                retry_after: false,
             },
             Refusal::InvalidRequest(why) => Answer {
                 status: StatusCode::UNAUTHORIZED,
@@ -240,6 +247,7 @@ impl Refusal {
                     description: why,
                 },
                 denial: Some(DenialReason::InvalidRequest),
+                retry_after: false,
             },
             Refusal::InvalidToken(reason) => {
                 let description = if *reason == jwt::Reason::Expired {
@@ -256,6 +264,7 @@ impl Refusal {
                         description,
                     },
                     denial: Some(DenialReason::Token(*reason)),
+                    retry_after: false,
                 }
             }
             Refusal::InsufficientScope(scope) => Answer {
@@ -264,6 +273,7 @@ impl Refusal {
                 message: Message::LacksScope(scope.as_str()),
                 challenge: Challenge::Scope(scope.as_str()),
                 denial: Some(DenialReason::InsufficientScope),
+                retry_after: false,
             },
             Refusal::ClientBody(ClientFault::TooLarge) => plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -278,6 +288,22 @@ impl Refusal {
             Refusal::ClientBody(ClientFault::Broken) => {
                 bad_request(Text("the request body could not be read to its end"))
             }
+            Refusal::Overloaded => Answer {
+                retry_after: true,
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    Text("too many requests in progress; retry later"),
+                )
+            },
+            Refusal::Upstream(UpstreamErrorKind::Busy) => Answer {
+                retry_after: true,
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    Text("the upstream server is at its connection limit; retry later"),
+                )
+            },
             Refusal::Upstream(UpstreamErrorKind::NoHealthy) => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
@@ -329,6 +355,9 @@ impl Refusal {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(challenge) = a.challenge.header() {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if a.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

@@ -11,10 +11,9 @@
 //!
 //! A body the upstream stops reading is the upstream's: the deadline then is a 504. A body
 //! the upstream let go of before its end (it answered early) is kept for the response's end
-//! and then lingered over (see [`super::linger`]).
+//! and then lingered over (see [`super::linger::ResponseEnd`]).
 
-use super::idle::InFlight;
-use super::linger::{self, Leftover, ResponseEnd};
+use super::linger::{self, Leftover, LeftoverBody};
 use super::BoxError;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -136,11 +135,12 @@ where
         }
     }
 
-    /// What the response carries to its end: the request's in-flight mark and the body, to
-    /// linger over what the upstream side left of it.
-    pub fn response_end(&self, in_flight: Option<InFlight>) -> ResponseEnd {
-        let leftover = self.0.as_ref().map(|s| Arc::clone(s) as Arc<dyn Leftover>);
-        ResponseEnd::new(leftover, in_flight)
+    /// The body as the response's end holds it (see [`super::linger::ResponseEnd::leftover`]), to linger
+    /// over what the upstream side left of it.
+    pub fn leftover(&self) -> Option<LeftoverBody> {
+        self.0
+            .as_ref()
+            .map(|s| LeftoverBody(Arc::clone(s) as Arc<dyn Leftover>))
     }
 }
 
@@ -312,6 +312,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::linger::ResponseEnd;
     use std::collections::VecDeque;
 
     /// A client's body: each step is a chunk, a pause (`None`: one `Pending`), or, last, an
@@ -506,7 +507,10 @@ mod tests {
         let (b, progress) = RequestBody::new(c, u64::MAX, STALL);
         let mut b = Box::pin(b);
         assert!(matches!(poll(&mut b), Poll::Ready(Some(Ok(_)))));
-        let end = progress.response_end(None);
+        let end = ResponseEnd {
+            leftover: progress.leftover(),
+            ..Default::default()
+        };
         drop(b);
         settle().await;
         assert_eq!(
@@ -524,7 +528,10 @@ mod tests {
     async fn a_body_left_after_the_response_ended_lingers_at_once() {
         let (c, read) = counted(3);
         let (b, progress) = RequestBody::new(c, u64::MAX, STALL);
-        drop(progress.response_end(None));
+        drop(ResponseEnd {
+            leftover: progress.leftover(),
+            ..Default::default()
+        });
         drop(b);
         settle().await;
         assert_eq!(read.load(Ordering::Relaxed), 3, "read to its end");
@@ -538,7 +545,10 @@ mod tests {
         assert!(matches!(poll(&mut b), Poll::Ready(Some(Ok(_)))));
         assert_eq!(poll(&mut b), Poll::Ready(None));
         drop(b);
-        drop(progress.response_end(None));
+        drop(ResponseEnd {
+            leftover: progress.leftover(),
+            ..Default::default()
+        });
         settle().await;
         assert_eq!(read.load(Ordering::Relaxed), 1);
     }

@@ -1,10 +1,12 @@
 //! Listeners and connections: accept (global and per-source limits), TLS handshake with a
-//! deadline, HTTP/1.1 and HTTP/2 with header, stream and timeout limits, and graceful
+//! deadline, HTTP/1.1 and HTTP/2 with header, stream and timeout limits (a send timeout on
+//! blocked writes, [`super::send_timeout`]), and graceful
 //! shutdown (stop accepting, let in-flight requests finish up to a deadline).
 
 use super::closing::{wait_true, Closer, Reason};
 use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
+use super::send_timeout::SendTimeout;
 use super::ProxyBody;
 use crate::abuse::Signal;
 use crate::config::ListenConfig;
@@ -226,6 +228,7 @@ pub async fn serve(
         limit: limits.source.clone(),
         handshake_timeout: cfg.tls_handshake_timeout.0,
         shutdown_grace: cfg.shutdown_grace.0,
+        send_timeout: cfg.send_timeout.0,
         shutdown: shutdown.clone(),
         closer: Closer::new(proxy_deny_store),
     });
@@ -283,6 +286,8 @@ struct Shared {
     limit: Arc<SourceLimit>,
     handshake_timeout: std::time::Duration,
     shutdown_grace: std::time::Duration,
+    /// Blocked writes longer than this close the connection (see [`super::send_timeout`]).
+    send_timeout: std::time::Duration,
     shutdown: watch::Receiver<bool>,
     /// This worker's open connections, to close on shutdown or when their source is banned.
     closer: Arc<Closer>,
@@ -430,7 +435,7 @@ where
     let peer = conn.peer;
     conn.activity.start();
     let registration = shared.closer.register(&conn);
-    let watched = FramingWatch::new(io, verdicts.clone());
+    let watched = FramingWatch::new(SendTimeout::new(io, shared.send_timeout), verdicts.clone());
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // One verdict per HTTP/1 request head, taken in order (HTTP/2 has none).
         let ambiguous = req.version() < hyper::Version::HTTP_2 && verdicts.next_is_ambiguous();

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why an upstream did not answer. The client's answer is chosen by its [`kind`]
 /// (see [`super::refusal::Refusal::Upstream`]); the cause is kept for the log.
@@ -46,6 +47,15 @@ pub enum UpstreamError {
         #[source]
         source: PoolError,
     },
+    /// The server has `max_connections` requests in progress, and none ended within the
+    /// wait.
+    #[error("{addr} (upstream `{upstream}`) stayed at its {max} connections for {waited:?}")]
+    Busy {
+        upstream: String,
+        addr: SocketAddr,
+        max: usize,
+        waited: Duration,
+    },
     /// The server switched protocols unasked (we never forward Upgrade): relayed, the
     /// client would hold a connection nobody speaks.
     #[error("{addr} (upstream `{upstream}`): unsolicited {status}")]
@@ -63,6 +73,7 @@ impl UpstreamError {
             UpstreamError::NoHealthy(_) => UpstreamErrorKind::NoHealthy,
             UpstreamError::Connect { .. } => UpstreamErrorKind::Connect,
             UpstreamError::Timeout { .. } => UpstreamErrorKind::Timeout,
+            UpstreamError::Busy { .. } => UpstreamErrorKind::Busy,
             UpstreamError::Protocol { .. } | UpstreamError::Unsolicited { .. } => {
                 UpstreamErrorKind::Protocol
             }
@@ -72,7 +83,7 @@ impl UpstreamError {
     /// Whether the request could be sent again.
     pub fn retry(&self) -> Retry {
         match self {
-            UpstreamError::NoHealthy(_) => Retry::Safe,
+            UpstreamError::NoHealthy(_) | UpstreamError::Busy { .. } => Retry::Safe,
             UpstreamError::Connect { source, .. } | UpstreamError::Protocol { source, .. } => {
                 source.retry()
             }
@@ -93,15 +104,18 @@ pub enum UpstreamErrorKind {
     NoHealthy,
     /// The exchange broke, or the answer cannot be relayed: 502.
     Protocol,
+    /// The server stayed at `max_connections`: 503 with `Retry-After`.
+    Busy,
 }
 
 impl UpstreamErrorKind {
     /// Every kind, in declaration order (`ALL[k as usize] == k`).
-    pub const ALL: [UpstreamErrorKind; 4] = [
+    pub const ALL: [UpstreamErrorKind; 5] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::Timeout,
         UpstreamErrorKind::NoHealthy,
         UpstreamErrorKind::Protocol,
+        UpstreamErrorKind::Busy,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -110,6 +124,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::NoHealthy => "no_healthy",
             UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Busy => "busy",
         }
     }
 }
@@ -124,6 +139,8 @@ struct Server {
     down_until_ms: AtomicU64,
     /// Verdict of the active check (true without one).
     active_ok: AtomicBool,
+    /// Requests in progress on it, all workers (`max_connections`).
+    slots: Arc<Semaphore>,
 }
 
 /// One named pool. Each proxy worker has its own (its own keep-alive connections, used only
@@ -135,6 +152,9 @@ pub struct Upstream {
     /// This worker's connections, one pool per server (same order as `servers`).
     pools: Vec<Arc<ServerPool>>,
     request_timeout: Duration,
+    /// How long a request waits for a server's slot (`connect_timeout`).
+    slot_wait: Duration,
+    max_connections: usize,
     max_fails: u32,
     fail_timeout: Duration,
     epoch: Instant,
@@ -154,12 +174,17 @@ impl Upstream {
                         fails: AtomicU32::new(0),
                         down_until_ms: AtomicU64::new(0),
                         active_ok: AtomicBool::new(true),
+                        slots: Arc::new(Semaphore::new(
+                            cfg.max_connections.min(Semaphore::MAX_PERMITS),
+                        )),
                     })
                     .collect(),
             ),
             next: Arc::new(AtomicUsize::new(0)),
             pools: pools(cfg),
             request_timeout: cfg.request_timeout.0,
+            slot_wait: cfg.connect_timeout.0,
+            max_connections: cfg.max_connections,
             max_fails: cfg.max_fails,
             fail_timeout: cfg.fail_timeout.0,
             epoch: Instant::now(),
@@ -175,6 +200,8 @@ impl Upstream {
             next: self.next.clone(),
             pools: pools(cfg),
             request_timeout: self.request_timeout,
+            slot_wait: self.slot_wait,
+            max_connections: self.max_connections,
             max_fails: self.max_fails,
             fail_timeout: self.fail_timeout,
             epoch: self.epoch,
@@ -227,11 +254,12 @@ impl Upstream {
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
-        end: ResponseEnd,
+        mut end: ResponseEnd,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let (server, pool) = self
             .pick()
             .ok_or_else(|| UpstreamError::NoHealthy(self.name.clone()))?;
+        end.server_slot = Some(self.slot(server).await?);
         if !req.headers().contains_key(HOST) {
             // An HTTP/1.0 client may send none; HTTP/1.1 servers require one.
             req.headers_mut().insert(HOST, server.host.clone());
@@ -268,6 +296,25 @@ impl Upstream {
                 upstream: self.name.clone(),
                 addr: server.addr,
                 source,
+            }),
+        }
+    }
+
+    /// A place among the server's `max_connections`: at once, or when a request in progress
+    /// ends within the wait (a timer only then).
+    async fn slot(&self, server: &Server) -> Result<OwnedSemaphorePermit, UpstreamError> {
+        if let Ok(p) = Arc::clone(&server.slots).try_acquire_owned() {
+            return Ok(p);
+        }
+        let waited =
+            tokio::time::timeout(self.slot_wait, Arc::clone(&server.slots).acquire_owned());
+        match waited.await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(UpstreamError::Busy {
+                upstream: self.name.clone(),
+                addr: server.addr,
+                max: self.max_connections,
+                waited: self.slot_wait,
             }),
         }
     }

@@ -14,7 +14,7 @@ mod outbound;
 use super::forwarding::Forwarding;
 use super::host::request_host;
 use super::idle::Activity;
-use super::idle::InFlight;
+use super::linger::ResponseEnd;
 use super::refusal::Refusal;
 use super::request_body;
 use super::route::{self, Route};
@@ -33,6 +33,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// What the server knows about a connection, shared by its requests.
 #[derive(Debug)]
@@ -72,6 +73,8 @@ pub struct Proxy {
     body_timeout: std::time::Duration,
     max_header_bytes: usize,
     max_headers: usize,
+    /// Requests in progress, all workers (`max_requests_in_flight`).
+    requests: Arc<Semaphore>,
     abuse: Option<Arc<AbuseEngine>>,
 }
 
@@ -106,6 +109,9 @@ impl Proxy {
             body_timeout: listen.body_timeout.0,
             max_header_bytes: listen.max_header_bytes,
             max_headers: listen.max_headers,
+            requests: Arc::new(Semaphore::new(
+                listen.max_requests_in_flight.min(Semaphore::MAX_PERMITS),
+            )),
             abuse: None,
         })
     }
@@ -128,6 +134,7 @@ impl Proxy {
             body_timeout: self.body_timeout,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
+            requests: Arc::clone(&self.requests),
             abuse: self.abuse.clone(),
         }
     }
@@ -168,13 +175,20 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        // Ends with the response (it goes into the upstream's response body), or here.
-        let in_flight = conn.activity.request(req.version());
+        // What the request holds ends with the response (it goes into the upstream's
+        // response body), or here.
+        let mut end = ResponseEnd {
+            in_flight: conn.activity.request(req.version()),
+            ..ResponseEnd::default()
+        };
         let is_head = req.method() == http::Method::HEAD;
         let (route, mut resp) = if ambiguous_framing {
             (None, self.refuse(None, Refusal::AmbiguousFraming))
+        } else if let Ok(slot) = Arc::clone(&self.requests).try_acquire_owned() {
+            end.request_slot = Some(slot);
+            self.route_and_forward(&conn, req, end).await
         } else {
-            self.route_and_forward(&conn, req, in_flight).await
+            (None, self.refuse(None, Refusal::Overloaded))
         };
         let status = resp.status();
         self.metrics.request(route, status.as_u16());
@@ -198,7 +212,7 @@ impl Proxy {
         &self,
         conn: &ConnInfo,
         req: Request<B>,
-        in_flight: Option<InFlight>,
+        end: ResponseEnd,
     ) -> (Option<usize>, Response<ProxyBody>)
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -241,7 +255,7 @@ impl Proxy {
                 normalized,
                 host.as_deref(),
                 token.as_deref(),
-                in_flight,
+                end,
             )
             .await;
         (Some(idx), resp)
@@ -256,7 +270,7 @@ impl Proxy {
         normalized: Option<String>,
         host: Option<&str>,
         token: Option<&VerifiedToken>,
-        in_flight: Option<InFlight>,
+        mut end: ResponseEnd,
     ) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -270,12 +284,8 @@ impl Proxy {
             request_body::forwarded(body, self.max_body_bytes, self.body_timeout);
         // Routes and upstreams come from one plan, whose ids always index its upstreams.
         let upstream = &self.upstreams[route.upstream.index()];
-        let sent = upstream
-            .send(
-                Request::from_parts(parts, body),
-                progress.response_end(in_flight),
-            )
-            .await;
+        end.leftover = progress.leftover();
+        let sent = upstream.send(Request::from_parts(parts, body), end).await;
         match sent {
             Ok(mut resp) => {
                 outbound::strip_hop_by_hop(resp.headers_mut());

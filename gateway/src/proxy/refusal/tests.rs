@@ -188,6 +188,18 @@ fn table() -> Vec<Row> {
             "bad_gateway",
             "the upstream server could not be reached",
         ),
+        plain(
+            Refusal::Upstream(UpstreamErrorKind::Busy),
+            503,
+            "service_unavailable",
+            "the upstream server is at its connection limit; retry later",
+        ),
+        plain(
+            Refusal::Overloaded,
+            503,
+            "service_unavailable",
+            "too many requests in progress; retry later",
+        ),
     ];
     for reason in crate::jwt::Reason::ALL {
         let description = if reason == crate::jwt::Reason::Expired {
@@ -232,9 +244,10 @@ fn variant(r: &Refusal) -> usize {
         Refusal::ClientBody(_) => 16,
         Refusal::Upstream(_) => 17,
         Refusal::MethodNotUpperCase => 18,
+        Refusal::Overloaded => 19,
     }
 }
-const VARIANTS: usize = 19;
+const VARIANTS: usize = 20;
 
 #[tokio::test]
 async fn every_refusal_is_answered_as_pinned() {
@@ -249,6 +262,11 @@ async fn every_refusal_is_answered_as_pinned() {
     );
     for (refusal, status, code, message, challenge, denial) in rows {
         let what = format!("{refusal:?}");
+        // Refusals about load, not the request, say when to come back.
+        let retry_after = matches!(
+            refusal,
+            Refusal::Overloaded | Refusal::Upstream(UpstreamErrorKind::Busy)
+        );
         assert_eq!(refusal.status().as_u16(), status, "{what}");
         assert_eq!(refusal.code(), code, "{what}");
         assert_eq!(
@@ -267,7 +285,16 @@ async fn every_refusal_is_answered_as_pinned() {
             challenge.as_deref(),
             "{what}"
         );
-        assert_eq!(h.len(), 2 + usize::from(challenge.is_some()), "{what}");
+        assert_eq!(
+            h.get("retry-after").map(|v| v.as_bytes()),
+            retry_after.then_some(&b"1"[..]),
+            "{what}"
+        );
+        assert_eq!(
+            h.len(),
+            2 + usize::from(challenge.is_some()) + usize::from(retry_after),
+            "{what}"
+        );
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         // Byte for byte: `error` then `message`, one line.
         let expected = format!(
