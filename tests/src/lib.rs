@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod haproxy;
 pub mod netns;
 pub mod packet;
 pub mod privileged;
