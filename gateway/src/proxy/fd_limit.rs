@@ -12,23 +12,29 @@ use rustix::process::{getrlimit, setrlimit, Resource};
 /// programs, the state file, the admin endpoint, JWKS fetches.
 const RESERVE: u64 = 256;
 
-/// What the connection limits of `config` need at most: each client connection, one upstream
-/// connection in flight for each (HTTP/1.1; an HTTP/2 connection can have more until
-/// upstream connections are capped per server), and the idle upstream connections each
+/// What the connection limits of `config` need at most: each client connection; the upstream
+/// connections in use, one per request in progress, capped by every server's
+/// `max_connections` and by `max_requests_in_flight`; and the idle upstream connections each
 /// worker keeps.
 pub fn needed(config: &Plan, workers: usize) -> u64 {
     let Some(listen) = &config.listen else {
         return RESERVE;
     };
     let clients = listen.max_connections as u64;
-    let idle: u64 = config
-        .upstreams()
+    let upstreams = config.upstreams();
+    let busy = upstreams
+        .iter()
+        .map(|u| (u.servers.len() as u64).saturating_mul(u.max_connections as u64))
+        .sum::<u64>()
+        .min(listen.max_requests_in_flight as u64);
+    let idle: u64 = upstreams
         .iter()
         .map(|u| (u.servers.len() * u.max_idle_per_server) as u64)
         .sum::<u64>()
         .saturating_mul(workers as u64);
     RESERVE
-        .saturating_add(clients.saturating_mul(2))
+        .saturating_add(clients)
+        .saturating_add(busy)
         .saturating_add(idle)
 }
 
@@ -67,7 +73,7 @@ pub fn raise_and_check(needed: u64) {
                 tracing::warn!(
                     limit,
                     needed,
-                    "the open-file limit (RLIMIT_NOFILE, soft = hard = {limit}) is below what the connection limits need ({needed}: listen.max_connections twice, the upstream idle pools and {RESERVE} for the rest); lower listen.max_connections or raise the hard limit (LimitNOFILE= in systemd, ulimit -Hn)"
+                    "the open-file limit (RLIMIT_NOFILE, soft = hard = {limit}) is below what the connection limits need ({needed}: listen.max_connections, the upstream connections in use (every server's max_connections, at most listen.max_requests_in_flight), the upstream idle pools and {RESERVE} for the rest); lower those limits or raise the hard limit (LimitNOFILE= in systemd, ulimit -Hn)"
                 );
             }
         }
@@ -86,7 +92,7 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_counts_clients_twice_and_the_idle_pools() {
+    fn the_budget_counts_clients_upstream_connections_in_use_and_the_idle_pools() {
         let c = config(
             r#"
 [listen]
@@ -97,6 +103,7 @@ max_connections = 1000
 name = "a"
 servers = ["127.0.0.1:1", "127.0.0.1:2"]
 max_idle_per_server = 10
+max_connections = 300
 
 [[route]]
 path_prefix = "/"
@@ -104,7 +111,30 @@ upstream = "a"
 auth = "none"
 "#,
         );
-        assert_eq!(needed(&c, 4), RESERVE + 2000 + 2 * 10 * 4);
+        assert_eq!(needed(&c, 4), RESERVE + 1000 + 2 * 300 + 2 * 10 * 4);
+    }
+
+    #[test]
+    fn upstream_connections_in_use_are_capped_by_the_requests_in_flight() {
+        let c = config(
+            r#"
+[listen]
+http = ["127.0.0.1:0"]
+max_connections = 1000
+max_requests_in_flight = 100
+
+[[upstream]]
+name = "a"
+servers = ["127.0.0.1:1", "127.0.0.1:2"]
+max_idle_per_server = 0
+
+[[route]]
+path_prefix = "/"
+upstream = "a"
+auth = "none"
+"#,
+        );
+        assert_eq!(needed(&c, 4), RESERVE + 1000 + 100);
     }
 
     #[test]
