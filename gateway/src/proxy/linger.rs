@@ -17,12 +17,12 @@
 //! connection from looking idle.
 
 use super::idle::InFlight;
+use super::slots::Slot;
 use bytes::Buf;
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// How much of a body nobody waits for is read before it is dropped.
 pub const LINGER_BYTES: usize = 64 * 1024;
@@ -44,9 +44,9 @@ pub struct ResponseEnd {
     /// The HTTP/2 request's mark on its connection (see [`super::idle`]).
     pub in_flight: Option<InFlight>,
     /// Its place under `max_requests_in_flight`.
-    pub request_slot: Option<OwnedSemaphorePermit>,
+    pub request_slot: Option<Slot>,
     /// Its place under the upstream server's `max_connections`.
-    pub server_slot: Option<OwnedSemaphorePermit>,
+    pub server_slot: Option<Slot>,
 }
 
 /// A request body as the response's end holds it: dropped, it is told the response is done.

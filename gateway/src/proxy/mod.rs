@@ -5,7 +5,8 @@
 //! upstream must not trust ([`client_headers`]), the open-file budget ([`fd_limit`]),
 //! the rest of a request body the response did not wait for ([`linger`]), closing
 //! connections on shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
-//! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
+//! ([`upstream`]: servers and their health; [`pool`]: each worker's connections), and the
+//! caps on requests in progress ([`slots`]).
 
 pub mod client_headers;
 pub mod closing;
@@ -23,6 +24,7 @@ pub mod request_body;
 pub mod route;
 pub mod send_timeout;
 pub mod server;
+pub mod slots;
 pub mod upstream;
 
 use bytes::Bytes;

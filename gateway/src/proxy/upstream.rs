@@ -4,6 +4,7 @@
 
 use super::linger::ResponseEnd;
 use super::pool::{PoolError, Retry, ServerPool};
+use super::slots::{Slot, Slots};
 use super::{empty_body, ProxyBody};
 use crate::config::UpstreamConfig;
 use http::header::{HeaderValue, HOST, USER_AGENT};
@@ -12,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why an upstream did not answer. The client's answer is chosen by its [`kind`]
 /// (see [`super::refusal::Refusal::Upstream`]); the cause is kept for the log.
@@ -140,7 +140,7 @@ struct Server {
     /// Verdict of the active check (true without one).
     active_ok: AtomicBool,
     /// Requests in progress on it, all workers (`max_connections`).
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
 }
 
 /// One named pool. Each proxy worker has its own (its own keep-alive connections, used only
@@ -174,9 +174,7 @@ impl Upstream {
                         fails: AtomicU32::new(0),
                         down_until_ms: AtomicU64::new(0),
                         active_ok: AtomicBool::new(true),
-                        slots: Arc::new(Semaphore::new(
-                            cfg.max_connections.min(Semaphore::MAX_PERMITS),
-                        )),
+                        slots: Slots::new(cfg.max_connections),
                     })
                     .collect(),
             ),
@@ -302,21 +300,17 @@ impl Upstream {
 
     /// A place among the server's `max_connections`: at once, or when a request in progress
     /// ends within the wait (a timer only then).
-    async fn slot(&self, server: &Server) -> Result<OwnedSemaphorePermit, UpstreamError> {
-        if let Ok(p) = Arc::clone(&server.slots).try_acquire_owned() {
-            return Ok(p);
-        }
-        let waited =
-            tokio::time::timeout(self.slot_wait, Arc::clone(&server.slots).acquire_owned());
-        match waited.await {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(UpstreamError::Busy {
+    async fn slot(&self, server: &Server) -> Result<Slot, UpstreamError> {
+        server
+            .slots
+            .take(self.slot_wait)
+            .await
+            .ok_or_else(|| UpstreamError::Busy {
                 upstream: self.name.clone(),
                 addr: server.addr,
                 max: self.max_connections,
                 waited: self.slot_wait,
-            }),
-        }
+            })
     }
 
     /// Runs the active health check of every server until the task is dropped.

@@ -18,12 +18,13 @@ use super::linger::ResponseEnd;
 use super::refusal::Refusal;
 use super::request_body;
 use super::route::{self, Route};
+use super::slots::Slots;
 use super::upstream::{Upstream, UpstreamError};
 use super::{BoxError, ErrorChain, ProxyBody};
 use crate::abuse::{AbuseEngine, Signal};
 use crate::config::Plan;
 use crate::deny::DenyStore;
-use crate::jwt::{VerifiedToken, Verifier, VerifierConfig};
+use crate::jwt::{Verifier, VerifierConfig};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::header::HeaderName;
@@ -33,7 +34,6 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// What the server knows about a connection, shared by its requests.
 #[derive(Debug)]
@@ -74,7 +74,7 @@ pub struct Proxy {
     max_header_bytes: usize,
     max_headers: usize,
     /// Requests in progress, all workers (`max_requests_in_flight`).
-    requests: Arc<Semaphore>,
+    requests: Arc<Slots>,
     abuse: Option<Arc<AbuseEngine>>,
 }
 
@@ -109,9 +109,7 @@ impl Proxy {
             body_timeout: listen.body_timeout.0,
             max_header_bytes: listen.max_header_bytes,
             max_headers: listen.max_headers,
-            requests: Arc::new(Semaphore::new(
-                listen.max_requests_in_flight.min(Semaphore::MAX_PERMITS),
-            )),
+            requests: Slots::new(listen.max_requests_in_flight),
             abuse: None,
         })
     }
@@ -184,7 +182,7 @@ impl Proxy {
         let is_head = req.method() == http::Method::HEAD;
         let (route, mut resp) = if ambiguous_framing {
             (None, self.refuse(None, Refusal::AmbiguousFraming))
-        } else if let Ok(slot) = Arc::clone(&self.requests).try_acquire_owned() {
+        } else if let Some(slot) = self.requests.try_take() {
             end.request_slot = Some(slot);
             self.route_and_forward(&conn, req, end).await
         } else {
@@ -247,39 +245,35 @@ impl Proxy {
                 return (Some(idx), self.refuse(Some(route), r));
             }
         };
-        let resp = self
-            .forward(
-                conn,
-                route,
-                req,
-                normalized,
-                host.as_deref(),
-                token.as_deref(),
-                end,
-            )
-            .await;
+        let (mut parts, body) = req.into_parts();
+        let rewritten = self.rewrite_head(
+            &mut parts,
+            conn,
+            route,
+            normalized,
+            host.as_deref(),
+            token.as_deref(),
+        );
+        if let Err(r) = rewritten {
+            return (Some(idx), self.refuse(Some(route), r));
+        }
+        let resp = self.forward(route, parts, body, end).await;
         (Some(idx), resp)
     }
 
-    /// Sends the request upstream and relays the answer (or refuses).
+    /// Sends the request (its head rewritten for the upstream) and relays the answer (or
+    /// refuses).
     async fn forward<B>(
         &self,
-        conn: &ConnInfo,
         route: &Route,
-        req: Request<B>,
-        normalized: Option<String>,
-        host: Option<&str>,
-        token: Option<&VerifiedToken>,
+        parts: http::request::Parts,
+        body: B,
         mut end: ResponseEnd,
     ) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let (mut parts, body) = req.into_parts();
-        if let Err(r) = self.rewrite_head(&mut parts, conn, route, normalized, host, token) {
-            return self.refuse(Some(route), r);
-        }
         let (body, progress) =
             request_body::forwarded(body, self.max_body_bytes, self.body_timeout);
         // Routes and upstreams come from one plan, whose ids always index its upstreams.
