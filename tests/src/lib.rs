@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod client;
 pub mod gateway;
+pub mod haproxy;
 pub mod netns;
 pub mod packet;
 pub mod privileged;

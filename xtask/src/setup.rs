@@ -99,6 +99,15 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "chromium",
         "headless browser for the admin dashboard's end-to-end test (DevTools protocol)",
     ),
+    // External checks of the proxy, run as tests (tests/tests/external_checks.rs).
+    (
+        "testssl.sh",
+        "the TLS listener scanned for weak protocols, ciphers and known flaws",
+    ),
+    (
+        "python3-h2",
+        "the HTTP/2 abuse suite (rapid reset, CONTINUATION flood, window abuse, ...)",
+    ),
 ];
 
 /// Packages whose install would start a distribution service; they are installed with a

@@ -332,6 +332,7 @@ async fn start_proxy(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    crate::proxy::fd_limit::raise_and_check(crate::proxy::fd_limit::needed(config, workers));
     let listeners = Listeners::bind(&listen, workers)?;
     let bound = listeners.local_addrs();
     let upstreams = proxy.upstreams().to_vec();

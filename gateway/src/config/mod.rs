@@ -24,8 +24,8 @@ pub use ebpf::{DataPlaneMode, EbpfConfig};
 pub use fleet::FleetConfig;
 pub use plan::{Plan, RouteAuth, RoutePlan, UpstreamId};
 pub use proxy::{
-    AuthMode, CertConfig, HealthCheckConfig, ListenConfig, RouteConfig, RuntimeConfig, TlsConfig,
-    UpstreamConfig,
+    AuthMode, CertConfig, EncodedSlashes, HealthCheckConfig, ListenConfig, RouteConfig,
+    RuntimeConfig, TlsConfig, UpstreamConfig,
 };
 
 use crate::jwt::VerifierConfig;

@@ -60,7 +60,7 @@ impl RouteAuth {
 pub struct RoutePlan<A = RouteAuth> {
     /// Name used in metrics: `name`, else the path prefix.
     pub name: String,
-    /// Lower-case host; `None` = any host.
+    /// Lower-case host without a trailing dot; `None` = any host.
     pub host: Option<String>,
     /// Methods served; `None` = all.
     pub methods: Option<Vec<Method>>,
@@ -365,7 +365,14 @@ fn compile_route(
     };
     Ok(RoutePlan {
         name: r.name.clone().unwrap_or_else(|| r.path_prefix.clone()),
-        host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+        // A trailing dot names the same host (as [`crate::proxy::host`] reads the request's).
+        host: r.host.as_ref().map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_suffix('.') {
+                Some(name) => name.to_string(),
+                None => h,
+            }
+        }),
         methods,
         upstream,
         auth,

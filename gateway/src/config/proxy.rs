@@ -56,6 +56,14 @@ pub struct ListenConfig {
     /// Addresses or prefixes of the proxies in front of the gateway: only they may send a
     /// PROXY header, and their `X-Forwarded-For` is believed on plain-HTTP listeners.
     pub trusted_proxies: Vec<String>,
+    /// How long a request body may stop arriving while the upstream waits for it: 408.
+    pub body_timeout: DurationSecs,
+    /// How long a connection's writes may stay blocked (the client reads nothing of its
+    /// response) before the connection is closed.
+    pub send_timeout: DurationSecs,
+    /// Requests in progress in total (all connections, all workers); more get 503 with
+    /// `Retry-After`.
+    pub max_requests_in_flight: usize,
 }
 
 impl Default for ListenConfig {
@@ -74,6 +82,9 @@ impl Default for ListenConfig {
             shutdown_grace: secs(10),
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
+            body_timeout: secs(10),
+            send_timeout: secs(30),
+            max_requests_in_flight: 16_384,
         }
     }
 }
@@ -109,6 +120,9 @@ impl ListenConfig {
         if self.max_concurrent_streams == 0 {
             return Err(Issue::new("max_concurrent_streams", "must be at least 1"));
         }
+        if self.max_requests_in_flight == 0 {
+            return Err(Issue::new("max_requests_in_flight", "must be at least 1"));
+        }
         let trusted = self.trusted_proxy_nets()?;
         if self.proxy_protocol && trusted.is_empty() {
             return Err(Issue::new(
@@ -119,6 +133,8 @@ impl ListenConfig {
         for (key, d) in [
             ("tls_handshake_timeout", self.tls_handshake_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("body_timeout", self.body_timeout),
+            ("send_timeout", self.send_timeout),
         ] {
             if d.0.is_zero() {
                 return Err(Issue::new(key, "must be longer than zero"));
@@ -201,9 +217,14 @@ pub struct UpstreamConfig {
     /// Until the upstream's response headers arrive.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: DurationSecs,
-    /// Idle keep-alive connections kept per server.
+    /// Idle keep-alive connections kept per server (per worker).
     #[serde(default = "default_max_idle")]
     pub max_idle_per_server: usize,
+    /// Requests in progress per server (all workers): each holds one upstream connection.
+    /// A request over it waits up to `connect_timeout` for one to finish, then gets 503 with
+    /// `Retry-After`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Consecutive connection failures that take a server out of rotation (passive check).
     #[serde(default = "default_max_fails")]
     pub max_fails: u32,
@@ -222,6 +243,9 @@ fn default_request_timeout() -> DurationSecs {
 }
 fn default_max_idle() -> usize {
     64
+}
+fn default_max_connections() -> usize {
+    1024
 }
 fn default_max_fails() -> u32 {
     3
@@ -262,6 +286,9 @@ impl UpstreamConfig {
         if self.max_fails == 0 {
             return Err(Issue::new("max_fails", "must be at least 1"));
         }
+        if self.max_connections == 0 {
+            return Err(Issue::new("max_connections", "must be at least 1"));
+        }
         if let Some(hc) = &self.health_check {
             if !hc.path.starts_with('/') {
                 return Err(Issue::new("health_check", "path must start with `/`"));
@@ -283,6 +310,23 @@ pub enum AuthMode {
     Optional,
     /// No token checks; forwarded claim headers are still stripped.
     None,
+}
+
+/// What a route does with a percent-encoded `/` or `\` (`%2F`, `%5C`) in the path, and with
+/// a dot-segment carrying `;` parameters (`..;`, `.;`). Upstreams disagree on them (some
+/// decode `%2F` into a separator, Tomcat reads `..;` as `..`), so a path the gateway routed
+/// one way could be served as another (Envoy's `path_with_escaped_slashes_action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlashes {
+    /// 400.
+    #[default]
+    Reject,
+    /// Forwarded as they are, for upstreams that never decode them.
+    Keep,
+    /// `%2F` and `%5C` decoded to `/` before normalisation, and the route chosen again on the
+    /// result; dot-segments with parameters are still 400.
+    Decode,
 }
 
 /// `[[route]]`: which requests go where, under which policy.
@@ -336,6 +380,14 @@ pub struct RouteConfig {
     pub require_methods: BTreeMap<String, BTreeMap<String, crate::policy::ClaimValues>>,
     /// Token bucket per subject, claim or source.
     pub rate_limit: Option<crate::policy::RateLimitConfig>,
+    /// Percent-encoded separators and dot-segments with parameters in the path.
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
+    /// On routes with token checks, remove the method- and URL-override headers
+    /// (`X-HTTP-Method-Override`, `X-Original-URL`, ...) that would let an upstream serve
+    /// another method or path than the one the scopes were checked for.
+    #[serde(default = "yes")]
+    pub strip_override_headers: bool,
 }
 
 impl RouteConfig {

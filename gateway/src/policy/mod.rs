@@ -31,7 +31,10 @@ pub fn is_b64token(t: &str) -> bool {
 }
 
 /// The bearer token of a request: exactly one `Authorization` header, scheme `Bearer` (any
-/// case), one token. Two headers, a comma-joined list, or junk after the token are refused.
+/// case), one token. Two headers, a comma-joined list, or junk after the token are refused,
+/// and so is a value that starts like bearer credentials but is not `Bearer` SP token
+/// (`Bearer<TAB>x`, `Bearerx`): that is no other scheme an optional route could forward
+/// unverified to an upstream that reads it more leniently.
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenProblem> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
@@ -53,19 +56,73 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenProblem> {
         None => (value, ""),
     };
     if !scheme.eq_ignore_ascii_case("bearer") {
+        let looks_bearer = value
+            .get(..BEARER.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(BEARER));
+        if looks_bearer {
+            return Err(TokenProblem::Invalid("malformed bearer credentials"));
+        }
         return Err(TokenProblem::Missing);
     }
     let token = rest.trim_matches(' ');
     if token.is_empty() {
         return Err(TokenProblem::Invalid("the bearer token is empty"));
     }
-    if memchr::memchr2(b',', b' ', token.as_bytes()).is_some() {
+    if memchr::memchr3(b',', b' ', b'\t', token.as_bytes()).is_some() {
         return Err(TokenProblem::Invalid("more than one credential"));
     }
     // The characters are checked only when verification fails (see `is_b64token`): the
     // verifier's strict base64url decoding refuses them anyway, and a valid token should
     // not be scanned twice.
     Ok(token)
+}
+
+const BEARER: &str = "bearer";
+
+/// The query without its `access_token` parameters (RFC 6750 §2.3), for an upstream that
+/// must not see credentials (`forward_authorization = false`); `None` when there are none.
+/// A name with unreserved characters percent-encoded (`access%5Ftoken`) is one too: the
+/// upstream decodes it.
+pub fn without_query_token(query: &str) -> Option<String> {
+    let is_token = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        names_access_token(name)
+    };
+    if !query.split('&').any(is_token) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_token(p)).collect();
+    Some(kept.join("&"))
+}
+
+/// `name` is `access_token` once percent-escapes are decoded (case-sensitive, as the
+/// parameter is).
+fn names_access_token(name: &str) -> bool {
+    const WANT: &[u8] = b"access_token";
+    let bytes = name.as_bytes();
+    let (mut i, mut j) = (0, 0);
+    while i < bytes.len() {
+        let b = if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    i += 3;
+                    v
+                }
+                None => return false,
+            }
+        } else {
+            i += 1;
+            bytes[i - 1]
+        };
+        if WANT.get(j) != Some(&b) {
+            return false;
+        }
+        j += 1;
+    }
+    j == WANT.len()
 }
 
 /// The `access_token` query parameter, for routes that allow it.
@@ -226,6 +283,13 @@ mod tests {
             vec!["Bearer a", "Bearer a"],
             vec!["Bearer abcé"],
             vec!["Bearer abc,"],
+            vec!["Bearer\tforged"],
+            vec!["bearer\tforged"],
+            vec!["Bearer \tforged"],
+            vec!["Bearer forged\t"],
+            vec!["Bearer a\tb"],
+            vec!["Bearerforged"],
+            vec!["BEARER,x"],
         ] {
             assert!(
                 matches!(bearer_token(&auth(&bad)), Err(TokenProblem::Invalid(_))),
@@ -239,6 +303,24 @@ mod tests {
         assert!(is_b64token("abc.DEF-_~+/=="));
         for bad in ["", "a=b", "a\"b", "a b", "=="] {
             assert!(!is_b64token(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn query_tokens_are_removed_for_upstreams_without_credentials() {
+        for (query, want) in [
+            ("access_token=x.y.z", Some("")),
+            ("a=1&access_token=x.y.z", Some("a=1")),
+            ("access_token=x&a=1&access_token=y&b=2", Some("a=1&b=2")),
+            ("a=1&access%5Ftoken=x&b", Some("a=1&b")),
+            ("%61ccess_token=x", Some("")),
+            ("access_token", Some("")),
+            ("a=1", None),
+            ("access_tokens=x&xaccess_token=y&Access_token=z", None),
+            ("access_token%=x", None),
+            ("a=access_token", None),
+        ] {
+            assert_eq!(without_query_token(query).as_deref(), want, "{query}");
         }
     }
 

@@ -53,11 +53,27 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, HostErr
             None => return Err(HostError::Missing),
         },
     };
+    let host = without_root_dot(host)?;
     Ok(Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
     }))
+}
+
+/// `admin.example.` names the same host as `admin.example` (the root label, RFC 1034 §3.1):
+/// routes must not miss it. A name with an empty label otherwise (`a..b`, `.a`, `a..`) is no
+/// host name at all.
+fn without_root_dot(host: &str) -> Result<&str, HostError> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let bytes = name.as_bytes();
+    let empty_label = bytes.first() == Some(&b'.')
+        || bytes.last() == Some(&b'.')
+        || bytes.windows(2).any(|w| w == b"..");
+    if name.is_empty() || empty_label {
+        return Err(HostError::Invalid);
+    }
+    Ok(name)
 }
 
 /// The host part of a Host header value `host [":" port]` (RFC 3986 §3.2.2, §3.2.3), or
@@ -159,6 +175,9 @@ mod tests {
             ("[2001:db8::1]:443", "[2001:db8::1]"),
             ("xn--bcher-kva.example", "xn--bcher-kva.example"),
             ("example.com:", "example.com"),
+            ("Admin.Example.", "admin.example"),
+            ("admin.example.:8443", "admin.example"),
+            ("127.0.0.1.", "127.0.0.1"),
         ] {
             let r = req(Version::HTTP_11, "/x", &[value]);
             assert_eq!(host(&r), Ok(Some(want.to_string())), "{value}");
@@ -182,6 +201,11 @@ mod tests {
             "a\tb",
             "example.com?x",
             "example.com#x",
+            ".",
+            "..",
+            "admin.example..",
+            ".admin.example",
+            "admin..example",
         ] {
             let r = req(Version::HTTP_11, "/x", &[value]);
             assert_eq!(host(&r), Err(HostError::Invalid), "{value:?}");
@@ -227,6 +251,10 @@ mod tests {
             &["API.example:8443"],
         );
         assert_eq!(host(&r), Ok(Some("api.example".into())));
+        let r = req(Version::HTTP_2, "https://API.example.:8443/x", &[]);
+        assert_eq!(host(&r), Ok(Some("api.example".into())));
+        let r = req(Version::HTTP_11, "http://api.example../x", &[]);
+        assert_eq!(host(&r), Err(HostError::Invalid));
         // ... but not with another one.
         for other in ["secret.example", "api.example", "api.example:443"] {
             let r = req(Version::HTTP_2, "https://api.example:8443/x", &[other]);

@@ -10,11 +10,13 @@
 //!
 //! Requests mark their connection's [`Activity`] (a few atomic operations, no timer); each
 //! worker's [`super::closing::Closer`] looks at its connections a few times per limit and
-//! closes the quiet ones. A request counts as in progress until its response head is ready:
-//! an HTTP/2 response still streaming after that does not keep the connection busy, which
-//! costs nothing, since the connection is closed with GOAWAY and open streams finish.
+//! closes the quiet ones. A request counts as in progress until its response has been sent
+//! to its end (the guard travels with the response body, see
+//! [`super::linger::ResponseEnd`]): an HTTP/2 response that streams for minutes (a
+//! download, server-sent events) keeps its connection, however long the idle limit.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -55,13 +57,13 @@ impl Activity {
 
     /// A request starts. HTTP/1 only marks the connection as hyper's to time; an HTTP/2
     /// request is in progress until the guard is dropped.
-    pub fn request(&self, version: http::Version) -> Option<InFlight<'_>> {
+    pub fn request(self: &Arc<Self>, version: http::Version) -> Option<InFlight> {
         if version < http::Version::HTTP_2 {
             self.http1.store(true, Ordering::Relaxed);
             return None;
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(InFlight(self))
+        Some(InFlight(Arc::clone(self)))
     }
 
     /// Whether, at `now`, nothing has been in progress for `limit` (counted from
@@ -80,13 +82,14 @@ impl Activity {
     }
 }
 
-/// An HTTP/2 request in progress; dropping it (with the response head ready, or the request
-/// abandoned) ends it.
-pub struct InFlight<'a>(&'a Activity);
+/// An HTTP/2 request in progress; dropping it (with the response sent to its end, or the
+/// request abandoned) ends it.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        let a = self.0;
+        let a = &self.0;
         // The time first, then the count: a check that sees the count at 0 sees this time.
         a.quiet_since_ms
             .store(a.millis_since_epoch(), Ordering::Release);
@@ -107,7 +110,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_with_no_request_is_quiet_after_the_limit() {
-        let a = Activity::new();
+        let a = Arc::new(Activity::new());
         // A 3 s TLS handshake: the limit counts from its end.
         advance(3).await;
         a.start();
@@ -119,7 +122,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_limit_counts_from_the_end_of_the_last_request() {
-        let a = Activity::new();
+        let a = Arc::new(Activity::new());
         advance(4).await;
         let first = a.request(Version::HTTP_2);
         let second = a.request(Version::HTTP_2);
@@ -143,7 +146,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_in_progress_holds_it_busy_past_the_limit() {
-        let a = Activity::new();
+        let a = Arc::new(Activity::new());
         let busy = a.request(Version::HTTP_2);
         advance(50).await;
         assert!(!a.is_quiet(LIMIT, Instant::now()));
@@ -154,7 +157,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn http1_connections_are_left_to_hyper() {
-        let a = Activity::new();
+        let a = Arc::new(Activity::new());
         assert!(a.request(Version::HTTP_11).is_none());
         advance(100).await;
         assert!(!a.is_quiet(LIMIT, Instant::now()));

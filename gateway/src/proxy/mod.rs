@@ -1,24 +1,32 @@
-//! The reverse proxy: listeners and connections ([`server`]), the request path ([`handler`],
+//! The reverse proxy: listeners and connections ([`server`], with [`send_timeout`]), the request path ([`handler`],
 //! with the request's host checked in [`host`], the request body held to its limit and
 //! its failures told apart in [`request_body`], and every answer of its own in [`refusal`]),
-//! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), closing connections on
-//! shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
-//! ([`upstream`]: servers and their health; [`pool`]: each worker's connections).
+//! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), client headers the
+//! upstream must not trust ([`client_headers`]), the open-file budget ([`fd_limit`]),
+//! the rest of a request body the response did not wait for ([`linger`]), closing
+//! connections on shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
+//! ([`upstream`]: servers and their health; [`pool`]: each worker's connections), and the
+//! caps on requests in progress ([`slots`]).
 
 pub mod client_addr;
+pub mod client_headers;
 pub mod closing;
+pub mod fd_limit;
 pub mod forwarding;
 pub mod framing;
 pub mod handler;
 pub mod host;
 pub mod idle;
+pub mod linger;
 pub mod path;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod refusal;
 pub mod request_body;
 pub mod route;
+pub mod send_timeout;
 pub mod server;
+pub mod slots;
 pub mod upstream;
 
 use bytes::Bytes;

@@ -7,6 +7,7 @@
 //! are sent in origin form, as the client sent them (after our normalisation), with the
 //! Host header the handler set.
 
+use super::linger::ResponseEnd;
 use super::ProxyBody;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -116,16 +117,18 @@ impl ServerPool {
     /// Sends `req` on an idle connection, or on a new one. A request that never left
     /// because its pooled connection had just closed is sent again on another (nothing of
     /// it reached the server).
+    /// `end` goes with the response body (see [`ResponseEnd`]).
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
+        end: ResponseEnd,
     ) -> Result<Response<ProxyBody>, PoolError> {
         while let Some(mut sender) = self.checkout() {
             if sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.returning(sender, resp)),
+                Ok(resp) => return Ok(self.returning(sender, resp, end)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(PoolError::Protocol(e.into_error())),
@@ -134,7 +137,7 @@ impl ServerPool {
         }
         let mut sender = self.connect().await?;
         match sender.send_request(req).await {
-            Ok(resp) => Ok(self.returning(sender, resp)),
+            Ok(resp) => Ok(self.returning(sender, resp, end)),
             Err(e) => Err(PoolError::Protocol(e)),
         }
     }
@@ -239,20 +242,24 @@ impl ServerPool {
         self: &Arc<Self>,
         sender: http1::SendRequest<ProxyBody>,
         resp: Response<Incoming>,
+        end: ResponseEnd,
     ) -> Response<ProxyBody> {
         let (parts, body) = resp.into_parts();
         let body = ReturningBody {
             body,
             home: Some((sender, self.clone())),
+            end: Some(end),
         };
         Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
     }
 }
 
-/// A response body that gives its connection back to the pool at its end.
+/// A response body that gives its connection back to the pool at its end, and ends the
+/// client's exchange there ([`ResponseEnd`]).
 struct ReturningBody {
     body: Incoming,
     home: Option<(http1::SendRequest<ProxyBody>, Arc<ServerPool>)>,
+    end: Option<ResponseEnd>,
 }
 
 impl ReturningBody {
@@ -287,7 +294,10 @@ impl Body for ReturningBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
         match &frame {
-            None => self.give_back(),
+            None => {
+                self.give_back();
+                self.end = None;
+            }
             Some(Err(_)) => self.home = None,
             Some(Ok(_)) => {}
         }

@@ -47,7 +47,10 @@ pub enum Refusal {
     UnsupportedTransferCoding,
     /// `chunked` applied more than once.
     ChunkedTwice,
-    /// The path cannot be normalised.
+    /// A method token that is not upper-case ASCII letters (RFC 9110 methods are
+    /// case-sensitive; an upstream that upper-cases it would run a method no route checked).
+    MethodNotUpperCase,
+    /// The path cannot be normalised, or is ambiguous and its route refuses that.
     Path(PathError),
     /// The request's host is missing, doubled or invalid.
     Host(HostError),
@@ -77,6 +80,8 @@ pub enum Refusal {
     VerifyBudget { retry_after: u64 },
     /// Over the route's `rate_limit`: `Retry-After` and the `RateLimit-*` fields.
     RateLimited(Limited),
+    /// More requests in progress than `max_requests_in_flight`: 503, retry later.
+    Overloaded,
 
     // The exchange with the upstream.
     /// The client's body failed the exchange.
@@ -261,6 +266,9 @@ impl Refusal {
                 Text("only the chunked transfer coding is supported"),
             ),
             Refusal::ChunkedTwice => bad_request(Text("chunked applied more than once")),
+            Refusal::MethodNotUpperCase => {
+                bad_request(Text("the method is not upper-case letters"))
+            }
             Refusal::Path(e) => bad_request(Message::Display(e)),
             Refusal::Host(e) => bad_request(Message::Display(e)),
             Refusal::InvalidTarget => bad_request(Text("invalid request target")),
@@ -362,6 +370,22 @@ impl Refusal {
             Refusal::ClientBody(ClientFault::Broken) => {
                 bad_request(Text("the request body could not be read to its end"))
             }
+            Refusal::Overloaded => Answer {
+                extra: Extra::RetryAfter(1),
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    Text("too many requests in progress; retry later"),
+                )
+            },
+            Refusal::Upstream(UpstreamErrorKind::Busy) => Answer {
+                extra: Extra::RetryAfter(1),
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    Text("the upstream server is at its connection limit; retry later"),
+                )
+            },
             Refusal::Upstream(UpstreamErrorKind::NoHealthy) => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",

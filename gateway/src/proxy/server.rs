@@ -1,5 +1,6 @@
 //! Listeners and connections: accept (global and per-source limits), TLS handshake with a
-//! deadline, HTTP/1.1 and HTTP/2 with header, stream and timeout limits, and graceful
+//! deadline, HTTP/1.1 and HTTP/2 with header, stream and timeout limits (a send timeout on
+//! blocked writes, [`super::send_timeout`]), and graceful
 //! shutdown (stop accepting, let in-flight requests finish up to a deadline).
 
 use super::client_addr::{ForwardedClient, TrustedProxies};
@@ -7,6 +8,7 @@ use super::closing::{wait_true, Closer, Reason};
 use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
 use super::proxy_protocol::{self, Origin, Prefixed};
+use super::send_timeout::SendTimeout;
 use super::ProxyBody;
 use crate::abuse::{source_key, Signal};
 use crate::config::abuse::AbuseConfig;
@@ -257,6 +259,7 @@ pub async fn serve(
         limit: limits.source.clone(),
         handshake_timeout: cfg.tls_handshake_timeout.0,
         shutdown_grace: cfg.shutdown_grace.0,
+        send_timeout: cfg.send_timeout.0,
         shutdown: shutdown.clone(),
         closer: Closer::new(deny),
     });
@@ -320,6 +323,8 @@ struct Shared {
     limit: Arc<SourceLimit>,
     handshake_timeout: std::time::Duration,
     shutdown_grace: std::time::Duration,
+    /// Blocked writes longer than this close the connection (see [`super::send_timeout`]).
+    send_timeout: std::time::Duration,
     shutdown: watch::Receiver<bool>,
     /// This worker's open connections, to close on shutdown or when their source is banned.
     closer: Arc<Closer>,
@@ -538,7 +543,7 @@ where
     let peer = conn.peer;
     conn.activity.start();
     let registration = shared.closer.register(&conn);
-    let watched = FramingWatch::new(io, verdicts.clone());
+    let watched = FramingWatch::new(SendTimeout::new(io, shared.send_timeout), verdicts.clone());
     let deny = shared.deny.clone();
     let trusted = shared.trusted.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {

@@ -2,7 +2,9 @@
 //! and request timeouts, passive health (consecutive connection failures take a server out
 //! for a while) and optional active checks.
 
+use super::linger::ResponseEnd;
 use super::pool::{PoolError, Retry, ServerPool};
+use super::slots::{Slot, Slots};
 use super::{empty_body, ProxyBody};
 use crate::config::UpstreamConfig;
 use http::header::{HeaderValue, HOST, USER_AGENT};
@@ -45,6 +47,15 @@ pub enum UpstreamError {
         #[source]
         source: PoolError,
     },
+    /// The server has `max_connections` requests in progress, and none ended within the
+    /// wait.
+    #[error("{addr} (upstream `{upstream}`) stayed at its {max} connections for {waited:?}")]
+    Busy {
+        upstream: String,
+        addr: SocketAddr,
+        max: usize,
+        waited: Duration,
+    },
     /// The server switched protocols unasked (we never forward Upgrade): relayed, the
     /// client would hold a connection nobody speaks.
     #[error("{addr} (upstream `{upstream}`): unsolicited {status}")]
@@ -62,6 +73,7 @@ impl UpstreamError {
             UpstreamError::NoHealthy(_) => UpstreamErrorKind::NoHealthy,
             UpstreamError::Connect { .. } => UpstreamErrorKind::Connect,
             UpstreamError::Timeout { .. } => UpstreamErrorKind::Timeout,
+            UpstreamError::Busy { .. } => UpstreamErrorKind::Busy,
             UpstreamError::Protocol { .. } | UpstreamError::Unsolicited { .. } => {
                 UpstreamErrorKind::Protocol
             }
@@ -71,7 +83,7 @@ impl UpstreamError {
     /// Whether the request could be sent again.
     pub fn retry(&self) -> Retry {
         match self {
-            UpstreamError::NoHealthy(_) => Retry::Safe,
+            UpstreamError::NoHealthy(_) | UpstreamError::Busy { .. } => Retry::Safe,
             UpstreamError::Connect { source, .. } | UpstreamError::Protocol { source, .. } => {
                 source.retry()
             }
@@ -92,15 +104,18 @@ pub enum UpstreamErrorKind {
     NoHealthy,
     /// The exchange broke, or the answer cannot be relayed: 502.
     Protocol,
+    /// The server stayed at `max_connections`: 503 with `Retry-After`.
+    Busy,
 }
 
 impl UpstreamErrorKind {
     /// Every kind, in declaration order (`ALL[k as usize] == k`).
-    pub const ALL: [UpstreamErrorKind; 4] = [
+    pub const ALL: [UpstreamErrorKind; 5] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::Timeout,
         UpstreamErrorKind::NoHealthy,
         UpstreamErrorKind::Protocol,
+        UpstreamErrorKind::Busy,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -109,6 +124,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::NoHealthy => "no_healthy",
             UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Busy => "busy",
         }
     }
 }
@@ -123,6 +139,8 @@ struct Server {
     down_until_ms: AtomicU64,
     /// Verdict of the active check (true without one).
     active_ok: AtomicBool,
+    /// Requests in progress on it, all workers (`max_connections`).
+    slots: Arc<Slots>,
 }
 
 /// A server's health as [`Upstream::health`] reports it.
@@ -146,6 +164,9 @@ pub struct Upstream {
     /// This worker's connections, one pool per server (same order as `servers`).
     pools: Vec<Arc<ServerPool>>,
     request_timeout: Duration,
+    /// How long a request waits for a server's slot (`connect_timeout`).
+    slot_wait: Duration,
+    max_connections: usize,
     max_fails: u32,
     fail_timeout: Duration,
     epoch: Instant,
@@ -165,12 +186,15 @@ impl Upstream {
                         fails: AtomicU32::new(0),
                         down_until_ms: AtomicU64::new(0),
                         active_ok: AtomicBool::new(true),
+                        slots: Slots::new(cfg.max_connections),
                     })
                     .collect(),
             ),
             next: Arc::new(AtomicUsize::new(0)),
             pools: pools(cfg),
             request_timeout: cfg.request_timeout.0,
+            slot_wait: cfg.connect_timeout.0,
+            max_connections: cfg.max_connections,
             max_fails: cfg.max_fails,
             fail_timeout: cfg.fail_timeout.0,
             epoch: Instant::now(),
@@ -186,6 +210,8 @@ impl Upstream {
             next: self.next.clone(),
             pools: pools(cfg),
             request_timeout: self.request_timeout,
+            slot_wait: self.slot_wait,
+            max_connections: self.max_connections,
             max_fails: self.max_fails,
             fail_timeout: self.fail_timeout,
             epoch: self.epoch,
@@ -247,19 +273,22 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (origin-form URI, Host header set) to the next healthy server.
+    /// Sends `req` (origin-form URI, Host header set) to the next healthy server; `end` goes
+    /// with the response body (dropped with a failed exchange).
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
+        mut end: ResponseEnd,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let (server, pool) = self
             .pick()
             .ok_or_else(|| UpstreamError::NoHealthy(self.name.clone()))?;
+        end.server_slot = Some(self.slot(server).await?);
         if !req.headers().contains_key(HOST) {
             // An HTTP/1.0 client may send none; HTTP/1.1 servers require one.
             req.headers_mut().insert(HOST, server.host.clone());
         }
-        match tokio::time::timeout(self.request_timeout, pool.send(req)).await {
+        match tokio::time::timeout(self.request_timeout, pool.send(req, end)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
                 addr: server.addr,
@@ -293,6 +322,21 @@ impl Upstream {
                 source,
             }),
         }
+    }
+
+    /// A place among the server's `max_connections`: at once, or when a request in progress
+    /// ends within the wait (a timer only then).
+    async fn slot(&self, server: &Server) -> Result<Slot, UpstreamError> {
+        server
+            .slots
+            .take(self.slot_wait)
+            .await
+            .ok_or_else(|| UpstreamError::Busy {
+                upstream: self.name.clone(),
+                addr: server.addr,
+                max: self.max_connections,
+                waited: self.slot_wait,
+            })
     }
 
     /// Runs the active health check of every server until the task is dropped.
@@ -334,7 +378,7 @@ impl Upstream {
         else {
             return false;
         };
-        match tokio::time::timeout(timeout, pool.send(req)).await {
+        match tokio::time::timeout(timeout, pool.send(req, ResponseEnd::default())).await {
             Ok(Ok(resp)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
                 // Read the (small) body so that the connection can be reused.

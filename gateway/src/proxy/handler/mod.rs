@@ -1,4 +1,5 @@
-//! One request's path: head checks ([`head`]) → path normalisation → host → route → bearer
+//! One request's path: head checks ([`head`]) → method → host → path normalisation and route
+//! ([`route::resolve`]) → bearer
 //! token, verify, scopes ([`auth`]) → the head for the upstream ([`outbound`]) → upstream →
 //! response. Every refusal is a [`Refusal`], answered and counted in one place
 //! ([`Proxy::refuse`]) before the upstream pays anything.
@@ -14,20 +15,21 @@ use super::client_addr::ForwardedClient;
 use super::forwarding::Forwarding;
 use super::host::request_host;
 use super::idle::Activity;
+use super::linger::ResponseEnd;
 use super::refusal::Refusal;
-use super::request_body::RequestBody;
+use super::request_body;
 use super::route::{self, Route};
+use super::slots::Slots;
 use super::upstream::{Upstream, UpstreamError};
-use super::{path, BoxError, ErrorChain, ProxyBody};
+use super::{BoxError, ErrorChain, ProxyBody};
 use crate::abuse::{AbuseEngine, Signal};
 use crate::config::Plan;
 use crate::deny::DenyStore;
-use crate::jwt::{VerifiedToken, Verifier, VerifierConfig};
+use crate::jwt::{Verifier, VerifierConfig};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Body;
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -48,7 +50,7 @@ pub struct ConnInfo {
     /// the connection.
     pub forwarding: Forwarding,
     /// Requests in progress, for closing the connection when it goes quiet.
-    pub activity: Activity,
+    pub activity: Arc<Activity>,
 }
 
 impl ConnInfo {
@@ -58,7 +60,7 @@ impl ConnInfo {
             via: None,
             trust_forwarded_for: false,
             forwarding: Forwarding::new(peer.ip(), tls),
-            activity: Activity::new(),
+            activity: Arc::new(Activity::new()),
         }
     }
 
@@ -81,11 +83,16 @@ pub struct Proxy {
     /// indexes it.
     upstreams: Vec<Arc<Upstream>>,
     metrics: Arc<Metrics>,
-    /// Every configured claim header: client-sent copies are removed on every route.
+    /// Every configured claim header: client-sent copies (and look-alikes) are removed on
+    /// every route.
     claim_header_names: Vec<HeaderName>,
     max_body_bytes: u64,
+    /// How long the request body may stall (`body_timeout`).
+    body_timeout: std::time::Duration,
     max_header_bytes: usize,
     max_headers: usize,
+    /// Requests in progress, all workers (`max_requests_in_flight`).
+    requests: Arc<Slots>,
     abuse: Option<Arc<AbuseEngine>>,
 }
 
@@ -117,8 +124,10 @@ impl Proxy {
             metrics,
             claim_header_names,
             max_body_bytes: listen.max_body_bytes,
+            body_timeout: listen.body_timeout.0,
             max_header_bytes: listen.max_header_bytes,
             max_headers: listen.max_headers,
+            requests: Slots::new(listen.max_requests_in_flight),
             abuse: None,
         })
     }
@@ -138,8 +147,10 @@ impl Proxy {
             metrics: self.metrics.clone(),
             claim_header_names: self.claim_header_names.clone(),
             max_body_bytes: self.max_body_bytes,
+            body_timeout: self.body_timeout,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
+            requests: Arc::clone(&self.requests),
             abuse: self.abuse.clone(),
         }
     }
@@ -180,7 +191,12 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let _in_progress = conn.activity.request(req.version());
+        // What the request holds ends with the response (it goes into the upstream's
+        // response body), or here.
+        let mut end = ResponseEnd {
+            in_flight: conn.activity.request(req.version()),
+            ..ResponseEnd::default()
+        };
         let client = conn.client_of(&req);
         let banned = req
             .extensions()
@@ -192,8 +208,11 @@ impl Proxy {
             (None, self.refuse(None, Refusal::Banned))
         } else if ambiguous_framing {
             (None, self.refuse(None, Refusal::AmbiguousFraming))
+        } else if let Some(slot) = self.requests.try_take() {
+            end.request_slot = Some(slot);
+            self.route_and_forward(&conn, req, end).await
         } else {
-            self.route_and_forward(&conn, req).await
+            (None, self.refuse(None, Refusal::Overloaded))
         };
         let status = resp.status();
         self.metrics.request(route, status.as_u16());
@@ -221,6 +240,7 @@ impl Proxy {
         &self,
         conn: &ConnInfo,
         req: Request<B>,
+        end: ResponseEnd,
     ) -> (Option<usize>, Response<ProxyBody>)
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -229,20 +249,24 @@ impl Proxy {
         if let Err(r) = self.check_head(&req) {
             return (None, self.refuse(None, r));
         }
-        // `None`: the path is already normal and the request's own URI is forwarded as is.
-        let normalized = match path::normalize(req.uri().path()) {
-            Ok(Cow::Borrowed(_)) => None,
-            Ok(Cow::Owned(p)) => Some(p),
-            Err(e) => return (None, self.refuse(None, Refusal::Path(e))),
-        };
+        if !route::is_acceptable_method(req.method()) {
+            return (None, self.refuse(None, Refusal::MethodNotUpperCase));
+        }
         let host = match request_host(&req) {
             Ok(h) => h.map(Cow::into_owned),
             Err(e) => return (None, self.refuse(None, Refusal::Host(e))),
         };
-        let path = normalized.as_deref().unwrap_or(req.uri().path());
-        let Some((idx, route)) = route::find(&self.routes, host.as_deref(), path, req.method())
-        else {
-            return (None, self.refuse(None, Refusal::NoRoute));
+        // `normalized` is `None` when the path is already normal and the request's own URI
+        // is forwarded as is.
+        let (idx, route, normalized) = match route::resolve(
+            &self.routes,
+            host.as_deref(),
+            req.uri().path(),
+            req.method(),
+        ) {
+            Ok(Some(r)) => (r.index, r.route, r.path),
+            Ok(None) => return (None, self.refuse(None, Refusal::NoRoute)),
+            Err(e) => return (None, self.refuse(None, Refusal::Path(e))),
         };
         let token = match self.authorize(route, &req, conn.client_of(&req)).await {
             Ok(t) => t,
@@ -251,44 +275,42 @@ impl Proxy {
                 return (Some(idx), self.refuse(Some(route), r));
             }
         };
-        let resp = self
-            .forward(
-                conn,
-                route,
-                req,
-                normalized,
-                host.as_deref(),
-                token.as_deref(),
-            )
-            .await;
+        let (mut parts, body) = req.into_parts();
+        let rewritten = self.rewrite_head(
+            &mut parts,
+            conn,
+            route,
+            normalized,
+            host.as_deref(),
+            token.as_deref(),
+        );
+        if let Err(r) = rewritten {
+            return (Some(idx), self.refuse(Some(route), r));
+        }
+        let resp = self.forward(route, parts, body, end).await;
         (Some(idx), resp)
     }
 
-    /// Sends the request upstream and relays the answer (or refuses).
+    /// Sends the request (its head rewritten for the upstream) and relays the answer (or
+    /// refuses).
     async fn forward<B>(
         &self,
-        conn: &ConnInfo,
         route: &Route,
-        req: Request<B>,
-        normalized: Option<String>,
-        host: Option<&str>,
-        token: Option<&VerifiedToken>,
+        parts: http::request::Parts,
+        body: B,
+        mut end: ResponseEnd,
     ) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let (mut parts, body) = req.into_parts();
-        if let Err(r) = self.rewrite_head(&mut parts, conn, route, normalized, host, token) {
-            return self.refuse(Some(route), r);
-        }
-        let (body, progress) = RequestBody::new(body, self.max_body_bytes);
+        let (body, progress) =
+            request_body::forwarded(body, self.max_body_bytes, self.body_timeout);
         // Routes and upstreams come from one plan, whose ids always index its upstreams.
         let upstream = &self.upstreams[route.upstream.index()];
-        match upstream
-            .send(Request::from_parts(parts, body.boxed()))
-            .await
-        {
+        end.leftover = progress.leftover();
+        let sent = upstream.send(Request::from_parts(parts, body), end).await;
+        match sent {
             Ok(mut resp) => {
                 outbound::strip_hop_by_hop(resp.headers_mut());
                 resp
@@ -338,20 +360,12 @@ fn failure(
 /// Reads (and discards) a little of a refused request's body before we answer, so that a
 /// client still sending a small body gets our status rather than a reset stream (HTTP/2) or
 /// a closed connection. Bounded in bytes and time: a refusal never waits on a slow client.
-async fn drain<B: Body + Unpin>(mut body: B) {
-    const MAX_BYTES: usize = 64 * 1024;
-    const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-    let mut seen = 0usize;
-    let _ = tokio::time::timeout(MAX_WAIT, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(data) = frame.data_ref() {
-                seen += bytes::Buf::remaining(data);
-                if seen > MAX_BYTES {
-                    break;
-                }
-            }
-        }
-    })
+async fn drain<B: Body + Unpin>(body: B) {
+    super::linger::discard(
+        body,
+        super::linger::LINGER_BYTES,
+        std::time::Duration::from_millis(500),
+    )
     .await;
 }
 

@@ -2,10 +2,12 @@
 
 use super::{ConnInfo, Proxy};
 use crate::jwt::VerifiedToken;
+use crate::policy;
 use crate::proxy::client_addr::ForwardedClient;
+use crate::proxy::client_headers;
 use crate::proxy::forwarding::Forwarding;
 use crate::proxy::refusal::Refusal;
-use crate::proxy::route::Route;
+use crate::proxy::route::{Auth, Route};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::Version;
@@ -40,9 +42,9 @@ impl Proxy {
     ) -> Result<(), Refusal> {
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
-        for name in &self.claim_header_names {
-            headers.remove(name);
-        }
+        // Override headers go on routes with token checks, unless the route opted out.
+        let overrides = !matches!(route.auth, Auth::None) && route.config.strip_override_headers;
+        client_headers::remove_spoofable(headers, &self.claim_header_names, overrides);
         if !route.config.forward_authorization {
             headers.remove(header::AUTHORIZATION);
         }
@@ -55,7 +57,7 @@ impl Proxy {
             None => conn.forwarding.apply(headers, host),
         }
         host_from_authority(parts);
-        origin_form(parts, normalized)?;
+        origin_form(parts, normalized, !route.config.forward_authorization)?;
         parts.version = Version::HTTP_11;
         Ok(())
     }
@@ -78,11 +80,21 @@ fn host_from_authority(parts: &mut Parts) {
 }
 
 /// Origin form for the upstream: the normalised path, or the request's own when it was
-/// normal already (absolute-form targets lose scheme and authority).
-fn origin_form(parts: &mut Parts, normalized: Option<String>) -> Result<(), Refusal> {
-    if normalized.is_some() || parts.uri.scheme().is_some() {
+/// normal already (absolute-form targets lose scheme and authority). `strip_query_token`:
+/// an upstream that must not see credentials does not get a query token either.
+fn origin_form(
+    parts: &mut Parts,
+    normalized: Option<String>,
+    strip_query_token: bool,
+) -> Result<(), Refusal> {
+    let query = match parts.uri.query() {
+        Some(q) if strip_query_token => policy::without_query_token(q),
+        _ => None,
+    };
+    if normalized.is_some() || parts.uri.scheme().is_some() || query.is_some() {
         let path = normalized.as_deref().unwrap_or(parts.uri.path());
-        let target = match parts.uri.query() {
+        let target = match query.as_deref().or(parts.uri.query()) {
+            Some("") => path.to_string(),
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         };
@@ -105,6 +117,8 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        // The upstream needs the Host: `Connection: host` must not remove it.
+        .filter(|n| n != header::HOST)
         .collect();
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);

@@ -6,7 +6,7 @@ use super::*;
 use crate::jwt::{now_unix, Algorithm, SigningKey, VerifierConfig};
 use crate::keys::{KeyStore, VerifyingKey};
 use http::header::{HeaderMap, HeaderValue};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -472,6 +472,17 @@ fn stripped(pairs: &[(&'static str, &'static str)]) -> Vec<String> {
     let mut names: Vec<String> = h.keys().map(|n| n.as_str().to_owned()).collect();
     names.sort();
     names
+}
+
+#[test]
+fn connection_never_removes_host() {
+    let left = stripped(&[
+        ("connection", "host, x-hop"),
+        ("connection", "Host"),
+        ("host", "example.com"),
+        ("x-hop", "x"),
+    ]);
+    assert_eq!(left, ["host"]);
 }
 
 #[test]

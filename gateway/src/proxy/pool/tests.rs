@@ -142,7 +142,10 @@ fn request(method: Method, path: &str) -> Request<ProxyBody> {
 }
 
 async fn get(pool: &Arc<ServerPool>, path: &str) -> (StatusCode, Bytes) {
-    let resp = pool.send(request(Method::GET, path)).await.expect("send");
+    let resp = pool
+        .send(request(Method::GET, path), ResponseEnd::default())
+        .await
+        .expect("send");
     let status = resp.status();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (status, body)
@@ -174,11 +177,14 @@ async fn empty_bodies_give_the_connection_back_unpolled() {
     let pool = pool(&up, 8);
     // HEAD and 204: the body is known empty and dropped without being polled, as
     // hyper's server does with them.
-    let head = pool.send(request(Method::HEAD, "/ok")).await.expect("head");
+    let head = pool
+        .send(request(Method::HEAD, "/ok"), ResponseEnd::default())
+        .await
+        .expect("head");
     assert!(head.body().is_end_stream());
     drop(head);
     let empty = pool
-        .send(request(Method::GET, "/empty"))
+        .send(request(Method::GET, "/empty"), ResponseEnd::default())
         .await
         .expect("204");
     assert_eq!(empty.status(), StatusCode::NO_CONTENT);
@@ -191,7 +197,10 @@ async fn empty_bodies_give_the_connection_back_unpolled() {
 async fn an_abandoned_body_closes_its_connection() {
     let up = TestUpstream::hyper().await;
     let pool = pool(&up, 8);
-    let resp = pool.send(request(Method::GET, "/big")).await.expect("big");
+    let resp = pool
+        .send(request(Method::GET, "/big"), ResponseEnd::default())
+        .await
+        .expect("big");
     let mut body = resp.into_body();
     let first = body.frame().await.expect("a frame").expect("data");
     assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
@@ -286,7 +295,10 @@ async fn an_early_response_does_not_hold_the_next_request() {
         .header(HOST, "upstream.test")
         .body(Stalled(false).boxed())
         .expect("request");
-    let resp = pool.send(upload).await.expect("early response");
+    let resp = pool
+        .send(upload, ResponseEnd::default())
+        .await
+        .expect("early response");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     resp.into_body().collect().await.expect("body");
     // The first connection is still busy with the upload: the next request must get
@@ -340,7 +352,10 @@ async fn refused_connections_are_connect_errors() {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     let pool = ServerPool::new(addr, Duration::from_secs(2), 4, IDLE_TIMEOUT);
-    match pool.send(request(Method::GET, "/")).await {
+    match pool
+        .send(request(Method::GET, "/"), ResponseEnd::default())
+        .await
+    {
         Err(PoolError::Connect(_) | PoolError::ConnectTimeout(_)) => {}
         other => panic!("expected a connect error, got {other:?}"),
     }

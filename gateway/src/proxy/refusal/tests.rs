@@ -100,6 +100,24 @@ fn table() -> Vec<Row> {
             "the path does not start with `/`",
         ),
         plain(
+            Refusal::Path(PathError::EscapedSeparator),
+            400,
+            "bad_request",
+            "an encoded `/` or `\\`, or a `\\`, in the path",
+        ),
+        plain(
+            Refusal::Path(PathError::DotSegmentParameters),
+            400,
+            "bad_request",
+            "a dot-segment with `;` parameters in the path",
+        ),
+        plain(
+            Refusal::MethodNotUpperCase,
+            400,
+            "bad_request",
+            "the method is not upper-case letters",
+        ),
+        plain(
             Refusal::Host(HostError::Duplicate),
             400,
             "bad_request",
@@ -237,6 +255,24 @@ fn table() -> Vec<Row> {
             "bad_gateway",
             "the upstream server could not be reached",
         ),
+        (
+            Refusal::Upstream(UpstreamErrorKind::Busy),
+            503,
+            "service_unavailable",
+            "the upstream server is at its connection limit; retry later".to_owned(),
+            None,
+            None,
+            vec![("retry-after", "1".to_owned())],
+        ),
+        (
+            Refusal::Overloaded,
+            503,
+            "service_unavailable",
+            "too many requests in progress; retry later".to_owned(),
+            None,
+            None,
+            vec![("retry-after", "1".to_owned())],
+        ),
     ];
     for reason in crate::jwt::Reason::ALL {
         let description = if reason == crate::jwt::Reason::Expired {
@@ -286,9 +322,11 @@ fn variant(r: &Refusal) -> usize {
         Refusal::ClaimRule => 19,
         Refusal::VerifyBudget { .. } => 20,
         Refusal::RateLimited(_) => 21,
+        Refusal::MethodNotUpperCase => 23,
+        Refusal::Overloaded => 24,
     }
 }
-const VARIANTS: usize = 23;
+const VARIANTS: usize = 25;
 
 #[tokio::test]
 async fn every_refusal_is_answered_as_pinned() {
