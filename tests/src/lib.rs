@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod config;
 pub mod gateway;
 pub mod netns;
 pub mod packet;

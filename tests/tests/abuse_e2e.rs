@@ -2,13 +2,13 @@
 //! and a TLS listener, a real HTTPS client (curl) in a client namespace sending bad tokens,
 //! and the kernel dropping the client's packets once the engine has banned it.
 
+use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section};
 use gateway_tests::gateway::{cli, cli_ok, source_stats, stats, GatewayProcess};
-use gateway_tests::netns::{exec_in, in_netns, run, NetnsPair, TestNet};
+use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
 use socket2::{Domain, Socket, Type};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -83,29 +83,7 @@ fn env(test: &str, short: &str) -> Option<Env> {
     let net = TestNet::new(test, short)?;
     let dir = net.dir.clone();
     // The server certificate (for 10.77.0.1) and the HMAC secret tokens are signed with.
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "1",
-            "-subj",
-            "/CN=10.77.0.1",
-            "-addext",
-            "subjectAltName=IP:10.77.0.1",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("tls.key"))
-        .arg("-out")
-        .arg(dir.join("tls.crt")))
-    .expect("openssl makes a certificate");
+    self_signed_ip_cert(&dir, "10.77.0.1").expect("openssl makes a certificate");
     let secret = dir.join("hs256.secret");
     std::fs::write(&secret, b"abuse-e2e-secret-0123456789abcdef").expect("secret");
     let upstream = Upstream::start(&net.pair.server);
@@ -125,15 +103,8 @@ impl Env {
 https = ["10.77.0.1:{HTTPS_PORT}"]
 header_read_timeout = "5s"
 
-[tls]
-[[tls.certificates]]
-cert = "{d}/tls.crt"
-key = "{d}/tls.key"
-
-[jwt]
-[[jwt.keys]]
-secret_file = "{secret}"
-alg = "HS256"
+{tls}
+{jwt}
 
 [[upstream]]
 name = "app"
@@ -153,7 +124,8 @@ pin_path = "{pin}"
 state_file = "{d}/deny-state.json"
 {ebpf_extra}
 "#,
-            secret = self.secret.display(),
+            tls = tls_section(&self.dir),
+            jwt = hs256_jwt_section(&self.secret),
             iface = self.pair.server_if,
             pin = self.pin(),
         );

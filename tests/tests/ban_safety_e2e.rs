@@ -3,6 +3,7 @@
 //! protected address crossing a limit, and deny requests that would cut off everyone or an
 //! upstream. The real gateway in a server namespace with XDP on its veth.
 
+use gateway_tests::config::hs256_jwt_section;
 use gateway_tests::gateway::{bin, source_stats, stats, GatewayProcess};
 use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
 use socket2::{Domain, Socket, Type};
@@ -41,10 +42,7 @@ impl Env {
 [listen]
 http = ["{server}:{PORT}"]
 
-[jwt]
-[[jwt.keys]]
-secret_file = "{secret}"
-alg = "HS256"
+{jwt}
 
 [[upstream]]
 name = "app"
@@ -69,7 +67,7 @@ protected_ports = [{PORT}]
 {ebpf_extra}
 "#,
             server = NetnsPair::SERVER4,
-            secret = self.secret.display(),
+            jwt = hs256_jwt_section(&self.secret),
             iface = self.net.pair.server_if,
             pin = self.net.pin(),
         );

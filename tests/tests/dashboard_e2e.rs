@@ -13,13 +13,13 @@
 
 use anyhow::Result;
 use gateway_tests::browser::Browser;
+use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section};
 use gateway_tests::gateway::{cli_ok, GatewayProcess};
-use gateway_tests::netns::{exec_in, in_netns, run, NetnsPair, TestNet};
+use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
 use gateway_tests::upstream::EchoUpstream;
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -42,22 +42,7 @@ impl Env {
     fn new() -> Option<Self> {
         let net = TestNet::new("the dashboard in a browser", "dash")?;
         let dir = net.dir.clone();
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "1", "-subj", "/CN=10.77.0.1"])
-            .args(["-addext", "subjectAltName=IP:10.77.0.1"])
-            .arg("-keyout")
-            .arg(dir.join("tls.key"))
-            .arg("-out")
-            .arg(dir.join("tls.crt")))
-        .expect("openssl makes a certificate");
+        self_signed_ip_cert(&dir, "10.77.0.1").expect("openssl makes a certificate");
         let secret = dir.join("hs256.secret");
         std::fs::write(&secret, b"dashboard-e2e-secret-0123456789ab").expect("secret");
         std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).expect("token");
@@ -70,15 +55,8 @@ impl Env {
 [listen]
 https = ["10.77.0.1:{HTTPS_PORT}"]
 
-[tls]
-[[tls.certificates]]
-cert = "{d}/tls.crt"
-key = "{d}/tls.key"
-
-[jwt]
-[[jwt.keys]]
-secret_file = "{secret}"
-alg = "HS256"
+{tls}
+{jwt}
 
 [[upstream]]
 name = "app"
@@ -101,7 +79,8 @@ mode = "xdp"
 pin_path = "{pin}"
 state_file = "{d}/deny-state.json"
 "#,
-            secret = secret.display(),
+            tls = tls_section(&dir),
+            jwt = hs256_jwt_section(&secret),
             upstream = upstream.addr(),
             iface = net.pair.server_if,
             pin = net.pin(),
