@@ -5,6 +5,7 @@
 //! test cleans up too.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod browser;
 pub mod client;
 pub mod config;
