@@ -10,6 +10,7 @@ pub mod browser;
 pub mod client;
 pub mod config;
 pub mod gateway;
+pub mod http1;
 pub mod netns;
 pub mod packet;
 pub mod privileged;
