@@ -14,6 +14,7 @@ pub mod http1;
 pub mod netns;
 pub mod packet;
 pub mod privileged;
+pub mod probe;
 pub mod proxy;
 pub mod tls;
 pub mod upstream;

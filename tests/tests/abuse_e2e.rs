@@ -5,6 +5,7 @@
 use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section};
 use gateway_tests::gateway::{cli, cli_ok, source_stats, stats, GatewayProcess};
 use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
+use gateway_tests::probe::{connects_from, curl_status_from};
 use socket2::{Domain, Socket, Type};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
@@ -164,37 +165,18 @@ state_file = "{d}/deny-state.json"
     /// One HTTPS GET from `src` in the client namespace; the status, or 0 when no HTTP
     /// answer came (connection refused, dropped or reset).
     fn get(&self, src: Ipv4Addr, token: &str) -> u16 {
-        let out = exec_in(&self.pair.client, "curl")
-            .args([
-                "-sk",
-                "--max-time",
-                "3",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .args(["--interface", &src.to_string()])
-            .args(["-H", &format!("Authorization: Bearer {token}")])
-            .arg(format!("https://10.77.0.1:{HTTPS_PORT}/api/items"))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        curl_status_from(
+            &self.pair.client,
+            src,
+            &["-k", "-H", &format!("Authorization: Bearer {token}")],
+            &format!("https://10.77.0.1:{HTTPS_PORT}/api/items"),
+        )
     }
 
     /// A TCP handshake from `src`; `true` if the server answered the SYN in time.
     fn connects(&self, src: Ipv4Addr) -> bool {
-        in_netns(&self.pair.client, move || -> std::io::Result<()> {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-            s.bind(&SocketAddr::from((src, 0)).into())?;
-            let to = SocketAddr::V4(SocketAddrV4::new(NetnsPair::SERVER4, HTTPS_PORT));
-            s.connect_timeout(&to.into(), Duration::from_millis(700))
-        })
-        .expect("enter netns")
-        .is_ok()
+        let to = SocketAddrV4::new(NetnsPair::SERVER4, HTTPS_PORT);
+        connects_from(&self.pair.client, src, to, Duration::from_millis(700))
     }
 
     fn deny_list(&self, config: &Path) -> serde_json::Value {

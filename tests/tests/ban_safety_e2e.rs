@@ -5,9 +5,9 @@
 
 use gateway_tests::config::hs256_jwt_section;
 use gateway_tests::gateway::{bin, source_stats, stats, GatewayProcess};
-use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
-use socket2::{Domain, Socket, Type};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use gateway_tests::netns::{exec_in, NetnsPair, TestNet};
+use gateway_tests::probe::{connects_from, curl_status_from, syn_flood};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -102,37 +102,18 @@ protected_ports = [{PORT}]
     /// One HTTP GET of `/api/items` from `src` with a token that is not valid; the status,
     /// or 0 when no answer came.
     fn bad_token(&self, src: Ipv4Addr) -> u16 {
-        let out = exec_in(&self.net.pair.client, "curl")
-            .args([
-                "-s",
-                "--max-time",
-                "3",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .args(["--interface", &src.to_string()])
-            .args(["-H", "Authorization: Bearer not.a.token"])
-            .arg(format!("http://{}:{PORT}/api/items", NetnsPair::SERVER4))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        curl_status_from(
+            &self.net.pair.client,
+            src,
+            &["-H", "Authorization: Bearer not.a.token"],
+            &format!("http://{}:{PORT}/api/items", NetnsPair::SERVER4),
+        )
     }
 
     /// A TCP handshake from `src` to the proxy port.
     fn connects(&self, src: Ipv4Addr) -> bool {
-        in_netns(&self.net.pair.client, move || -> std::io::Result<()> {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-            s.bind(&SocketAddr::from((src, 0)).into())?;
-            let to = SocketAddr::V4(SocketAddrV4::new(NetnsPair::SERVER4, PORT));
-            s.connect_timeout(&to.into(), Duration::from_secs(2))
-        })
-        .expect("enter netns")
-        .is_ok()
+        let to = SocketAddrV4::new(NetnsPair::SERVER4, PORT);
+        connects_from(&self.net.pair.client, src, to, Duration::from_secs(2))
     }
 
     /// `POST /deny` on the admin endpoint from inside the server namespace: status and body.
@@ -164,18 +145,8 @@ fn a_forged_syn_flood_bans_nobody_while_its_syns_are_still_limited() {
     let mut gw = env.start(&cfg);
     let count = 1500u64;
     // Bounded: `count` SYNs, one per millisecond, every one claiming to come from VICTIM.
-    let out = exec_in(&env.net.pair.client, "timeout")
-        .args(["30", "hping3", "-q", "-S", "-p", &PORT.to_string()])
-        .args(["-c", &count.to_string(), "-i", "u1000"])
-        .args(["-a", &VICTIM.to_string()])
-        .arg(NetnsPair::SERVER4.to_string())
-        .output()
-        .expect("run hping3");
-    assert!(
-        out.status.code().is_some(),
-        "hping3 was killed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let to = SocketAddrV4::new(NetnsPair::SERVER4, PORT);
+    syn_flood(&env.net.pair.client, VICTIM, to, count);
 
     // The flood's SYNs were limited in the kernel, under the forged address...
     let s = stats(&env.net.fs.pin_path());
