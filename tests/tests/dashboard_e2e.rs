@@ -28,6 +28,14 @@ const ADMIN: &str = "127.0.0.1:9901";
 const ADMIN_TOKEN: &str = "dashboard-e2e-admin-token-7f3a9c";
 const CLIENT: Ipv4Addr = NetnsPair::CLIENT4;
 const BANNED: Ipv4Addr = NetnsPair::CLIENT4_B;
+/// The alerts `prometheus/alerts.yml` must define and `alerts_test.yml` must test.
+const REQUIRED_ALERTS: [&str; 5] = [
+    "GatewayVerifierFailuresRising",
+    "GatewayJwksStale",
+    "GatewayUpstreamDown",
+    "GatewayDropsSpiking",
+    "GatewayDenyMapNearlyFull",
+];
 
 // ---- the gateway under test -----------------------------------------------------------------
 
@@ -666,13 +674,7 @@ fn alert_rules_are_well_formed_and_cover_what_an_operator_must_see() {
         names.len(),
         "alert names are unique: {names:?}"
     );
-    for needed in [
-        "GatewayVerifierFailuresRising",
-        "GatewayJwksStale",
-        "GatewayUpstreamDown",
-        "GatewayDropsSpiking",
-        "GatewayDenyMapNearlyFull",
-    ] {
+    for needed in REQUIRED_ALERTS {
         assert!(names.iter().any(|n| n == needed), "{needed} missing");
     }
     // The promtool unit tests name only alerts that exist, and test each required one.
@@ -689,13 +691,7 @@ fn alert_rules_are_well_formed_and_cover_what_an_operator_must_see() {
             tested.push(name);
         }
     }
-    for needed in [
-        "GatewayVerifierFailuresRising",
-        "GatewayJwksStale",
-        "GatewayUpstreamDown",
-        "GatewayDropsSpiking",
-        "GatewayDenyMapNearlyFull",
-    ] {
+    for needed in REQUIRED_ALERTS {
         assert!(
             tested.iter().any(|n| n == needed),
             "{needed} has no promtool test"
