@@ -20,20 +20,13 @@ pub fn connects_from(ns: &str, src: Ipv4Addr, to: SocketAddrV4, timeout: Duratio
     .is_ok()
 }
 
-/// One curl GET of `url` from `src` in the namespace `ns` (3 s at most) with the given
-/// extra curl `args`; the HTTP status, or 0 when no HTTP answer came (connection refused,
-/// dropped or reset).
-pub fn curl_status_from(ns: &str, src: Ipv4Addr, args: &[&str], url: &str) -> u16 {
+/// One curl GET of `url` from `src` in the namespace `ns`, `max_secs` seconds at most, with
+/// the given extra curl `args`; the HTTP status, or 0 when no HTTP answer came (connection
+/// refused, dropped or reset).
+pub fn curl_status_from(ns: &str, src: Ipv4Addr, max_secs: u32, args: &[&str], url: &str) -> u16 {
     let out = exec_in(ns, "curl")
-        .args([
-            "-s",
-            "--max-time",
-            "3",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
+        .args(["-s", "--max-time", &max_secs.to_string()])
+        .args(["-o", "/dev/null", "-w", "%{http_code}"])
         .args(["--interface", &src.to_string()])
         .args(args)
         .arg(url)

@@ -168,6 +168,7 @@ state_file = "{d}/deny-state.json"
         curl_status_from(
             &self.pair.client,
             src,
+            3,
             &["-k", "-H", &format!("Authorization: Bearer {token}")],
             &format!("https://10.77.0.1:{HTTPS_PORT}/api/items"),
         )

@@ -105,6 +105,7 @@ protected_ports = [{PORT}]
         curl_status_from(
             &self.net.pair.client,
             src,
+            3,
             &["-H", "Authorization: Bearer not.a.token"],
             &format!("http://{}:{PORT}/api/items", NetnsPair::SERVER4),
         )

@@ -16,6 +16,7 @@ use gateway_tests::browser::Browser;
 use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section};
 use gateway_tests::gateway::{cli_ok, GatewayProcess};
 use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
+use gateway_tests::probe::curl_status_from;
 use gateway_tests::upstream::EchoUpstream;
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
@@ -117,28 +118,18 @@ state_file = "{d}/deny-state.json"
 
     /// One HTTPS GET from `src`; the status, 0 without an HTTP answer.
     fn get(&self, src: Ipv4Addr, token: Option<&str>) -> u16 {
-        let mut cmd = exec_in(&self.net.pair.client, "curl");
-        cmd.args([
-            "-sk",
-            "--max-time",
-            "2",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(["--interface", &src.to_string()]);
-        if let Some(t) = token {
-            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["-k"];
+        if let Some(h) = &auth {
+            args.extend(["-H", h.as_str()]);
         }
-        let out = cmd
-            .arg(format!("https://10.77.0.1:{HTTPS_PORT}/api/items"))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        curl_status_from(
+            &self.net.pair.client,
+            src,
+            2,
+            &args,
+            &format!("https://10.77.0.1:{HTTPS_PORT}/api/items"),
+        )
     }
 
     /// A request to the admin endpoint from inside the server namespace, with the token.
