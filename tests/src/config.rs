@@ -1,7 +1,7 @@
 //! Pieces of gateway configuration text that many end-to-end tests write the same way, so a
 //! test's own `format!` holds only what is particular to it.
 
-use crate::netns::run;
+use crate::netns::{run, TestNet};
 use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
@@ -50,6 +50,23 @@ auth = "none"
 path_prefix = "/"
 upstream = "app"
 "#
+    )
+}
+
+/// `[ebpf]` in XDP mode on the server side of `net`'s veth, pinned in its bpffs, the deny
+/// state in its directory; more `[ebpf]` keys may follow it.
+pub fn xdp_section(net: &TestNet) -> String {
+    format!(
+        r#"
+[ebpf]
+interface = "{}"
+mode = "xdp"
+pin_path = "{}"
+state_file = "{}/deny-state.json"
+"#,
+        net.pair.server_if,
+        net.pin(),
+        net.dir.display()
     )
 }
 

@@ -2,7 +2,7 @@
 //! and a TLS listener, a real HTTPS client (curl) in a client namespace sending bad tokens,
 //! and the kernel dropping the client's packets once the engine has banned it.
 
-use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section};
+use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section, xdp_section};
 use gateway_tests::gateway::{cli, cli_ok, source_stats, stats, GatewayProcess};
 use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
 use gateway_tests::probe::{connects_from, curl_status_from};
@@ -97,7 +97,6 @@ fn env(test: &str, short: &str) -> Option<Env> {
 
 impl Env {
     fn config(&self, abuse: &str, ebpf_extra: &str) -> PathBuf {
-        let d = self.dir.display();
         let text = format!(
             r#"
 [listen]
@@ -118,17 +117,11 @@ upstream = "app"
 [abuse]
 {abuse}
 
-[ebpf]
-interface = "{iface}"
-mode = "xdp"
-pin_path = "{pin}"
-state_file = "{d}/deny-state.json"
-{ebpf_extra}
+{ebpf}{ebpf_extra}
 "#,
             tls = tls_section(&self.dir),
             jwt = hs256_jwt_section(&self.secret),
-            iface = self.pair.server_if,
-            pin = self.pin(),
+            ebpf = xdp_section(&self.net),
         );
         let path = self.dir.join("gateway.toml");
         std::fs::write(&path, text).expect("write config");

@@ -3,7 +3,7 @@
 //! protected address crossing a limit, and deny requests that would cut off everyone or an
 //! upstream. The real gateway in a server namespace with XDP on its veth.
 
-use gateway_tests::config::hs256_jwt_section;
+use gateway_tests::config::{hs256_jwt_section, xdp_section};
 use gateway_tests::gateway::{bin, source_stats, stats, GatewayProcess};
 use gateway_tests::netns::{exec_in, NetnsPair, TestNet};
 use gateway_tests::probe::{connects_from, curl_status_from, syn_flood};
@@ -36,7 +36,6 @@ impl Env {
     /// A plain-HTTP proxy with token checks on `/api/`, the given upstream server, the
     /// given `[abuse]` rules, the admin endpoint, and XDP limiting SYNs to the proxy port.
     fn config(&self, upstream: Ipv4Addr, abuse: &str, ebpf_extra: &str) -> PathBuf {
-        let d = self.net.dir.display();
         let text = format!(
             r#"
 [listen]
@@ -58,18 +57,12 @@ listen = "{ADMIN}"
 [abuse]
 {abuse}
 
-[ebpf]
-interface = "{iface}"
-mode = "xdp"
-pin_path = "{pin}"
-state_file = "{d}/deny-state.json"
-protected_ports = [{PORT}]
+{ebpf}protected_ports = [{PORT}]
 {ebpf_extra}
 "#,
             server = NetnsPair::SERVER4,
             jwt = hs256_jwt_section(&self.secret),
-            iface = self.net.pair.server_if,
-            pin = self.net.pin(),
+            ebpf = xdp_section(&self.net),
         );
         let path = self.net.dir.join("gateway.toml");
         std::fs::write(&path, text).expect("write config");

@@ -13,7 +13,7 @@
 
 use anyhow::Result;
 use gateway_tests::browser::Browser;
-use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section};
+use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section, xdp_section};
 use gateway_tests::gateway::{cli_ok, GatewayProcess};
 use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
 use gateway_tests::probe::curl_status_from;
@@ -82,17 +82,11 @@ api_token_file = "{d}/admin.token"
 
 [abuse]
 
-[ebpf]
-interface = "{iface}"
-mode = "xdp"
-pin_path = "{pin}"
-state_file = "{d}/deny-state.json"
-"#,
+{ebpf}"#,
             tls = tls_section(&dir),
             jwt = hs256_jwt_section(&secret),
             upstream = upstream.addr(),
-            iface = net.pair.server_if,
-            pin = net.pin(),
+            ebpf = xdp_section(&net),
         );
         let config = dir.join("gateway.toml");
         std::fs::write(&config, text).expect("write config");
