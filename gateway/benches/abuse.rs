@@ -19,6 +19,7 @@ use gateway::config::DurationSecs;
 use gateway::deny::DenyStore;
 use gateway::ebpf::{loader, PinnedMaps};
 use gateway_common::program_name;
+use gateway_tests::bench::{assert_root, percentile};
 use gateway_tests::netns::Bpffs;
 use gateway_tests::packet::{self, ACK};
 use std::hint::black_box;
@@ -38,20 +39,8 @@ fn rule(limit: u32) -> Option<Rule> {
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn bench(c: &mut Criterion) {
-    assert!(
-        std::fs::read_to_string("/proc/self/status")
-            .map(|s| s
-                .lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-            .unwrap_or(false),
-        "the abuse benchmark loads BPF programs: run it as root"
-    );
+    assert_root("the abuse benchmark loads BPF programs");
     let fs = Bpffs::new(&format!("abench-{}", std::process::id())).expect("bpffs");
     let mut ebpf = loader::load_object(&fs.pin_path()).expect("load");
     let prog: &mut Xdp = ebpf

@@ -17,6 +17,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use gateway::deny::DenyStore;
 use gateway::ebpf::{loader, PinnedMaps, Target};
+use gateway_tests::bench::{assert_root, percentile};
 use gateway_tests::netns::Bpffs;
 use ipnet::{IpNet, Ipv6Net};
 use std::hint::black_box;
@@ -33,11 +34,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// 50 000 distinct random /64s (xorshift, fixed seed: every run bans the same ones).
@@ -138,14 +134,7 @@ fn summary(name: &str, s: &[Duration]) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
-    assert!(
-        std::fs::read_to_string("/proc/self/status")
-            .map(|s| s
-                .lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-            .unwrap_or(false),
-        "the bans benchmark pins BPF maps: run it as root"
-    );
+    assert_root("the bans benchmark pins BPF maps");
     let fs = Bpffs::new(&format!("bbench-{}", std::process::id())).expect("bpffs");
     let ebpf = loader::load_object(&fs.pin_path()).expect("load");
     let store = Arc::new(DenyStore::new(

@@ -13,6 +13,7 @@ use gateway::config::EbpfConfig;
 use gateway::ebpf::maps::new_deny_entry;
 use gateway::ebpf::{loader, PinnedMaps, Target};
 use gateway_common::{origin, program_name};
+use gateway_tests::bench::assert_root;
 use gateway_tests::netns::Bpffs;
 use gateway_tests::packet::{self, ACK, SYN};
 use std::net::Ipv4Addr;
@@ -47,10 +48,7 @@ fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
 }
 
 fn bench(c: &mut Criterion) {
-    assert!(
-        nix_is_root(),
-        "the data plane benchmark loads BPF programs: run it as root"
-    );
+    assert_root("the data plane benchmark loads BPF programs");
     let fs = Bpffs::new(&format!("bench-{}", std::process::id())).expect("bpffs");
     let mut ebpf = loader::load_object(&fs.pin_path()).expect("load");
     load_xdp(&mut ebpf, program_name::XDP);
@@ -118,17 +116,6 @@ fn bench(c: &mut Criterion) {
     drop(maps);
     drop(ebpf);
     drop(fs);
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
 }
 
 criterion_group! {

@@ -7,54 +7,17 @@ use gateway::admin;
 use gateway::config::admin::AdminConfig;
 use gateway::deny::DenyStore;
 use gateway::metrics::Metrics;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use gateway_tests::http1::{send, TextReply as Reply};
+use hyper::{Method, StatusCode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
-
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: String,
-}
-
-/// One request on a fresh connection, with extra headers.
-async fn send(addr: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new()).expect("request"))
-        .await
-        .expect("response");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8(body.to_vec()).expect("utf-8 body"),
-    }
-}
 
 struct Server {
     addr: SocketAddr,

@@ -3,7 +3,8 @@
 use gateway::admin::{self, AdminError};
 use gateway::config::admin::AdminConfig;
 use gateway::metrics::Metrics;
-use http_body_util::{BodyExt, Empty};
+use gateway_tests::http1::{self, TextReply};
+use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -15,34 +16,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: String,
-}
-
 /// One request on a fresh connection.
-async fn send(addr: SocketAddr, method: Method, path: &str) -> Reply {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let resp = sender.send_request(req).await.expect("response");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8(body.to_vec()).expect("utf-8 body"),
-    }
+async fn send(addr: SocketAddr, method: Method, path: &str) -> TextReply {
+    http1::send(addr, method, path, &[]).await
 }
 
 struct Server {

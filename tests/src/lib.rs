@@ -5,13 +5,17 @@
 //! test cleans up too.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod browser;
 pub mod client;
+pub mod config;
 pub mod gateway;
 pub mod haproxy;
+pub mod http1;
 pub mod netns;
 pub mod packet;
 pub mod privileged;
+pub mod probe;
 pub mod proxy;
 pub mod redis;
 pub mod tls;

@@ -2,13 +2,14 @@
 //! and a TLS listener, a real HTTPS client (curl) in a client namespace sending bad tokens,
 //! and the kernel dropping the client's packets once the engine has banned it.
 
+use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section, xdp_section};
 use gateway_tests::gateway::{cli, cli_ok, source_stats, stats, GatewayProcess};
-use gateway_tests::netns::{exec_in, in_netns, run, NetnsPair, TestNet};
+use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
+use gateway_tests::probe::{connects_from, curl_status_from};
 use socket2::{Domain, Socket, Type};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -83,29 +84,7 @@ fn env(test: &str, short: &str) -> Option<Env> {
     let net = TestNet::new(test, short)?;
     let dir = net.dir.clone();
     // The server certificate (for 10.77.0.1) and the HMAC secret tokens are signed with.
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "1",
-            "-subj",
-            "/CN=10.77.0.1",
-            "-addext",
-            "subjectAltName=IP:10.77.0.1",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("tls.key"))
-        .arg("-out")
-        .arg(dir.join("tls.crt")))
-    .expect("openssl makes a certificate");
+    self_signed_ip_cert(&dir, "10.77.0.1").expect("openssl makes a certificate");
     let secret = dir.join("hs256.secret");
     std::fs::write(&secret, b"abuse-e2e-secret-0123456789abcdef").expect("secret");
     let upstream = Upstream::start(&net.pair.server);
@@ -118,22 +97,14 @@ fn env(test: &str, short: &str) -> Option<Env> {
 
 impl Env {
     fn config(&self, abuse: &str, ebpf_extra: &str) -> PathBuf {
-        let d = self.dir.display();
         let text = format!(
             r#"
 [listen]
 https = ["10.77.0.1:{HTTPS_PORT}"]
 header_read_timeout = "5s"
 
-[tls]
-[[tls.certificates]]
-cert = "{d}/tls.crt"
-key = "{d}/tls.key"
-
-[jwt]
-[[jwt.keys]]
-secret_file = "{secret}"
-alg = "HS256"
+{tls}
+{jwt}
 
 [[upstream]]
 name = "app"
@@ -146,16 +117,11 @@ upstream = "app"
 [abuse]
 {abuse}
 
-[ebpf]
-interface = "{iface}"
-mode = "xdp"
-pin_path = "{pin}"
-state_file = "{d}/deny-state.json"
-{ebpf_extra}
+{ebpf}{ebpf_extra}
 "#,
-            secret = self.secret.display(),
-            iface = self.pair.server_if,
-            pin = self.pin(),
+            tls = tls_section(&self.dir),
+            jwt = hs256_jwt_section(&self.secret),
+            ebpf = xdp_section(&self.net),
         );
         let path = self.dir.join("gateway.toml");
         std::fs::write(&path, text).expect("write config");
@@ -192,37 +158,19 @@ state_file = "{d}/deny-state.json"
     /// One HTTPS GET from `src` in the client namespace; the status, or 0 when no HTTP
     /// answer came (connection refused, dropped or reset).
     fn get(&self, src: Ipv4Addr, token: &str) -> u16 {
-        let out = exec_in(&self.pair.client, "curl")
-            .args([
-                "-sk",
-                "--max-time",
-                "3",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .args(["--interface", &src.to_string()])
-            .args(["-H", &format!("Authorization: Bearer {token}")])
-            .arg(format!("https://10.77.0.1:{HTTPS_PORT}/api/items"))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        curl_status_from(
+            &self.pair.client,
+            src,
+            3,
+            &["-k", "-H", &format!("Authorization: Bearer {token}")],
+            &format!("https://10.77.0.1:{HTTPS_PORT}/api/items"),
+        )
     }
 
     /// A TCP handshake from `src`; `true` if the server answered the SYN in time.
     fn connects(&self, src: Ipv4Addr) -> bool {
-        in_netns(&self.pair.client, move || -> std::io::Result<()> {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-            s.bind(&SocketAddr::from((src, 0)).into())?;
-            let to = SocketAddr::V4(SocketAddrV4::new(NetnsPair::SERVER4, HTTPS_PORT));
-            s.connect_timeout(&to.into(), Duration::from_millis(700))
-        })
-        .expect("enter netns")
-        .is_ok()
+        let to = SocketAddrV4::new(NetnsPair::SERVER4, HTTPS_PORT);
+        connects_from(&self.pair.client, src, to, Duration::from_millis(700))
     }
 
     fn deny_list(&self, config: &Path) -> serde_json::Value {

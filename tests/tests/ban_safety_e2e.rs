@@ -3,10 +3,11 @@
 //! protected address crossing a limit, and deny requests that would cut off everyone or an
 //! upstream. The real gateway in a server namespace with XDP on its veth.
 
+use gateway_tests::config::{hs256_jwt_section, xdp_section};
 use gateway_tests::gateway::{bin, source_stats, stats, GatewayProcess};
-use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
-use socket2::{Domain, Socket, Type};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use gateway_tests::netns::{exec_in, NetnsPair, TestNet};
+use gateway_tests::probe::{connects_from, curl_status_from, syn_flood};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -35,16 +36,12 @@ impl Env {
     /// A plain-HTTP proxy with token checks on `/api/`, the given upstream server, the
     /// given `[abuse]` rules, the admin endpoint, and XDP limiting SYNs to the proxy port.
     fn config(&self, upstream: Ipv4Addr, abuse: &str, ebpf_extra: &str) -> PathBuf {
-        let d = self.net.dir.display();
         let text = format!(
             r#"
 [listen]
 http = ["{server}:{PORT}"]
 
-[jwt]
-[[jwt.keys]]
-secret_file = "{secret}"
-alg = "HS256"
+{jwt}
 
 [[upstream]]
 name = "app"
@@ -60,18 +57,12 @@ listen = "{ADMIN}"
 [abuse]
 {abuse}
 
-[ebpf]
-interface = "{iface}"
-mode = "xdp"
-pin_path = "{pin}"
-state_file = "{d}/deny-state.json"
-protected_ports = [{PORT}]
+{ebpf}protected_ports = [{PORT}]
 {ebpf_extra}
 "#,
             server = NetnsPair::SERVER4,
-            secret = self.secret.display(),
-            iface = self.net.pair.server_if,
-            pin = self.net.pin(),
+            jwt = hs256_jwt_section(&self.secret),
+            ebpf = xdp_section(&self.net),
         );
         let path = self.net.dir.join("gateway.toml");
         std::fs::write(&path, text).expect("write config");
@@ -104,37 +95,19 @@ protected_ports = [{PORT}]
     /// One HTTP GET of `/api/items` from `src` with a token that is not valid; the status,
     /// or 0 when no answer came.
     fn bad_token(&self, src: Ipv4Addr) -> u16 {
-        let out = exec_in(&self.net.pair.client, "curl")
-            .args([
-                "-s",
-                "--max-time",
-                "3",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .args(["--interface", &src.to_string()])
-            .args(["-H", "Authorization: Bearer not.a.token"])
-            .arg(format!("http://{}:{PORT}/api/items", NetnsPair::SERVER4))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        curl_status_from(
+            &self.net.pair.client,
+            src,
+            3,
+            &["-H", "Authorization: Bearer not.a.token"],
+            &format!("http://{}:{PORT}/api/items", NetnsPair::SERVER4),
+        )
     }
 
     /// A TCP handshake from `src` to the proxy port.
     fn connects(&self, src: Ipv4Addr) -> bool {
-        in_netns(&self.net.pair.client, move || -> std::io::Result<()> {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-            s.bind(&SocketAddr::from((src, 0)).into())?;
-            let to = SocketAddr::V4(SocketAddrV4::new(NetnsPair::SERVER4, PORT));
-            s.connect_timeout(&to.into(), Duration::from_secs(2))
-        })
-        .expect("enter netns")
-        .is_ok()
+        let to = SocketAddrV4::new(NetnsPair::SERVER4, PORT);
+        connects_from(&self.net.pair.client, src, to, Duration::from_secs(2))
     }
 
     /// `POST /deny` on the admin endpoint from inside the server namespace: status and body.
@@ -166,18 +139,8 @@ fn a_forged_syn_flood_bans_nobody_while_its_syns_are_still_limited() {
     let mut gw = env.start(&cfg);
     let count = 1500u64;
     // Bounded: `count` SYNs, one per millisecond, every one claiming to come from VICTIM.
-    let out = exec_in(&env.net.pair.client, "timeout")
-        .args(["30", "hping3", "-q", "-S", "-p", &PORT.to_string()])
-        .args(["-c", &count.to_string(), "-i", "u1000"])
-        .args(["-a", &VICTIM.to_string()])
-        .arg(NetnsPair::SERVER4.to_string())
-        .output()
-        .expect("run hping3");
-    assert!(
-        out.status.code().is_some(),
-        "hping3 was killed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let to = SocketAddrV4::new(NetnsPair::SERVER4, PORT);
+    syn_flood(&env.net.pair.client, VICTIM, to, count);
 
     // The flood's SYNs were limited in the kernel, under the forged address...
     let s = stats(&env.net.fs.pin_path());

@@ -13,13 +13,14 @@
 
 use anyhow::Result;
 use gateway_tests::browser::Browser;
+use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section, xdp_section};
 use gateway_tests::gateway::{cli_ok, GatewayProcess};
-use gateway_tests::netns::{exec_in, in_netns, run, NetnsPair, TestNet};
+use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
+use gateway_tests::probe::curl_status_from;
 use gateway_tests::upstream::EchoUpstream;
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -28,6 +29,14 @@ const ADMIN: &str = "127.0.0.1:9901";
 const ADMIN_TOKEN: &str = "dashboard-e2e-admin-token-7f3a9c";
 const CLIENT: Ipv4Addr = NetnsPair::CLIENT4;
 const BANNED: Ipv4Addr = NetnsPair::CLIENT4_B;
+/// The alerts `prometheus/alerts.yml` must define and `alerts_test.yml` must test.
+const REQUIRED_ALERTS: [&str; 5] = [
+    "GatewayVerifierFailuresRising",
+    "GatewayJwksStale",
+    "GatewayUpstreamDown",
+    "GatewayDropsSpiking",
+    "GatewayDenyMapNearlyFull",
+];
 
 // ---- the gateway under test -----------------------------------------------------------------
 
@@ -42,22 +51,7 @@ impl Env {
     fn new() -> Option<Self> {
         let net = TestNet::new("the dashboard in a browser", "dash")?;
         let dir = net.dir.clone();
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "1", "-subj", "/CN=10.77.0.1"])
-            .args(["-addext", "subjectAltName=IP:10.77.0.1"])
-            .arg("-keyout")
-            .arg(dir.join("tls.key"))
-            .arg("-out")
-            .arg(dir.join("tls.crt")))
-        .expect("openssl makes a certificate");
+        self_signed_ip_cert(&dir, "10.77.0.1").expect("openssl makes a certificate");
         let secret = dir.join("hs256.secret");
         std::fs::write(&secret, b"dashboard-e2e-secret-0123456789ab").expect("secret");
         std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).expect("token");
@@ -70,15 +64,8 @@ impl Env {
 [listen]
 https = ["10.77.0.1:{HTTPS_PORT}"]
 
-[tls]
-[[tls.certificates]]
-cert = "{d}/tls.crt"
-key = "{d}/tls.key"
-
-[jwt]
-[[jwt.keys]]
-secret_file = "{secret}"
-alg = "HS256"
+{tls}
+{jwt}
 
 [[upstream]]
 name = "app"
@@ -95,16 +82,11 @@ api_token_file = "{d}/admin.token"
 
 [abuse]
 
-[ebpf]
-interface = "{iface}"
-mode = "xdp"
-pin_path = "{pin}"
-state_file = "{d}/deny-state.json"
-"#,
-            secret = secret.display(),
+{ebpf}"#,
+            tls = tls_section(&dir),
+            jwt = hs256_jwt_section(&secret),
             upstream = upstream.addr(),
-            iface = net.pair.server_if,
-            pin = net.pin(),
+            ebpf = xdp_section(&net),
         );
         let config = dir.join("gateway.toml");
         std::fs::write(&config, text).expect("write config");
@@ -130,28 +112,18 @@ state_file = "{d}/deny-state.json"
 
     /// One HTTPS GET from `src`; the status, 0 without an HTTP answer.
     fn get(&self, src: Ipv4Addr, token: Option<&str>) -> u16 {
-        let mut cmd = exec_in(&self.net.pair.client, "curl");
-        cmd.args([
-            "-sk",
-            "--max-time",
-            "2",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(["--interface", &src.to_string()]);
-        if let Some(t) = token {
-            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["-k"];
+        if let Some(h) = &auth {
+            args.extend(["-H", h.as_str()]);
         }
-        let out = cmd
-            .arg(format!("https://10.77.0.1:{HTTPS_PORT}/api/items"))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        curl_status_from(
+            &self.net.pair.client,
+            src,
+            2,
+            &args,
+            &format!("https://10.77.0.1:{HTTPS_PORT}/api/items"),
+        )
     }
 
     /// A request to the admin endpoint from inside the server namespace, with the token.
@@ -687,13 +659,7 @@ fn alert_rules_are_well_formed_and_cover_what_an_operator_must_see() {
         names.len(),
         "alert names are unique: {names:?}"
     );
-    for needed in [
-        "GatewayVerifierFailuresRising",
-        "GatewayJwksStale",
-        "GatewayUpstreamDown",
-        "GatewayDropsSpiking",
-        "GatewayDenyMapNearlyFull",
-    ] {
+    for needed in REQUIRED_ALERTS {
         assert!(names.iter().any(|n| n == needed), "{needed} missing");
     }
     // The promtool unit tests name only alerts that exist, and test each required one.
@@ -710,13 +676,7 @@ fn alert_rules_are_well_formed_and_cover_what_an_operator_must_see() {
             tested.push(name);
         }
     }
-    for needed in [
-        "GatewayVerifierFailuresRising",
-        "GatewayJwksStale",
-        "GatewayUpstreamDown",
-        "GatewayDropsSpiking",
-        "GatewayDenyMapNearlyFull",
-    ] {
+    for needed in REQUIRED_ALERTS {
         assert!(
             tested.iter().any(|n| n == needed),
             "{needed} has no promtool test"

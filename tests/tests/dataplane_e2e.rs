@@ -3,11 +3,11 @@
 //! TCP handshakes, an hping3 SYN flood), and the real CLI reading and writing the pins.
 
 use gateway_tests::gateway::{cli, cli_ok, source_stats, stats, GatewayProcess};
-use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
-use socket2::{Domain, Socket, Type};
+use gateway_tests::netns::{in_netns, NetnsPair, TestNet};
+use gateway_tests::probe::{connects_from, syn_flood};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PORT: u16 = 7000;
 
@@ -57,14 +57,8 @@ impl Env {
 
     /// A TCP handshake from `src` in the client namespace; `true` if it completes in time.
     fn connect(&self, src: Ipv4Addr, timeout: Duration) -> bool {
-        in_netns(&self.pair.client, move || -> std::io::Result<()> {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-            s.bind(&SocketAddr::from((src, 0)).into())?;
-            let to = SocketAddr::V4(SocketAddrV4::new(NetnsPair::SERVER4, PORT));
-            s.connect_timeout(&to.into(), timeout)
-        })
-        .expect("enter netns")
-        .is_ok()
+        let to = SocketAddrV4::new(NetnsPair::SERVER4, PORT);
+        connects_from(&self.pair.client, src, to, timeout)
     }
 
     fn deny_add(&self, target: &str) {
@@ -212,29 +206,8 @@ fn syn_flood_is_limited_and_allow_list_is_not() {
     let gw = env.start(&cfg);
     let _listener = env.listen();
 
-    let flood = |src: Ipv4Addr| -> Duration {
-        let started = Instant::now();
-        // Bounded: `count` SYNs, one per millisecond, then hping3 exits by itself.
-        let out = exec_in(&env.pair.client, "timeout")
-            .args(["30", "hping3", "-q", "-S", "-p", &PORT.to_string()])
-            .args([
-                "-c",
-                &count.to_string(),
-                "-i",
-                "u1000",
-                "-a",
-                &src.to_string(),
-            ])
-            .arg(NetnsPair::SERVER4.to_string())
-            .output()
-            .expect("run hping3");
-        assert!(
-            out.status.code().is_some(),
-            "hping3 was killed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        started.elapsed()
-    };
+    let to = SocketAddrV4::new(NetnsPair::SERVER4, PORT);
+    let flood = |src: Ipv4Addr| syn_flood(&env.pair.client, src, to, count);
     let elapsed = flood(NetnsPair::CLIENT4);
     flood(NetnsPair::CLIENT4_B);
 

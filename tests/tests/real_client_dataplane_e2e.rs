@@ -4,6 +4,7 @@
 //! namespace. The client the proxy names is banned for bad tokens and refused in user space
 //! after its header; the proxy's packets keep passing XDP, so its other clients go on.
 
+use gateway_tests::config::{hs256_jwt_section, open_and_token_routes, xdp_section};
 use gateway_tests::gateway::{cli_ok, source_stats, stats, GatewayProcess};
 use gateway_tests::netns::{in_netns, NetnsPair, TestNet};
 use proxy_header::{ProxiedAddress, ProxyHeader};
@@ -82,24 +83,9 @@ http = ["10.77.0.1:{PORT}"]
 proxy_protocol = true
 trusted_proxies = ["{PROXY}"]
 
-[jwt]
-[[jwt.keys]]
-secret_file = "{d}/hs.key"
-alg = "HS256"
-
-# Nothing listens there: requests that pass every check get 502.
-[[upstream]]
-name = "app"
-servers = ["10.77.0.1:1"]
-
-[[route]]
-path_prefix = "/open/"
-upstream = "app"
-auth = "none"
-
-[[route]]
-path_prefix = "/"
-upstream = "app"
+{jwt}
+# Nothing listens at the upstream: requests that pass every check get 502.
+{routes}
 
 [abuse]
 auth_failures = {{ limit = {LIMIT}, window = "30s", ban = "5m" }}
@@ -110,14 +96,10 @@ client_errors = false
 listen = "127.0.0.1:0"
 socket = "{d}/run/admin.sock"
 
-[ebpf]
-interface = "{iface}"
-mode = "xdp"
-pin_path = "{pin}"
-state_file = "{d}/deny-state.json"
-"#,
-        iface = net.pair.server_if,
-        pin = net.pin(),
+{ebpf}"#,
+        jwt = hs256_jwt_section(&net.dir.join("hs.key")),
+        routes = open_and_token_routes("10.77.0.1:1"),
+        ebpf = xdp_section(&net),
     );
     let path = net.dir.join("gateway.toml");
     std::fs::write(&path, config).expect("config");

@@ -8,6 +8,7 @@
 //!
 //! Loopback only: the proxy is 127.0.0.1 (trusted), the untrusted source 127.0.0.2.
 
+use gateway_tests::config::{hs256_jwt_section, open_and_token_routes, tls_section};
 use gateway_tests::gateway::{cli_ok, GatewayProcess};
 use gateway_tests::tls::{ServerCert, TestCa};
 use gateway_tests::upstream::EchoUpstream;
@@ -51,28 +52,9 @@ https = ["127.0.0.1:0"]
 http = ["127.0.0.1:0"]
 {listen}
 
-[tls]
-[[tls.certificates]]
-cert = "{d}/tls.crt"
-key = "{d}/tls.key"
-
-[jwt]
-[[jwt.keys]]
-secret_file = "{d}/hs.key"
-alg = "HS256"
-
-[[upstream]]
-name = "app"
-servers = ["{up}"]
-
-[[route]]
-path_prefix = "/open/"
-upstream = "app"
-auth = "none"
-
-[[route]]
-path_prefix = "/"
-upstream = "app"
+{tls}
+{jwt}
+{routes}
 
 [abuse]
 auth_failures = {{ limit = {LIMIT}, window = "30s", ban = "5m" }}
@@ -87,7 +69,9 @@ socket = "{d}/run/admin.sock"
 mode = "off"
 state_file = "{d}/deny-state.json"
 "#,
-            up = upstream.addr(),
+            tls = tls_section(dir.path()),
+            jwt = hs256_jwt_section(&p("hs.key")),
+            routes = open_and_token_routes(&upstream.addr().to_string()),
         );
         std::fs::write(p("gw.toml"), config).expect("config");
         let mut proc = GatewayProcess::start_proxy(&p("gw.toml"), &p("gw.log"), 2, &[])

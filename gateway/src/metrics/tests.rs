@@ -19,6 +19,22 @@ fn value(text: &str, series: &str) -> Option<String> {
     samples(text).get(series).cloned()
 }
 
+/// A verifier with one HMAC key, and a token it accepts (valid for five minutes).
+fn hmac_verifier_and_token() -> (Arc<crate::jwt::Verifier>, String) {
+    use crate::jwt::{now_unix, Algorithm, SigningKey, Verifier, VerifierConfig};
+    use crate::keys::{KeyStore, VerifyingKey};
+    let secret = [7u8; 32];
+    let key = VerifyingKey::hmac(&secret, None, None, "test").expect("hmac key");
+    let v = Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key])).expect("verifier");
+    let mut claims = serde_json::Map::new();
+    claims.insert("exp".into(), (now_unix() + 300).into());
+    let token = SigningKey::hmac(&secret, Algorithm::HS256)
+        .expect("signing key")
+        .sign(serde_json::Map::new(), &claims)
+        .expect("token");
+    (Arc::new(v), token)
+}
+
 #[test]
 fn fresh_registry_renders_fixed_series_at_zero() {
     let m = Metrics::new(&names(&["api", "admin"]), &names(&["backend"]));
@@ -251,20 +267,10 @@ fn histogram_buckets_are_cumulative_with_inclusive_bounds() {
 
 #[test]
 fn verifier_cache_and_keys_are_read_at_scrape_time() {
-    use crate::jwt::{now_unix, Algorithm, SigningKey, Verifier, VerifierConfig};
-    use crate::keys::{KeyStore, VerifyingKey};
-    let secret = [7u8; 32];
-    let key = VerifyingKey::hmac(&secret, None, None, "test").expect("hmac key");
-    let v = Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key])).expect("verifier");
-    let v = Arc::new(v);
+    use crate::jwt::now_unix;
+    let (v, token) = hmac_verifier_and_token();
     let m = Metrics::new(&[], &[]);
     m.set_verifier(Arc::clone(&v));
-    let mut claims = serde_json::Map::new();
-    claims.insert("exp".into(), (now_unix() + 300).into());
-    let token = SigningKey::hmac(&secret, Algorithm::HS256)
-        .expect("signing key")
-        .sign(serde_json::Map::new(), &claims)
-        .expect("token");
     v.verify(&token, now_unix()).expect("valid (miss)");
     v.verify(&token, now_unix()).expect("valid (hit)");
     let t = m.render();
@@ -293,22 +299,11 @@ fn metrics_is_send_and_sync() {
 
 #[test]
 fn every_exposed_name_is_what_the_registry_renders() {
-    use crate::jwt::{now_unix, Algorithm, SigningKey, Verifier, VerifierConfig};
-    use crate::keys::{KeyStore, VerifyingKey};
-    let secret = [7u8; 32];
-    let key = VerifyingKey::hmac(&secret, None, None, "test").expect("hmac key");
-    let v = Arc::new(
-        Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key])).expect("verifier"),
-    );
+    use crate::jwt::now_unix;
+    let (v, token) = hmac_verifier_and_token();
     let m = Metrics::new(&names(&["api"]), &names(&["u"]));
     m.set_verifier(Arc::clone(&v));
     m.request(Some(0), 200);
-    let mut claims = serde_json::Map::new();
-    claims.insert("exp".into(), (now_unix() + 300).into());
-    let token = SigningKey::hmac(&secret, Algorithm::HS256)
-        .expect("signing key")
-        .sign(serde_json::Map::new(), &claims)
-        .expect("token");
     v.verify(&token, now_unix()).expect("valid");
     let t = m.render();
     let rendered: std::collections::HashSet<&str> = t

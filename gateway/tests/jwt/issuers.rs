@@ -5,13 +5,12 @@
 //! verification budget under a bad-signature flood. Real keys (the committed RSA and P-256
 //! fixtures), real signatures, configs parsed from TOML as the gateway reads them.
 
+use super::support::jwks_server::JwksServer;
 use super::support::*;
 use gateway::jwt::{Algorithm, SigningKey, Verifier, VerifierConfig, MAX_KIDLESS_KEYS};
 use gateway::keys::KeyStore;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 const CORP: &str = "https://corp.test/";
 const PARTNERS: &str = "https://partners.test/";
@@ -293,90 +292,6 @@ fn a_kidless_token_is_tried_against_a_bounded_number_of_keys() {
     }
 }
 
-/// A JWK Set served over HTTPS on loopback (a test CA and a leaf for `localhost`), its
-/// body replaceable and its requests counted.
-struct JwksServer {
-    body: Arc<Mutex<String>>,
-    hits: Arc<AtomicU64>,
-    url: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for JwksServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl JwksServer {
-    /// Starts the server; the CA's PEM is written to `ca_path`.
-    async fn start(ca_path: &str) -> Self {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        std::fs::write(ca_path, ca.pem()).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca, &ca_key)
-            .unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let body = Arc::new(Mutex::new(String::new()));
-        let hits = Arc::new(AtomicU64::new(0));
-        let (b, h) = (Arc::clone(&body), Arc::clone(&hits));
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, b, h) = (acceptor.clone(), Arc::clone(&b), Arc::clone(&h));
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |_req| {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        let text = b.lock().unwrap().clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(hyper::body::Bytes::from(text)),
-                            ))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-        JwksServer {
-            body,
-            hits,
-            url: format!("https://localhost:{port}/jwks.json"),
-            task,
-        }
-    }
-
-    fn serve(&self, keys: Value) {
-        *self.body.lock().unwrap() = json!({ "keys": keys }).to_string();
-    }
-
-    fn hits(&self) -> u64 {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
 fn ed25519_jwk(p: &Pair, kid: &str) -> Value {
     let pk = p.signer.public_key().unwrap();
     json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": kid, "x": b64(&pk)})
@@ -385,7 +300,8 @@ fn ed25519_jwk(p: &Pair, kid: &str) -> Value {
 /// corp from a JWKS URL (EdDSA), partners from a PEM file (ES256, the same kid), cache on.
 async fn jwks_and_pem(dir: &TempDir) -> (JwksServer, Verifier, gateway::keys::JwksSource) {
     let ca = dir.path().join("ca.pem").display().to_string();
-    let srv = JwksServer::start(&ca).await;
+    let srv = JwksServer::start().await;
+    std::fs::write(&ca, &srv.ca_pem).unwrap();
     let cfg: VerifierConfig = toml::from_str(&format!(
         r#"
 audiences = ["api"]

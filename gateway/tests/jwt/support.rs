@@ -1,6 +1,8 @@
 //! What the JWT test modules share: fixtures, real keys, token builders and a runner for the
 //! real `gateway` binary.
 
+pub mod jwks_server;
+
 use gateway::jwt::{encode_with, Algorithm, SigningKey, Verifier, VerifierConfig};
 use gateway::keys::{self, KeyStore, VerifyingKey};
 use ring::rand::SystemRandom;

@@ -16,12 +16,37 @@ const SECRET: [u8; 32] = [9; 32];
 /// A proxy with a token route (`/api/`, upstream `app`), a public one (`/public/`) and an
 /// upstream nothing listens on.
 fn proxy() -> Arc<Proxy> {
-    let text = r#"
+    let plan = plan(
+        "127.0.0.1:1",
+        "max_headers = 20\nmax_header_bytes = 2048\nmax_body_bytes = 100",
+        "",
+        Some("host = \"public.example\""),
+    );
+    let verifier = hmac_verifier(VerifierConfig::default());
+    with_verifier(plan, verifier, route_metrics(&["api", "public"]))
+}
+
+/// The tests' plan: token route `api` (`/api/`) and, with `public`, route `public`
+/// (`/public/`, no token) on upstream `app` at `upstream`; `listen`, `api` and `public` are
+/// extra lines for those tables.
+fn plan(upstream: &str, listen: &str, api: &str, public: Option<&str>) -> Plan {
+    let public = public.map_or(String::new(), |extra| {
+        format!(
+            r#"
+[[route]]
+name = "public"
+path_prefix = "/public/"
+upstream = "app"
+auth = "none"
+{extra}
+"#
+        )
+    });
+    let text = format!(
+        r#"
 [listen]
 http = ["127.0.0.1:0"]
-max_headers = 20
-max_header_bytes = 2048
-max_body_bytes = 100
+{listen}
 
 [jwt]
 
@@ -31,7 +56,7 @@ pem = "/nonexistent/unused.pem"
 
 [[upstream]]
 name = "app"
-servers = ["127.0.0.1:1"]
+servers = ["{upstream}"]
 connect_timeout = "1s"
 
 [[route]]
@@ -39,24 +64,22 @@ name = "api"
 path_prefix = "/api/"
 upstream = "app"
 auth = "required"
+{api}
+{public}"#
+    );
+    crate::config::Config::parse(std::path::Path::new("gw.toml"), &text).expect("config")
+}
 
-[[route]]
-name = "public"
-host = "public.example"
-path_prefix = "/public/"
-upstream = "app"
-auth = "none"
-"#;
-    let config =
-        crate::config::Config::parse(std::path::Path::new("gw.toml"), text).expect("config");
+/// A verifier of `cfg` that knows the tests' HMAC key.
+fn hmac_verifier(cfg: VerifierConfig) -> Verifier {
     let key = VerifyingKey::hmac(&SECRET, None, None, "test").expect("hmac key");
-    let verifier =
-        Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key])).expect("verifier");
-    let metrics = Arc::new(Metrics::new(
-        &["api".to_owned(), "public".to_owned()],
-        &["app".to_owned()],
-    ));
-    with_verifier(config, verifier, metrics)
+    Verifier::new(cfg, KeyStore::with_keys([key])).expect("verifier")
+}
+
+/// Metrics for `routes` and the upstream `app`.
+fn route_metrics(routes: &[&str]) -> Arc<Metrics> {
+    let routes: Vec<String> = routes.iter().map(|r| (*r).to_owned()).collect();
+    Arc::new(Metrics::new(&routes, &["app".to_owned()]))
 }
 
 /// The proxy of `plan`, whose token routes use `verifier`.
@@ -74,12 +97,19 @@ fn with_verifier(plan: Plan, verifier: Verifier, metrics: Arc<Metrics>) -> Arc<P
 }
 
 fn token(scope: &str, exp_in: i64) -> String {
-    let mut claims = serde_json::Map::new();
-    claims.insert("exp".into(), (now_unix() + exp_in).into());
-    claims.insert("scope".into(), scope.into());
+    sign(&[("scope", scope.into())], exp_in)
+}
+
+/// An HS256 token with the tests' key: `claims` and an `exp` `exp_in` seconds from now.
+fn sign(claims: &[(&str, serde_json::Value)], exp_in: i64) -> String {
+    let mut map = serde_json::Map::new();
+    map.insert("exp".into(), (now_unix() + exp_in).into());
+    for (name, value) in claims {
+        map.insert((*name).into(), value.clone());
+    }
     SigningKey::hmac(&SECRET, Algorithm::HS256)
         .expect("signing key")
-        .sign(serde_json::Map::new(), &claims)
+        .sign(serde_json::Map::new(), &map)
         .expect("token")
 }
 
@@ -387,36 +417,14 @@ async fn echo_upstream() -> std::net::SocketAddr {
 #[tokio::test]
 async fn a_valid_token_reaches_the_upstream_with_its_claims_and_no_hop_headers() {
     let upstream = echo_upstream().await;
-    let text = format!(
-        r#"
-[listen]
-http = ["127.0.0.1:0"]
-
-[jwt]
-
-# Never read: the tests hand the proxy a verifier of their own.
-[[jwt.keys]]
-pem = "/nonexistent/unused.pem"
-
-[[upstream]]
-name = "app"
-servers = ["{upstream}"]
-
-[[route]]
-name = "api"
-path_prefix = "/api/"
-upstream = "app"
-auth = "required"
-claim_headers = {{ scope = "X-Auth-Scope" }}
-forward_authorization = false
-"#
+    let config = plan(
+        &upstream.to_string(),
+        "",
+        "claim_headers = { scope = \"X-Auth-Scope\" }\nforward_authorization = false",
+        None,
     );
-    let config =
-        crate::config::Config::parse(std::path::Path::new("gw.toml"), &text).expect("config");
-    let key = VerifyingKey::hmac(&SECRET, None, None, "test").expect("hmac key");
-    let verifier =
-        Verifier::new(VerifierConfig::default(), KeyStore::with_keys([key])).expect("verifier");
-    let metrics = Arc::new(Metrics::new(&["api".to_owned()], &["app".to_owned()]));
+    let verifier = hmac_verifier(VerifierConfig::default());
+    let metrics = route_metrics(&["api"]);
     let p = with_verifier(config, verifier, metrics);
     let req = get("/api/./a/../b?q=1")
         .header("authorization", format!("Bearer {}", token("read", 600)))
@@ -531,37 +539,12 @@ async fn limit_429s_are_not_client_errors_for_the_abuse_engine() {
     use crate::deny::DenyStore;
     use crate::jwt::VerifyBudgetConfig;
     use crate::ratelimit::Rate;
-    let text = r#"
-[listen]
-http = ["127.0.0.1:0"]
-
-[jwt]
-
-# Never read: the test hands the proxy a verifier of its own.
-[[jwt.keys]]
-pem = "/nonexistent/unused.pem"
-
-[[upstream]]
-name = "app"
-servers = ["127.0.0.1:1"]
-connect_timeout = "1s"
-
-[[route]]
-name = "api"
-path_prefix = "/api/"
-upstream = "app"
-auth = "required"
-rate_limit = { key = "sub", rate = "1/h", burst = 1 }
-
-[[route]]
-name = "public"
-path_prefix = "/public/"
-upstream = "app"
-auth = "none"
-rate_limit = { key = "source", rate = "1/h", burst = 1 }
-"#;
-    let plan = crate::config::Config::parse(std::path::Path::new("gw.toml"), text).expect("config");
-    let key = VerifyingKey::hmac(&SECRET, None, None, "test").expect("hmac key");
+    let plan = plan(
+        "127.0.0.1:1",
+        "",
+        "rate_limit = { key = \"sub\", rate = \"1/h\", burst = 1 }",
+        Some("rate_limit = { key = \"source\", rate = \"1/h\", burst = 1 }"),
+    );
     // One signature check per source an hour: the second fresh token is over budget.
     let hour = Rate {
         count: 1,
@@ -575,11 +558,8 @@ rate_limit = { key = "source", rate = "1/h", burst = 1 }
         },
         ..VerifierConfig::default()
     };
-    let verifier = Arc::new(Verifier::new(cfg, KeyStore::with_keys([key])).expect("verifier"));
-    let metrics = Arc::new(Metrics::new(
-        &["api".to_owned(), "public".to_owned()],
-        &["app".to_owned()],
-    ));
+    let verifier = Arc::new(hmac_verifier(cfg));
+    let metrics = route_metrics(&["api", "public"]);
     let rule = Some(Rule {
         limit: 2,
         window: DurationSecs(std::time::Duration::from_secs(60)),
@@ -603,15 +583,14 @@ rate_limit = { key = "source", rate = "1/h", burst = 1 }
     let proxy = Arc::new(proxy);
     let ip: std::net::IpAddr = "127.0.0.9".parse().expect("ip"); // `send`'s peer
     let signed = |sub: &str, jti: u32| {
-        let mut claims = serde_json::Map::new();
-        claims.insert("exp".into(), (now_unix() + 300).into());
-        claims.insert("scope".into(), "read write".into());
-        claims.insert("sub".into(), sub.into());
-        claims.insert("jti".into(), jti.into());
-        SigningKey::hmac(&SECRET, Algorithm::HS256)
-            .expect("signing key")
-            .sign(serde_json::Map::new(), &claims)
-            .expect("token")
+        sign(
+            &[
+                ("scope", "read write".into()),
+                ("sub", sub.into()),
+                ("jti", jti.into()),
+            ],
+            300,
+        )
     };
     let bearer = |t: &str| {
         get("/api/x")
