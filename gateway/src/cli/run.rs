@@ -50,19 +50,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let data_plane = config
-        .ebpf
-        .as_ref()
-        .is_some_and(|e| e.mode != DataPlaneMode::Off);
-    if !data_plane && !config.has_proxy() {
-        return fail(
-            EXIT_USAGE,
-            format!(
-                "{}: nothing to run: no [listen] section and no [ebpf] section with a mode other than \"off\"",
-                args.config.display()
-            ),
-        );
-    }
+    // A config that starts nothing is refused by `Config::load`.
     // The main runtime runs signals, the admin endpoint, key refreshes and the data plane's
     // housekeeping; the proxy has worker threads of its own (`[runtime] worker_threads`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
