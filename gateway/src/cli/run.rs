@@ -5,9 +5,11 @@
 //! `[ebpf]` section the gateway runs the data plane alone, for hosts where another proxy
 //! serves the traffic. SIGHUP re-reads the config
 //! and applies what can change live. SIGTERM/SIGINT stop accepting, drain in-flight
-//! requests up to `[listen] shutdown_grace`, then detach the programs.
+//! requests up to `[listen] shutdown_grace`, then detach the programs. Under systemd
+//! (`Type=notify`) each of these steps is reported on `$NOTIFY_SOCKET` ([`Notifier`]).
 
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
+use super::notify::Notifier;
 use crate::abuse::{AbuseEngine, Signal};
 use crate::admin;
 use crate::config::{Config, DataPlaneMode, Issue, Plan};
@@ -169,13 +171,19 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         }
     }
     ready.store(true, Ordering::Relaxed);
+    let notify = Notifier::from_env();
+    notify.ready();
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(config_path, &config, plane.as_mut(), certs.as_deref()),
+            _ = hup.recv() => {
+                notify.reloading();
+                reload(config_path, &config, plane.as_mut(), certs.as_deref());
+                notify.ready();
+            }
             _ = sweep.tick() => {
                 if let Err(e) = deny.sweep() {
                     tracing::warn!(error = %e, "removing expired deny entries failed");
@@ -184,6 +192,7 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         }
     }
     tracing::info!("signal received, stopping");
+    notify.stopping();
     ready.store(false, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     if let Some(t) = proxy_task {
