@@ -93,3 +93,58 @@ fn without_notify_socket_nothing_is_required() {
     TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("serving");
     assert!(gw.stop().is_some_and(|s| s.success()), "{}", gw.log_text());
 }
+
+/// `deploy/systemd/gateway.service` passes `systemd-analyze verify` without a single
+/// complaint (an unknown or misspelt key is only a warning there, so stderr must be empty),
+/// and asks for what the README promises.
+#[test]
+fn the_unit_file_verifies_and_grants_only_the_capabilities_needed() {
+    let unit =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/gateway.service");
+    let text = std::fs::read_to_string(&unit).expect("read the unit file");
+    for line in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "User=gateway",
+        "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_BIND_SERVICE",
+        "StateDirectory=gateway",
+        "RuntimeDirectory=gateway",
+        "ConfigurationDirectory=gateway",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}`");
+    }
+    // verify checks that the executables exist: point them at the binary under test.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("gateway.service");
+    let bin = gateway_tests::gateway::bin();
+    std::fs::write(
+        &copy,
+        text.replace("/usr/bin/gateway", &bin.display().to_string()),
+    )
+    .expect("write the unit copy");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian package `systemd`; `cargo xtask setup` installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "complaints: {stderr}");
+
+    // The check is real: a misspelt key is reported.
+    std::fs::write(
+        &copy,
+        text.replace("NoNewPrivileges=", "NoNewPrivilege=")
+            .replace("/usr/bin/gateway", &bin.display().to_string()),
+    )
+    .expect("write the unit copy");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown key 'NoNewPrivilege'"));
+}
