@@ -111,20 +111,43 @@ impl GatewayProcess {
         Self::spawn_with_env(netns, config, log, &[])
     }
 
+    /// Like [`GatewayProcess::start`], with `wrapper` (e.g. `setpriv ...`) running the
+    /// gateway inside the namespace.
+    pub fn start_wrapped(netns: &str, wrapper: &[&str], config: &Path, log: &Path) -> Result<Self> {
+        let mut proc = Self::spawn_cmd(Some(netns), wrapper, config, log, &[])?;
+        proc.wait_for("data plane running", Duration::from_secs(20))?;
+        Ok(proc)
+    }
+
     fn spawn_with_env(
         netns: Option<&str>,
         config: &Path,
         log: &Path,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<Self> {
+        Self::spawn_cmd(netns, &[], config, log, env)
+    }
+
+    fn spawn_cmd(
+        netns: Option<&str>,
+        wrapper: &[&str],
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self> {
         let stderr = File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let mut cmd = match netns {
-            Some(ns) => {
+        let mut cmd = match (netns, wrapper) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin());
+                c.args(["netns", "exec", ns]).args(wrapper).arg(bin());
                 c
             }
-            None => Command::new(bin()),
+            (None, [first, rest @ ..]) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            (None, []) => Command::new(bin()),
         };
         cmd.arg("run")
             .arg("--config")

@@ -119,3 +119,43 @@ fn config_errors_name_file_line_and_key() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `config check` reads what `run` would read, and refuses what `run` would refuse.
+#[test]
+fn config_check_refuses_what_run_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.toml");
+    let p = path.display().to_string();
+
+    std::fs::write(&path, "# only a comment\n\n").unwrap();
+    one_line_error(
+        &["config", "check", "--config", &p],
+        2,
+        &format!("{p}: the file is empty (only comments and blank lines): nothing to run"),
+    );
+    one_line_error(&["run", "--config", &p], 2, "the file is empty");
+
+    let text = "[listen]\nhttps = [\"127.0.0.1:0\"]\n\n[tls]\n[[tls.certificates]]\n\
+                cert = \"/nonexistent/gw.crt\"\nkey = \"/nonexistent/gw.key\"\n\n\
+                [[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n\n\
+                [[route]]\npath_prefix = \"/\"\nupstream = \"a\"\nauth = \"none\"\n";
+    std::fs::write(&path, text).unwrap();
+    one_line_error(
+        &["config", "check", "--config", &p],
+        2,
+        &format!(
+            "{p}:6: tls.certificates[0].cert: cannot read certificates from /nonexistent/gw.crt"
+        ),
+    );
+    // The same file, without the files it names: valid.
+    let out = cli(&["config", "check", "--skip-files", "--config", &p]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{p}: ok")
+    );
+}

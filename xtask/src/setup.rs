@@ -92,6 +92,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("wrk", "HTTP/1.1 load for the peer benchmark (bench.sh)"),
     (
+        "systemd",
+        "`systemd-analyze verify` for the unit file test (systemd is not started)",
+    ),
+    (
         "nghttp2-client",
         "h2load, HTTP/2 load for the peer benchmark (bench.sh)",
     ),

@@ -5,9 +5,11 @@
 //! `[ebpf]` section the gateway runs the data plane alone, for hosts where another proxy
 //! serves the traffic. SIGHUP re-reads the config
 //! and applies what can change live. SIGTERM/SIGINT stop accepting, drain in-flight
-//! requests up to `[listen] shutdown_grace`, then detach the programs.
+//! requests up to `[listen] shutdown_grace`, then detach the programs. Under systemd
+//! (`Type=notify`) each of these steps is reported on `$NOTIFY_SOCKET` ([`Notifier`]).
 
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
+use super::notify::Notifier;
 use crate::abuse::AbuseEngine;
 use crate::admin;
 use crate::config::{Config, DataPlaneMode, Issue, Plan};
@@ -50,19 +52,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let data_plane = config
-        .ebpf
-        .as_ref()
-        .is_some_and(|e| e.mode != DataPlaneMode::Off);
-    if !data_plane && !config.has_proxy() {
-        return fail(
-            EXIT_USAGE,
-            format!(
-                "{}: nothing to run: no [listen] section and no [ebpf] section with a mode other than \"off\"",
-                args.config.display()
-            ),
-        );
-    }
+    // A config that starts nothing is refused by `Config::load`.
     // The main runtime runs signals, the admin endpoint, key refreshes and the data plane's
     // housekeeping; the proxy has worker threads of its own (`[runtime] worker_threads`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -225,13 +215,19 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         }
     }
     ready.store(true, Ordering::Relaxed);
+    let notify = Notifier::from_env();
+    notify.ready();
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(config_path, &config, plane.as_mut(), certs.as_deref()),
+            _ = hup.recv() => {
+                notify.reloading();
+                reload(config_path, &config, plane.as_mut(), certs.as_deref());
+                notify.ready();
+            }
             _ = sweep.tick() => {
                 // Blocking (map syscalls, paced): off this runtime, which also serves the
                 // admin endpoint and the event reader.
@@ -245,6 +241,7 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         }
     }
     tracing::info!("signal received, stopping");
+    notify.stopping();
     ready.store(false, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     if let Some(t) = proxy_task {

@@ -23,7 +23,7 @@ fn default_listen() -> SocketAddr {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the admin HTTP endpoint.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "super::addr::one")]
     pub listen: SocketAddr,
     /// Allow `listen` on a non-loopback address. The endpoint is unauthenticated and exposes
     /// operational detail, so this must be a deliberate choice.

@@ -79,6 +79,11 @@ pub struct EbpfConfig {
     pub mode: DataPlaneMode,
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
+    /// Group the pins are given to (directory 0750, pins 0660), so its members can run
+    /// `gateway stats` and `gateway deny` without root. Absent: `gateway` when that group
+    /// exists; `""`: the pins stay the owner's (0600).
+    #[serde(default)]
+    pub pin_group: Option<String>,
     /// The deny list's durable copy (pinned maps do not survive a reboot; this file does).
     #[serde(default = "default_state_file")]
     pub state_file: PathBuf,
@@ -111,6 +116,7 @@ impl Default for EbpfConfig {
             interface: None,
             mode: DataPlaneMode::default(),
             pin_path: default_pin_path(),
+            pin_group: None,
             state_file: default_state_file(),
             protected_ports: Vec::new(),
             syn_rate: default_syn_rate(),

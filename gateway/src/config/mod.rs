@@ -6,10 +6,12 @@
 //! falls back to a default.
 
 pub mod abuse;
+pub mod addr;
 pub mod admin;
 mod duration;
 pub mod ebpf;
 pub mod env;
+mod files;
 pub mod fleet;
 pub mod plan;
 pub mod proxy;
@@ -74,6 +76,15 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Nothing but comments and blank lines: most likely the wrong file.
+    #[error("{}: the file is empty (only comments and blank lines): nothing to run", .path.display())]
+    Empty { path: PathBuf },
+    /// Valid, but neither a proxy nor a data plane: `run` would start nothing.
+    #[error(
+        "{}: nothing to run: no [listen] section and no [ebpf] section with a mode other than \"off\"",
+        .path.display()
+    )]
+    NothingToRun { path: PathBuf },
     /// More than one problem: one line each.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<ConfigError>),
@@ -89,9 +100,29 @@ impl Config {
         Self::parse(path, &text)
     }
 
+    /// [`Config::load`], then what `gateway run` will read: certificate chains with their
+    /// keys (readable, parsable, matching) and the `[[jwt.keys]]` files, each problem named
+    /// by file, line and key like the others.
+    pub fn check(path: &Path) -> Result<Plan, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse_with(path, &text, files::check)
+    }
+
     /// Parses, validates and compiles configuration text; `path` is only used in errors.
     /// `${VAR}` references are expanded from the process environment first.
     pub fn parse(path: &Path, text: &str) -> Result<Plan, ConfigError> {
+        Self::parse_with(path, text, |_| Vec::new())
+    }
+
+    /// [`Config::parse`], with `more` checks on the compiled plan, reported like the rest.
+    fn parse_with(
+        path: &Path,
+        text: &str,
+        more: impl FnOnce(&Plan) -> plan::Issues,
+    ) -> Result<Plan, ConfigError> {
         let expanded = env::expand(text, |name| std::env::var(name).ok()).map_err(|e| {
             let (_, key) = locate_span(text, line_start(text, e.line));
             ConfigError::Invalid {
@@ -102,6 +133,15 @@ impl Config {
             }
         })?;
         let text = expanded.as_str();
+        if text
+            .lines()
+            .map(str::trim)
+            .all(|l| l.is_empty() || l.starts_with('#'))
+        {
+            return Err(ConfigError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
         let config: Config = toml::from_str(text).map_err(|e| {
             let (line, key) = match e.span() {
                 Some(span) => locate_span(text, span.start),
@@ -119,7 +159,18 @@ impl Config {
                 .into_iter()
                 .map(|(at, issue)| issue.locate(path, text, at))
         };
-        match plan::compile(config) {
+        match plan::compile(config).and_then(|(plan, unused)| {
+            let problems = more(&plan);
+            match problems.is_empty() {
+                true => Ok((plan, unused)),
+                false => Err(problems),
+            }
+        }) {
+            Ok((plan, _)) if !plan.has_proxy() && !plan.has_data_plane() => {
+                Err(ConfigError::NothingToRun {
+                    path: path.to_path_buf(),
+                })
+            }
             Ok((mut plan, unused)) => {
                 plan.warnings = locate(unused).map(|e| e.to_string()).collect();
                 Ok(plan)
@@ -168,9 +219,15 @@ impl Issue {
             "" => at,
             k => format!("{at}.{k}"),
         };
+        // A nested array written inline (`certificates = [{ .. }]`) has no header of its
+        // own: its parent's key line is the nearest.
+        let line = find_key_line(text, section.name, section.index, self.key).or_else(|| {
+            let (parent, child) = section.name.rsplit_once('.')?;
+            find_key_line(text, parent, None, child)
+        });
         ConfigError::Invalid {
             path: path.to_path_buf(),
-            line: find_key_line(text, section.name, section.index, self.key).unwrap_or(0),
+            line: line.unwrap_or(0),
             key,
             message: self.message,
         }
@@ -326,8 +383,92 @@ mod tests {
     }
 
     #[test]
-    fn empty_config_is_valid() {
-        let c = Config::parse(Path::new("gw.toml"), "").expect("empty is fine");
-        assert!(c.ebpf.is_none());
+    fn an_empty_file_is_refused() {
+        for text in ["", "\n  \n", "# only\n   # comments\n\n"] {
+            assert_eq!(
+                err(text),
+                "gw.toml: the file is empty (only comments and blank lines): nothing to run"
+            );
+        }
+        // Expansion first: a file that is only a comment after it is still empty.
+        assert!(err("${GW_TEST_UNSET_EMPTY:-#} x\n").contains("the file is empty"));
+    }
+
+    #[test]
+    fn a_file_that_starts_nothing_is_refused() {
+        for text in [
+            "[admin]\n",
+            "[ebpf]\nmode = \"off\"\n",
+            "[runtime]\nworker_threads = 2\n[abuse]\n",
+        ] {
+            assert!(
+                err(text).starts_with("gw.toml: nothing to run: no [listen] section"),
+                "{text}"
+            );
+        }
+        assert!(Config::parse(Path::new("gw.toml"), "[ebpf]\ninterface = \"lo\"\n").is_ok());
+    }
+
+    #[test]
+    fn an_admin_address_that_is_a_listener_is_refused() {
+        let text = |admin: &str, http: &str| {
+            format!(
+                "[listen]\nhttp = [\"{http}\"]\n\n[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n\n\
+                 [[route]]\npath_prefix = \"/\"\nupstream = \"a\"\nauth = \"none\"\n\n\
+                 [admin]\nlisten = \"{admin}\"\nallow_non_loopback = true\n"
+            )
+        };
+        for (admin, http) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("[::1]:8080", "[::]:8080"),
+            ("0.0.0.0:8080", "[::]:8080"),
+            ("127.0.0.1:8080", "[::]:8080"),
+        ] {
+            let e = err(&text(admin, http));
+            assert!(
+                e.starts_with(&format!(
+                    "gw.toml:14: admin.listen: {} collides with the listener {} (listen.http)",
+                    admin.parse::<std::net::SocketAddr>().unwrap(),
+                    http.parse::<std::net::SocketAddr>().unwrap()
+                )),
+                "{admin} {http}: {e}"
+            );
+        }
+        for (admin, http) in [
+            ("127.0.0.1:9901", "127.0.0.1:8080"),
+            ("127.0.0.2:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            // IPv4's wildcard leaves IPv6 addresses alone.
+            ("[::1]:8080", "0.0.0.0:8080"),
+        ] {
+            assert!(
+                Config::parse(Path::new("gw.toml"), &text(admin, http)).is_ok(),
+                "{admin} {http}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_names_are_refused_as_names_with_file_line_and_key() {
+        let e = err(
+            "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[[upstream]]\nname = \"a\"\n\
+             servers = [\"10.0.0.1:80\", \"backend.internal:8080\"]\n",
+        );
+        assert!(
+            e.starts_with("gw.toml:6: upstream.servers: `backend.internal:8080`: `backend.internal` is a host name; only IP addresses are accepted"),
+            "{e}"
+        );
+        let e = err("[listen]\nhttps = [\"localhost:443\"]\n");
+        assert!(
+            e.starts_with("gw.toml:2: listen.https: `localhost:443`: `localhost` is a host name"),
+            "{e}"
+        );
+        let e = err("[admin]\nlisten = \"localhost:9901\"\n");
+        assert!(
+            e.starts_with("gw.toml:2: admin.listen: `localhost:9901`: `localhost` is a host name"),
+            "{e}"
+        );
     }
 }

@@ -136,6 +136,13 @@ impl Plan {
         self.listen.is_some()
     }
 
+    /// Whether an `[ebpf]` section asks for a data plane (a mode other than `off`).
+    pub fn has_data_plane(&self) -> bool {
+        self.ebpf
+            .as_ref()
+            .is_some_and(|e| e.mode != super::DataPlaneMode::Off)
+    }
+
     /// What is allowed but has no effect or is probably not meant, e.g. a `[jwt]` section no
     /// route uses, or a route accepting an issuer that checks neither `iss` nor an audience;
     /// one `file:line: key: message` line each.
@@ -155,7 +162,7 @@ impl Section {
     fn one(name: &'static str) -> Self {
         Section { name, index: None }
     }
-    fn nth(name: &'static str, i: usize) -> Self {
+    pub(super) fn nth(name: &'static str, i: usize) -> Self {
         Section {
             name,
             index: Some(i),
@@ -259,6 +266,9 @@ pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
             Err(Issue::new("path_prefix", "routes need a [listen] section")),
         );
     }
+    if let (Some(admin), Some(listen)) = (&config.admin, &config.listen) {
+        check(Section::one("admin"), admin_apart(admin, listen));
+    }
     if !found.is_empty() {
         return Err(found);
     }
@@ -300,6 +310,33 @@ pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
         warnings: Vec::new(),
     };
     Ok((plan, unused))
+}
+
+/// The admin endpoint cannot share an address with a listener: one of the two binds would
+/// fail at start-up. An unspecified address takes its port on more than itself ([`covers`]).
+fn admin_apart(admin: &AdminConfig, listen: &ListenConfig) -> Result<(), Issue> {
+    let a = admin.listen;
+    let listeners =
+        (listen.https.iter().map(|l| ("https", l))).chain(listen.http.iter().map(|l| ("http", l)));
+    for (key, l) in listeners {
+        let same_ip = a.ip() == l.ip() || covers(a.ip(), l.ip()) || covers(l.ip(), a.ip());
+        if a.port() != 0 && a.port() == l.port() && same_ip {
+            return Err(Issue::new(
+                "listen",
+                format!(
+                    "{a} collides with the listener {l} (listen.{key}): the admin endpoint \
+                     needs an address of its own"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a socket bound to `wild` takes the port on `other` too: `0.0.0.0` on every IPv4
+/// address, `[::]` (dual-stack, Linux's default) on every address.
+fn covers(wild: std::net::IpAddr, other: std::net::IpAddr) -> bool {
+    wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
 }
 
 /// One route: its own checks ([`RouteConfig::validate`]), then its methods, scopes and claim

@@ -28,8 +28,10 @@ pub struct RuntimeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// TLS listeners (need `[tls]`).
+    #[serde(deserialize_with = "super::addr::list")]
     pub https: Vec<SocketAddr>,
     /// Plain-HTTP listeners, for use behind another TLS terminator.
+    #[serde(deserialize_with = "super::addr::list")]
     pub http: Vec<SocketAddr>,
     /// Open connections one source address may hold; more are closed at accept.
     pub max_connections_per_source: usize,
@@ -210,7 +212,8 @@ impl TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
-    /// `host:port` of each server (plain HTTP/1.1 with keep-alive).
+    /// `ip:port` of each server (plain HTTP/1.1 with keep-alive); names are refused.
+    #[serde(deserialize_with = "super::addr::list")]
     pub servers: Vec<SocketAddr>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: DurationSecs,

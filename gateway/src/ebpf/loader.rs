@@ -1,5 +1,6 @@
 //! Loading and attaching the kernel programs, with errors that say what to do.
 
+use super::access::{self, AccessError, Capability};
 use super::maps::{MapsError, PinnedMaps};
 use crate::config::{DataPlaneMode, EbpfConfig, Issue};
 use aya::maps::{MapData, RingBuf};
@@ -39,6 +40,18 @@ pub enum LoadError {
          and CAP_PERFMON"
     )]
     PermissionDenied,
+    /// The kernel refused, and this process lacks the capability that explains it.
+    #[error(
+        "missing capability {}: {} ({detail}); grant it (systemd: AmbientCapabilities=CAP_BPF \
+         CAP_PERFMON CAP_NET_ADMIN, as in deploy/systemd/gateway.service) or run as root",
+        .capability.name(), .capability.needed_for()
+    )]
+    MissingCapability {
+        capability: Capability,
+        detail: String,
+    },
+    #[error(transparent)]
+    Pins(#[from] AccessError),
     #[error("the kernel verifier rejected program `{program}`: {source}\nverifier log:\n{log}")]
     Verifier {
         program: &'static str,
@@ -95,6 +108,7 @@ impl DataPlane {
         }
         let mut ebpf = load_object(&cfg.pin_path)?;
         let mut maps = PinnedMaps::open(&cfg.pin_path)?;
+        access::share_pins(&cfg.pin_path, cfg.pin_group.as_deref())?;
         let kernel = cfg.to_kernel().map_err(LoadError::Config)?;
         maps.write_config(&kernel)?;
         maps.replace_allow(&cfg.allow_nets().map_err(LoadError::Config)?)?;
@@ -182,10 +196,22 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
 fn classify_load_error(e: EbpfError) -> LoadError {
     if let EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) = &e {
         if io_error.kind() == io::ErrorKind::PermissionDenied {
-            return LoadError::PermissionDenied;
+            return lacking(Capability::Bpf, io_error).unwrap_or(LoadError::PermissionDenied);
         }
     }
     LoadError::Object(Box::new(e))
+}
+
+/// The error naming `capability` when this process lacks it; `detail` is what the kernel
+/// said.
+fn lacking(capability: Capability, detail: impl std::fmt::Display) -> Option<LoadError> {
+    capability
+        .missing()
+        .unwrap_or(false)
+        .then(|| LoadError::MissingCapability {
+            capability,
+            detail: detail.to_string(),
+        })
 }
 
 fn program_error(program: &'static str, e: ProgramError) -> LoadError {
@@ -194,14 +220,27 @@ fn program_error(program: &'static str, e: ProgramError) -> LoadError {
             io_error,
             verifier_log,
         } => {
-            if io_error.kind() == io::ErrorKind::PermissionDenied
-                && verifier_log.to_string().is_empty()
-            {
-                LoadError::PermissionDenied
+            let log = verifier_log.to_string();
+            if io_error.kind() == io::ErrorKind::PermissionDenied && log.is_empty() {
+                // XDP and TC are networking programs: loading them needs CAP_NET_ADMIN too.
+                lacking(Capability::Bpf, &io_error)
+                    .or_else(|| lacking(Capability::NetAdmin, &io_error))
+                    .unwrap_or(LoadError::PermissionDenied)
+            } else if let Some(e) = lacking(
+                Capability::Perfmon,
+                format_args!(
+                    "the verifier said: {}",
+                    log.lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                ),
+            ) {
+                e
             } else {
                 LoadError::Verifier {
                     program,
-                    log: verifier_log.to_string(),
+                    log,
                     source: io_error,
                 }
             }
@@ -215,11 +254,13 @@ fn program_error(program: &'static str, e: ProgramError) -> LoadError {
 
 fn attach(ebpf: &mut Ebpf, interface: &str, mode: DataPlaneMode) -> Result<(), LoadError> {
     let attach_err = |hint: &'static str| {
-        move |source| LoadError::Attach {
-            interface: interface.to_string(),
-            mode,
-            hint,
-            source: Box::new(source),
+        move |source: ProgramError| {
+            lacking(Capability::NetAdmin, &source).unwrap_or_else(|| LoadError::Attach {
+                interface: interface.to_string(),
+                mode,
+                hint,
+                source: Box::new(source),
+            })
         }
     };
     match mode {

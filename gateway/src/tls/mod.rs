@@ -80,6 +80,12 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// Loads one certificate chain and its key exactly as serving would, and drops them:
+/// `gateway config check` uses it to find unreadable, unparsable or mismatched files.
+pub fn check_certificate(cert: &CertConfig) -> Result<(), TlsError> {
+    load_certified_key(&cert.cert, &cert.key).map(drop)
+}
+
 fn load_set(certs: &[CertConfig]) -> Result<CertSet, TlsError> {
     let mut by_name = HashMap::new();
     let mut default = None;
