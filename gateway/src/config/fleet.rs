@@ -157,8 +157,11 @@ mod tests {
     use crate::config::Config;
     use std::path::Path;
 
+    /// `body` after a data plane section, so the file has something to run; its lines are
+    /// counted from 1 as written, since the tests look at keys and messages only.
     fn parse(body: &str) -> Result<crate::config::Plan, String> {
-        Config::parse(Path::new("/etc/g.toml"), body).map_err(|e| e.to_string())
+        let text = format!("{body}\n[ebpf]\ninterface = \"lo\"\nmode = \"xdp-generic\"\n");
+        Config::parse(Path::new("/etc/g.toml"), &text).map_err(|e| e.to_string())
     }
 
     #[test]
