@@ -230,6 +230,22 @@ fn header_values(json: &serde_json::Value, name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Sends `req` on `c` and checks that the gateway refused it itself (see [`assert_refused`]).
+async fn expect_refused(
+    gw: &Gw,
+    c: &Client,
+    proto: Proto,
+    what: impl AsRef<str>,
+    req: Req,
+    status: u16,
+    error: &str,
+) {
+    let what = what.as_ref();
+    let before = gw.upstream.hits();
+    let reply = c.send(proto, req).await.expect(what);
+    assert_refused(gw, what, before, &reply, status, error);
+}
+
 /// A refusal by the gateway: the status, our JSON error, and nothing reached the upstream.
 fn assert_refused(gw: &Gw, what: &str, before: usize, reply: &Reply, status: u16, error: &str) {
     assert_eq!(reply.status, status, "{what}: {reply:?}");
@@ -259,39 +275,39 @@ fn routing_differentials_never_reach_an_open_route() {
                     "/public/%2e%2e;/api/items",
                     "/public/..;x=1/api/items",
                 ] {
-                    let before = gw.upstream.hits();
-                    let reply = send(Req::get(path)).await.expect(path);
-                    assert_refused(
+                    expect_refused(
                         &gw,
+                        c,
+                        proto,
                         &format!("{at} {path}"),
-                        before,
-                        &reply,
+                        Req::get(path),
                         400,
                         "bad_request",
-                    );
+                    )
+                    .await;
                 }
                 // What plain normalisation resolves is routed on the result: the token route.
-                let before = gw.upstream.hits();
-                let reply = send(Req::get("/public/../api/items")).await.expect("dots");
-                assert_refused(
+                expect_refused(
                     &gw,
+                    c,
+                    proto,
                     &format!("{at} /public/../api/items"),
-                    before,
-                    &reply,
+                    Req::get("/public/../api/items"),
                     401,
                     "unauthorized",
-                );
+                )
+                .await;
                 // Prefixes match whole segments: `/pub` (open) never takes `/pubkeys/...`.
-                let before = gw.upstream.hits();
-                let reply = send(Req::get("/pubkeys/signing")).await.expect("pubkeys");
-                assert_refused(
+                expect_refused(
                     &gw,
+                    c,
+                    proto,
                     &format!("{at} /pubkeys/signing"),
-                    before,
-                    &reply,
+                    Req::get("/pubkeys/signing"),
                     401,
                     "unauthorized",
-                );
+                )
+                .await;
                 for open in ["/pub", "/pub/keys"] {
                     let json = echoed(open, &send(Req::get(open)).await.expect(open));
                     assert_eq!(json["path"], open, "{at}");
@@ -303,18 +319,16 @@ fn routing_differentials_never_reach_an_open_route() {
                 );
                 assert_eq!(json["path"], "/files/a%2Fb%5C..;c", "{at}");
                 // `decode`: decoded, then routed again on what the upstream will serve.
-                let before = gw.upstream.hits();
-                let reply = send(Req::get("/docs/..%2Fapi%2Fitems"))
-                    .await
-                    .expect("decode");
-                assert_refused(
+                expect_refused(
                     &gw,
+                    c,
+                    proto,
                     &format!("{at} decode"),
-                    before,
-                    &reply,
+                    Req::get("/docs/..%2Fapi%2Fitems"),
                     401,
                     "unauthorized",
-                );
+                )
+                .await;
                 let reply = send(
                     Req::get("/docs/..%2Fapi%5Citems")
                         .header("authorization", &format!("Bearer {read}")),
@@ -341,28 +355,26 @@ fn routing_differentials_never_reach_an_open_route() {
                 );
                 // Methods are upper-case letters: `delete` is not DELETE.
                 for method in ["delete", "Get", "POST2", "M-SEARCH"] {
-                    let before = gw.upstream.hits();
-                    let reply = send(Req::new(method, "/api/items").bearer(&read))
-                        .await
-                        .expect(method);
-                    assert_refused(
+                    expect_refused(
                         &gw,
+                        c,
+                        proto,
                         &format!("{at} {method}"),
-                        before,
-                        &reply,
+                        Req::new(method, "/api/items").bearer(&read),
                         400,
                         "bad_request",
-                    );
-                    let before = gw.upstream.hits();
-                    let reply = send(Req::new(method, "/open")).await.expect(method);
-                    assert_refused(
+                    )
+                    .await;
+                    expect_refused(
                         &gw,
+                        c,
+                        proto,
                         &format!("{at} {method} /open"),
-                        before,
-                        &reply,
+                        Req::new(method, "/open"),
                         400,
                         "bad_request",
-                    );
+                    )
+                    .await;
                 }
             }
         }
