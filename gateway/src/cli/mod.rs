@@ -4,12 +4,14 @@
 mod common;
 mod config_cmd;
 mod deny;
+mod docs;
 mod notify;
 mod run;
 pub mod stats;
 mod token;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -38,6 +40,18 @@ enum Command {
     /// Validate a configuration file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Print the shell completion script (the package installs them).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages into DIR (the package installs them).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Entry point of the binary.
@@ -49,5 +63,7 @@ pub fn main() -> ExitCode {
         Command::Deny(cmd) => deny::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Completions { shell } => docs::completions(Cli::command(), shell),
+        Command::Man { dir } => docs::man(Cli::command(), &dir),
     }
 }
