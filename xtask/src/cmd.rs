@@ -247,6 +247,23 @@ impl Cmd {
         Ok(())
     }
 
+    /// Prints the command, runs it with stderr inherited, and returns its stdout; fails unless
+    /// it exits with 0.
+    pub fn stdout(&self) -> Result<Vec<u8>> {
+        let line = self.display();
+        println!("==> {line}");
+        let out = self
+            .command()
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("could not start `{line}`"))?;
+        if !out.status.success() {
+            bail!("command failed ({}): {line}", out.status);
+        }
+        Ok(out.stdout)
+    }
+
     /// Runs quietly and returns stdout (trimmed) when the command exits with 0.
     pub fn probe(&self) -> Option<String> {
         let out = self
@@ -339,6 +356,17 @@ mod tests {
         ] {
             assert!(cmd.removed.iter().any(|k| k == key), "{key}");
         }
+    }
+
+    #[test]
+    fn stdout_returns_the_output_and_fails_on_a_bad_status() {
+        let out = Cmd::new("sh")
+            .args(["-c", "printf 'a\\n\\n'"])
+            .stdout()
+            .unwrap();
+        assert_eq!(out, b"a\n\n", "untrimmed");
+        let err = Cmd::new("sh").args(["-c", "exit 4"]).stdout().unwrap_err();
+        assert!(format!("{err:#}").contains("exit status: 4"), "{err:#}");
     }
 
     #[test]

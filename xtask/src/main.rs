@@ -7,6 +7,7 @@ mod bench;
 mod build_cmd;
 mod cmd;
 mod demo;
+mod dist;
 mod run;
 mod setup;
 mod test;
@@ -36,8 +37,14 @@ enum Command {
     Build(build_cmd::BuildArgs),
     /// Setup, build, then run the gateway in the foreground on a demo configuration.
     Run(run::RunArgs),
-    /// Setup, build, rustfmt, clippy, then every test (privileged ones included).
+    /// Setup, build, the package (dist), rustfmt, clippy, then every test (privileged ones
+    /// included).
     Test(test::TestArgs),
+    /// Build the Debian package target/dist/gateway_<version>_<arch>.deb with dpkg-deb: the
+    /// release binary (built as `build --release` does), the systemd unit, a commented
+    /// /etc/gateway/gateway.toml (conffile), maintainer scripts that create the user and group
+    /// `gateway`, manual pages and bash/zsh/fish completions.
+    Dist,
     /// Every benchmark: JWT and data-plane micro benchmarks, the side-by-side comparison with
     /// HAProxy, XDP vs nftables drop rate, memory; writes bench/results/<timestamp>.md.
     Bench(bench::BenchArgs),
@@ -56,6 +63,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build_cmd::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Dist => dist::run(),
         Command::Bench(args) => bench::run(&args),
     };
     match result {

@@ -95,6 +95,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "systemd",
         "`systemd-analyze verify` for the unit file test (systemd is not started)",
     ),
+    // `cargo xtask dist` and the package test (tests/tests/package.rs).
+    (
+        "dpkg-dev",
+        "dpkg-shlibdeps: the package's library dependencies (`cargo xtask dist`)",
+    ),
+    (
+        "adduser",
+        "what the package's postinst creates the user and group `gateway` with",
+    ),
+    (
+        "man-db",
+        "`man`: the package test reads the installed manual pages",
+    ),
     (
         "nghttp2-client",
         "h2load, HTTP/2 load for the peer benchmark (bench.sh)",
