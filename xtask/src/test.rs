@@ -1,5 +1,6 @@
-//! `cargo xtask test`: setup, build, rustfmt, clippy (host crates and the eBPF crate), then
-//! every test of the workspace, privileged ones included. This is what CI runs (`.ci/run`).
+//! `cargo xtask test`: setup, build, the Debian package, rustfmt, clippy (host crates and the
+//! eBPF crate), then every test of the workspace, privileged ones included. This is what CI
+//! runs (`.ci/run`).
 //!
 //! Setup and build failures stop the run; lint and test failures do not stop the steps after
 //! them, so one run shows everything that is wrong. A summary closes the output.
@@ -14,6 +15,7 @@ use clap::Args;
 
 use crate::build_cmd;
 use crate::cmd::{self, Cmd};
+use crate::dist;
 use crate::setup;
 
 #[derive(Args)]
@@ -24,6 +26,10 @@ pub struct TestArgs {
     /// Skip rustfmt and clippy (for developers iterating; CI does not use it).
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip the release build and the package (`dist`); the package test then installs
+    /// `$GATEWAY_DEB` or the package an earlier `cargo xtask dist` left in target/dist.
+    #[arg(long)]
+    pub no_dist: bool,
     /// Passed to the test binaries: a name filter, `--nocapture`, `--test-threads 1`, ...
     /// (`cargo xtask test -- <filter> --nocapture`).
     #[arg(
@@ -116,7 +122,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if args.no_setup {
         steps.skip("setup", "--no-setup");
     } else if !steps.run("setup", setup::run) {
-        for name in ["build", "fmt", "clippy", "clippy-ebpf", "test"] {
+        for name in ["build", "dist", "fmt", "clippy", "clippy-ebpf", "test"] {
             steps.skip(name, "setup failed");
         }
         return steps.summary();
@@ -127,12 +133,25 @@ pub fn run(args: &TestArgs) -> Result<()> {
         artifacts = Some(build_cmd::all(false)?);
         Ok(())
     }) {
-        for name in ["fmt", "clippy", "clippy-ebpf", "test"] {
+        for name in ["dist", "fmt", "clippy", "clippy-ebpf", "test"] {
             steps.skip(name, "build failed");
         }
         return steps.summary();
     }
     let artifacts = artifacts.expect("set by a successful build step");
+
+    // The package test (tests/tests/package.rs) installs it; the release build reuses the
+    // eBPF object of the build step.
+    let mut deb = None;
+    if args.no_dist {
+        steps.skip("dist", "--no-dist");
+    } else {
+        steps.run("dist", || {
+            let release_bin = build_cmd::userspace(&artifacts.ebpf_object, true)?;
+            deb = Some(dist::package(&release_bin)?);
+            Ok(())
+        });
+    }
 
     if args.no_lint {
         for name in ["fmt", "clippy", "clippy-ebpf"] {
@@ -164,6 +183,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 "--exclude",
                 "gateway-ebpf",
             ]);
+        if let Some(deb) = &deb {
+            test = test.env("GATEWAY_DEB", deb);
+        }
         if !args.args.is_empty() {
             test = test.arg("--").args(&args.args);
         }
