@@ -73,10 +73,6 @@ fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn sh(script: &str) -> String {
-    ok(Command::new("sh").args(["-c", script]))
-}
-
 fn exists(path: &str) -> bool {
     Path::new(path).symlink_metadata().is_ok()
 }
@@ -119,10 +115,9 @@ impl Drop for Cleanup {
     }
 }
 
-/// `setpriv` as `user` (with its groups), no capabilities at all.
+/// `setpriv` arguments: run as `user` (with its groups), no capabilities at all.
 fn as_user(user: &str, group: &str) -> Vec<String> {
     vec![
-        "setpriv".into(),
         format!("--reuid={user}"),
         format!("--regid={group}"),
         "--init-groups".into(),
@@ -266,13 +261,13 @@ fn package_installs_serves_upgrades_and_purges_cleanly() {
         String::from_utf8_lossy(&check.stderr)
     );
     // As the service's ExecStartPre runs it: the user gateway reads it through the group...
-    ok(Command::new(&as_user("gateway", "gateway")[0])
-        .args(&as_user("gateway", "gateway")[1..])
+    ok(Command::new("setpriv")
+        .args(as_user("gateway", "gateway"))
         .args(["/usr/bin/gateway", "config", "check"]));
     // ...and other users cannot (certificates and keys live there too).
     let nobody = output(
-        Command::new(&as_user("nobody", "nogroup")[0])
-            .args(&as_user("nobody", "nogroup")[1..])
+        Command::new("setpriv")
+            .args(as_user("nobody", "nogroup"))
             .args(["/usr/bin/gateway", "config", "check"]),
     );
     let stderr = String::from_utf8_lossy(&nobody.stderr);
@@ -289,11 +284,12 @@ fn package_installs_serves_upgrades_and_purges_cleanly() {
     let server = ns.server.clone();
     cleanup.ns = Some(ns);
     std::fs::create_dir("/run/gateway").expect("mkdir /run/gateway");
-    sh("chown gateway:gateway /run/gateway");
+    let gid: u32 = group[2].parse().expect("gid");
+    std::os::unix::fs::chown("/run/gateway", Some(uid), Some(gid)).expect("chown /run/gateway");
     app_upstream(&server);
     let log = tempfile::NamedTempFile::new().expect("log file");
     let mut gw = Command::new("ip")
-        .args(["netns", "exec", &server])
+        .args(["netns", "exec", &server, "setpriv"])
         .args(as_user("gateway", "gateway"))
         .args(["/usr/bin/gateway", "run"])
         .stdin(Stdio::null())
