@@ -5,6 +5,7 @@ mod common;
 mod config_cmd;
 mod deny;
 mod notify;
+mod reload;
 mod run;
 pub mod stats;
 mod token;
