@@ -361,7 +361,7 @@ impl Staged {
             }
             if let (Some(store), Some(loaded)) = (&proxy.certs, self.certs) {
                 store.replace_with(loaded);
-                self.changes.applied.push("certificates re-read".to_owned());
+                self.changes.applied.push("certificates reloaded".to_owned());
             }
         }
         if let (Some(plane), Some(lists)) = (running.plane.as_deref_mut(), self.ebpf) {
