@@ -13,7 +13,6 @@ use crate::config::diff::{self, Changes};
 use crate::config::{Config, Plan};
 use crate::deny::DenyStore;
 use crate::ebpf::{DataPlane, Target};
-use gateway_common::DataPlaneConfig;
 use crate::fleet::Fleet;
 use crate::jwt::{Verifier, VerifierConfig, DEFAULT_ISSUER};
 use crate::keys::{JwksSource, KeyStore};
@@ -21,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::live::LiveProxy;
 use crate::proxy::Proxy;
 use crate::tls::CertStore;
+use gateway_common::DataPlaneConfig;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -349,7 +349,10 @@ impl Staged {
         if self.replace_abuse {
             *running.abuse = self.abuse.clone();
             if let Some(f) = running.fleet.as_deref_mut() {
-                f.count_for(self.abuse.clone());
+                match &self.abuse {
+                    Some(a) => f.count_for(a.clone()),
+                    None => f.stop_counting(),
+                }
             }
         }
         if let Some(proxy) = running.proxy.as_deref_mut() {
@@ -361,7 +364,9 @@ impl Staged {
             }
             if let (Some(store), Some(loaded)) = (&proxy.certs, self.certs) {
                 store.replace_with(loaded);
-                self.changes.applied.push("certificates reloaded".to_owned());
+                self.changes
+                    .applied
+                    .push("certificates reloaded".to_owned());
             }
         }
         if let (Some(plane), Some(lists)) = (running.plane.as_deref_mut(), self.ebpf) {

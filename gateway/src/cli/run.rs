@@ -124,8 +124,8 @@ async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
         .as_ref()
         .map(|cfg| Arc::new(AbuseEngine::new(cfg, deny.clone())));
     let mut fleet = fleet;
-    if let Some(f) = fleet.as_mut() {
-        f.count_for(abuse.clone());
+    if let (Some(f), Some(a)) = (fleet.as_mut(), &abuse) {
+        f.count_for(a.clone());
     }
     // SYN rate-limit trips are logged, never fed to the abuse engine: their source address
     // can be forged (the kernel keeps limiting the SYNs themselves).

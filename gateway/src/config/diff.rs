@@ -156,7 +156,8 @@ pub fn diff(old: &Plan, new: &Plan) -> Changes {
             listen_restart_only(o, n, &mut c.restart);
             let live = listen_live(o, n);
             if !live.is_empty() {
-                c.applied.push(format!("limits changed [{}]", live.join(", ")));
+                c.applied
+                    .push(format!("limits changed [{}]", live.join(", ")));
             }
         }
         (None, None) => {}

@@ -275,14 +275,9 @@ impl Fleet {
 
     /// Counts the abuse engine's events of rules with a `fleet_limit` across the fleet, and
     /// bans a source when the fleet's count crosses the limit (nothing to do without such
-    /// rules). A reload's engine replaces the previous one (`None`: no engine any more).
-    pub fn count_for(&mut self, engine: Option<Arc<AbuseEngine>>) {
-        if let Some(t) = self.counting.take() {
-            t.abort();
-        }
-        let Some(engine) = engine else {
-            return;
-        };
+    /// rules). A reload's engine replaces the previous one.
+    pub fn count_for(&mut self, engine: Arc<AbuseEngine>) {
+        self.stop_counting();
         if !Signal::ALL.iter().any(|s| engine.fleet_rule(*s).is_some()) {
             return;
         }
@@ -290,6 +285,13 @@ impl Fleet {
         engine.count_for_fleet(counts.clone());
         let shared = self.shared.clone();
         self.counting = Some(tokio::spawn(shared.count_forever(counts, engine)));
+    }
+
+    /// Counting for an abuse engine stops (a reload removed `[abuse]`).
+    pub fn stop_counting(&mut self) {
+        if let Some(t) = self.counting.take() {
+            t.abort();
+        }
     }
 
     pub fn stats(&self) -> Arc<FleetStats> {

@@ -219,12 +219,7 @@ impl Metrics {
             "Upstream failures by upstream and kind (connect, timeout, no_healthy, protocol)",
             upstream_family.clone(),
         );
-        let series = Arc::new(Series::new(
-            &requests,
-            &upstream_family,
-            routes,
-            upstreams,
-        ));
+        let series = Arc::new(Series::new(&requests, &upstream_family, routes, upstreams));
 
         let refused_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -439,7 +434,6 @@ impl Series {
             kinds[kind as usize].inc();
         }
     }
-
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -393,7 +393,11 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
         if shared.proxy_protocol {
             if !shared.trusted.contains(peer.ip()) {
                 tracing::debug!(peer = %peer, "connection refused: not a trusted proxy");
-                shared.proxy.peek().metrics().connection_refused("untrusted_proxy");
+                shared
+                    .proxy
+                    .peek()
+                    .metrics()
+                    .connection_refused("untrusted_proxy");
                 continue;
             }
             // The header is read on the connection's own task: a slow proxy never holds up
@@ -458,7 +462,11 @@ async fn proxied(
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(peer = %proxy_addr, error = %e, "connection refused: PROXY header");
-                shared.proxy.peek().metrics().connection_refused("proxy_header");
+                shared
+                    .proxy
+                    .peek()
+                    .metrics()
+                    .connection_refused("proxy_header");
                 return None;
             }
         };

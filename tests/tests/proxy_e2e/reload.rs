@@ -85,8 +85,15 @@ fn sighup_applies_routes_upstreams_keys_and_limits_without_failing_a_request() {
 
     runtime().block_on(async {
         // Before: the old config answers.
-        let r = gw.http.send(Proto::H1, Req::get("/api/k").bearer(&t.wrong_key)).await;
-        assert_eq!(r.expect("request").status, 401, "the second key is not trusted yet");
+        let r = gw
+            .http
+            .send(Proto::H1, Req::get("/api/k").bearer(&t.wrong_key))
+            .await;
+        assert_eq!(
+            r.expect("request").status,
+            401,
+            "the second key is not trusted yet"
+        );
         let r = gw
             .http
             .send(Proto::H1, Req::new("POST", "/open/big").body(&body))
@@ -114,9 +121,11 @@ fn sighup_applies_routes_upstreams_keys_and_limits_without_failing_a_request() {
             })
         };
         let upstream = &gw.upstream;
-        wait_until("the slow request at the upstream", Duration::from_secs(5), || {
-            !upstream.hits_for("/open/slow").is_empty()
-        });
+        wait_until(
+            "the slow request at the upstream",
+            Duration::from_secs(5),
+            || !upstream.hits_for("/open/slow").is_empty(),
+        );
 
         reload(&gw, &config, APPLIED);
         let log = gw.proc.log_text();
@@ -146,17 +155,38 @@ fn sighup_applies_routes_upstreams_keys_and_limits_without_failing_a_request() {
             let r = conn.send(Req::get("/open/kept")).await.expect(&what);
             assert_eq!(r.status, 404, "{what}: the old route is gone");
         }
-        assert_eq!(second.hits_for("/fresh/kept").len(), 2, "the new server answers");
+        assert_eq!(
+            second.hits_for("/fresh/kept").len(),
+            2,
+            "the new server answers"
+        );
         assert!(gw.upstream.hits_for("/fresh/kept").is_empty());
 
         // New routes served, the old one 404; the new key accepted; the new limit held.
-        let r = gw.http.send(Proto::H1, Req::get("/open/x")).await.expect("request");
+        let r = gw
+            .http
+            .send(Proto::H1, Req::get("/open/x"))
+            .await
+            .expect("request");
         assert_eq!(r.status, 404);
-        echoed(&gw.http.send(Proto::H1, Req::get("/opened/x")).await.expect("request"));
+        echoed(
+            &gw.http
+                .send(Proto::H1, Req::get("/opened/x"))
+                .await
+                .expect("request"),
+        );
         assert_eq!(second.hits_for("/opened/x").len(), 1);
-        let r = gw.http.send(Proto::H1, Req::get("/api/k").bearer(&t.wrong_key)).await;
+        let r = gw
+            .http
+            .send(Proto::H1, Req::get("/api/k").bearer(&t.wrong_key))
+            .await;
         echoed(&r.expect("request"));
-        echoed(&gw.http.send(Proto::H1, Req::get("/api/k").bearer(&t.rw)).await.expect("request"));
+        echoed(
+            &gw.http
+                .send(Proto::H1, Req::get("/api/k").bearer(&t.rw))
+                .await
+                .expect("request"),
+        );
         let r = gw
             .http
             .send(Proto::H1, Req::new("POST", "/opened/big").body(&body))
@@ -178,7 +208,10 @@ fn a_config_with_problems_changes_nothing_and_names_each_problem() {
                 &gw,
                 &[
                     ("name = \"open\"\n", "name = \"renamed\"\n"),
-                    ("http = [\"127.0.0.1:0\"]\n", "http = [\"127.0.0.1:0\"]\nmax_body_byte = 5\n"),
+                    (
+                        "http = [\"127.0.0.1:0\"]\n",
+                        "http = [\"127.0.0.1:0\"]\nmax_body_byte = 5\n",
+                    ),
                 ],
             ),
             "listen.max_body_byte",
@@ -200,7 +233,8 @@ fn a_config_with_problems_changes_nothing_and_names_each_problem() {
             reload(&gw, config, REFUSED);
             let log = gw.proc.log_text();
             assert!(
-                log.lines().any(|l| l.contains("reload:") && l.contains(problem)),
+                log.lines()
+                    .any(|l| l.contains("reload:") && l.contains(problem)),
                 "no line names `{problem}`:\n{log}"
             );
             assert!(log.contains("gateway.toml:"), "the file is named:\n{log}");
@@ -217,7 +251,10 @@ fn a_config_with_problems_changes_nothing_and_names_each_problem() {
         }
         // A good file after the bad ones applies.
         reload(&gw, &good, APPLIED);
-        assert!(gw.proc.log_text().contains("routes added [renamed], removed [open]"));
+        assert!(gw
+            .proc
+            .log_text()
+            .contains("routes added [renamed], removed [open]"));
     });
 }
 
@@ -249,9 +286,17 @@ fn settings_that_need_a_restart_are_named_and_the_rest_applies() {
     );
     runtime().block_on(async {
         // The listener that runs stays; the route change applied.
-        let r = gw.http.send(Proto::H1, Req::get("/opened/x")).await.expect("request");
+        let r = gw
+            .http
+            .send(Proto::H1, Req::get("/opened/x"))
+            .await
+            .expect("request");
         echoed(&r);
-        let r = gw.http.send(Proto::H1, Req::get("/open/x")).await.expect("request");
+        let r = gw
+            .http
+            .send(Proto::H1, Req::get("/open/x"))
+            .await
+            .expect("request");
         assert_eq!(r.status, 404);
     });
 }
@@ -269,17 +314,21 @@ fn an_upstream_removed_by_a_reload_is_no_longer_health_checked() {
 
     // Added by a reload: its checks start.
     reload(&gw, &with_checked, APPLIED);
-    wait_until("health checks of the added upstream", Duration::from_secs(5), || {
-        probes() >= 3
-    });
+    wait_until(
+        "health checks of the added upstream",
+        Duration::from_secs(5),
+        || probes() >= 3,
+    );
 
     // An unrelated change keeps its checks going.
     let renamed = with_checked.replacen("name = \"open\"\n", "name = \"renamed\"\n", 1);
     reload(&gw, &renamed, APPLIED);
     let n = probes();
-    wait_until("health checks after an unrelated reload", Duration::from_secs(5), || {
-        probes() >= n + 3
-    });
+    wait_until(
+        "health checks after an unrelated reload",
+        Duration::from_secs(5),
+        || probes() >= n + 3,
+    );
 
     // Removed: its checks stop. Over 15 intervals at most the probe that was on its way
     // when the reload ended arrives.
@@ -296,7 +345,11 @@ fn an_upstream_removed_by_a_reload_is_no_longer_health_checked() {
         std::thread::sleep(Duration::from_millis(50));
     }
     runtime().block_on(async {
-        let r = gw.http.send(Proto::H1, Req::get("/c/x")).await.expect("request");
+        let r = gw
+            .http
+            .send(Proto::H1, Req::get("/c/x"))
+            .await
+            .expect("request");
         assert_eq!(r.status, 404, "its route went with it");
     });
 }

@@ -88,7 +88,10 @@ auth = "none"
     )
     .expect("valid");
     let c = diff(&plan("", ""), &moved);
-    assert_eq!(c.applied, ["routes changed [api]", "upstreams changed [app]"]);
+    assert_eq!(
+        c.applied,
+        ["routes changed [api]", "upstreams changed [app]"]
+    );
     let running = plan("", "");
     let unchanged = &running.upstreams()[0];
     assert_eq!(plan("", "").unchanged_upstream(unchanged), Some(0));
@@ -103,7 +106,10 @@ fn live_limits_apply_and_connection_settings_need_a_restart() {
     );
     let c = diff(&plan("", ""), &new);
     assert_eq!(c.applied, ["limits changed [max_body_bytes]"]);
-    assert_eq!(c.restart, ["runtime.worker_threads", "listen.max_connections"]);
+    assert_eq!(
+        c.restart,
+        ["runtime.worker_threads", "listen.max_connections"]
+    );
 
     let moved = plan("", "");
     let other = Config::parse(

@@ -170,7 +170,9 @@ impl Proxy {
     pub fn continuing(mut self, running: &Proxy) -> Self {
         for (i, cfg) in self.plan.upstreams().iter().enumerate() {
             if let Some(j) = running.plan.unchanged_upstream(cfg) {
-                if let (Some(new), Some(old)) = (self.upstreams.get_mut(i), running.upstreams.get(j)) {
+                if let (Some(new), Some(old)) =
+                    (self.upstreams.get_mut(i), running.upstreams.get(j))
+                {
                     *new = Arc::clone(old);
                 }
             }
