@@ -391,3 +391,6 @@ impl Staged {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
