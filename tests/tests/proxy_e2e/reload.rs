@@ -6,7 +6,7 @@
 
 use gateway_tests::client::{Proto, Req};
 use gateway_tests::proxy::{echoed, runtime, wait_until, Gw, Setup};
-use gateway_tests::upstream::EchoUpstream;
+use gateway_tests::upstream::{ClosedPort, EchoUpstream};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
@@ -201,6 +201,8 @@ fn sighup_applies_routes_upstreams_keys_and_limits_without_failing_a_request() {
 fn a_config_with_problems_changes_nothing_and_names_each_problem() {
     let gw = Gw::start(Setup::default());
     let good = edited(&gw, &[("name = \"open\"\n", "name = \"renamed\"\n")]);
+    let closed = ClosedPort::new().expect("closed port");
+    let jwks_url = format!("https://{}/jwks.json", closed.addr());
     let broken = [
         // An unknown key: the file, line and key are named.
         (
@@ -227,6 +229,20 @@ fn a_config_with_problems_changes_nothing_and_names_each_problem() {
             ),
             "missing.crt",
         ),
+        // A new JWKS URL whose first fetch fails: the running keys stay.
+        (
+            edited(
+                &gw,
+                &[
+                    ("name = \"open\"\n", "name = \"renamed\"\n"),
+                    (
+                        "[[upstream]]",
+                        &format!("[[jwt.keys]]\njwks_url = \"{jwks_url}\"\ntimeout = \"2s\"\n\n[[upstream]]"),
+                    ),
+                ],
+            ),
+            &jwks_url,
+        ),
     ];
     runtime().block_on(async {
         for (config, problem) in &broken {
@@ -237,7 +253,9 @@ fn a_config_with_problems_changes_nothing_and_names_each_problem() {
                     .any(|l| l.contains("reload:") && l.contains(problem)),
                 "no line names `{problem}`:\n{log}"
             );
-            assert!(log.contains("gateway.toml:"), "the file is named:\n{log}");
+            if !problem.starts_with("https://") {
+                assert!(log.contains("gateway.toml:"), "the file is named:\n{log}");
+            }
             assert!(!log.contains(APPLIED), "nothing applied:\n{log}");
             // Still the old config, on both listeners.
             for tls in [false, true] {
