@@ -164,10 +164,10 @@ async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
         match start_proxy(&config, abuse.clone(), deny.clone(), shutdown_rx.clone()).await {
             Ok(started) => {
                 proxy_task = Some(started.task);
+                info.proxy = started.running.workers().last().cloned();
                 running_proxy = Some(started.running);
                 metrics = Some(started.metrics);
                 info.listeners = started.listeners;
-                info.upstreams = started.upstreams;
             }
             Err(e) => return fail(EXIT_FAILURE, e),
         }
@@ -269,9 +269,8 @@ struct StartedProxy {
     /// What a reload replaces.
     running: RunningProxy,
     metrics: Arc<Metrics>,
-    /// Bound proxy listeners (address, TLS) and the upstream pools, for the dashboard.
+    /// Bound proxy listeners (address, TLS), for the dashboard.
     listeners: Vec<(std::net::SocketAddr, bool)>,
-    upstreams: Vec<Arc<crate::proxy::upstream::Upstream>>,
 }
 
 /// Keys, verifier, upstreams, listeners and TLS; errors name what failed.
@@ -320,11 +319,6 @@ async fn start_proxy(
     let running = RunningProxy::start(built, fetched, metrics.clone(), certs);
     let listeners = Listeners::bind(&listen, workers)?;
     let bound = listeners.local_addrs();
-    let upstreams = running
-        .workers()
-        .last()
-        .map(|p| p.peek().upstreams().to_vec())
-        .unwrap_or_default();
     for &(addr, tls) in &bound {
         eprintln!(
             "gateway: proxy listening on {}://{addr}",
@@ -351,7 +345,6 @@ async fn start_proxy(
         running,
         metrics,
         listeners: bound,
-        upstreams,
     })
 }
 

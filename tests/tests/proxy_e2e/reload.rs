@@ -4,7 +4,7 @@
 //! restart are named in one warning line while the rest applies; an upstream that is gone
 //! stops being health-checked.
 
-use gateway_tests::client::{Proto, Req};
+use gateway_tests::client::{raw_exchange, Proto, Req};
 use gateway_tests::proxy::{echoed, runtime, wait_until, Gw, Setup};
 use gateway_tests::upstream::{ClosedPort, EchoUpstream};
 use nix::sys::signal::Signal;
@@ -319,9 +319,38 @@ fn settings_that_need_a_restart_are_named_and_the_rest_applies() {
     });
 }
 
+/// The upstream names the admin endpoint's `/stats.json` lists.
+fn dashboard_upstreams(gw: &Gw) -> Vec<String> {
+    let log = gw.proc.log_text();
+    let addr: std::net::SocketAddr = log
+        .lines()
+        .find_map(|l| l.split("admin endpoint on http://").nth(1))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in the log:\n{log}"));
+    let reply = raw_exchange(
+        addr,
+        b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .expect("stats.json");
+    let text = reply.text();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let doc: serde_json::Value = serde_json::from_str(body).expect("stats.json is JSON");
+    doc["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .map(|u| u["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 #[test]
 fn an_upstream_removed_by_a_reload_is_no_longer_health_checked() {
-    let gw = Gw::start(Setup::default());
+    let gw = Gw::start(Setup {
+        listen: "\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        ..Setup::default()
+    });
+    assert_eq!(dashboard_upstreams(&gw), ["app"]);
     let checked = EchoUpstream::start().expect("checked upstream");
     let base = std::fs::read_to_string(gw.path("gateway.toml")).expect("read config");
     let with_checked = format!(
