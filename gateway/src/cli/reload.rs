@@ -11,7 +11,7 @@ use super::run::{apply_ipv6_prefix, StartError};
 use crate::abuse::AbuseEngine;
 use crate::config::diff::{self, Changes};
 use crate::config::{Config, Plan};
-use crate::deny::DenyStore;
+use crate::deny::{DenyStore, Protected};
 use crate::ebpf::{DataPlane, Target};
 use crate::fleet::Fleet;
 use crate::jwt::{Verifier, VerifierConfig, DEFAULT_ISSUER};
@@ -241,6 +241,8 @@ pub(super) struct Staged {
     proxies: Option<(Proxies, Vec<Fetched>)>,
     certs: Option<CertStore>,
     ebpf: Option<DataPlaneLists>,
+    /// What no ban may cover: the allow list, and what the new config depends on.
+    protected: (Vec<ipnet::IpNet>, Protected),
 }
 
 /// The data plane's settings and lists from `[ebpf]`, converted.
@@ -325,9 +327,17 @@ async fn stage(path: &Path, running: &Running<'_>) -> Result<Staged, Vec<String>
             Err(i) => problems.push(format!("ebpf.{}: {}", i.key, i.message)),
         }
     }
+    let allow = match plan.ebpf.as_ref().map(|e| e.allow_nets()).transpose() {
+        Ok(nets) => nets.unwrap_or_default(),
+        Err(i) => {
+            problems.push(format!("ebpf.{}: {}", i.key, i.message));
+            Vec::new()
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
+    let protected = (allow, Protected::from_config(&plan).await);
     Ok(Staged {
         plan,
         changes,
@@ -336,6 +346,7 @@ async fn stage(path: &Path, running: &Running<'_>) -> Result<Staged, Vec<String>
         proxies,
         certs,
         ebpf,
+        protected,
     })
 }
 
@@ -346,6 +357,9 @@ impl Staged {
         for warning in self.plan.warnings() {
             tracing::warn!("{warning}");
         }
+        running
+            .deny
+            .replace_protected(&self.protected.0, &self.protected.1);
         if self.replace_abuse {
             *running.abuse = self.abuse.clone();
             if let Some(f) = running.fleet.as_deref_mut() {
