@@ -396,13 +396,14 @@ impl Staged {
             }
         }
         *running.plan = self.plan;
-        tracing::info!("config reloaded: {}", self.changes.summary());
         if !self.changes.restart.is_empty() {
             tracing::warn!(
                 "reload: changed settings that take effect only after a restart (the running values stay): {}",
                 self.changes.restart.join(", ")
             );
         }
+        // Last: the line that says the reload is done.
+        tracing::info!("config reloaded: {}", self.changes.summary());
     }
 }
 

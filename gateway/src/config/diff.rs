@@ -163,22 +163,11 @@ pub fn diff(old: &Plan, new: &Plan) -> Changes {
         (None, None) => {}
         _ => c.restart.push("listen"),
     }
-    let routes = |p: &Plan| -> Vec<(String, String)> {
-        p.routes()
-            .iter()
-            .map(|r| (r.name.clone(), format!("{:?}", r.config)))
-            .collect()
-    };
-    c.applied.extend(named("routes", routes(old), routes(new)));
-    let upstreams = |p: &Plan| -> Vec<(String, String)> {
-        p.upstreams()
-            .iter()
-            .map(|u| (u.name.clone(), format!("{u:?}")))
-            .collect()
-    };
-    c.applied
-        .extend(named("upstreams", upstreams(old), upstreams(new)));
-    c.applied.extend(jwt(old, new));
+    // A proxy started or stopped by the file only runs so after a restart: until then the
+    // running one keeps its routes.
+    if old.listen.is_some() && new.listen.is_some() {
+        proxy_parts(old, new, &mut c.applied);
+    }
     if new.abuse.is_some() && ipv6_prefix(old) != ipv6_prefix(new) {
         c.restart.push("abuse.ipv6_prefix");
     }
@@ -225,6 +214,25 @@ pub fn diff(old: &Plan, new: &Plan) -> Changes {
         c.restart.push("fleet");
     }
     c
+}
+
+/// What changed of the proxy's routes, upstreams and token issuers.
+fn proxy_parts(old: &Plan, new: &Plan, applied: &mut Vec<String>) {
+    let routes = |p: &Plan| -> Vec<(String, String)> {
+        p.routes()
+            .iter()
+            .map(|r| (r.name.clone(), format!("{:?}", r.config)))
+            .collect()
+    };
+    applied.extend(named("routes", routes(old), routes(new)));
+    let upstreams = |p: &Plan| -> Vec<(String, String)> {
+        p.upstreams()
+            .iter()
+            .map(|u| (u.name.clone(), format!("{u:?}")))
+            .collect()
+    };
+    applied.extend(named("upstreams", upstreams(old), upstreams(new)));
+    applied.extend(jwt(old, new));
 }
 
 /// The prefix IPv6 sources are counted by (`[abuse] ipv6_prefix`, or its default).

@@ -115,7 +115,7 @@ fn sighup_applies_routes_upstreams_keys_and_limits_without_failing_a_request() {
                 client
                     .send(
                         Proto::H1,
-                        Req::get("/open/slow?delay_ms=1500").timeout(Duration::from_secs(10)),
+                        Req::get("/open/slow?delay_ms=3000").timeout(Duration::from_secs(10)),
                     )
                     .await
             })
@@ -128,6 +128,10 @@ fn sighup_applies_routes_upstreams_keys_and_limits_without_failing_a_request() {
         );
 
         reload(&gw, &config, APPLIED);
+        assert!(
+            !slow.is_finished(),
+            "the slow request was in flight across the reload"
+        );
         let log = gw.proc.log_text();
         for part in [
             "routes added [fresh, opened], removed [open]",
@@ -321,12 +325,20 @@ fn settings_that_need_a_restart_are_named_and_the_rest_applies() {
 
 /// The upstream names the admin endpoint's `/stats.json` lists.
 fn dashboard_upstreams(gw: &Gw) -> Vec<String> {
-    let log = gw.proc.log_text();
-    let addr: std::net::SocketAddr = log
-        .lines()
-        .find_map(|l| l.split("admin endpoint on http://").nth(1))
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no admin address in the log:\n{log}"));
+    // Announced after the proxy's listeners.
+    let admin_addr = || -> Option<std::net::SocketAddr> {
+        gw.proc
+            .log_text()
+            .lines()
+            .find_map(|l| l.split("admin endpoint on http://").nth(1))
+            .and_then(|a| a.trim().parse().ok())
+    };
+    wait_until(
+        "the admin address in the log",
+        Duration::from_secs(10),
+        || admin_addr().is_some(),
+    );
+    let addr = admin_addr().expect("admin address");
     let reply = raw_exchange(
         addr,
         b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",

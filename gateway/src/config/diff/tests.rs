@@ -205,4 +205,11 @@ fn ebpf_keys_of_the_running_program_need_a_restart() {
     assert!(c.applied.is_empty(), "{:?}", c.applied);
     let c = diff(&plan("", ""), &ebpf("lo", 100));
     assert_eq!(c.restart, ["ebpf"]);
+    // A proxy added to a data plane's file starts only with a restart: nothing of it is
+    // said to apply.
+    let data_plane =
+        Config::parse(Path::new("gw.toml"), "[ebpf]\ninterface = \"lo\"\n").expect("valid");
+    let c = diff(&data_plane, &ebpf("lo", 100));
+    assert_eq!(c.restart, ["listen"]);
+    assert!(c.applied.is_empty(), "{:?}", c.applied);
 }
