@@ -281,9 +281,8 @@ async fn start_proxy(
     shutdown: watch::Receiver<bool>,
 ) -> Result<StartedProxy, StartError> {
     let listen = config.listen.clone().unwrap_or_default();
-    let route_names: Vec<String> = config.routes().iter().map(|r| r.name.clone()).collect();
-    let upstream_names: Vec<String> = config.upstreams().iter().map(|u| u.name.clone()).collect();
-    let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
+    // Each proxy registers the series of its routes and upstreams (`Metrics::series`).
+    let metrics = Arc::new(Metrics::new(&[], &[]));
 
     if let Some(cfg) = config
         .ebpf

@@ -112,11 +112,9 @@ impl Proxy {
             .iter()
             .map(|u| Arc::new(Upstream::new(u)))
             .collect();
-        let names = |n: &mut dyn Iterator<Item = &String>| n.cloned().collect::<Vec<_>>();
-        let series = metrics.series(
-            &names(&mut routes.iter().map(|r| &r.name)),
-            &names(&mut plan.upstreams().iter().map(|u| &u.name)),
-        );
+        let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+        let upstream_names: Vec<String> = plan.upstreams().iter().map(|u| u.name.clone()).collect();
+        let series = metrics.series(&route_names, &upstream_names);
         let mut claim_header_names: Vec<HeaderName> = Vec::new();
         for name in routes.iter().flat_map(|r| r.claim_headers.names()) {
             if !claim_header_names.contains(name) {
