@@ -2,9 +2,11 @@
 //! endpoint.
 //!
 //! The request path must not take locks or allocate for metrics, so every series it touches is
-//! resolved before the first request: [`Metrics::new`] learns the route and upstream names and
-//! keeps a `prometheus-client` [`Counter`] handle (an `Arc<AtomicU64>`) per label combination;
-//! recording is one atomic add on a handle found by index. Two exceptions, both lock-free on
+//! resolved before the first request: [`Metrics::series`] learns one config's route and
+//! upstream names (each proxy has its [`Series`]; a reload's new names get new series beside
+//! the running ones) and keeps a `prometheus-client` [`Counter`] handle (an
+//! `Arc<AtomicU64>`) per label combination; recording is one atomic add on a handle found by
+//! index. Two exceptions, both lock-free on
 //! the hot path too:
 //!
 //! - Requests by status: one slot per route and per status code 100–599 (plus `other`), each a
