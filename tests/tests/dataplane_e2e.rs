@@ -191,6 +191,67 @@ fn cidr_deny_from_config_and_cli() {
 }
 
 #[test]
+fn sighup_applies_the_config_deny_list_and_refuses_a_bad_one() {
+    let Some(env) = env("sighup_applies_the_config_deny_list", "rd") else {
+        return;
+    };
+    let cfg = env.write_config("xdp", "");
+    let mut gw = env.start(&cfg);
+    assert!(env.pair.ping(None), "nothing denied at start");
+    let reloads = |gw: &GatewayProcess, needle: &str| gw.log_text().matches(needle).count();
+
+    // A deny entry added to the file applies on SIGHUP.
+    env.write_config("xdp", "deny = [\"10.77.0.2/32\"]");
+    gw.signal(nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    gw.wait_for("ebpf settings changed", Duration::from_secs(10))
+        .expect("reloaded");
+    assert!(!env.pair.ping(None), "the reloaded deny list applies");
+    assert!(env.pair.ping(Some(NetnsPair::CLIENT4_B)));
+
+    // A list that does not parse changes nothing, and says why.
+    env.write_config("xdp", "deny = [\"10.77.0.2/32\", \"not-an-address\"]");
+    gw.signal(nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    gw.wait_for("reload refused", Duration::from_secs(10))
+        .expect("refused");
+    let log = gw.log_text();
+    assert!(
+        log.contains("not-an-address"),
+        "the problem is named:\n{log}"
+    );
+    assert!(!env.pair.ping(None), "the running deny list stays");
+
+    // Emptied again: the entry is gone; the interface cannot change without a restart.
+    let before = reloads(&gw, "config reloaded");
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read config")
+        .replace("deny = [\"10.77.0.2/32\", \"not-an-address\"]", "")
+        .replacen(
+            &format!("interface = \"{}\"", env.pair.server_if),
+            "interface = \"lo\"",
+            1,
+        );
+    std::fs::write(&cfg, text).expect("write config");
+    gw.signal(nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reloads(&gw, "config reloaded") == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(env.pair.ping(None), "the deny entry left with the file");
+    let log = gw.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("only after a restart") && l.contains("ebpf.interface")),
+        "{log}"
+    );
+    drop(gw);
+}
+
+#[test]
 fn syn_flood_is_limited_and_allow_list_is_not() {
     let Some(env) = env("syn_flood_is_limited_and_allow_list_is_not", "sf") else {
         return;

@@ -10,7 +10,8 @@ use crate::cli::stats::{self, user_plane, SortBy};
 use crate::deny::{DenyStore, DenyView};
 use crate::ebpf::PinnedMaps;
 use crate::metrics::Metrics;
-use crate::proxy::upstream::{ServerHealth, Upstream};
+use crate::proxy::live::LiveProxy;
+use crate::proxy::upstream::ServerHealth;
 use gateway_common::limits;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -22,15 +23,17 @@ use std::time::Instant;
 /// Sources listed in `top_sources` (as `gateway stats` lists by default).
 pub const TOP_SOURCES: usize = 10;
 
-/// What the running gateway tells the dashboard about itself, fixed at start.
+/// What the running gateway tells the dashboard about itself: fixed at start, but for the
+/// upstreams, read from the proxy that serves now (a reload replaces them).
 #[derive(Clone)]
 pub struct GatewayInfo {
     pub started: Instant,
     /// Proxy listeners: address and whether it is TLS.
     pub listeners: Vec<(SocketAddr, bool)>,
     pub data_plane: Option<DataPlaneInfo>,
-    /// One copy of each upstream pool (health is shared by every worker's copy).
-    pub upstreams: Vec<Arc<Upstream>>,
+    /// One worker's proxy, whose upstream pools are shown (health is shared by every
+    /// worker's copy). `None`: no proxy runs.
+    pub proxy: Option<Arc<LiveProxy>>,
 }
 
 impl Default for GatewayInfo {
@@ -39,7 +42,7 @@ impl Default for GatewayInfo {
             started: Instant::now(),
             listeners: Vec::new(),
             data_plane: None,
-            upstreams: Vec::new(),
+            proxy: None,
         }
     }
 }
@@ -49,10 +52,7 @@ impl std::fmt::Debug for GatewayInfo {
         f.debug_struct("GatewayInfo")
             .field("listeners", &self.listeners)
             .field("data_plane", &self.data_plane)
-            .field(
-                "upstreams",
-                &self.upstreams.iter().map(|u| u.name()).collect::<Vec<_>>(),
-            )
+            .field("proxy", &self.proxy.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +157,8 @@ pub fn build(
         let key = |x: &Bucket| x.le_us.unwrap_or(f64::INFINITY);
         key(a).total_cmp(&key(b))
     });
+    // The proxy serving now, held while its upstreams are read.
+    let proxy = info.proxy.as_ref().map(|p| p.current());
     let extras = Extras {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: info.started.elapsed().as_secs_f64(),
@@ -173,8 +175,10 @@ pub fn build(
         },
         bans,
         bans_error,
-        upstreams: info
-            .upstreams
+        upstreams: proxy
+            .as_ref()
+            .map(|p| p.upstreams())
+            .unwrap_or_default()
             .iter()
             .map(|u| UpstreamJson {
                 name: u.name(),

@@ -6,6 +6,7 @@ mod config_cmd;
 mod deny;
 mod docs;
 mod notify;
+mod reload;
 mod run;
 pub mod stats;
 mod token;

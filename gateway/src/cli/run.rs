@@ -10,16 +10,15 @@
 
 use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
 use super::notify::Notifier;
+use super::reload::{self, Proxies, RunningProxy};
 use crate::abuse::AbuseEngine;
 use crate::admin;
 use crate::config::{Config, DataPlaneMode, Issue, Plan};
 use crate::deny::{DenyError, DenyStore};
 use crate::ebpf::{events, DataPlane, MapsError, PinnedMaps};
-use crate::jwt::{Verifier, VerifierConfig, DEFAULT_ISSUER};
-use crate::keys::{JwksSource, KeyError, KeyStore};
+use crate::keys::KeyError;
 use crate::metrics::Metrics;
 use crate::proxy::server::{self, Listeners, ServerError};
-use crate::proxy::Proxy;
 use crate::tls::{self, CertStore, TlsError};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -67,7 +66,7 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 /// Everything started for one `gateway run`, stopped in reverse order.
-async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
+async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
     // Handlers first, so a signal that arrives during start-up is not lost.
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
@@ -120,7 +119,7 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         }
         None => None,
     };
-    let abuse = config
+    let mut abuse = config
         .abuse
         .as_ref()
         .map(|cfg| Arc::new(AbuseEngine::new(cfg, deny.clone())));
@@ -149,7 +148,7 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut proxy_task = None;
-    let mut certs = None;
+    let mut running_proxy = None;
     let mut admin_task = None;
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = None;
@@ -165,10 +164,10 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         match start_proxy(&config, abuse.clone(), deny.clone(), shutdown_rx.clone()).await {
             Ok(started) => {
                 proxy_task = Some(started.task);
-                certs = started.certs;
+                info.proxy = started.running.workers().last().cloned();
+                running_proxy = Some(started.running);
                 metrics = Some(started.metrics);
                 info.listeners = started.listeners;
-                info.upstreams = started.upstreams;
             }
             Err(e) => return fail(EXIT_FAILURE, e),
         }
@@ -225,7 +224,15 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 notify.reloading();
-                reload(config_path, &config, plane.as_mut(), certs.as_deref());
+                let running = reload::Running {
+                    plan: &mut config,
+                    plane: plane.as_mut(),
+                    proxy: running_proxy.as_mut(),
+                    abuse: &mut abuse,
+                    deny: &deny,
+                    fleet: fleet.as_mut(),
+                };
+                reload::reload(config_path, running).await;
                 notify.ready();
             }
             _ = sweep.tick() => {
@@ -259,11 +266,11 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
 /// The running proxy's handles.
 struct StartedProxy {
     task: tokio::task::JoinHandle<()>,
-    certs: Option<Arc<CertStore>>,
+    /// What a reload replaces.
+    running: RunningProxy,
     metrics: Arc<Metrics>,
-    /// Bound proxy listeners (address, TLS) and the upstream pools, for the dashboard.
+    /// Bound proxy listeners (address, TLS), for the dashboard.
     listeners: Vec<(std::net::SocketAddr, bool)>,
-    upstreams: Vec<Arc<crate::proxy::upstream::Upstream>>,
 }
 
 /// Keys, verifier, upstreams, listeners and TLS; errors name what failed.
@@ -274,29 +281,9 @@ async fn start_proxy(
     shutdown: watch::Receiver<bool>,
 ) -> Result<StartedProxy, StartError> {
     let listen = config.listen.clone().unwrap_or_default();
-    let route_names: Vec<String> = config.routes().iter().map(|r| r.name.clone()).collect();
-    let upstream_names: Vec<String> = config.upstreams().iter().map(|u| u.name.clone()).collect();
-    let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
+    // Each proxy registers the series of its routes and upstreams (`Metrics::series`).
+    let metrics = Arc::new(Metrics::new(&[], &[]));
 
-    // Keys and verifier, only when some route checks tokens; JWKS URLs are fetched once
-    // before the proxy serves.
-    let mut jwks = Vec::new();
-    let mut proxy = Proxy::new(
-        config,
-        |jwt| start_verifier(jwt, &metrics, &mut jwks),
-        metrics.clone(),
-    )?;
-    for (issuer, source) in jwks {
-        let delay = match source.refresh().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(url = source.url(), error = %e, "first JWKS fetch failed; retrying in the background");
-                std::time::Duration::from_secs(5)
-            }
-        };
-        source.spawn(delay);
-        metrics.add_jwks_source(&issuer, source);
-    }
     if let Some(cfg) = config
         .ebpf
         .as_ref()
@@ -313,40 +300,39 @@ async fn start_proxy(
         }
         _ => (None, None),
     };
-    if let Some(a) = abuse {
-        metrics.set_abuse(a.clone());
-        proxy = proxy.with_abuse(a);
-    }
-    for (u, cfg) in proxy.upstreams().iter().zip(config.upstreams()) {
-        if let Some(hc) = &cfg.health_check {
-            tokio::spawn(
-                u.clone()
-                    .health_checks(hc.path.clone(), hc.interval.0, hc.timeout.0),
-            );
-        }
+    if let Some(a) = &abuse {
+        metrics.set_abuse(Some(a.clone()));
     }
     let workers = match config.runtime.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     crate::proxy::fd_limit::raise_and_check(crate::proxy::fd_limit::needed(config, workers));
+    // Keys and verifier, only when some route checks tokens; JWKS URLs are fetched once
+    // before the proxy serves.
+    let mut built = Proxies::build(config, &metrics, abuse.as_ref(), workers, None)?;
+    let (fetched, failed) = built.fetch_jwks().await;
+    for problem in failed {
+        tracing::warn!("{problem}; retrying in the background");
+    }
+    let running = RunningProxy::start(built, fetched, metrics.clone(), certs);
     let listeners = Listeners::bind(&listen, workers)?;
     let bound = listeners.local_addrs();
-    let upstreams = proxy.upstreams().to_vec();
     for &(addr, tls) in &bound {
         eprintln!(
             "gateway: proxy listening on {}://{addr}",
             if tls { "https" } else { "http" }
         );
     }
-    let mut proxies = Vec::with_capacity(workers);
-    for _ in 1..workers {
-        proxies.push(Arc::new(proxy.for_worker()));
-    }
-    proxies.push(Arc::new(proxy));
-    let threads =
-        server::spawn_workers(proxies, listeners, acceptor, &listen, Some(deny), shutdown)
-            .map_err(StartError::Workers)?;
+    let threads = server::spawn_workers(
+        running.workers().to_vec(),
+        listeners,
+        acceptor,
+        &listen,
+        Some(deny),
+        shutdown,
+    )
+    .map_err(StartError::Workers)?;
     // One task that ends when every worker has drained and stopped.
     let task = tokio::task::spawn_blocking(move || {
         for t in threads {
@@ -355,77 +341,15 @@ async fn start_proxy(
     });
     Ok(StartedProxy {
         task,
-        certs,
+        running,
         metrics,
         listeners: bound,
-        upstreams,
     })
-}
-
-/// The key store and verifier for `[jwt]`: file sources are loaded now, JWKS URL sources are
-/// handed back in `jwks` to be fetched and spawned.
-fn start_verifier(
-    jwt: &VerifierConfig,
-    metrics: &Metrics,
-    jwks: &mut Vec<(String, JwksSource)>,
-) -> Result<Arc<Verifier>, StartError> {
-    let (store, urls) = KeyStore::from_config(&jwt.keys)?;
-    let (v, named_urls) = Verifier::load(jwt.clone(), store)?;
-    jwks.extend(urls.into_iter().map(|s| (DEFAULT_ISSUER.to_owned(), s)));
-    jwks.extend(named_urls);
-    let v = Arc::new(v);
-    metrics.set_verifier(v.clone());
-    Ok(v)
-}
-
-/// SIGHUP: re-reads the config and applies what can change live: certificate and key files
-/// (new handshakes use them; open connections keep theirs) and the data plane's rates,
-/// ports and lists. What needs a restart is refused with a log line.
-fn reload(path: &Path, running: &Plan, plane: Option<&mut DataPlane>, certs: Option<&CertStore>) {
-    let new = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused: config is invalid; keeping the running one");
-            return;
-        }
-    };
-    if let (Some(store), Some(tls)) = (certs, &new.tls) {
-        match store.reload(&tls.certificates) {
-            Ok(()) => tracing::info!("certificates reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "certificate reload failed; keeping the current ones")
-            }
-        }
-    }
-    let (Some(plane), Some(old)) = (plane, running.ebpf.as_ref()) else {
-        return;
-    };
-    let new = new.ebpf.unwrap_or_default();
-    if new.interface != old.interface || new.mode != old.mode || new.pin_path != old.pin_path {
-        tracing::error!(
-            "data plane reload refused: interface, mode and pin_path change only with a restart"
-        );
-        return;
-    }
-    let maps = plane.maps();
-    let applied = (|| -> Result<(), StartError> {
-        let kernel = new.to_kernel()?;
-        let allow = new.allow_nets()?;
-        let deny = new.deny_targets()?;
-        maps.write_config(&kernel)?;
-        apply_ipv6_prefix(maps, running)?;
-        maps.replace_allow(&allow)?;
-        Ok(maps.sync_config_denies(&deny)?)
-    })();
-    match applied {
-        Ok(()) => tracing::info!("data plane config reloaded"),
-        Err(e) => tracing::error!(error = %e, "data plane reload failed"),
-    }
 }
 
 /// The kernel's SYN buckets count IPv6 sources by `[abuse] ipv6_prefix`, as the abuse
 /// engine does (the `[ebpf]` section alone writes the default). A restart applies a change.
-fn apply_ipv6_prefix(maps: &mut PinnedMaps, config: &Plan) -> Result<(), MapsError> {
+pub(super) fn apply_ipv6_prefix(maps: &mut PinnedMaps, config: &Plan) -> Result<(), MapsError> {
     let prefix = config.abuse.as_ref().map_or(
         crate::config::abuse::AbuseConfig::default().ipv6_prefix,
         |a| a.ipv6_prefix,
@@ -466,7 +390,7 @@ fn open_deny_store(
 /// the underlying errors' own (they name the file, key or address at fault).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-enum StartError {
+pub(super) enum StartError {
     #[error("{}", .0.message)]
     Config(Issue),
     #[error(transparent)]

@@ -8,6 +8,7 @@
 pub mod abuse;
 pub mod addr;
 pub mod admin;
+pub mod diff;
 mod duration;
 pub mod ebpf;
 pub mod env;

@@ -168,8 +168,9 @@ pub struct DenyStore {
     /// Every entry with its expiry (unix seconds, 0 = never): what the user plane checks,
     /// and the bookkeeping that spares the maps a scan.
     view: RwLock<Index>,
-    /// Addresses no entry may cover without `force`.
-    protected: Protected,
+    /// Addresses no entry may cover without `force`; a reload replaces them
+    /// ([`DenyStore::replace_protected`]).
+    protected: arc_swap::ArcSwap<Protected>,
     /// Automatic bans evicted because a kernel map was full.
     evicted: AtomicU64,
     /// Every new entry, for the workers that close its sources' open connections.
@@ -184,6 +185,14 @@ pub struct DenyStore {
     nodes: RwLock<HashMap<Target, std::sync::Arc<str>>>,
 }
 
+/// The allow list's prefixes and the other protected addresses, as one set.
+fn protected_set(allow: &[ipnet::IpNet], more: &Protected) -> Protected {
+    let mut p = Protected::new();
+    p.add_net("on the allow list", allow.iter().copied());
+    p.merge(more);
+    p
+}
+
 /// A change to the state file's entries.
 type Update = Box<dyn FnOnce(&mut Entries) + Send>;
 
@@ -191,13 +200,11 @@ impl DenyStore {
     /// `maps`: the data plane's pinned maps (absent when it is off); `state`: the durable
     /// file (absent when not configured); `allow`: prefixes that are never denied.
     pub fn new(maps: Option<PinnedMaps>, state: Option<PathBuf>, allow: Vec<ipnet::IpNet>) -> Self {
-        let mut protected = Protected::new();
-        protected.add_net("on the allow list", allow.iter().copied());
         Self {
             maps: maps.map(Mutex::new),
             state: state.map(StateFile::new),
             view: RwLock::new(Index::default()),
-            protected,
+            protected: arc_swap::ArcSwap::from_pointee(protected_set(&allow, &Protected::new())),
             evicted: AtomicU64::new(0),
             added: broadcast::channel(ADDED_BACKLOG).0,
             writer: Mutex::new(None),
@@ -301,9 +308,19 @@ impl DenyStore {
 
     /// Adds protected addresses (interfaces, upstreams, JWKS hosts, trusted proxies) to the
     /// allow list's.
-    pub fn with_protected(mut self, more: &Protected) -> Self {
-        self.protected.merge(more);
+    pub fn with_protected(self, more: &Protected) -> Self {
+        let mut p = Protected::clone(&self.protected.load());
+        p.merge(more);
+        self.protected.store(std::sync::Arc::new(p));
         self
+    }
+
+    /// A reload's protected addresses: its allow list and `more` (see
+    /// [`Protected::from_config`]) instead of the running config's. Entries already made
+    /// stay.
+    pub fn replace_protected(&self, allow: &[ipnet::IpNet], more: &Protected) {
+        self.protected
+            .store(std::sync::Arc::new(protected_set(allow, more)));
     }
 
     /// How many entries are indexed (in force or not yet swept).
@@ -431,7 +448,7 @@ impl DenyStore {
             let keep = !is_automatic(&e.origin)
                 || e.target
                     .parse::<Target>()
-                    .is_ok_and(|t| self.protected.covered_by(&t).is_none());
+                    .is_ok_and(|t| self.protected.load().covered_by(&t).is_none());
             if !keep {
                 tracing::warn!(target_addr = %e.target, origin = %e.origin, "deny: automatic entry covers a protected address; dropped");
                 dropped.push(e.target.clone());
@@ -527,7 +544,7 @@ impl DenyStore {
     }
 
     fn inside_allow_list(&self, target: &Target) -> bool {
-        self.protected.inside_a_net(target)
+        self.protected.load().inside_a_net(target)
     }
 
     /// What a new entry must pass: a TTL that fits, not all of an address family or too
@@ -540,7 +557,7 @@ impl DenyStore {
             return Err(DenyError::Allowed(*target));
         }
         if !force {
-            if let Some(hit) = self.protected.covered_by(target) {
+            if let Some(hit) = self.protected.load().covered_by(target) {
                 return Err(DenyError::Protected {
                     target: *target,
                     hit,
@@ -585,7 +602,7 @@ impl DenyStore {
     ) -> Result<(), DenyError> {
         self.admit(&target, ttl, force)?;
         if force {
-            if let Some(hit) = self.protected.covered_by(&target) {
+            if let Some(hit) = self.protected.load().covered_by(&target) {
                 tracing::warn!(target_addr = %target, protected = %hit, "deny: forced over a protected address");
             }
         }

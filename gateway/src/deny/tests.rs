@@ -114,3 +114,23 @@ fn ttls_that_would_overflow_are_refused_naming_the_largest() {
         .unwrap();
     assert!(store.is_denied("203.0.113.9".parse().unwrap()));
 }
+
+#[test]
+fn a_reload_replaces_the_protected_addresses_and_the_allow_list() {
+    let mut old = Protected::new();
+    old.add("upstream app", ["10.20.0.5".parse().unwrap()]);
+    let store =
+        DenyStore::new(None, None, vec!["192.0.2.0/24".parse().unwrap()]).with_protected(&old);
+    let mut new = Protected::new();
+    new.add("upstream app", ["10.20.0.6".parse().unwrap()]);
+    store.replace_protected(&["198.51.100.0/24".parse().unwrap()], &new);
+    let ttl = Some(Duration::from_secs(60));
+    // The new upstream server and the new allow list are protected...
+    let e = store.add(t("10.20.0.6"), ttl, "rate", "r", 1).unwrap_err();
+    assert!(matches!(e, DenyError::Protected { .. }), "{e}");
+    assert!(store.add(t("198.51.100.7"), ttl, "rate", "r", 1).is_err());
+    // ...and the old ones no longer are.
+    store.add(t("10.20.0.5"), ttl, "rate", "r", 1).unwrap();
+    store.add(t("192.0.2.7"), ttl, "rate", "r", 1).unwrap();
+    assert!(store.is_denied("10.20.0.5".parse().unwrap()));
+}

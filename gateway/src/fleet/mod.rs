@@ -86,6 +86,8 @@ pub struct Fleet {
     stats: Arc<FleetStats>,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The task counting for the abuse engine ([`Fleet::count_for`]), replaced by a reload's.
+    counting: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -99,7 +101,7 @@ impl std::fmt::Debug for Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.counting) {
             t.abort();
         }
     }
@@ -267,21 +269,29 @@ impl Fleet {
             stats,
             shared,
             tasks,
+            counting: None,
         })
     }
 
     /// Counts the abuse engine's events of rules with a `fleet_limit` across the fleet, and
     /// bans a source when the fleet's count crosses the limit (nothing to do without such
-    /// rules).
+    /// rules). A reload's engine replaces the previous one.
     pub fn count_for(&mut self, engine: Arc<AbuseEngine>) {
+        self.stop_counting();
         if !Signal::ALL.iter().any(|s| engine.fleet_rule(*s).is_some()) {
             return;
         }
         let counts = Arc::new(Counts::new(COUNT_SOURCES));
         engine.count_for_fleet(counts.clone());
         let shared = self.shared.clone();
-        self.tasks
-            .push(tokio::spawn(shared.count_forever(counts, engine)));
+        self.counting = Some(tokio::spawn(shared.count_forever(counts, engine)));
+    }
+
+    /// Counting for an abuse engine stops (a reload removed `[abuse]`).
+    pub fn stop_counting(&mut self) {
+        if let Some(t) = self.counting.take() {
+            t.abort();
+        }
     }
 
     pub fn stats(&self) -> Arc<FleetStats> {

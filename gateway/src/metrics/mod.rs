@@ -2,9 +2,11 @@
 //! endpoint.
 //!
 //! The request path must not take locks or allocate for metrics, so every series it touches is
-//! resolved before the first request: [`Metrics::new`] learns the route and upstream names and
-//! keeps a `prometheus-client` [`Counter`] handle (an `Arc<AtomicU64>`) per label combination;
-//! recording is one atomic add on a handle found by index. Two exceptions, both lock-free on
+//! resolved before the first request: [`Metrics::series`] learns one config's route and
+//! upstream names (each proxy has its [`Series`]; a reload's new names get new series beside
+//! the running ones) and keeps a `prometheus-client` [`Counter`] handle (an
+//! `Arc<AtomicU64>`) per label combination; recording is one atomic add on a handle found by
+//! index. Two exceptions, both lock-free on
 //! the hot path too:
 //!
 //! - Requests by status: one slot per route and per status code 100–599 (plus `other`), each a
@@ -126,19 +128,30 @@ impl RouteRequests {
     }
 }
 
+/// The series of one set of route and upstream names, recorded into by index. A reload
+/// that changes the routes or upstreams gets a new set ([`Metrics::series`]) beside the
+/// running one: requests in flight keep recording by the indices they started with, and a
+/// name both sets know continues the same series.
+pub struct Series {
+    requests: Family<RequestLabels, Counter>,
+    /// One per route, then one for "no route matched".
+    routes: Vec<RouteRequests>,
+    /// Per upstream: indexed by [`UpstreamErrorKind`].
+    upstream_errors: Vec<[Counter; UpstreamErrorKind::ALL.len()]>,
+}
+
 /// The process's metrics. Cheap to record into from any thread; share it as `Arc<Metrics>`.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    /// One per route, then one for "no route matched".
-    routes: Vec<RouteRequests>,
+    upstream_family: Family<UpstreamErrorLabels, Counter>,
+    /// The series of the names given to [`Metrics::new`].
+    series: Arc<Series>,
     /// Indexed by [`DenialReason::index`].
     denials: [Counter; DenialReason::COUNT],
     verify: LatencyHistogram,
     tls_ok: Counter,
     tls_failed: Counter,
-    /// Per upstream: indexed by [`UpstreamErrorKind`].
-    upstream_errors: Vec<[Counter; UpstreamErrorKind::ALL.len()]>,
     /// Indexed like [`REFUSAL_REASONS`], then `other`.
     refused: Vec<Counter>,
     connections_open: Gauge,
@@ -148,8 +161,8 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics")
-            .field("routes", &self.routes.len().saturating_sub(1))
-            .field("upstreams", &self.upstream_errors.len())
+            .field("routes", &self.series.routes.len().saturating_sub(1))
+            .field("upstreams", &self.series.upstream_errors.len())
             .finish_non_exhaustive()
     }
 }
@@ -176,13 +189,6 @@ impl Metrics {
             "Finished requests by route and HTTP status (route=\"(none)\": no route matched)",
             requests.clone(),
         );
-        let routes = routes
-            .iter()
-            .cloned()
-            .chain(std::iter::once(NO_ROUTE.to_owned()))
-            .map(RouteRequests::new)
-            .collect();
-
         let denial_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
             name::DENIALS,
@@ -215,17 +221,7 @@ impl Metrics {
             "Upstream failures by upstream and kind (connect, timeout, no_healthy, protocol)",
             upstream_family.clone(),
         );
-        let upstream_errors = upstreams
-            .iter()
-            .map(|name| {
-                UpstreamErrorKind::ALL.map(|kind| {
-                    upstream_family.get_or_create_owned(&UpstreamErrorLabels {
-                        upstream: name.clone(),
-                        kind: kind.as_str(),
-                    })
-                })
-            })
-            .collect();
+        let series = Arc::new(Series::new(&requests, &upstream_family, routes, upstreams));
 
         let refused_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -250,46 +246,39 @@ impl Metrics {
         Self {
             registry,
             requests,
-            routes,
+            upstream_family,
+            series,
             denials,
             verify,
             tls_ok,
             tls_failed,
-            upstream_errors,
             refused,
             connections_open,
             scrape,
         }
     }
 
-    /// One finished request: index into the `routes` given to [`Metrics::new`] (`None`: no
-    /// route matched), and the status sent. An index out of range counts as no route.
+    /// One finished request, by the indices of the names given to [`Metrics::new`] (see
+    /// [`Series::request`]).
     pub fn request(&self, route: Option<usize>, status: u16) {
-        let none = self.routes.len() - 1;
-        let r = match route {
-            Some(i) if i < none => &self.routes[i],
-            _ => &self.routes[none],
-        };
-        let i = if (STATUS_MIN..=STATUS_MAX).contains(&status) {
-            usize::from(status - STATUS_MIN)
-        } else {
-            STATUS_SLOTS - 1
-        };
-        // `i < STATUS_SLOTS` by construction; `get` keeps the hot path free of panics anyway.
-        if let Some(cell) = r.slots.get(i) {
-            cell.get_or_init(|| {
-                let status = if i == STATUS_SLOTS - 1 {
-                    OTHER.to_owned()
-                } else {
-                    status.to_string()
-                };
-                self.requests.get_or_create_owned(&RequestLabels {
-                    route: r.name.clone(),
-                    status,
-                })
-            })
-            .inc();
-        }
+        self.series.request(route, status);
+    }
+
+    /// One upstream failure, by the index of the names given to [`Metrics::new`] (see
+    /// [`Series::upstream_error`]).
+    pub fn upstream_error(&self, upstream: usize, kind: UpstreamErrorKind) {
+        self.series.upstream_error(upstream, kind);
+    }
+
+    /// The series of another set of route and upstream names (a reload's), in this
+    /// registry: a name the running set also has continues its counts.
+    pub fn series(&self, routes: &[String], upstreams: &[String]) -> Arc<Series> {
+        Arc::new(Series::new(
+            &self.requests,
+            &self.upstream_family,
+            routes,
+            upstreams,
+        ))
     }
 
     /// One refusal by the auth layer.
@@ -307,15 +296,6 @@ impl Metrics {
     /// One finished TLS handshake.
     pub fn tls_handshake(&self, ok: bool) {
         if ok { &self.tls_ok } else { &self.tls_failed }.inc();
-    }
-
-    /// One upstream failure by upstream index and kind. An index out of range is ignored:
-    /// it names no upstream, and inventing a series for it would hide the caller's bug less
-    /// well than a missing count does.
-    pub fn upstream_error(&self, upstream: usize, kind: UpstreamErrorKind) {
-        if let Some(kinds) = self.upstream_errors.get(upstream) {
-            kinds[kind as usize].inc();
-        }
     }
 
     /// One connection closed at accept (one of [`REFUSAL_REASONS`]; anything else counts as
@@ -347,8 +327,8 @@ impl Metrics {
     }
 
     /// The abuse engine whose bans (and would-be bans in monitor mode) are reported.
-    pub fn set_abuse(&self, a: Arc<crate::abuse::AbuseEngine>) {
-        self.scrape.abuse.store(Some(a));
+    pub fn set_abuse(&self, a: Option<Arc<crate::abuse::AbuseEngine>>) {
+        self.scrape.abuse.store(a);
     }
 
     /// A JWKS URL source of `issuer` (a `[[jwt.issuer]]` name or `default`) whose refresh
@@ -357,6 +337,14 @@ impl Metrics {
     /// succeeded or how often it failed; those live on the source.)
     pub fn add_jwks_source(&self, issuer: &str, source: JwksSource) {
         lock(&self.scrape.jwks).push((issuer.into(), source));
+    }
+
+    /// Replaces the JWKS sources reported (a reload's new key sources).
+    pub fn set_jwks_sources(&self, sources: Vec<(String, JwksSource)>) {
+        *lock(&self.scrape.jwks) = sources
+            .into_iter()
+            .map(|(issuer, s)| (issuer.into(), s))
+            .collect();
     }
 
     /// Where the kernel's maps are pinned; their global counters are read at scrape time and
@@ -376,6 +364,77 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed; output may be partial");
         }
         out
+    }
+}
+
+impl Series {
+    fn new(
+        requests: &Family<RequestLabels, Counter>,
+        upstream_family: &Family<UpstreamErrorLabels, Counter>,
+        routes: &[String],
+        upstreams: &[String],
+    ) -> Self {
+        let routes = routes
+            .iter()
+            .cloned()
+            .chain(std::iter::once(NO_ROUTE.to_owned()))
+            .map(RouteRequests::new)
+            .collect();
+        let upstream_errors = upstreams
+            .iter()
+            .map(|name| {
+                UpstreamErrorKind::ALL.map(|kind| {
+                    upstream_family.get_or_create_owned(&UpstreamErrorLabels {
+                        upstream: name.clone(),
+                        kind: kind.as_str(),
+                    })
+                })
+            })
+            .collect();
+        Self {
+            requests: requests.clone(),
+            routes,
+            upstream_errors,
+        }
+    }
+
+    /// One finished request: index into the route names the series was built with (`None`: no
+    /// route matched), and the status sent. An index out of range counts as no route.
+    pub fn request(&self, route: Option<usize>, status: u16) {
+        let none = self.routes.len() - 1;
+        let r = match route {
+            Some(i) if i < none => &self.routes[i],
+            _ => &self.routes[none],
+        };
+        let i = if (STATUS_MIN..=STATUS_MAX).contains(&status) {
+            usize::from(status - STATUS_MIN)
+        } else {
+            STATUS_SLOTS - 1
+        };
+        // `i < STATUS_SLOTS` by construction; `get` keeps the hot path free of panics anyway.
+        if let Some(cell) = r.slots.get(i) {
+            cell.get_or_init(|| {
+                let status = if i == STATUS_SLOTS - 1 {
+                    OTHER.to_owned()
+                } else {
+                    status.to_string()
+                };
+                self.requests.get_or_create_owned(&RequestLabels {
+                    route: r.name.clone(),
+                    status,
+                })
+            })
+            .inc();
+        }
+    }
+
+    /// One upstream failure by upstream index and kind. An index out of range is ignored:
+    /// it names no upstream, and inventing a series for it would hide the caller's bug less
+    /// well than a missing count does.
+    pub fn upstream_error(&self, upstream: usize, kind: UpstreamErrorKind) {
+        if let Some(kinds) = self.upstream_errors.get(upstream) {
+            kinds[kind as usize].inc();
+        }
     }
 }
 

@@ -380,3 +380,46 @@ fn jwks_sources_are_labelled_with_their_issuer() {
         );
     }
 }
+
+#[test]
+fn a_reloads_series_continue_the_names_both_sets_have() {
+    let m = Metrics::new(&names(&["api", "old"]), &names(&["u"]));
+    m.request(Some(0), 200);
+    m.upstream_error(0, UpstreamErrorKind::Timeout);
+    // The reload's names, in another order, one kept, one new.
+    let s = m.series(&names(&["new", "api"]), &names(&["v", "u"]));
+    s.request(Some(1), 200);
+    s.request(Some(0), 200);
+    s.request(Some(2), 200); // out of range: no route
+    s.upstream_error(1, UpstreamErrorKind::Timeout);
+    s.upstream_error(0, UpstreamErrorKind::Connect);
+    // The running set records as before, beside the new one.
+    m.request(Some(1), 503);
+    let t = m.render();
+    let s = samples(&t);
+    let get = |k: &str| s.get(k).map(String::as_str);
+    assert_eq!(
+        get("gateway_requests_total{route=\"api\",status=\"200\"}"),
+        Some("2")
+    );
+    assert_eq!(
+        get("gateway_requests_total{route=\"new\",status=\"200\"}"),
+        Some("1")
+    );
+    assert_eq!(
+        get("gateway_requests_total{route=\"old\",status=\"503\"}"),
+        Some("1")
+    );
+    assert_eq!(
+        get("gateway_requests_total{route=\"(none)\",status=\"200\"}"),
+        Some("1")
+    );
+    assert_eq!(
+        get("gateway_upstream_errors_total{upstream=\"u\",kind=\"timeout\"}"),
+        Some("2")
+    );
+    assert_eq!(
+        get("gateway_upstream_errors_total{upstream=\"v\",kind=\"connect\"}"),
+        Some("1")
+    );
+}

@@ -4,7 +4,8 @@
 //! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), client headers the
 //! upstream must not trust ([`client_headers`]), the open-file budget ([`fd_limit`]),
 //! the rest of a request body the response did not wait for ([`linger`]), closing
-//! connections on shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
+//! connections on shutdown and bans ([`closing`]) or when they go quiet ([`idle`]), the proxy a
+//! reload replaces ([`live`]) and upstreams
 //! ([`upstream`]: servers and their health; [`pool`]: each worker's connections), and the
 //! caps on requests in progress ([`slots`]).
 
@@ -18,6 +19,7 @@ pub mod handler;
 pub mod host;
 pub mod idle;
 pub mod linger;
+pub mod live;
 pub mod path;
 pub mod pool;
 pub mod proxy_protocol;

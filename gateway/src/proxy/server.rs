@@ -7,6 +7,7 @@ use super::client_addr::{ForwardedClient, TrustedProxies};
 use super::closing::{wait_true, Closer, Reason};
 use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
+use super::live::LiveProxy;
 use super::proxy_protocol::{self, Origin, Prefixed};
 use super::send_timeout::SendTimeout;
 use super::ProxyBody;
@@ -148,11 +149,12 @@ impl Limits {
 }
 
 /// Starts one worker thread per proxy, each with a single-threaded runtime serving its own
-/// listener sockets; they stop (after draining) when `shutdown` flips to true.
+/// listener sockets; they stop (after draining) when `shutdown` flips to true. A reload
+/// replaces each worker's proxy in its [`LiveProxy`].
 /// `deny`: the deny list checked in user space (sources the kernel cannot see, such as
 /// clients behind a trusted proxy, and every source when no data plane runs).
 pub fn spawn_workers(
-    proxies: Vec<Arc<Proxy>>,
+    proxies: Vec<Arc<LiveProxy>>,
     listeners: Listeners,
     tls: Option<TlsAcceptor>,
     cfg: &ListenConfig,
@@ -161,8 +163,8 @@ pub fn spawn_workers(
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let ipv6_prefix = proxies
         .first()
-        .and_then(|p| p.abuse())
-        .map_or(AbuseConfig::default().ipv6_prefix, |a| a.ipv6_prefix());
+        .and_then(|p| p.peek().abuse().map(|a| a.ipv6_prefix()))
+        .unwrap_or(AbuseConfig::default().ipv6_prefix);
     let limits = Limits::new(cfg, ipv6_prefix);
     let mut handles = Vec::new();
     for (i, (proxy, socks)) in proxies.into_iter().zip(listeners.per_worker).enumerate() {
@@ -235,7 +237,7 @@ impl Drop for SourceSlot {
 /// finish its in-flight requests (HTTP/1.1 closes after the current response, HTTP/2 sends
 /// GOAWAY) for up to `shutdown_grace`.
 pub async fn serve(
-    proxy: Arc<Proxy>,
+    proxy: Arc<LiveProxy>,
     listeners: Vec<(std::net::TcpListener, bool)>,
     tls: Option<TlsAcceptor>,
     cfg: ListenConfig,
@@ -243,7 +245,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     limits: Arc<Limits>,
 ) {
-    let deny = deny.or_else(|| proxy.deny_store().cloned());
+    let deny = deny.or_else(|| proxy.peek().deny_store().cloned());
     // The config check has refused a list that does not parse.
     let trusted = Arc::new(TrustedProxies::new(
         cfg.trusted_proxy_nets().unwrap_or_default(),
@@ -308,7 +310,7 @@ pub async fn serve(
 
 /// What every accept loop and connection shares.
 struct Shared {
-    proxy: Arc<Proxy>,
+    proxy: Arc<LiveProxy>,
     /// Bans checked in user space (see [`spawn_workers`]).
     deny: Option<Arc<DenyStore>>,
     /// `[listen] trusted_proxies`.
@@ -391,7 +393,11 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
         if shared.proxy_protocol {
             if !shared.trusted.contains(peer.ip()) {
                 tracing::debug!(peer = %peer, "connection refused: not a trusted proxy");
-                shared.proxy.metrics().connection_refused("untrusted_proxy");
+                shared
+                    .proxy
+                    .peek()
+                    .metrics()
+                    .connection_refused("untrusted_proxy");
                 continue;
             }
             // The header is read on the connection's own task: a slow proxy never holds up
@@ -427,7 +433,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
 /// before it gets here; a client named by a proxy, or every client without a data plane,
 /// stops here) and its connection limit.
 fn admit(shared: &Shared, client: IpAddr) -> Option<SourceSlot> {
-    let proxy = &shared.proxy;
+    let proxy = shared.proxy.peek();
     if shared.deny.as_ref().is_some_and(|d| d.is_denied(client)) {
         proxy.metrics().connection_refused("denied");
         return None;
@@ -456,7 +462,11 @@ async fn proxied(
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(peer = %proxy_addr, error = %e, "connection refused: PROXY header");
-                shared.proxy.metrics().connection_refused("proxy_header");
+                shared
+                    .proxy
+                    .peek()
+                    .metrics()
+                    .connection_refused("proxy_header");
                 return None;
             }
         };
@@ -477,7 +487,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
-    shared.proxy.metrics().connection_opened();
+    shared.proxy.peek().metrics().connection_opened();
     match tls {
         None => drive(io, conn, shared, Proxy::handle).await,
         Some(acceptor) => match handshake(acceptor, io, &conn, shared).await {
@@ -494,7 +504,7 @@ where
             None => {}
         },
     }
-    shared.proxy.metrics().connection_closed();
+    shared.proxy.peek().metrics().connection_closed();
 }
 
 /// The TLS handshake under its deadline; failures are counted and reported to the abuse
@@ -508,18 +518,18 @@ async fn handshake<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let metrics = shared.proxy.metrics();
     let outcome = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await;
     match outcome {
         Ok(Ok(s)) => {
-            metrics.tls_handshake(true);
+            shared.proxy.peek().metrics().tls_handshake(true);
             return Some(s);
         }
         Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
     }
-    metrics.tls_handshake(false);
-    if let Some(a) = shared.proxy.abuse() {
+    let proxy = shared.proxy.peek();
+    proxy.metrics().tls_handshake(false);
+    if let Some(a) = proxy.abuse() {
         a.record(conn.peer.ip(), Signal::TlsFailure);
     }
     None
@@ -555,7 +565,8 @@ where
                 req.extensions_mut().insert(ForwardedClient { ip, banned });
             }
         }
-        serve(proxy.clone(), conn.clone(), req, ambiguous)
+        // The proxy of this request, kept to its end (see [`LiveProxy`]).
+        serve(proxy.current(), conn.clone(), req, ambiguous)
     });
     let connection = shared
         .builder

@@ -33,6 +33,11 @@ impl Slots {
         })
     }
 
+    /// The cap.
+    pub fn capacity(&self) -> usize {
+        self.max
+    }
+
     /// A slot if one is free now.
     pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
         if self.in_use.fetch_add(1, Ordering::AcqRel) < self.max {

@@ -60,10 +60,10 @@ impl CertStore {
         })
     }
 
-    /// Re-reads the files; on any error the certificates in use stay.
-    pub fn reload(&self, certs: &[CertConfig]) -> Result<(), TlsError> {
-        self.set.store(Arc::new(load_set(certs)?));
-        Ok(())
+    /// New handshakes use `loaded`'s certificates (a reload loads and checks them before
+    /// anything changes, then swaps them in here); open connections keep theirs.
+    pub fn replace_with(&self, loaded: CertStore) {
+        self.set.store(loaded.set.into_inner());
     }
 }
 

@@ -13,6 +13,7 @@ mod auth;
 mod connections;
 mod forwarding;
 mod lifecycle;
+mod reload;
 mod request_limits;
 mod tls;
 mod upstream;

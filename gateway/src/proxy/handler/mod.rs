@@ -26,7 +26,7 @@ use crate::abuse::{AbuseEngine, Signal};
 use crate::config::Plan;
 use crate::deny::DenyStore;
 use crate::jwt::{Verifier, VerifierConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Series};
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Request, Response, StatusCode};
@@ -83,6 +83,8 @@ pub struct Proxy {
     /// indexes it.
     upstreams: Vec<Arc<Upstream>>,
     metrics: Arc<Metrics>,
+    /// This plan's route and upstream series, indexed like `routes` and `upstreams`.
+    series: Arc<Series>,
     /// Every configured claim header: client-sent copies (and look-alikes) are removed on
     /// every route.
     claim_header_names: Vec<HeaderName>,
@@ -110,6 +112,9 @@ impl Proxy {
             .iter()
             .map(|u| Arc::new(Upstream::new(u)))
             .collect();
+        let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+        let upstream_names: Vec<String> = plan.upstreams().iter().map(|u| u.name.clone()).collect();
+        let series = metrics.series(&route_names, &upstream_names);
         let mut claim_header_names: Vec<HeaderName> = Vec::new();
         for name in routes.iter().flat_map(|r| r.claim_headers.names()) {
             if !claim_header_names.contains(name) {
@@ -122,6 +127,7 @@ impl Proxy {
             routes,
             upstreams,
             metrics,
+            series,
             claim_header_names,
             max_body_bytes: listen.max_body_bytes,
             body_timeout: listen.body_timeout.0,
@@ -145,6 +151,7 @@ impl Proxy {
                 .map(|(u, cfg)| Arc::new(u.for_worker(cfg)))
                 .collect(),
             metrics: self.metrics.clone(),
+            series: self.series.clone(),
             claim_header_names: self.claim_header_names.clone(),
             max_body_bytes: self.max_body_bytes,
             body_timeout: self.body_timeout,
@@ -153,6 +160,30 @@ impl Proxy {
             requests: Arc::clone(&self.requests),
             abuse: self.abuse.clone(),
         }
+    }
+
+    /// This worker's proxy after a reload to `self`'s plan from `running` (the worker's
+    /// proxy until now): upstreams whose config did not change keep their connection pools,
+    /// health and rotation, and the in-flight limit keeps its count when it did not change.
+    pub fn continuing(mut self, running: &Proxy) -> Self {
+        for (i, cfg) in self.plan.upstreams().iter().enumerate() {
+            if let Some(j) = running.plan.unchanged_upstream(cfg) {
+                if let (Some(new), Some(old)) =
+                    (self.upstreams.get_mut(i), running.upstreams.get(j))
+                {
+                    *new = Arc::clone(old);
+                }
+            }
+        }
+        if self.requests.capacity() == running.requests.capacity() {
+            self.requests = Arc::clone(&running.requests);
+        }
+        self
+    }
+
+    /// The plan this proxy serves.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
     }
 
     /// Feeds the abuse engine with this proxy's signals, and closes banned sources'
@@ -215,7 +246,7 @@ impl Proxy {
             (None, self.refuse(None, Refusal::Overloaded))
         };
         let status = resp.status();
-        self.metrics.request(route, status.as_u16());
+        self.series.request(route, status.as_u16());
         // A banned client's refusals are not evidence again.
         if let Some(abuse) = self.abuse.as_ref().filter(|_| !banned) {
             let ip = client;
@@ -332,7 +363,7 @@ impl Proxy {
             self.metrics.denial(reason);
         }
         if let (Refusal::Upstream(kind), Some(route)) = (&refusal, route) {
-            self.metrics.upstream_error(route.upstream.index(), *kind);
+            self.series.upstream_error(route.upstream.index(), *kind);
         }
         refusal.into_response()
     }
