@@ -333,6 +333,7 @@ async fn start_proxy(
     let listeners = Listeners::bind(&listen, workers)?;
     let bound = listeners.local_addrs();
     let upstreams = proxy.upstreams().to_vec();
+    metrics.set_upstreams(upstreams.clone());
     for &(addr, tls) in &bound {
         eprintln!(
             "gateway: proxy listening on {}://{addr}",
