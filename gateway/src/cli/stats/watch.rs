@@ -112,7 +112,7 @@ pub fn frame(text: &str, terminal: bool, first: bool) -> String {
         out.push_str(CLEAR_BELOW);
     }
     for line in text.lines() {
-        let _ = write!(out, "{line}{CLEAR_LINE}\n");
+        let _ = writeln!(out, "{line}{CLEAR_LINE}");
     }
     out.push_str(CLEAR_BELOW);
     out
