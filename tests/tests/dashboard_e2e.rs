@@ -449,6 +449,19 @@ fn the_dashboard_shows_the_gateway_and_lifts_a_ban() {
         "{build:?}"
     );
     assert_eq!(stats["build"]["version"], stats["version"]);
+    let title = b
+        .eval("document.getElementById('version').title")
+        .expect("eval");
+    assert_eq!(
+        title,
+        format!(
+            "commit {}, {}, {} build",
+            stats["build"]["commit"].as_str().expect("commit"),
+            stats["build"]["rustc"].as_str().expect("rustc"),
+            stats["build"]["profile"].as_str().expect("profile")
+        ),
+        "the version's tooltip names the build"
+    );
 
     // The ban's row, with its origin, reason and a countdown that moves.
     let ban = "#bans tr[data-target=\"10.77.0.3\"]";

@@ -402,6 +402,7 @@
     const doc = latest;
     const up = doc.user_plane || {};
     setText('version', 'v' + doc.version);
+    if (doc.build) $('version').title = 'commit ' + doc.build.commit + ', ' + doc.build.rustc + ', ' + doc.build.profile + ' build';
     setText('uptime', fmtDur(doc.uptime_secs));
     setText('listeners', (doc.listeners || []).map((l) => (l.tls ? 'https://' : 'http://') + l.addr).join('  ') || 'none');
     setText('dataplane', doc.data_plane ? doc.data_plane.mode + ' on ' + doc.data_plane.interface : 'off');
