@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 fn main() {
+    rustc_version();
     println!("cargo:rerun-if-env-changed=GATEWAY_EBPF_OBJECT");
     let path = match std::env::var_os("GATEWAY_EBPF_OBJECT") {
         Some(p) => PathBuf::from(p),
@@ -25,4 +26,19 @@ fn main() {
     let path = path.canonicalize().unwrap_or(path);
     println!("cargo:rerun-if-changed={}", path.display());
     println!("cargo:rustc-env=GATEWAY_EBPF_OBJECT={}", path.display());
+}
+
+/// `rustc --version` of the compiler cargo uses, for `gateway_build_info` (nothing when it
+/// does not answer: the label then says `unknown`). A new compiler rebuilds everything, this
+/// script's output included, so the value cannot go stale.
+fn rustc_version() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(out) = std::process::Command::new(rustc).arg("--version").output() else {
+        return;
+    };
+    let version = String::from_utf8_lossy(&out.stdout);
+    let version = version.trim();
+    if out.status.success() && !version.is_empty() && !version.contains('\n') {
+        println!("cargo:rustc-env=GATEWAY_RUSTC_VERSION={version}");
+    }
 }

@@ -7,6 +7,10 @@
 //!   return XDP_DROP. Printed as median / p90 / p99 / max.
 //! - **Bookkeeping per request**: `record()` for a request that bans nothing (criterion),
 //!   with the request-rate rule on, over 4096 rotating sources.
+//! - **What the proxy does per answered request**, side by side: `request()` (one lock:
+//!   the per-source request and refusal counts the dashboard shows, and the rules'
+//!   windows) against the separate `record()` calls it replaced, for a 200 and a 401, with
+//!   the default rules (no request-rate rule: before, a 200 took no lock at all).
 //!
 //! Needs root (it loads the programs). Run with `cargo xtask bench -- --bench abuse` or
 //! `cargo bench -p gateway --bench abuse`.
@@ -22,6 +26,7 @@ use gateway_common::program_name;
 use gateway_tests::bench::{assert_root, percentile};
 use gateway_tests::netns::Bpffs;
 use gateway_tests::packet::{self, ACK};
+use http::StatusCode;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -113,6 +118,36 @@ fn bench(c: &mut Criterion) {
     g.bench_function("record_rule_off", |b| {
         b.iter(|| black_box(engine.record(black_box(sources[7]), Signal::TlsFailure)))
     });
+    g.finish();
+
+    // Per answered request, default rules (the auth-failure limit raised so that nothing
+    // is banned while measuring): the old separate calls and the one call that replaced them.
+    let defaults = AbuseEngine::new(
+        &AbuseConfig {
+            auth_failures: rule(u32::MAX),
+            ..AbuseConfig::default()
+        },
+        Arc::new(DenyStore::new(None, None, Vec::new())),
+    );
+    let mut g = c.benchmark_group("abuse_per_request");
+    for (name, status) in [("200", StatusCode::OK), ("401", StatusCode::UNAUTHORIZED)] {
+        g.bench_function(format!("separate_records_{name}"), |b| {
+            b.iter(|| {
+                next = (next + 1) % sources.len();
+                let ip = black_box(sources[next]);
+                black_box(defaults.record(ip, Signal::Request));
+                if status == StatusCode::UNAUTHORIZED {
+                    black_box(defaults.record(ip, Signal::AuthFailure));
+                }
+            })
+        });
+        g.bench_function(format!("request_{name}"), |b| {
+            b.iter(|| {
+                next = (next + 1) % sources.len();
+                black_box(defaults.request(black_box(sources[next]), status))
+            })
+        });
+    }
     g.finish();
     drop(ebpf);
     drop(fs);

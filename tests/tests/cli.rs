@@ -159,3 +159,30 @@ fn config_check_refuses_what_run_would() {
         format!("{p}: ok")
     );
 }
+
+#[test]
+fn stats_watch_bounds_are_checked_before_the_maps() {
+    let pin = ["--pin-path", "/nonexistent/gateway"];
+    for (args, needle) in [
+        (
+            vec!["stats", "--watch", "0"],
+            "--watch needs at least 1 second",
+        ),
+        (
+            vec!["stats", "--watch", "1", "--count", "0"],
+            "--count needs at least 1 sample",
+        ),
+    ] {
+        let mut a = args.clone();
+        a.extend(pin);
+        one_line_error(&a, 2, needle);
+    }
+    // --count bounds --watch and means nothing without it (clap's usage error).
+    let mut a = vec!["stats", "--count", "2"];
+    a.extend(pin);
+    let out = cli(&a);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--watch"), "{err}");
+    assert!(out.stdout.is_empty());
+}

@@ -14,7 +14,7 @@
 use anyhow::Result;
 use gateway_tests::browser::Browser;
 use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section, xdp_section};
-use gateway_tests::gateway::{cli_ok, GatewayProcess};
+use gateway_tests::gateway::{bin, cli_ok, GatewayProcess};
 use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
 use gateway_tests::probe::curl_status_from;
 use gateway_tests::upstream::EchoUpstream;
@@ -30,10 +30,11 @@ const ADMIN_TOKEN: &str = "dashboard-e2e-admin-token-7f3a9c";
 const CLIENT: Ipv4Addr = NetnsPair::CLIENT4;
 const BANNED: Ipv4Addr = NetnsPair::CLIENT4_B;
 /// The alerts `prometheus/alerts.yml` must define and `alerts_test.yml` must test.
-const REQUIRED_ALERTS: [&str; 5] = [
+const REQUIRED_ALERTS: [&str; 6] = [
     "GatewayVerifierFailuresRising",
     "GatewayJwksStale",
     "GatewayUpstreamDown",
+    "GatewayUpstreamServerDown",
     "GatewayDropsSpiking",
     "GatewayDenyMapNearlyFull",
 ];
@@ -44,12 +45,14 @@ struct Env {
     net: TestNet,
     secret: PathBuf,
     config: PathBuf,
-    _upstream: EchoUpstream,
+    upstream: EchoUpstream,
 }
 
 impl Env {
-    fn new() -> Option<Self> {
-        let net = TestNet::new("the dashboard in a browser", "dash")?;
+    /// `abuse`: whether the gateway runs the abuse engine (`[abuse]`), which counts the top
+    /// sources' requests and refusals.
+    fn new(test: &str, short: &str, abuse: bool) -> Option<Self> {
+        let net = TestNet::new(test, short)?;
         let dir = net.dir.clone();
         self_signed_ip_cert(&dir, "10.77.0.1").expect("openssl makes a certificate");
         let secret = dir.join("hs256.secret");
@@ -80,12 +83,13 @@ upstream = "app"
 listen = "{ADMIN}"
 api_token_file = "{d}/admin.token"
 
-[abuse]
+{abuse}
 
 {ebpf}"#,
             tls = tls_section(&dir),
             jwt = hs256_jwt_section(&secret),
             upstream = upstream.addr(),
+            abuse = if abuse { "[abuse]" } else { "" },
             ebpf = xdp_section(&net),
         );
         let config = dir.join("gateway.toml");
@@ -94,7 +98,7 @@ api_token_file = "{d}/admin.token"
             net,
             secret,
             config,
-            _upstream: upstream,
+            upstream,
         })
     }
 
@@ -159,6 +163,14 @@ api_token_file = "{d}/admin.token"
 
     /// The sum of every sample of `name` in `/metrics`.
     fn metric(&self, name: &str) -> u64 {
+        self.metric_lines(name)
+            .iter()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// Every sample line of `name` in `/metrics`.
+    fn metric_lines(&self, name: &str) -> Vec<String> {
         let (status, text) = self.admin("GET", "/metrics", None);
         assert_eq!(status, 200);
         text.lines()
@@ -166,8 +178,24 @@ api_token_file = "{d}/admin.token"
                 l.strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
             })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A token the gateway accepts.
+    fn token(&self) -> String {
+        cli_ok(&[
+            "token",
+            "mint",
+            "--key",
+            &self.secret.display().to_string(),
+            "--alg",
+            "HS256",
+            "--claims",
+            r#"{"scope":"read write","sub":"dashboard"}"#,
+        ])
+        .trim()
+        .to_owned()
     }
 }
 
@@ -192,20 +220,11 @@ fn shown(b: &mut Browser, id: &str) -> Result<Option<u64>> {
 
 #[test]
 fn the_dashboard_shows_the_gateway_and_lifts_a_ban() {
-    let Some(env) = Env::new() else { return };
+    let Some(env) = Env::new("the dashboard in a browser", "dash", true) else {
+        return;
+    };
     let _gw = env.start();
-    let token = cli_ok(&[
-        "token",
-        "mint",
-        "--key",
-        &env.secret.display().to_string(),
-        "--alg",
-        "HS256",
-        "--claims",
-        r#"{"scope":"read write","sub":"dashboard"}"#,
-    ])
-    .trim()
-    .to_owned();
+    let token = env.token();
 
     // Traffic: 6 valid requests, 2 with a broken token, 1 without one.
     for _ in 0..6 {
@@ -345,6 +364,19 @@ fn the_dashboard_shows_the_gateway_and_lifts_a_ban() {
                 .expect("eval");
             assert_eq!(row[1], src["packets"].to_string(), "{row}");
             assert_eq!(row[3], src["syns"].to_string(), "{row}");
+            // Requests and refusals, counted by the abuse engine: the client's 9 requests,
+            // 3 of them refused (401).
+            assert_eq!(after["per_source_requests"], true, "{after}");
+            assert_eq!((&src["requests"], &src["refusals"]), (&json!(9), &json!(3)));
+            assert_eq!((&row[6], &row[7]), (&json!("9"), &json!("3")), "{row}");
+            // The banned source's SYNs never made a request.
+            let banned = BANNED.to_string();
+            if let Some(b) = after["top_sources"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["addr"] == banned.as_str()))
+            {
+                assert_eq!((&b["requests"], &b["refusals"]), (&json!(0), &json!(0)));
+            }
             break;
         }
         assert!(
@@ -390,6 +422,46 @@ fn the_dashboard_shows_the_gateway_and_lifts_a_ban() {
         .expect("eval");
     assert_eq!(upstream[0], "app", "{upstream}");
     assert_eq!(upstream[2], "in rotation", "{upstream}");
+    // Its up/down gauge says the same; its latency is not measured yet, and the page says so.
+    let server = env.upstream.addr().to_string();
+    assert_eq!(
+        env.metric_lines("gateway_upstream_server_up"),
+        [format!(
+            "gateway_upstream_server_up{{upstream=\"app\",server=\"{server}\"}} 1"
+        )]
+    );
+    let s0 = &stats["upstreams"][0]["servers"][0];
+    assert_eq!(
+        (&s0["addr"], &s0["in_rotation"]),
+        (&json!(server), &json!(true))
+    );
+    assert_eq!(s0["latency_ms"], Value::Null, "{s0}");
+    assert_eq!(upstream[5], "not measured", "{upstream}");
+    // The build: the version the header shows, the compiler that built it.
+    let build = env.metric_lines("gateway_build_info");
+    assert_eq!(build.len(), 1, "{build:?}");
+    assert!(
+        build[0].starts_with(&format!(
+            "gateway_build_info{{version=\"{}\",commit=\"",
+            stats["version"].as_str().expect("version")
+        )) && build[0].contains(",rustc=\"rustc 1.")
+            && build[0].ends_with("} 1"),
+        "{build:?}"
+    );
+    assert_eq!(stats["build"]["version"], stats["version"]);
+    let title = b
+        .eval("document.getElementById('version').title")
+        .expect("eval");
+    assert_eq!(
+        title,
+        format!(
+            "commit {}, {}, {} build",
+            stats["build"]["commit"].as_str().expect("commit"),
+            stats["build"]["rustc"].as_str().expect("rustc"),
+            stats["build"]["profile"].as_str().expect("profile")
+        ),
+        "the version's tooltip names the build"
+    );
 
     // The ban's row, with its origin, reason and a countdown that moves.
     let ban = "#bans tr[data-target=\"10.77.0.3\"]";
@@ -510,6 +582,143 @@ fn the_dashboard_shows_the_gateway_and_lifts_a_ban() {
         .partition(|e| e.contains("403") && e.contains("/stats.json"));
     assert!(other.is_empty(), "console errors: {other:#?}");
     assert_eq!(refusals.len(), 2, "{errors:#?}");
+}
+
+// ---- `gateway stats --watch` -----------------------------------------------------------------
+
+/// `gateway stats` run in the gateway's namespace, with `args` after `--config`.
+fn stats_cmd(env: &Env, args: &[&str]) -> std::process::Command {
+    let mut cmd = exec_in(&env.net.pair.server, &bin().display().to_string());
+    cmd.args(["stats", "--config", &env.config.display().to_string()])
+        .args(args);
+    cmd
+}
+
+/// `gateway stats --watch` against the running gateway (no abuse engine this time): rates
+/// per second between samples, checked against the counters in the same JSON lines and the
+/// traffic sent between them; appended blocks when stdout is no terminal, redrawn in place
+/// when it is one (`script` gives it a pty). Also: without the abuse engine, `/stats.json`
+/// says the top sources' requests and refusals are not counted instead of showing zeros.
+#[test]
+fn stats_watch_shows_rates_of_the_running_gateway() {
+    use std::io::{BufRead, BufReader};
+    let Some(env) = Env::new("gateway stats --watch", "dsw", false) else {
+        return;
+    };
+    let _gw = env.start();
+    let token = env.token();
+    assert_eq!(env.get(CLIENT, Some(&token)), 200);
+
+    // Three samples 2 s apart; 3 requests (2 refused) between the first and the last.
+    let mut child = stats_cmd(&env, &["--watch", "2", "--count", "3", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run gateway stats");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = || -> Value {
+        let line = lines.next().expect("a sample").expect("read");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    let first = next();
+    assert_eq!(env.get(CLIENT, Some(&token)), 200);
+    assert_eq!(env.get(CLIENT, Some("not.a.token")), 401);
+    assert_eq!(env.get(CLIENT, None), 401);
+    let samples = [first, next(), next()];
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(samples[0].get("rates").is_none(), "{}", samples[0]);
+    let requests = |s: &Value| s["user_plane"]["requests"].as_u64().expect("requests");
+    let denials = |s: &Value| {
+        s["user_plane"]["denials"]
+            .as_object()
+            .expect("denials")
+            .values()
+            .filter_map(Value::as_u64)
+            .sum::<u64>()
+    };
+    let packets = |s: &Value| s["totals"]["packets"].as_u64().expect("packets");
+    let drops = |s: &Value| {
+        ["dropped_deny", "dropped_deny_cidr", "dropped_rate"]
+            .iter()
+            .map(|k| s["totals"][k].as_u64().expect("drop counter"))
+            .sum::<u64>()
+    };
+    for pair in samples.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let r = &b["rates"];
+        let secs = r["interval_secs"].as_f64().expect("interval");
+        assert!((1.5..3.5).contains(&secs), "{r}");
+        for (key, f) in [
+            ("requests", &requests as &dyn Fn(&Value) -> u64),
+            ("denials", &denials),
+            ("packets", &packets),
+            ("drops", &drops),
+        ] {
+            let rate = r[key].as_f64().unwrap_or_else(|| panic!("{key}: {r}"));
+            let delta = (f(b) - f(a)) as f64;
+            assert!(
+                (rate * secs - delta).abs() < 1e-6,
+                "{key}: {rate}/s over {secs}s, delta {delta}"
+            );
+        }
+    }
+    assert_eq!(requests(&samples[2]) - requests(&samples[0]), 3);
+    assert_eq!(denials(&samples[2]) - denials(&samples[0]), 2);
+    assert!(
+        packets(&samples[2]) > packets(&samples[0]),
+        "the requests' packets"
+    );
+
+    // Text on a pipe: two blocks, the first without rates, no terminal control sequences.
+    let out = stats_cmd(&env, &["--watch", "1", "--count", "2"])
+        .output()
+        .expect("run gateway stats");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        text.starts_with("rates/s: from the next sample on\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\nrates/s over ").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("user plane (admin endpoint").count(),
+        2,
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "{text}");
+
+    // On a terminal: each sample drawn from the top left corner, the screen cleared below.
+    let command = format!(
+        "{} stats --config {} --watch 1 --count 2",
+        bin().display(),
+        env.config.display()
+    );
+    let out = exec_in(&env.net.pair.server, "script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script");
+    assert!(out.status.success(), "{out:?}");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        tty.starts_with("\x1b[H\x1b[Jrates/s: from the next sample on\x1b[K"),
+        "{tty:?}"
+    );
+    assert_eq!(tty.matches("\x1b[Hrates/s over ").count(), 1, "{tty:?}");
+    assert!(tty.trim_end().ends_with("\x1b[J"), "{tty:?}");
+
+    // Without an abuse engine nobody counts requests per source: null, and said so.
+    let stats = env.stats_json();
+    assert_eq!(stats["per_source_requests"], false, "{stats}");
+    let client = CLIENT.to_string();
+    let src = stats["top_sources"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["addr"] == client.as_str()))
+        .expect("the client is a top source");
+    assert_eq!(
+        (&src["requests"], &src["refusals"]),
+        (&Value::Null, &Value::Null)
+    );
 }
 
 // ---- the monitoring files in deploy/ --------------------------------------------------------

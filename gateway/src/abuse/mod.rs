@@ -106,10 +106,40 @@ impl From<&Rule> for CompiledRule {
 #[derive(Debug, Default)]
 struct SourceState {
     windows: [Window; SIGNALS],
+    /// Answered requests and refusals (4xx answers) since the source was first tracked, for
+    /// the dashboard's top sources ([`AbuseEngine::source_counts`]).
+    counts: SourceCounts,
     /// Bans so far; each doubles the next.
     offenses: u32,
     /// While banned, further events are not counted again.
     banned_until_ms: u64,
+}
+
+/// What a source's requests got, since the engine began tracking it (it forgets the least
+/// recently seen beyond `max_sources`). Counted whatever the rules are, bans included.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SourceCounts {
+    /// Requests answered (any status).
+    pub requests: u64,
+    /// Of those, answered 4xx: refused by the gateway (tokens, routes, limits, malformed
+    /// requests) or by the upstream.
+    pub refusals: u64,
+}
+
+/// The signals a request's answer is evidence of, besides [`Signal::Request`]: 401 and 403
+/// are auth failures, other 4xx client errors. A 429 is neither: it is a client over a
+/// limit of its own (a route's per-subject or per-source limit, its verification budget,
+/// the upstream's), and banning its address would ban everyone who shares it for one
+/// client's pace.
+fn evidence(status: http::StatusCode) -> Option<Signal> {
+    use http::StatusCode;
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        Some(Signal::AuthFailure)
+    } else if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+        Some(Signal::ClientError)
+    } else {
+        None
+    }
 }
 
 /// A ban the engine decided on.
@@ -267,27 +297,97 @@ impl AbuseEngine {
     pub fn record(&self, ip: IpAddr, signal: Signal) -> Option<Decision> {
         let rule = self.rules[signal.index()]?;
         let key = self.key(ip);
-        if rule.fleet_limit.is_some() {
-            if let Some(c) = self.fleet_counts.get() {
-                c.add(key, signal);
-            }
-        }
+        self.count_for_fleet_if(key, signal, rule);
         let now = self.now_ms();
-        let (count, offenses) = {
+        let crossed = {
             let mut shard = self
                 .shard(&key)
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let state = shard.get_or_insert_mut(key, SourceState::default);
-            if now < state.banned_until_ms {
-                return None;
-            }
-            let count = state.windows[signal.index()].add(now, rule.window_ms);
-            if count <= rule.limit {
-                return None;
-            }
-            (count, self.mark_banned(state, rule, now))
+            self.count(state, signal, rule, now)?
         };
+        Some(self.ban(key, signal, rule, crossed))
+    }
+
+    /// One answered request from `ip` with `status`: counted for the dashboard
+    /// ([`SourceCounts`]) and as evidence for the rules ([`Signal::Request`], and the
+    /// auth-failure or client-error signal its status is, see [`evidence`]), under one
+    /// lock. Bans the source when a rule's limit is crossed, as [`AbuseEngine::record`].
+    pub fn request(&self, ip: IpAddr, status: http::StatusCode) -> Option<Decision> {
+        let key = self.key(ip);
+        let signals = [Some(Signal::Request), evidence(status)];
+        let rules = signals.map(|s| s.and_then(|s| Some((s, self.rules[s.index()]?))));
+        for (signal, rule) in rules.iter().flatten() {
+            self.count_for_fleet_if(key, *signal, *rule);
+        }
+        let now = self.now_ms();
+        let (signal, rule, crossed) = {
+            let mut shard = self
+                .shard(&key)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let state = shard.get_or_insert_mut(key, SourceState::default);
+            state.counts.requests = state.counts.requests.saturating_add(1);
+            if status.is_client_error() {
+                state.counts.refusals = state.counts.refusals.saturating_add(1);
+            }
+            // The first rule crossed bans; a banned source is not counted again.
+            rules
+                .iter()
+                .flatten()
+                .find_map(|&(s, r)| Some((s, r, self.count(state, s, r, now)?)))?
+        };
+        Some(self.ban(key, signal, rule, crossed))
+    }
+
+    /// The requests and refusals of `ip`'s source (IPv6: its prefix), zero when it is not
+    /// tracked (never seen, or forgotten). Does not make the source more recently seen.
+    pub fn source_counts(&self, ip: IpAddr) -> SourceCounts {
+        let key = self.key(ip);
+        self.shard(&key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .peek(&key)
+            .map(|s| s.counts)
+            .unwrap_or_default()
+    }
+
+    fn count_for_fleet_if(&self, key: IpAddr, signal: Signal, rule: CompiledRule) {
+        if rule.fleet_limit.is_some() {
+            if let Some(c) = self.fleet_counts.get() {
+                c.add(key, signal);
+            }
+        }
+    }
+
+    /// Counts one `signal` event in `state`; when that crosses the rule's limit, marks the
+    /// source banned and returns the count and the offenses so far. Nothing while banned.
+    fn count(
+        &self,
+        state: &mut SourceState,
+        signal: Signal,
+        rule: CompiledRule,
+        now: u64,
+    ) -> Option<(u32, u32)> {
+        if now < state.banned_until_ms {
+            return None;
+        }
+        let count = state.windows[signal.index()].add(now, rule.window_ms);
+        if count <= rule.limit {
+            return None;
+        }
+        Some((count, self.mark_banned(state, rule, now)))
+    }
+
+    /// Bans the source `count` crossed the rule with (outside the shard's lock).
+    fn ban(
+        &self,
+        key: IpAddr,
+        signal: Signal,
+        rule: CompiledRule,
+        (count, offenses): (u32, u32),
+    ) -> Decision {
         let decision = Decision {
             target: self.target(key),
             signal,
@@ -296,7 +396,7 @@ impl AbuseEngine {
             count,
         };
         self.apply(&decision, rule, "");
-        Some(decision)
+        decision
     }
 
     /// Records a ban in the source's state: one more offense, windows cleared, not counted
@@ -535,6 +635,91 @@ mod tests {
             None,
             "request rate is off by default"
         );
+    }
+
+    #[test]
+    fn requests_and_refusals_are_counted_per_source_whatever_the_rules() {
+        use http::StatusCode;
+        // The default rules: no request-rate rule, yet every request is counted.
+        let e = engine(
+            AbuseConfig {
+                auth_failures: rule(3, 60),
+                ..AbuseConfig::default()
+            },
+            vec![],
+        );
+        let ip: IpAddr = "192.0.2.20".parse().unwrap();
+        let other: IpAddr = "192.0.2.21".parse().unwrap();
+        for status in [200, 204, 304, 404, 429, 502] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(e.request(ip, status), None);
+        }
+        assert_eq!(
+            e.source_counts(ip),
+            SourceCounts {
+                requests: 6,
+                refusals: 2
+            }
+        );
+        assert_eq!(e.source_counts(other), SourceCounts::default());
+        // 401s are auth failures: the fourth bans, and counting goes on while banned.
+        for i in 1..=5 {
+            let d = e.request(ip, StatusCode::UNAUTHORIZED);
+            assert_eq!(d.is_some(), i == 4, "request {i}");
+        }
+        assert!(e.store().is_denied(ip));
+        assert_eq!(
+            e.source_counts(ip),
+            SourceCounts {
+                requests: 11,
+                refusals: 7
+            }
+        );
+        // IPv6: per prefix, as the engine tracks and bans.
+        let a: IpAddr = "2001:db8:5::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:5::2".parse().unwrap();
+        e.request(a, StatusCode::OK);
+        e.request(b, StatusCode::FORBIDDEN);
+        assert_eq!(
+            e.source_counts(a),
+            SourceCounts {
+                requests: 2,
+                refusals: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_request_is_evidence_of_what_its_status_says() {
+        use http::StatusCode;
+        let e = engine(
+            AbuseConfig {
+                auth_failures: None,
+                client_errors: rule(2, 60),
+                requests: rule(100, 60),
+                ..AbuseConfig::default()
+            },
+            vec![],
+        );
+        let ip: IpAddr = "192.0.2.30".parse().unwrap();
+        // 429 and 401 are not client errors (401 is an auth failure, off here).
+        for _ in 0..10 {
+            assert_eq!(e.request(ip, StatusCode::TOO_MANY_REQUESTS), None);
+            assert_eq!(e.request(ip, StatusCode::UNAUTHORIZED), None);
+        }
+        assert_eq!(e.request(ip, StatusCode::NOT_FOUND), None);
+        assert_eq!(e.request(ip, StatusCode::BAD_REQUEST), None);
+        let d = e
+            .request(ip, StatusCode::NOT_FOUND)
+            .expect("third 4xx bans");
+        assert_eq!((d.signal, d.count), (Signal::ClientError, 3));
+        // The request-rate rule bans on its own count.
+        let fast: IpAddr = "192.0.2.31".parse().unwrap();
+        let bans: Vec<_> = (0..101)
+            .filter_map(|_| e.request(fast, StatusCode::OK))
+            .collect();
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].signal, Signal::Request);
     }
 
     #[test]

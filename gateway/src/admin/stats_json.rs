@@ -1,21 +1,23 @@
 //! `/stats.json` on the admin endpoint: what `gateway stats --json` prints (the kernel's totals
 //! and top sources from the pinned maps, the user plane's summary of `/metrics`), plus what the
 //! dashboard shows beside it: version, uptime, listeners, the data plane, the bans, the
-//! upstream servers' health, and the verification latency histogram (so that the page can
+//! upstream servers' health and latency, each top source's requests and refusals (from the
+//! abuse engine, when one runs), the build, and the verification latency histogram (so that the page can
 //! compute quantiles over its own polling interval rather than since start). Built on request
 //! from the same sources as the CLI and `/metrics`; nothing runs between polls.
 
 use super::client;
+use crate::abuse::AbuseEngine;
 use crate::cli::stats::{self, user_plane, SortBy};
 use crate::deny::{DenyStore, DenyView};
 use crate::ebpf::PinnedMaps;
-use crate::metrics::Metrics;
+use crate::metrics::{BuildInfo, LatencyQuantiles, Metrics, BUILD};
 use crate::proxy::live::LiveProxy;
 use crate::proxy::upstream::ServerHealth;
 use gateway_common::limits;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,7 +76,15 @@ struct Listener {
 #[derive(Serialize)]
 struct UpstreamJson<'a> {
     name: &'a str,
-    servers: Vec<ServerHealth>,
+    servers: Vec<ServerJson>,
+}
+
+#[derive(Serialize)]
+struct ServerJson {
+    #[serde(flatten)]
+    health: ServerHealth,
+    /// Response latency quantiles (bucket upper bounds, ms); `null` while not measured.
+    latency_ms: Option<LatencyQuantiles>,
 }
 
 /// One cumulative bucket of `gateway_verify_duration_seconds`.
@@ -95,6 +105,10 @@ struct DenyCapacity {
 #[derive(Serialize)]
 struct Extras<'a> {
     version: &'static str,
+    build: BuildInfo,
+    /// Whether `top_sources` entries carry `requests` and `refusals`: they are counted by
+    /// the abuse engine (`[abuse]`), and are `null` without one.
+    per_source_requests: bool,
     uptime_secs: f64,
     listeners: Vec<Listener>,
     data_plane: Option<&'a DataPlaneInfo>,
@@ -116,6 +130,7 @@ pub fn build(
     admin: SocketAddr,
 ) -> Result<Value, serde_json::Error> {
     let samples = client::parse(&metrics.render());
+    let abuse = metrics.abuse();
     let up = user_plane::summarise(admin, &samples);
     let mut doc = Map::new();
     let mut kernel_error = None;
@@ -127,6 +142,7 @@ pub fn build(
                 if let Value::Object(m) = serde_json::to_value(&s)? {
                     doc = m;
                 }
+                add_source_counts(&mut doc, abuse.as_deref());
             }
             Err(e) => kernel_error = Some(e.to_string()),
         }
@@ -160,7 +176,9 @@ pub fn build(
     // The proxy serving now, held while its upstreams are read.
     let proxy = info.proxy.as_ref().map(|p| p.current());
     let extras = Extras {
-        version: env!("CARGO_PKG_VERSION"),
+        version: BUILD.version,
+        build: BUILD,
+        per_source_requests: abuse.is_some(),
         uptime_secs: info.started.elapsed().as_secs_f64(),
         listeners: info
             .listeners
@@ -182,7 +200,14 @@ pub fn build(
             .iter()
             .map(|u| UpstreamJson {
                 name: u.name(),
-                servers: u.health(),
+                servers: u
+                    .health()
+                    .into_iter()
+                    .map(|health| ServerJson {
+                        latency_ms: metrics.upstream_latency(u.name(), health.addr),
+                        health,
+                    })
+                    .collect(),
             })
             .collect(),
         verify_buckets,
@@ -191,4 +216,20 @@ pub fn build(
         doc.extend(m);
     }
     Ok(Value::Object(doc))
+}
+
+/// Each `top_sources` entry's `requests` and `refusals`, as the abuse engine counted them
+/// for its address (IPv6: its prefix); `null` without an engine, where nobody counts them.
+fn add_source_counts(doc: &mut Map<String, Value>, abuse: Option<&AbuseEngine>) {
+    let Some(Value::Array(sources)) = doc.get_mut("top_sources") else {
+        return;
+    };
+    for src in sources.iter_mut().filter_map(Value::as_object_mut) {
+        let counts = abuse.and_then(|a| {
+            let addr: IpAddr = src.get("addr")?.as_str()?.parse().ok()?;
+            Some(a.source_counts(addr))
+        });
+        src.insert("requests".into(), counts.map(|c| c.requests).into());
+        src.insert("refusals".into(), counts.map(|c| c.refusals).into());
+    }
 }

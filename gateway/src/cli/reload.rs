@@ -74,6 +74,9 @@ impl RunningProxy {
         let proxies: Vec<Arc<Proxy>> = proxies.into_iter().map(Arc::new).collect();
         if let Some(last) = proxies.last() {
             self.health_checks(last, old);
+            // Every worker's copy shares its servers' health: one copy is enough for
+            // `gateway_upstream_server_up`.
+            self.metrics.set_upstreams(last.upstreams().to_vec());
         }
         if self.workers.is_empty() {
             self.workers = proxies.into_iter().map(LiveProxy::new).collect();

@@ -1,5 +1,6 @@
 //! `gateway stats`: the kernel's counters, read from the pinned maps, and the user plane's
-//! counters, read from the admin endpoint's `/metrics` when it answers.
+//! counters, read from the admin endpoint's `/metrics` when it answers. With `--watch`, again
+//! every interval with rates per second ([`watch`]).
 
 use super::common::{emit, fail, human_duration, MapsArgs, EXIT_FAILURE, EXIT_USAGE};
 use crate::ebpf::{clock, PinnedMaps};
@@ -10,7 +11,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use watch::{Rates, Sample};
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
@@ -23,9 +25,13 @@ pub struct StatsArgs {
     /// Order of the source list.
     #[arg(long, value_enum, default_value_t = SortBy::Packets)]
     sort: SortBy,
-    /// Print again every SECS seconds until interrupted.
+    /// Print again every SECS seconds, with rates per second, until interrupted (Ctrl-C) or
+    /// --count samples. On a terminal each sample is drawn over the last.
     #[arg(long, value_name = "SECS")]
     watch: Option<u64>,
+    /// With --watch: stop after N samples.
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u32>,
     /// Admin endpoint to read the user-plane counters from [default: the config's
     /// [admin] listen, else 127.0.0.1:9901]. Not answering is not an error.
     #[arg(long, value_name = "ADDR")]
@@ -57,6 +63,9 @@ pub struct StatsJson {
     /// The running gateway's counters from its admin endpoint; `null` when it did not answer
     /// (or no admin endpoint is configured).
     pub user_plane: Option<user_plane::UserPlane>,
+    /// With `--watch`, from the second sample on: rates per second since the previous one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rates: Option<Rates>,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,24 +99,30 @@ pub fn run(args: StatsArgs) -> ExitCode {
     if args.watch == Some(0) {
         return fail(EXIT_USAGE, "--watch needs at least 1 second");
     }
+    if args.count == Some(0) {
+        return fail(EXIT_USAGE, "--count needs at least 1 sample");
+    }
     let maps = match args.maps.open() {
         Ok(m) => m,
         Err(code) => return code,
     };
     let admin = admin_addr(&args);
+    let terminal = {
+        use std::io::IsTerminal;
+        args.watch.is_some() && !args.json && std::io::stdout().is_terminal()
+    };
+    let start = Instant::now();
+    let mut previous: Option<Sample> = None;
+    let mut taken = 0u32;
     loop {
-        let mut snapshot = match collect(&maps, args.top, args.sort) {
+        let (mut snapshot, unreachable) = match sample(&maps, &args, admin.as_ref()) {
             Ok(s) => s,
             Err(e) => return fail(EXIT_FAILURE, e),
         };
-        let unreachable = match admin.as_ref().map(|a| (a, user_plane::fetch(a))) {
-            Some((_, Ok(up))) => {
-                snapshot.user_plane = Some(up);
-                None
-            }
-            Some((a, Err(e))) => Some((a, e)),
-            None => None,
-        };
+        let now = Sample::of(&snapshot, Instant::now());
+        if args.watch.is_some() {
+            snapshot.rates = previous.and_then(|p| Rates::between(&p, &now));
+        }
         let text = if args.json {
             let json = if args.watch.is_some() {
                 serde_json::to_string(&snapshot)
@@ -119,31 +134,53 @@ pub fn run(args: StatsArgs) -> ExitCode {
                 Err(e) => return fail(EXIT_FAILURE, e),
             }
         } else {
-            let mut t = render_table(&snapshot);
+            let mut t = String::new();
+            if args.watch.is_some() {
+                t.push_str(&Rates::render(snapshot.rates.as_ref()));
+            }
+            t.push_str(&render_table(&snapshot));
             match (&snapshot.user_plane, unreachable) {
                 (Some(up), _) => t.push_str(&user_plane::render(up)),
-                (None, Some((a, e))) => {
-                    let _ = writeln!(t, "user plane: admin endpoint {a} not reachable ({e})");
-                }
+                (None, Some(e)) => t.push_str(&e),
                 (None, None) => {}
             }
-            t
+            watch::frame(&t, terminal, taken == 0)
         };
         if let Err(code) = emit(&text) {
             return code;
         }
-        match args.watch {
-            Some(secs) => {
-                std::thread::sleep(Duration::from_secs(secs));
-                if !args.json {
-                    if let Err(code) = emit("\n") {
-                        return code;
-                    }
-                }
-            }
-            None => return ExitCode::SUCCESS,
+        taken = taken.saturating_add(1);
+        let Some(secs) = args.watch else {
+            return ExitCode::SUCCESS;
+        };
+        if args.count.is_some_and(|n| taken >= n) {
+            return ExitCode::SUCCESS;
         }
+        previous = Some(now);
+        let due = watch::next_due(start, Duration::from_secs(secs), taken, Instant::now());
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
+}
+
+/// One sample: the kernel's counters, and the user plane's when the admin endpoint answers
+/// (else the line saying why not, for the text table).
+fn sample(
+    maps: &PinnedMaps,
+    args: &StatsArgs,
+    admin: Option<&crate::admin::client::Endpoint>,
+) -> Result<(StatsJson, Option<String>), crate::ebpf::MapsError> {
+    let mut snapshot = collect(maps, args.top, args.sort)?;
+    let unreachable = match admin.map(|a| (a, user_plane::fetch(a))) {
+        Some((_, Ok(up))) => {
+            snapshot.user_plane = Some(up);
+            None
+        }
+        Some((a, Err(e))) => Some(format!(
+            "user plane: admin endpoint {a} not reachable ({e})\n"
+        )),
+        None => None,
+    };
+    Ok((snapshot, unreachable))
 }
 
 /// `--admin-socket`, `--admin`, else the config's `[admin]` socket or listen (none when the
@@ -197,6 +234,7 @@ pub fn collect(
             .map(|(a, s)| SourceJson::new(*a, s, now))
             .collect(),
         user_plane: None,
+        rates: None,
     })
 }
 
@@ -260,3 +298,4 @@ fn render_table(s: &StatsJson) -> String {
 }
 
 pub mod user_plane;
+pub mod watch;

@@ -1,19 +1,24 @@
 //! What is read at scrape time rather than counted as it happens: the verifier's cache and
 //! key set, JWKS sources, the abuse engine's bans, the kernel's pinned counters.
 
-use super::{lock, name, IssuerLabel, IssuerResultLabel, ReasonLabel, SignalLabel, SourceLabel};
+use super::{
+    lock, name, IssuerLabel, IssuerResultLabel, ReasonLabel, SignalLabel, SourceLabel,
+    UpstreamServerLabels, BUILD,
+};
 use crate::jwt::Verifier;
 use crate::keys::JwksSource;
+use crate::proxy::upstream::Upstream;
 use arc_swap::ArcSwapOption;
 use gateway_common::counter;
 use prometheus_client::collector::Collector;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What is read at scrape time rather than counted as it happens.
@@ -25,6 +30,28 @@ pub(super) struct ScrapeSources {
     /// With the name of the issuer each serves.
     pub(super) jwks: Mutex<Vec<(Box<str>, JwksSource)>>,
     pub(super) pin_path: Mutex<Option<PathBuf>>,
+    /// One copy of each upstream pool (health is shared by every worker's copy).
+    pub(super) upstreams: Mutex<Upstreams>,
+}
+
+/// The upstream pools, named in debug output.
+#[derive(Default)]
+pub(super) struct Upstreams(pub(super) Vec<Arc<Upstream>>);
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|u| u.name()))
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+    rustc: &'static str,
+    profile: &'static str,
 }
 
 fn counter(
@@ -56,6 +83,8 @@ fn now_unix() -> u64 {
 
 impl Collector for ScrapeSources {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_build_info(&mut enc)?;
+        self.encode_upstreams(&mut enc)?;
         if let Some(v) = self.verifier.load_full() {
             if let Some(c) = v.cache_stats() {
                 counter(
@@ -105,6 +134,23 @@ impl Collector for ScrapeSources {
         self.encode_fleet(&mut enc)?;
         self.encode_kernel(&mut enc)
     }
+}
+
+/// `gateway_build_info{version, commit, rustc, profile} 1` (see [`super::BuildInfo`]).
+fn encode_build_info(enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let labels = BuildLabels {
+        version: BUILD.version,
+        commit: BUILD.commit,
+        rustc: BUILD.rustc,
+        profile: BUILD.profile,
+    };
+    let mut m = enc.encode_descriptor(
+        name::BUILD_INFO,
+        "Always 1; the labels say which build runs (commit and rustc are `unknown` when the build did not record them)",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(1i64).encode(m.encode_family(&labels)?)
 }
 
 /// Per-issuer token counts and key-set sizes (`issuer` is a `[[jwt.issuer]]` name or
@@ -192,6 +238,31 @@ impl ScrapeSources {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (labels, s) in &stats {
                 ConstCounter::new(get(s)).encode(m.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `gateway_upstream_server_up`: 1 while a server takes requests (its active check
+    /// passes and it is not out after `max_fails` failed connections), else 0.
+    fn encode_upstreams(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let upstreams = lock(&self.upstreams).0.clone();
+        if upstreams.is_empty() {
+            return Ok(());
+        }
+        let mut m = enc.encode_descriptor(
+            name::UPSTREAM_SERVER_UP,
+            "1 while an upstream server is in rotation, 0 while it is out (failed health check or max_fails)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for u in &upstreams {
+            for s in u.health() {
+                let labels = UpstreamServerLabels {
+                    upstream: u.name().to_owned(),
+                    server: s.addr.to_string(),
+                };
+                ConstGauge::new(i64::from(s.in_rotation)).encode(m.encode_family(&labels)?)?;
             }
         }
         Ok(())

@@ -23,10 +23,12 @@
 //! ([`DenialReason`], [`UpstreamErrorKind`]) whose counters are indexed directly. Every series
 //! name is in [`names`], which `gateway stats` reads too.
 
+mod build_info;
 mod exposition;
 mod histogram;
 mod names;
 
+pub use build_info::{BuildInfo, BUILD};
 pub use histogram::LatencyHistogram;
 pub use names::{exposed, name};
 
@@ -40,6 +42,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -111,6 +114,20 @@ struct IssuerResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SignalLabel {
     signal: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamServerLabels {
+    upstream: String,
+    server: String,
+}
+
+/// Latency quantiles of one upstream server, as upper bounds of the histogram buckets that
+/// hold them (milliseconds); `None` in the overflow bucket.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct LatencyQuantiles {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
 }
 
 /// One route's request counters: lazily created series per status slot.
@@ -345,6 +362,26 @@ impl Metrics {
             .into_iter()
             .map(|(issuer, s)| (issuer.into(), s))
             .collect();
+    }
+
+    /// The upstream pools whose servers' health is exported at scrape time
+    /// (`gateway_upstream_server_up`). One copy of each pool is enough: every worker's copy
+    /// shares the servers' health.
+    pub fn set_upstreams(&self, upstreams: Vec<Arc<crate::proxy::upstream::Upstream>>) {
+        lock(&self.scrape.upstreams).0 = upstreams;
+    }
+
+    /// The abuse engine, when one runs (the dashboard reads its per-source counts).
+    pub fn abuse(&self) -> Option<Arc<crate::abuse::AbuseEngine>> {
+        self.scrape.abuse.load_full()
+    }
+
+    /// Response latency quantiles of `server` in `upstream`, from the upstream duration
+    /// histogram. That histogram (per upstream and server) is not recorded yet, so this is
+    /// `None`, and the dashboard says "not measured" rather than inventing a number.
+    pub fn upstream_latency(&self, upstream: &str, server: SocketAddr) -> Option<LatencyQuantiles> {
+        let _ = (upstream, server);
+        None
     }
 
     /// Where the kernel's maps are pinned; their global counters are read at scrape time and

@@ -71,4 +71,8 @@ series! {
         FLEET_PROPAGATION_LAG_SUM = "_seconds_sum",
         FLEET_PROPAGATION_LAG_COUNT = "_seconds_count"
     ],
+    /// 1 while an upstream server is in rotation, 0 while out (labels `upstream`, `server`).
+    UPSTREAM_SERVER_UP = "upstream_server_up" => [UPSTREAM_SERVER_UP = ""],
+    /// Always 1; the labels say what runs (`version`, `commit`, `rustc`, `profile`).
+    BUILD_INFO = "build_info" => [BUILD_INFO = ""],
 }

@@ -332,6 +332,8 @@ fn every_exposed_name_is_what_the_registry_renders() {
         exposed::FLEET_PROPAGATION_LAG_BUCKET,
         exposed::FLEET_PROPAGATION_LAG_SUM,
         exposed::FLEET_PROPAGATION_LAG_COUNT,
+        // Upstream pools are not given to this registry.
+        exposed::UPSTREAM_SERVER_UP,
     ];
     for name in exposed::ALL {
         if !absent.contains(name) {
@@ -422,4 +424,87 @@ fn a_reloads_series_continue_the_names_both_sets_have() {
         get("gateway_upstream_errors_total{upstream=\"v\",kind=\"connect\"}"),
         Some("1")
     );
+}
+#[tokio::test]
+async fn upstream_servers_are_up_while_in_rotation() {
+    use crate::config::UpstreamConfig;
+    use crate::proxy::upstream::Upstream;
+    // A port nothing listens on: the active check's connection is refused.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let upstream = |name: &str, servers: &str| {
+        let cfg: UpstreamConfig =
+            toml::from_str(&format!("name = \"{name}\"\nservers = [{servers}]")).expect("config");
+        Arc::new(Upstream::new(&cfg))
+    };
+    let up = upstream("app", "\"192.0.2.10:80\", \"[2001:db8::10]:8080\"");
+    let down = upstream("old", &format!("\"{refused}\""));
+    let m = Metrics::new(&[], &names(&["app", "old"]));
+    assert!(!m.render().contains(exposed::UPSTREAM_SERVER_UP));
+    m.set_upstreams(vec![up, Arc::clone(&down)]);
+    // One round of the active check (the first tick is immediate; the next is far away).
+    let checks = Arc::clone(&down).health_checks(
+        "/".into(),
+        Duration::from_secs(3600),
+        Duration::from_secs(2),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(3), checks).await;
+    assert!(!down.health()[0].in_rotation, "the refused server is out");
+    let t = m.render();
+    let up_value = |upstream: &str, server: &str| {
+        value(
+            &t,
+            &format!(
+                "{}{{upstream=\"{upstream}\",server=\"{server}\"}}",
+                exposed::UPSTREAM_SERVER_UP
+            ),
+        )
+    };
+    assert_eq!(
+        up_value("app", "192.0.2.10:80").as_deref(),
+        Some("1"),
+        "{t}"
+    );
+    assert_eq!(
+        up_value("app", "[2001:db8::10]:8080").as_deref(),
+        Some("1"),
+        "{t}"
+    );
+    assert_eq!(
+        up_value("old", &refused.to_string()).as_deref(),
+        Some("0"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("# TYPE {} gauge", exposed::UPSTREAM_SERVER_UP)),
+        "{t}"
+    );
+}
+
+#[test]
+fn build_info_says_what_the_build_knows() {
+    let t = Metrics::new(&[], &[]).render();
+    assert!(t.contains("# TYPE gateway_build_info gauge"), "{t}");
+    let line = t
+        .lines()
+        .find(|l| l.starts_with(exposed::BUILD_INFO))
+        .expect("build info");
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let commit = option_env!("GATEWAY_GIT_COMMIT").filter(|c| !c.is_empty());
+    assert_eq!(
+        line,
+        format!(
+            "gateway_build_info{{version=\"{}\",commit=\"{}\",rustc=\"{}\",profile=\"{profile}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            commit.unwrap_or("unknown"),
+            BUILD.rustc,
+        )
+    );
+    // build.rs asked the compiler that built this test.
+    assert!(BUILD.rustc.starts_with("rustc 1."), "{}", BUILD.rustc);
 }

@@ -269,6 +269,7 @@
       else if (c && typeof c === 'object') {
         td.textContent = c.text;
         if (c.cls) td.className = c.cls;
+        if (c.title) td.title = c.title;
         if (c.value !== undefined) td.dataset.value = String(c.value);
       } else td.textContent = c;
       tr.append(td);
@@ -344,19 +345,39 @@
     n.hidden = !text;
   }
 
+  // Requests and refusals per source are counted by the abuse engine: without one the
+  // cells say so instead of showing zeros that nobody counted.
+  const NOT_COUNTED = 'not counted: per-source requests need the abuse engine ([abuse])';
+  function userCell(v, counted) {
+    return counted && v !== null && v !== undefined ? num(v) : { text: '–', cls: 'num muted', title: NOT_COUNTED };
+  }
   function renderSources(doc) {
     const body = $('sources').tBodies[0];
+    const counted = doc.per_source_requests === true;
+    const note = $('sources-note');
+    note.textContent = counted
+      ? 'Requests and refusals (4xx answers) as the abuse engine counts them: by the client address (a proxied client under its own), IPv6 by prefix.'
+      : 'Requests and refusals per source are not counted: that needs the abuse engine ([abuse]).';
+    note.hidden = false;
     if (!doc.top_sources) {
-      body.replaceChildren(emptyRow(7, doc.data_plane ? 'kernel counters unreadable: ' + (doc.kernel_error || '?') : 'no data plane runs'));
+      body.replaceChildren(emptyRow(9, doc.data_plane ? 'kernel counters unreadable: ' + (doc.kernel_error || '?') : 'no data plane runs'));
       return;
     }
     const rows = doc.top_sources.map((s) => {
       const tr = row([s.addr, num(s.packets), num(s.bytes, fmtBytes), num(s.syns), num(s.drops_deny), num(s.drops_rate),
+        userCell(s.requests, counted), userCell(s.refusals, counted),
         { text: fmtDur(s.last_seen_secs_ago) + ' ago', cls: 'num' }]);
       tr.dataset.addr = s.addr;
       return tr;
     });
-    body.replaceChildren(...(rows.length ? rows : [emptyRow(7, 'no sources seen yet')]));
+    body.replaceChildren(...(rows.length ? rows : [emptyRow(9, 'no sources seen yet')]));
+  }
+
+  // A server's latency quantiles (bucket bounds in ms), or why there are none.
+  function latencyCell(l) {
+    if (!l) return { text: 'not measured', cls: 'num muted' };
+    const ms = (v) => (v === null || v === undefined ? '–' : '≤ ' + fmtUs(v * 1000));
+    return { text: ms(l.p50) + ' / ' + ms(l.p99), cls: 'num', value: [l.p50, l.p99].join(' ') };
   }
 
   function renderUpstreams(doc) {
@@ -368,12 +389,12 @@
       u.servers.forEach((s, i) => {
         const state = { text: s.in_rotation ? 'in rotation' : 'out', cls: s.in_rotation ? 'ok' : 'bad' };
         const tr = row([i === 0 ? u.name : '', s.addr, state, s.health_check_ok ? 'passing' : 'failing',
-          num(s.consecutive_fails), i === 0 ? num(errs) : '']);
+          num(s.consecutive_fails), latencyCell(s.latency_ms), i === 0 ? num(errs) : '']);
         tr.dataset.server = s.addr;
         rows.push(tr);
       });
     }
-    body.replaceChildren(...(rows.length ? rows : [emptyRow(6, 'no upstreams (no proxy runs)')]));
+    body.replaceChildren(...(rows.length ? rows : [emptyRow(7, 'no upstreams (no proxy runs)')]));
   }
 
   // ---- the page ----------------------------------------------------------------------------
@@ -381,6 +402,7 @@
     const doc = latest;
     const up = doc.user_plane || {};
     setText('version', 'v' + doc.version);
+    if (doc.build) $('version').title = 'commit ' + doc.build.commit + ', ' + doc.build.rustc + ', ' + doc.build.profile + ' build';
     setText('uptime', fmtDur(doc.uptime_secs));
     setText('listeners', (doc.listeners || []).map((l) => (l.tls ? 'https://' : 'http://') + l.addr).join('  ') || 'none');
     setText('dataplane', doc.data_plane ? doc.data_plane.mode + ' on ' + doc.data_plane.interface : 'off');

@@ -22,14 +22,14 @@ use super::route::{self, Route};
 use super::slots::Slots;
 use super::upstream::{Upstream, UpstreamError};
 use super::{BoxError, ErrorChain, ProxyBody};
-use crate::abuse::{AbuseEngine, Signal};
+use crate::abuse::AbuseEngine;
 use crate::config::Plan;
 use crate::deny::DenyStore;
 use crate::jwt::{Verifier, VerifierConfig};
 use crate::metrics::{Metrics, Series};
 use bytes::Bytes;
 use http::header::HeaderName;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Body;
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -249,16 +249,7 @@ impl Proxy {
         self.series.request(route, status.as_u16());
         // A banned client's refusals are not evidence again.
         if let Some(abuse) = self.abuse.as_ref().filter(|_| !banned) {
-            let ip = client;
-            abuse.record(ip, Signal::Request);
-            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                abuse.record(ip, Signal::AuthFailure);
-            } else if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
-                // A 429 is a client over a limit of its own (a route's per-subject or
-                // per-source limit, its verification budget, the upstream's): banning its
-                // address would ban everyone who shares it for one client's pace.
-                abuse.record(ip, Signal::ClientError);
-            }
+            abuse.request(client, status);
         }
         if is_head {
             // A HEAD response has no body; our own refusals must not send one either.
