@@ -647,7 +647,9 @@ fn stats_watch_shows_rates_of_the_running_gateway() {
         let (a, b) = (&pair[0], &pair[1]);
         let r = &b["rates"];
         let secs = r["interval_secs"].as_f64().expect("interval");
-        assert!((1.5..3.5).contains(&secs), "{r}");
+        // A fixed schedule: a late sample makes the next interval shorter (a loaded
+        // machine), so only its bounds are checked; the rates must use the measured one.
+        assert!((0.2..6.0).contains(&secs), "{r}");
         for (key, f) in [
             ("requests", &requests as &dyn Fn(&Value) -> u64),
             ("denials", &denials),
