@@ -28,6 +28,7 @@ pub mod send_timeout;
 pub mod server;
 pub mod slots;
 pub mod upstream;
+pub mod upstream_h1;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
