@@ -5,7 +5,8 @@
 //! upstream must not trust ([`client_headers`]), the open-file budget ([`fd_limit`]),
 //! the rest of a request body the response did not wait for ([`linger`]), closing
 //! connections on shutdown and bans ([`closing`]) or when they go quiet ([`idle`]) and upstreams
-//! ([`upstream`]: servers and their health; [`pool`]: each worker's connections), and the
+//! ([`upstream`]: servers and their health; [`pool`]: each worker's connections;
+//! [`upstream_h1`]: the HTTP/1.1 exchange on them), and the
 //! caps on requests in progress ([`slots`]).
 
 pub mod client_addr;

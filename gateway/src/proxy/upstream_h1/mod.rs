@@ -30,7 +30,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Largest response head (status line and fields). nginx's default is 4 or 8 KiB.
@@ -112,6 +112,8 @@ pub struct Upload {
     /// read, the connection is not reused.
     failed: Option<H1Error>,
     write_failed: bool,
+    /// Interim (1xx) answers passed over so far.
+    interim: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -226,6 +228,7 @@ impl Conn {
             started: false,
             failed: None,
             write_failed: false,
+            interim: 0,
         }
     }
 
@@ -343,7 +346,6 @@ impl Conn {
         method: &Method,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(response::Parts, Framing), H1Error>> {
-        let mut interim = 0;
         loop {
             self.poll_upload_alongside(up, cx)?;
             if !self.rbuf.is_empty() {
@@ -351,8 +353,8 @@ impl Conn {
                     if head.status.is_informational()
                         && head.status != StatusCode::SWITCHING_PROTOCOLS
                     {
-                        interim += 1;
-                        if interim > MAX_INTERIM {
+                        up.interim += 1;
+                        if up.interim > MAX_INTERIM {
                             return Poll::Ready(Err(H1Error::TooManyInterim));
                         }
                         continue;
@@ -420,19 +422,18 @@ impl Conn {
         Ok(Some(parts))
     }
 
-    /// Reads what the server sent into the read buffer; `Ok(0)` at its close.
+    /// Reads what the server sent into the read buffer; `Ok(0)` at its close. Through
+    /// `poll_read`, which forgets the socket's readiness after a short read, so that
+    /// [`Conn::is_quiet`] costs no system call on a connection that stayed quiet (the
+    /// zeroing is cheaper than that call).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 2 {
-            self.rbuf.reserve(READ_SIZE);
-        }
-        loop {
-            match self.io.try_read_buf(&mut self.rbuf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.io.poll_read_ready(cx))?;
-                }
-                other => return Poll::Ready(other),
-            }
-        }
+        let len = self.rbuf.len();
+        self.rbuf.resize(len + READ_SIZE, 0);
+        let mut read = ReadBuf::new(&mut self.rbuf[len..]);
+        let polled = Pin::new(&mut self.io).poll_read(cx, &mut read);
+        let n = read.filled().len();
+        self.rbuf.truncate(len + n);
+        polled.map_ok(|()| n)
     }
 }
 
