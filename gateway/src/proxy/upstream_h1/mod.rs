@@ -39,8 +39,10 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// Most interim (1xx) answers before the final one.
 pub const MAX_INTERIM: usize = 8;
-/// What a read asks for at least.
-const READ_SIZE: usize = 8 * 1024;
+/// What a read asks for at first: an API answer fits, and the buffer a read offers must be
+/// zeroed first (see [`Conn::poll_fill`]). Reads that fill it double it, up to [`MAX_READ`].
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
 /// Request body bytes buffered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -84,6 +86,8 @@ pub struct Conn {
     wbuf: Vec<u8>,
     /// Bytes of `wbuf` already written.
     written: usize,
+    /// What the next read asks for.
+    read_size: usize,
 }
 
 /// An exchange that got its response head: the connection, ready for the body.
@@ -130,6 +134,7 @@ impl Conn {
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
             written: 0,
+            read_size: MIN_READ,
         }
     }
 
@@ -379,10 +384,18 @@ impl Conn {
 
     /// A complete head at the start of the read buffer, taken out of it.
     fn parse_head(&mut self) -> Result<Option<response::Parts>, H1Error> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut fields);
-        let len = match resp.parse(&self.rbuf) {
-            Ok(httparse::Status::Complete(len)) => len,
+        // Left uninitialised for httparse, as hyper does: no 3 KiB to zero per answer.
+        let mut fields =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            &self.rbuf,
+            &mut fields,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+            Ok(httparse::Status::Complete(_)) => return Err(H1Error::HeadTooLarge),
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(H1Error::Head(e)),
         };
@@ -396,19 +409,23 @@ impl Conn {
         };
         // Names and values are slices of the head, kept as one shared buffer.
         let start = self.rbuf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        // Offsets fit in u32: the head is at most MAX_HEAD bytes.
+        let offset = |p: &[u8]| (p.as_ptr() as usize - start) as u32;
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let count = resp.headers.len();
         for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
             *span = (
-                f.name.as_ptr() as usize - start,
-                f.name.len(),
-                f.value.as_ptr() as usize - start,
-                f.value.len(),
+                offset(f.name.as_bytes()),
+                f.name.len() as u32,
+                offset(f.value),
+                f.value.len() as u32,
             );
         }
         let head = self.rbuf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         for &(name, name_len, value, value_len) in &spans[..count] {
+            let (name, value) = (name as usize, value as usize);
+            let (name_len, value_len) = (name_len as usize, value_len as usize);
             let name =
                 HeaderName::from_bytes(&head[name..name + name_len]).map_err(|_| H1Error::Field)?;
             let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
@@ -424,15 +441,24 @@ impl Conn {
 
     /// Reads what the server sent into the read buffer; `Ok(0)` at its close. Through
     /// `poll_read`, which forgets the socket's readiness after a short read, so that
-    /// [`Conn::is_quiet`] costs no system call on a connection that stayed quiet (the
-    /// zeroing is cheaper than that call).
+    /// [`Conn::is_quiet`] costs no system call on a connection that stayed quiet; the price
+    /// is zeroing what the read is offered (safe code cannot offer uninitialised bytes),
+    /// hence a read size that starts small and grows only for bodies that fill it.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // Nothing to zero while nothing has arrived.
+        ready!(self.io.poll_read_ready(cx))?;
         let len = self.rbuf.len();
-        self.rbuf.resize(len + READ_SIZE, 0);
+        let size = self.read_size;
+        self.rbuf.resize(len + size, 0);
         let mut read = ReadBuf::new(&mut self.rbuf[len..]);
         let polled = Pin::new(&mut self.io).poll_read(cx, &mut read);
         let n = read.filled().len();
         self.rbuf.truncate(len + n);
+        if n == size {
+            self.read_size = (size * 2).min(MAX_READ);
+        } else if n < size / 8 {
+            self.read_size = (size / 2).max(MIN_READ);
+        }
         polled.map_ok(|()| n)
     }
 }
