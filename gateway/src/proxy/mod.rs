@@ -6,7 +6,8 @@
 //! the rest of a request body the response did not wait for ([`linger`]), closing
 //! connections on shutdown and bans ([`closing`]) or when they go quiet ([`idle`]), the proxy a
 //! reload replaces ([`live`]) and upstreams
-//! ([`upstream`]: servers and their health; [`pool`]: each worker's connections), and the
+//! ([`upstream`]: servers and their health; [`pool`]: each worker's connections;
+//! [`upstream_h1`]: the HTTP/1.1 exchange on them), and the
 //! caps on requests in progress ([`slots`]).
 
 pub mod client_addr;
@@ -30,6 +31,7 @@ pub mod send_timeout;
 pub mod server;
 pub mod slots;
 pub mod upstream;
+pub mod upstream_h1;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;

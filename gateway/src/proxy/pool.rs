@@ -1,25 +1,20 @@
 //! Keep-alive HTTP/1.1 connections to one upstream server, owned by one proxy worker.
 //!
 //! Each worker runtime has its own pools, so a connection is only ever used from the thread
-//! that opened it: no cross-thread wake-ups, and the pool's lock is never contended. A
-//! connection goes back to the pool when its response body has been read to the end (hyper
-//! can then reuse it); one whose body was abandoned is closed by hyper instead. Requests
-//! are sent in origin form, as the client sent them (after our normalisation), with the
-//! Host header the handler set.
+//! that opened it: no cross-thread wake-ups, and the pool's lock is never contended. The
+//! exchange itself runs on the request's task ([`super::upstream_h1`]); a connection goes
+//! back to the pool when its response body has been read to the end with nothing left on
+//! it, and is closed otherwise. Requests are sent in origin form, as the client sent them
+//! (after our normalisation), with the Host header the handler set.
 
 use super::linger::ResponseEnd;
+use super::upstream_h1::{Conn, H1Error, UpstreamBody};
 use super::ProxyBody;
-use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -41,12 +36,9 @@ pub enum PoolError {
     /// The TCP connection was not made within the connect timeout.
     #[error("connect: timed out after {0:?}")]
     ConnectTimeout(Duration),
-    /// The HTTP/1.1 handshake on a new connection failed.
-    #[error("connect: handshake")]
-    Handshake(#[source] hyper::Error),
     /// The connection broke or the response was not valid HTTP.
     #[error("exchange")]
-    Protocol(#[source] hyper::Error),
+    Protocol(#[source] H1Error),
 }
 
 /// Whether a failed request may be sent again (pingora's `RetryType`, reduced to what a
@@ -65,24 +57,19 @@ impl PoolError {
     /// Whether the request could go again.
     pub fn retry(&self) -> Retry {
         match self {
-            PoolError::Connect(_) | PoolError::ConnectTimeout(_) | PoolError::Handshake(_) => {
-                Retry::Safe
-            }
+            PoolError::Connect(_) | PoolError::ConnectTimeout(_) => Retry::Safe,
             PoolError::Protocol(_) => Retry::Unsafe,
         }
     }
 
     /// No connection was made (counts against the server's health).
     pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            PoolError::Connect(_) | PoolError::ConnectTimeout(_) | PoolError::Handshake(_)
-        )
+        matches!(self, PoolError::Connect(_) | PoolError::ConnectTimeout(_))
     }
 }
 
 struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -114,48 +101,57 @@ impl ServerPool {
         })
     }
 
-    /// Sends `req` on an idle connection, or on a new one. A request that never left
-    /// because its pooled connection had just closed is sent again on another (nothing of
-    /// it reached the server).
+    /// Sends `req` on an idle connection, or on a new one. A request that never reached
+    /// the server because its pooled connection had gone stale is sent again on another
+    /// (see [`super::upstream_h1::Failed`]).
     /// `end` goes with the response body (see [`ResponseEnd`]).
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
         end: ResponseEnd,
     ) -> Result<Response<ProxyBody>, PoolError> {
-        while let Some(mut sender) = self.checkout() {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.returning(sender, resp, end)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(PoolError::Protocol(e.into_error())),
+        let (parts, mut body) = req.into_parts();
+        while let Some(conn) = self.checkout() {
+            match conn.exchange(&parts, body, true).await {
+                Ok(ex) => return Ok(self.respond(ex, end)),
+                Err(failed) => match failed.unsent {
+                    Some(unsent) => body = unsent,
+                    None => return Err(PoolError::Protocol(failed.error)),
                 },
             }
         }
-        let mut sender = self.connect().await?;
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(self.returning(sender, resp, end)),
-            Err(e) => Err(PoolError::Protocol(e)),
+        let conn = self.connect().await?;
+        match conn.exchange(&parts, body, false).await {
+            Ok(ex) => Ok(self.respond(ex, end)),
+            Err(failed) => Err(PoolError::Protocol(failed.error)),
         }
     }
 
-    /// The most recently used idle connection that is still open (warm, and the others
-    /// can time out).
-    fn checkout(&self) -> Option<http1::SendRequest<ProxyBody>> {
+    /// The response, with a body that reads the connection and returns it here at its end.
+    fn respond(
+        self: &Arc<Self>,
+        ex: super::upstream_h1::Exchange,
+        end: ResponseEnd,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = UpstreamBody::new(ex, self.clone(), end);
+        Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+    }
+
+    /// The most recently used idle connection that is still open and quiet (warm, and the
+    /// others can time out).
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
         while let Some(c) = idle.pop_back() {
             if self.usable(&c) {
-                return Some(c.sender);
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn checkin(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>) {
-        if self.max_idle == 0 || sender.is_closed() {
+    /// Keeps a connection whose exchange ended cleanly.
+    pub(super) fn checkin(self: &Arc<Self>, conn: Conn) {
+        if self.max_idle == 0 {
             return;
         }
         {
@@ -165,7 +161,7 @@ impl ServerPool {
                 idle.pop_front();
             }
             idle.push_back(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -174,8 +170,9 @@ impl ServerPool {
         }
     }
 
+    /// Not expired, and nothing arrived on it since (not its close, not stray bytes).
     fn usable(&self, c: &Idle) -> bool {
-        !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout
+        c.since.elapsed() < self.idle_timeout && c.conn.is_quiet()
     }
 
     /// Closes (drops) idle connections that expired or that the server closed.
@@ -213,7 +210,7 @@ impl ServerPool {
         }
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
+    async fn connect(&self) -> Result<Conn, PoolError> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
                 Ok(Ok(s)) => s,
@@ -223,103 +220,7 @@ impl ServerPool {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(PoolError::Handshake)?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(server = %addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// The response, with a body that returns the connection here once read to the end.
-    fn returning(
-        self: &Arc<Self>,
-        sender: http1::SendRequest<ProxyBody>,
-        resp: Response<Incoming>,
-        end: ResponseEnd,
-    ) -> Response<ProxyBody> {
-        let (parts, body) = resp.into_parts();
-        let body = ReturningBody {
-            body,
-            home: Some((sender, self.clone())),
-            end: Some(end),
-        };
-        Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
-    }
-}
-
-/// A response body that gives its connection back to the pool at its end, and ends the
-/// client's exchange there ([`ResponseEnd`]).
-struct ReturningBody {
-    body: Incoming,
-    home: Option<(http1::SendRequest<ProxyBody>, Arc<ServerPool>)>,
-    end: Option<ResponseEnd>,
-}
-
-impl ReturningBody {
-    fn give_back(&mut self) {
-        if let Some((mut sender, pool)) = self.home.take() {
-            if sender.is_ready() {
-                pool.checkin(sender);
-                return;
-            }
-            // The response ended before the request did (an upstream answering early while
-            // the client still uploads): pooled now, the connection would hold the next
-            // request until that upload ends. It goes back once it is free.
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            runtime.spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.checkin(sender);
-                }
-            });
-        }
-    }
-}
-
-impl Body for ReturningBody {
-    type Data = Bytes;
-    type Error = super::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            None => {
-                self.give_back();
-                self.end = None;
-            }
-            Some(Err(_)) => self.home = None,
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame.map(|f| f.map_err(super::BoxError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for ReturningBody {
-    fn drop(&mut self) {
-        // Bodies known to be empty (HEAD, 204, 304, Content-Length: 0) are never polled by
-        // the server; their connection is reusable all the same.
-        if self.body.is_end_stream() {
-            self.give_back();
-        }
+        Ok(Conn::new(stream))
     }
 }
 

@@ -295,8 +295,8 @@ impl Upstream {
                 timeout: self.request_timeout,
             }),
             Ok(Ok(resp)) if resp.status().is_informational() => {
-                // hyper passes interim answers (100, 103) over; what is left is a 101, and
-                // we never ask for an upgrade (Upgrade is hop-by-hop): relayed, it would
+                // Interim answers (100, 103) are passed over (`upstream_h1`); what is left is
+                // a 101, and we never ask for an upgrade (Upgrade is hop-by-hop): relayed, it would
                 // leave the client with a switched protocol nobody speaks.
                 Err(UpstreamError::Unsolicited {
                     upstream: self.name.clone(),

@@ -663,3 +663,57 @@ async fn limit_429s_are_not_client_errors_for_the_abuse_engine() {
     }
     assert!(engine.store().is_denied(ip), "404s must still ban");
 }
+
+/// An upstream answer whose end cannot be told for sure (here Content-Length with
+/// Transfer-Encoding, the response-smuggling pattern) is a 502 counted as a protocol error,
+/// never relayed.
+#[tokio::test]
+async fn an_ambiguously_framed_upstream_answer_is_a_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n\
+                          0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL",
+                    )
+                    .await;
+                let _ = stream.read(&mut chunk).await;
+            });
+        }
+    });
+    let config = plan(&addr.to_string(), "", "", Some("host = \"public.example\""));
+    let p = with_verifier(
+        config,
+        hmac_verifier(VerifierConfig::default()),
+        route_metrics(&["api", "public"]),
+    );
+    let req = Request::get("/public/x")
+        .header("host", "public.example")
+        .body(empty())
+        .unwrap();
+    let a = send(&p, req, false).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert!(!a.body.contains("EVIL"), "{}", a.body);
+    assert_eq!(
+        series(
+            &p,
+            "gateway_upstream_errors_total{upstream=\"app\",kind=\"protocol\"}"
+        )
+        .as_deref(),
+        Some("1")
+    );
+}

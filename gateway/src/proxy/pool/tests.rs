@@ -1,9 +1,14 @@
 use super::*;
 use crate::proxy::empty_body;
+use bytes::Bytes;
 use http::header::{CONNECTION, HOST};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
