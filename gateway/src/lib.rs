@@ -17,6 +17,7 @@
 #![deny(unsafe_code)]
 
 pub mod abuse;
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -4,6 +4,7 @@
 mod common;
 mod config_cmd;
 mod deny;
+mod logging;
 mod notify;
 mod run;
 pub mod stats;

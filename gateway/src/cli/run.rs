@@ -8,7 +8,7 @@
 //! requests up to `[listen] shutdown_grace`, then detach the programs. Under systemd
 //! (`Type=notify`) each of these steps is reported on `$NOTIFY_SOCKET` ([`Notifier`]).
 
-use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
+use super::common::{fail, EXIT_FAILURE, EXIT_USAGE};
 use super::notify::Notifier;
 use crate::abuse::AbuseEngine;
 use crate::admin;
@@ -44,11 +44,13 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
-    init_tracing();
+    // The log format comes from the config: until it is read, errors are plain
+    // `gateway: ...` lines (as every command's are).
     let config = match Config::load(&args.config) {
         Ok(c) => Arc::new(c),
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    super::logging::init(config.log.format);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -76,6 +78,10 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
     ) {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => return fail(EXIT_FAILURE, "cannot install signal handlers"),
+    };
+    // SIGUSR1: reopen the access log (logrotate).
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return fail(EXIT_FAILURE, "cannot install signal handlers");
     };
 
     // A second gateway on the same addresses stops here, before it touches the data plane.
@@ -138,8 +144,12 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         });
     }
     if let (Some(p), Some(cfg)) = (&plane, &ebpf) {
-        eprintln!(
-            "gateway: data plane running on {} ({}), maps pinned at {}; `gateway stats --pin-path {}` shows counters",
+        tracing::info!(
+            target: "gateway",
+            interface = p.interface(),
+            mode = %p.mode(),
+            pin_path = %cfg.pin_path.display(),
+            "data plane running on {} ({}), maps pinned at {}; `gateway stats --pin-path {}` shows counters",
             p.interface(),
             p.mode(),
             cfg.pin_path.display(),
@@ -153,6 +163,7 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
     let mut admin_task = None;
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = None;
+    let mut access_log = None;
     let mut info = admin::stats_json::GatewayInfo::default();
     if let (Some(p), Some(cfg)) = (&plane, &ebpf) {
         info.data_plane = Some(admin::stats_json::DataPlaneInfo {
@@ -165,6 +176,7 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         match start_proxy(&config, abuse.clone(), deny.clone(), shutdown_rx.clone()).await {
             Ok(started) => {
                 proxy_task = Some(started.task);
+                access_log = started.access_log;
                 certs = started.certs;
                 metrics = Some(started.metrics);
                 info.listeners = started.listeners;
@@ -185,10 +197,8 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         }
         match admin::bind(admin_cfg).await {
             Ok(listener) => {
-                eprintln!(
-                    "gateway: admin endpoint on http://{}",
-                    listener.local_addr()
-                );
+                let addr = listener.local_addr();
+                tracing::info!(target: "gateway", %addr, "admin endpoint on http://{addr}");
                 let mut rx = shutdown_rx.clone();
                 let stop = async move {
                     while !*rx.borrow() {
@@ -198,7 +208,8 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
                     }
                 };
                 if let Some(path) = listener.socket_path() {
-                    eprintln!("gateway: admin endpoint on unix:{}", path.display());
+                    let path = path.display();
+                    tracing::info!(target: "gateway", socket = %path, "admin endpoint on unix:{path}");
                 }
                 // A deny acts through the data plane, or the proxy's user-space check.
                 let enforced = plane.is_some() || config.has_proxy();
@@ -223,6 +234,11 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr1.recv() => {
+                if let Some(w) = &access_log {
+                    w.reopen();
+                }
+            }
             _ = hup.recv() => {
                 notify.reloading();
                 reload(config_path, &config, plane.as_mut(), certs.as_deref());
@@ -247,6 +263,10 @@ async fn serve(config_path: &Path, config: Arc<Plan>) -> ExitCode {
     if let Some(t) = proxy_task {
         let _ = t.await;
     }
+    // The workers are done: what they logged is queued; write it.
+    if let Some(w) = access_log {
+        w.finish();
+    }
     if let Some(t) = admin_task {
         let _ = t.await;
     }
@@ -261,6 +281,8 @@ struct StartedProxy {
     task: tokio::task::JoinHandle<()>,
     certs: Option<Arc<CertStore>>,
     metrics: Arc<Metrics>,
+    /// The access log's writer (SIGUSR1 reopens its file), when the log is on.
+    access_log: Option<crate::access_log::Writer>,
     /// Bound proxy listeners (address, TLS) and the upstream pools, for the dashboard.
     listeners: Vec<(std::net::SocketAddr, bool)>,
     upstreams: Vec<Arc<crate::proxy::upstream::Upstream>>,
@@ -276,7 +298,16 @@ async fn start_proxy(
     let listen = config.listen.clone().unwrap_or_default();
     let route_names: Vec<String> = config.routes().iter().map(|r| r.name.clone()).collect();
     let upstream_names: Vec<String> = config.upstreams().iter().map(|u| u.name.clone()).collect();
-    let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
+    let servers: Vec<Vec<std::net::SocketAddr>> = config
+        .upstreams()
+        .iter()
+        .map(|u| u.servers.clone())
+        .collect();
+    let metrics = Arc::new(Metrics::with_servers(
+        &route_names,
+        &upstream_names,
+        &servers,
+    ));
 
     // Keys and verifier, only when some route checks tokens; JWKS URLs are fetched once
     // before the proxy serves.
@@ -317,6 +348,13 @@ async fn start_proxy(
         metrics.set_abuse(a.clone());
         proxy = proxy.with_abuse(a);
     }
+    let access_log = match crate::access_log::start(&config.log, metrics.access_log_dropped())? {
+        Some((log, writer)) => {
+            proxy = proxy.with_access_log(log);
+            Some(writer)
+        }
+        None => None,
+    };
     for (u, cfg) in proxy.upstreams().iter().zip(config.upstreams()) {
         if let Some(hc) = &cfg.health_check {
             tokio::spawn(
@@ -334,10 +372,8 @@ async fn start_proxy(
     let bound = listeners.local_addrs();
     let upstreams = proxy.upstreams().to_vec();
     for &(addr, tls) in &bound {
-        eprintln!(
-            "gateway: proxy listening on {}://{addr}",
-            if tls { "https" } else { "http" }
-        );
+        let scheme = if tls { "https" } else { "http" };
+        tracing::info!(target: "gateway", %addr, tls, "proxy listening on {scheme}://{addr}");
     }
     let mut proxies = Vec::with_capacity(workers);
     for _ in 1..workers {
@@ -357,6 +393,7 @@ async fn start_proxy(
         task,
         certs,
         metrics,
+        access_log,
         listeners: bound,
         upstreams,
     })
@@ -483,6 +520,8 @@ enum StartError {
     Maps(#[from] MapsError),
     #[error(transparent)]
     Deny(#[from] DenyError),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
 }
 
 impl From<Issue> for StartError {

@@ -25,14 +25,16 @@ mod exposition;
 mod histogram;
 mod names;
 
-pub use histogram::LatencyHistogram;
+pub use histogram::{LatencyHistogram, LatencySummary};
 pub use names::{exposed, name};
 
 use crate::jwt::Verifier;
 use crate::keys::JwksSource;
 use crate::proxy::refusal::DenialReason;
 use crate::proxy::upstream::UpstreamErrorKind;
+use crate::tls::HandshakeFailure;
 use exposition::ScrapeSources;
+use histogram::{Labelled, REQUEST_BUCKETS_NS};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -90,6 +92,26 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    upstream: String,
+    server: String,
+}
+
+/// One upstream server's latency (response heads), for `/stats.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServerLatency {
+    pub upstream: String,
+    pub server: String,
+    #[serde(flatten)]
+    pub latency: LatencySummary,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
     issuer: String,
     source: String,
@@ -135,8 +157,16 @@ pub struct Metrics {
     /// Indexed by [`DenialReason::index`].
     denials: [Counter; DenialReason::COUNT],
     verify: LatencyHistogram,
+    /// One per route, then one for "no route matched".
+    request_durations: Labelled<RouteLabel>,
+    /// Every upstream's servers in order; `server_offsets[u]` is upstream `u`'s first.
+    upstream_durations: Labelled<ServerLabels>,
+    server_offsets: Vec<usize>,
     tls_ok: Counter,
     tls_failed: Counter,
+    /// Indexed by [`HandshakeFailure::index`].
+    tls_failures: [Counter; HandshakeFailure::ALL.len()],
+    access_log_dropped: Counter,
     /// Per upstream: indexed by [`UpstreamErrorKind`].
     upstream_errors: Vec<[Counter; UpstreamErrorKind::ALL.len()]>,
     /// Indexed like [`REFUSAL_REASONS`], then `other`.
@@ -167,7 +197,18 @@ fn with_other(list: &'static [&'static str]) -> impl Iterator<Item = &'static st
 impl Metrics {
     /// Registers every metric and creates the per-route, per-reason and per-upstream series.
     /// `routes` and `upstreams` give the names behind the indices the recording calls use.
+    /// No upstream has servers (see [`Metrics::with_servers`]).
     pub fn new(routes: &[String], upstreams: &[String]) -> Self {
+        Self::with_servers(routes, upstreams, &[])
+    }
+
+    /// [`Metrics::new`], with each upstream's servers (in the order of `upstreams`, then of
+    /// their `servers`): their latency histograms exist from the start.
+    pub fn with_servers(
+        routes: &[String],
+        upstreams: &[String],
+        servers: &[Vec<std::net::SocketAddr>],
+    ) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
 
         let requests = Family::<RequestLabels, Counter>::default();
@@ -176,7 +217,7 @@ impl Metrics {
             "Finished requests by route and HTTP status (route=\"(none)\": no route matched)",
             requests.clone(),
         );
-        let routes = routes
+        let routes: Vec<RouteRequests> = routes
             .iter()
             .cloned()
             .chain(std::iter::once(NO_ROUTE.to_owned()))
@@ -200,6 +241,43 @@ impl Metrics {
             verify.clone(),
         );
 
+        let request_durations = Labelled::new(
+            routes
+                .iter()
+                .map(|r: &RouteRequests| r.name.clone())
+                .map(|route| {
+                    let h = LatencyHistogram::with_bounds(&REQUEST_BUCKETS_NS);
+                    (RouteLabel { route }, h)
+                })
+                .collect(),
+        );
+        registry.register_with_unit(
+            name::REQUEST_DURATION,
+            "Time from a request's head until its response head, by route",
+            Unit::Seconds,
+            request_durations.clone(),
+        );
+        let mut server_offsets = Vec::with_capacity(upstreams.len());
+        let mut per_server = Vec::new();
+        for (i, upstream) in upstreams.iter().enumerate() {
+            server_offsets.push(per_server.len());
+            for addr in servers.get(i).map_or(&[][..], Vec::as_slice) {
+                let labels = ServerLabels {
+                    upstream: upstream.clone(),
+                    server: addr.to_string(),
+                };
+                per_server.push((labels, LatencyHistogram::with_bounds(&REQUEST_BUCKETS_NS)));
+            }
+        }
+        let upstream_durations = Labelled::new(per_server);
+        registry.register_with_unit(
+            name::UPSTREAM_DURATION,
+            "Time from sending a request to an upstream server until its response head, by \
+             upstream and server",
+            Unit::Seconds,
+            upstream_durations.clone(),
+        );
+
         let tls = Family::<ResultLabel, Counter>::default();
         registry.register(
             name::TLS_HANDSHAKES,
@@ -208,6 +286,21 @@ impl Metrics {
         );
         let tls_ok = tls.get_or_create_owned(&ResultLabel { result: "ok" });
         let tls_failed = tls.get_or_create_owned(&ResultLabel { result: "failed" });
+        let failure_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            name::TLS_HANDSHAKE_FAILURES,
+            "Failed TLS handshakes by reason (timeout, closed, not_tls, incompatible, \
+             no_certificate, client_alert, other)",
+            failure_family.clone(),
+        );
+        let tls_failures = HandshakeFailure::ALL
+            .map(|r| failure_family.get_or_create_owned(&ReasonLabel { reason: r.as_str() }));
+        let access_log_dropped = Counter::default();
+        registry.register(
+            name::ACCESS_LOG_DROPPED,
+            "Access log lines dropped because the writer could not keep up",
+            access_log_dropped.clone(),
+        );
 
         let upstream_family = Family::<UpstreamErrorLabels, Counter>::default();
         registry.register(
@@ -253,8 +346,13 @@ impl Metrics {
             routes,
             denials,
             verify,
+            request_durations,
+            upstream_durations,
+            server_offsets,
             tls_ok,
             tls_failed,
+            tls_failures,
+            access_log_dropped,
             upstream_errors,
             refused,
             connections_open,
@@ -307,6 +405,60 @@ impl Metrics {
     /// One finished TLS handshake.
     pub fn tls_handshake(&self, ok: bool) {
         if ok { &self.tls_ok } else { &self.tls_failed }.inc();
+    }
+
+    /// One failed TLS handshake, by reason (counted in `tls_handshakes_total` too).
+    pub fn tls_handshake_failed(&self, reason: HandshakeFailure) {
+        self.tls_failed.inc();
+        if let Some(c) = self.tls_failures.get(reason.index()) {
+            c.inc();
+        }
+    }
+
+    /// Time until the response head of a request of route `route` (index into the routes
+    /// given to [`Metrics::new`]; `None` or out of range: no route).
+    pub fn request_duration(&self, route: Option<usize>, d: Duration) {
+        let none = self.routes.len() - 1;
+        let i = route.filter(|&i| i < none).unwrap_or(none);
+        if let Some(h) = self.request_durations.get(i) {
+            h.observe(d);
+        }
+    }
+
+    /// Time until the response head of server `server` (index into that upstream's
+    /// servers) of upstream `upstream`. Indices out of range are ignored.
+    pub fn upstream_duration(&self, upstream: usize, server: usize, d: Duration) {
+        let Some(&first) = self.server_offsets.get(upstream) else {
+            return;
+        };
+        let end = self
+            .server_offsets
+            .get(upstream + 1)
+            .copied()
+            .unwrap_or(usize::MAX);
+        let i = first + server;
+        if i < end {
+            if let Some(h) = self.upstream_durations.get(i) {
+                h.observe(d);
+            }
+        }
+    }
+
+    /// Every upstream server's latency so far (count, mean, p50, p99), in config order.
+    pub fn server_latencies(&self) -> Vec<ServerLatency> {
+        self.upstream_durations
+            .iter()
+            .map(|(labels, h)| ServerLatency {
+                upstream: labels.upstream.clone(),
+                server: labels.server.clone(),
+                latency: h.summary(),
+            })
+            .collect()
+    }
+
+    /// The counter of access log lines dropped (the access log's writer counts into it).
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
     }
 
     /// One upstream failure by upstream index and kind. An index out of range is ignored:

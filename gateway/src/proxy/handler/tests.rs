@@ -663,3 +663,5 @@ async fn limit_429s_are_not_client_errors_for_the_abuse_engine() {
     }
     assert!(engine.store().is_denied(ip), "404s must still ban");
 }
+
+mod access;
