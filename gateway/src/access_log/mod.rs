@@ -147,8 +147,9 @@ impl AccessLog {
         }
     }
 
-    /// The request's `X-Request-Id` (see [`request_id::IdGen::take_or_make`]).
-    pub fn request_id(&self, headers: &mut http::HeaderMap) -> http::HeaderValue {
+    /// The request's `X-Request-Id`, and whether it must be set on the request (see
+    /// [`request_id::IdGen::take_or_make`]).
+    pub fn request_id(&self, headers: &http::HeaderMap) -> (http::HeaderValue, bool) {
         self.inner.ids.take_or_make(headers)
     }
 }

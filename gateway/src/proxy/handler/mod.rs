@@ -113,6 +113,9 @@ struct Trail {
     server: Option<std::net::SocketAddr>,
     upstream_time: Option<Duration>,
     bytes_in: u64,
+    /// An `X-Request-Id` of ours for the upstream (set after the head checks, which count
+    /// the client's headers only).
+    set_id: Option<http::HeaderValue>,
 }
 
 /// The reason code of a refusal, carried on its response to the access log line.
@@ -225,7 +228,7 @@ impl Proxy {
     pub async fn handle<B>(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
-        mut req: Request<B>,
+        req: Request<B>,
         ambiguous_framing: bool,
     ) -> Result<Response<ProxyBody>, Infallible>
     where
@@ -246,11 +249,14 @@ impl Proxy {
         let is_head = req.method() == http::Method::HEAD;
         // With an access log: the request's id (sent upstream with it) and what the line
         // needs of its head, taken before the request is consumed.
-        let logged = match &self.access {
-            Some(log) => Some(self.log_head(log, &mut req)),
-            None => None,
+        let logged = self.access.as_ref().map(|log| log_head(log, &req));
+        let mut trail = Trail {
+            set_id: logged
+                .as_ref()
+                .filter(|h| h.set_id)
+                .map(|h| h.request_id.clone()),
+            ..Trail::default()
         };
-        let mut trail = Trail::default();
         let (route, mut resp) = if banned {
             // A banned client behind a trusted proxy: the kernel sees only the proxy.
             (None, self.refuse(None, Refusal::Banned))
@@ -316,19 +322,6 @@ impl Proxy {
         Ok(resp)
     }
 
-    /// The request's id (taken or made, and set on the request for the upstream) and what
-    /// its access log line needs of the head.
-    fn log_head<B>(&self, log: &AccessLog, req: &mut Request<B>) -> LoggedHead {
-        LoggedHead {
-            time: SystemTime::now(),
-            request_id: log.request_id(req.headers_mut()),
-            version: req.version(),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            host: req.headers().get(http::header::HOST).cloned(),
-        }
-    }
-
     async fn route_and_forward<B>(
         &self,
         conn: &ConnInfo,
@@ -381,6 +374,11 @@ impl Proxy {
         trail.token = token;
         if let Err(r) = rewritten {
             return (Some(idx), self.refuse(Some(route), r));
+        }
+        if let Some(id) = trail.set_id.take() {
+            parts
+                .headers
+                .insert(access_log::request_id::X_REQUEST_ID.clone(), id);
         }
         let resp = self.forward(route, parts, body, end, trail).await;
         (Some(idx), resp)
@@ -461,10 +459,26 @@ impl Proxy {
     }
 }
 
+/// The request's id (taken or made) and what its access log line needs of the head.
+fn log_head<B>(log: &AccessLog, req: &Request<B>) -> LoggedHead {
+    let (request_id, set_id) = log.request_id(req.headers());
+    LoggedHead {
+        time: SystemTime::now(),
+        request_id,
+        set_id,
+        version: req.version(),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        host: req.headers().get(http::header::HOST).cloned(),
+    }
+}
+
 /// What an access log line needs of a request's head.
 struct LoggedHead {
     time: SystemTime,
     request_id: http::HeaderValue,
+    /// `request_id` is ours: the upstream must get it instead of what the client sent.
+    set_id: bool,
     version: http::Version,
     method: http::Method,
     uri: http::Uri,
