@@ -494,8 +494,8 @@ where
     shared.proxy.metrics().connection_opened();
     match tls {
         None => drive(io, Arc::new(conn), shared, Proxy::handle).await,
-        Some(acceptor) => match handshake(acceptor, io, &conn, shared).await {
-            Some(s) => {
+        Some(acceptor) => {
+            if let Some(s) = handshake(acceptor, io, &conn, shared).await {
                 let mut conn = conn;
                 conn.tls = Some(TlsInfo::of(s.get_ref().1));
                 let conn = Arc::new(conn);
@@ -511,8 +511,7 @@ where
                     drive(s, conn, shared, Proxy::handle).await
                 }
             }
-            None => {}
-        },
+        }
     }
     shared.proxy.metrics().connection_closed();
 }

@@ -64,7 +64,7 @@ fn lines_over_tls_name_the_client_tls_token_and_refusals_but_no_secret() {
         let json = echoed(&plain);
         let id = plain.header("x-request-id").expect("an id").to_owned();
         assert_eq!(id.len(), 16, "generated: {id}");
-        assert_eq!(echoed_header(&json, "x-request-id"), [id.clone()]);
+        assert_eq!(echoed_header(&json, "x-request-id"), [id.as_str()]);
         [expired, scope].map(|r| {
             r.header("x-request-id")
                 .expect("refusals carry the id too")

@@ -302,7 +302,6 @@ pub fn run(
                 &[Side::Ours, Side::Theirs]
             };
             for &who in sides {
-                let theirs = who == Side::Theirs;
                 let (port, path, pid) = match who {
                     Side::Theirs => (sc.theirs_port, "/api/items", run.haproxy.pid()),
                     Side::OursLogged => {

@@ -16,7 +16,7 @@ pub const ISS: &str = "https://issuer.example/";
 pub const AUD: &str = "https://api.example.com";
 
 /// Loopback ports of everything the bench starts (picked free at start).
-#[derive(Clone, Copy, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Ports {
     pub backend: u16,
     pub hp_jwt_http: u16,

@@ -443,14 +443,11 @@ impl Proxy {
         if let (Refusal::Upstream(kind), Some(route)) = (&refusal, route) {
             self.metrics.upstream_error(route.upstream.index(), *kind);
         }
-        let code = match self.access {
-            Some(_) => Some(
-                refusal
-                    .denial_reason()
-                    .map_or_else(|| refusal.code(), |r| r.as_str()),
-            ),
-            None => None,
-        };
+        let code = self.access.as_ref().map(|_| {
+            refusal
+                .denial_reason()
+                .map_or_else(|| refusal.code(), |r| r.as_str())
+        });
         let mut resp = refusal.into_response();
         if let Some(code) = code {
             resp.extensions_mut().insert(RefusalCode(code));
