@@ -15,7 +15,7 @@ pub mod request_id;
 mod writer;
 
 pub use body::LoggedBody;
-pub use record::{ConnEvent, ConnEventKind, Line, Names, Record, TlsInfo};
+pub use record::{ConnEvent, ConnEventKind, Line, Names, Record, Target, TlsInfo};
 
 use crate::config::{AccessTarget, LogConfig};
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +43,8 @@ struct Inner {
     dropped: Counter,
     limiter: limiter::EventLimiter,
     ids: request_id::IdGen,
+    /// `[log] query`.
+    query: bool,
 }
 
 /// The writer thread, for SIGUSR1 and the end.
@@ -84,12 +86,11 @@ pub fn start(
     };
     let (tx, rx) = sync_channel(CAPACITY);
     let flags = Arc::new(writer::Flags::default());
-    let query = cfg.query;
     let thread = {
         let flags = flags.clone();
         std::thread::Builder::new()
             .name("gateway-log".into())
-            .spawn(move || writer::run(rx, out, flags, query))
+            .spawn(move || writer::run(rx, out, flags))
             .map_err(AccessLogError::Thread)?
     };
     let log = AccessLog {
@@ -98,6 +99,7 @@ pub fn start(
             dropped,
             limiter: limiter::EventLimiter::default(),
             ids: request_id::IdGen::new(),
+            query: cfg.query,
         }),
     };
     Ok(Some((
@@ -120,6 +122,7 @@ impl AccessLog {
                 dropped,
                 limiter: limiter::EventLimiter::default(),
                 ids: request_id::IdGen::new(),
+                query: false,
             }),
         };
         (log, rx)
@@ -145,6 +148,11 @@ impl AccessLog {
                 client,
             }));
         }
+    }
+
+    /// The request's path (with the query if `[log] query`) and host, copied.
+    pub fn target(&self, uri: &http::Uri, host: Option<&http::HeaderValue>) -> Target {
+        Target::of(uri, host, self.inner.query)
     }
 
     /// The request's `X-Request-Id`, and whether it must be set on the request (see

@@ -62,11 +62,11 @@ pub struct Record {
     pub tls: Option<TlsInfo>,
     pub version: Version,
     pub method: Method,
-    /// The request's target as the client sent it (the path, and the query if enabled, are
-    /// read from it).
-    pub uri: Uri,
-    /// The `Host` header (HTTP/1.1; HTTP/2 names the host in `uri`).
-    pub host: Option<HeaderValue>,
+    /// The path as the client sent it (with the query when `[log] query = true`), then the
+    /// host: copied, because holding pieces of the request would pin the connection's read
+    /// buffer until the line is written, and make the server allocate a new one for every
+    /// request.
+    pub target: Target,
     pub status: u16,
     pub names: Arc<Names>,
     pub route: Option<usize>,
@@ -86,6 +86,44 @@ pub struct Record {
     /// Why the gateway answered itself: a denial reason (`expired`, `insufficient_scope`,
     /// ...) or the refusal's error code.
     pub reason: Option<&'static str>,
+}
+
+/// A request's path and host, copied into one allocation.
+#[derive(Debug, Default)]
+pub struct Target {
+    text: String,
+    path_len: usize,
+}
+
+impl Target {
+    /// `uri`'s path (and query if `query`), and its host or else the `Host` header.
+    pub fn of(uri: &Uri, host_header: Option<&HeaderValue>, query: bool) -> Self {
+        let path = match (query, uri.path_and_query()) {
+            (true, Some(pq)) => pq.as_str(),
+            _ => uri.path(),
+        };
+        let host = uri
+            .host()
+            .map(str::as_bytes)
+            .or(host_header.map(HeaderValue::as_bytes))
+            .unwrap_or_default();
+        let mut text = String::with_capacity(path.len() + host.len());
+        text.push_str(path);
+        text.push_str(&String::from_utf8_lossy(host));
+        Self {
+            path_len: path.len(),
+            text,
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        self.text.get(..self.path_len).unwrap_or_default()
+    }
+
+    /// `None` without a host.
+    pub fn host(&self) -> Option<&str> {
+        self.text.get(self.path_len..).filter(|h| !h.is_empty())
+    }
 }
 
 /// A connection that ended before any request.
@@ -112,10 +150,10 @@ pub enum Line {
 }
 
 impl Line {
-    /// Appends the line's JSON and a newline to `out`. `query`: keep query strings.
-    pub fn write_json(&self, out: &mut Vec<u8>, query: bool) {
+    /// Appends the line's JSON and a newline to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
         match self {
-            Line::Request(r) => r.write_json(out, query),
+            Line::Request(r) => r.write_json(out),
             Line::Conn(e) => e.write_json(out),
         }
         out.push(b'\n');
@@ -151,7 +189,7 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
 }
 
 impl Record {
-    fn write_json(&self, out: &mut Vec<u8>, query: bool) {
+    fn write_json(&self, out: &mut Vec<u8>) {
         time(out, self.time);
         out.extend_from_slice(b",\"event\":\"request\"");
         key(out, "request_id");
@@ -174,20 +212,12 @@ impl Record {
         let _ = write!(out, "\"{:?}\"", self.version);
         key(out, "method");
         string(out, self.method.as_str());
-        let host = self
-            .uri
-            .host()
-            .map(str::as_bytes)
-            .or(self.host.as_ref().map(HeaderValue::as_bytes));
-        if let Some(h) = host {
+        if let Some(h) = self.target.host() {
             key(out, "host");
-            bytes_string(out, h);
+            string(out, h);
         }
         key(out, "path");
-        match (query, self.uri.path_and_query()) {
-            (true, Some(pq)) => string(out, pq.as_str()),
-            _ => string(out, self.uri.path()),
-        }
+        string(out, self.target.path());
         key(out, "status");
         let _ = write!(out, "{}", self.status);
         if let Some(name) = self.route.and_then(|i| self.names.routes.get(i)) {

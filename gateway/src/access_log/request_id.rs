@@ -61,7 +61,10 @@ impl IdGen {
         let mut values = headers.get_all(&X_REQUEST_ID).iter();
         if let (Some(v), None) = (values.next(), values.next()) {
             if is_valid(v.as_bytes()) {
-                return (v.clone(), false);
+                // A copy: a clone would share (and pin) the connection's read buffer.
+                if let Ok(copy) = HeaderValue::from_bytes(v.as_bytes()) {
+                    return (copy, false);
+                }
             }
         }
         (self.generate(), true)

@@ -6,6 +6,12 @@ use std::path::Path;
 use std::time::Instant;
 
 fn record(uri: &str) -> Record {
+    record_with(uri, false)
+}
+
+/// A record of a request for `uri`, its query kept if `query`.
+fn record_with(uri: &str, query: bool) -> Record {
+    let uri: http::Uri = uri.parse().unwrap();
     Record {
         time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_918_483_123),
         request_id: HeaderValue::from_static("abc-123"),
@@ -17,8 +23,7 @@ fn record(uri: &str) -> Record {
         }),
         version: http::Version::HTTP_2,
         method: http::Method::POST,
-        uri: uri.parse().unwrap(),
-        host: None,
+        target: Target::of(&uri, None, query),
         status: 201,
         names: Arc::new(Names {
             routes: vec!["api".into()],
@@ -36,9 +41,9 @@ fn record(uri: &str) -> Record {
     }
 }
 
-fn json(line: &Line, query: bool) -> serde_json::Value {
+fn json(line: &Line) -> serde_json::Value {
     let mut out = Vec::new();
-    line.write_json(&mut out, query);
+    line.write_json(&mut out);
     assert_eq!(out.last(), Some(&b'\n'));
     assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
     serde_json::from_slice(&out)
@@ -50,7 +55,7 @@ fn a_request_line_has_every_field() {
     let line = Line::Request(Box::new(record(
         "https://api.example/v1/items?token=s3cret",
     )));
-    let v = json(&line, false);
+    let v = json(&line);
     let want = serde_json::json!({
         "time": "2025-12-05T07:08:03.123Z",
         "event": "request",
@@ -78,26 +83,27 @@ fn a_request_line_has_every_field() {
 #[test]
 fn the_query_is_left_out_unless_asked_for() {
     let line = Line::Request(Box::new(record("/v1/items?token=s3cret&b=2")));
-    let v = json(&line, false);
+    let v = json(&line);
     assert_eq!(v["path"], "/v1/items");
     let mut out = Vec::new();
-    line.write_json(&mut out, false);
+    line.write_json(&mut out);
     assert!(!String::from_utf8_lossy(&out).contains("s3cret"));
-    assert_eq!(json(&line, true)["path"], "/v1/items?token=s3cret&b=2");
+    let kept = Line::Request(Box::new(record_with("/v1/items?token=s3cret&b=2", true)));
+    assert_eq!(json(&kept)["path"], "/v1/items?token=s3cret&b=2");
     // No query at all: the path alone either way.
-    let plain = Line::Request(Box::new(record("/v1/items")));
-    assert_eq!(json(&plain, true)["path"], "/v1/items");
+    let plain = Line::Request(Box::new(record_with("/v1/items", true)));
+    assert_eq!(json(&plain)["path"], "/v1/items");
 }
 
 #[test]
 fn hostile_values_stay_inside_their_json_strings() {
     let mut r = record("/a%22b/%0A");
-    r.uri = "/x\"y".parse().unwrap_or_else(|_| "/x".parse().unwrap());
     // Header values may hold bytes that are not UTF-8, quotes and backslashes.
-    r.host = Some(HeaderValue::from_bytes(b"evil\"host\\\xff").unwrap());
+    let host = HeaderValue::from_bytes(b"evil\"host\\\xff").unwrap();
+    r.target = Target::of(&"/x".parse().unwrap(), Some(&host), false);
     r.request_id = HeaderValue::from_bytes(b"id\",\"status\":1").unwrap();
     r.reason = Some("expired");
-    let v = json(&Line::Request(Box::new(r)), false);
+    let v = json(&Line::Request(Box::new(r)));
     assert_eq!(v["host"], "evil\"host\\\u{fffd}");
     assert_eq!(v["request_id"], "id\",\"status\":1");
     assert_eq!(v["status"], 201, "the injected status did not win");
@@ -124,7 +130,7 @@ fn connection_events_name_client_port_and_reason() {
             kind,
             client,
         });
-        let v = json(&line, false);
+        let v = json(&line);
         assert_eq!(v["event"], event);
         assert_eq!(v["client"], "2001:db8::7");
         assert_eq!(v["port"], 5555);
@@ -142,7 +148,7 @@ fn a_full_buffer_drops_lines_and_counts_them() {
     assert_eq!(dropped.get(), 6);
     let kept: Vec<String> = rx
         .try_iter()
-        .map(|l| json(&l, false)["path"].as_str().unwrap().to_owned())
+        .map(|l| json(&l)["path"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(kept, ["/0", "/1", "/2", "/3"], "the first ones, in order");
     // Room again: the next line is queued.

@@ -85,7 +85,7 @@ pub(super) struct Flags {
 /// and a `write` per line: a third of a request's cost in the first measurement); polled,
 /// the request path only ever touches the channel's atomics and the writer writes one
 /// batch per tick.
-pub(super) fn run(rx: Receiver<Line>, mut out: Output, flags: Arc<Flags>, query: bool) {
+pub(super) fn run(rx: Receiver<Line>, mut out: Output, flags: Arc<Flags>) {
     let mut buf = Vec::with_capacity(BATCH_BYTES * 2);
     let mut failing = false;
     loop {
@@ -97,7 +97,7 @@ pub(super) fn run(rx: Receiver<Line>, mut out: Output, flags: Arc<Flags>, query:
         loop {
             match rx.try_recv() {
                 Ok(line) => {
-                    line.write_json(&mut buf, query);
+                    line.write_json(&mut buf);
                     if buf.len() >= BATCH_BYTES {
                         flush(&mut out, &mut buf, &mut failing);
                     }

@@ -297,8 +297,7 @@ impl Proxy {
                 tls: conn.tls,
                 version: head.version,
                 method: head.method,
-                uri: head.uri,
-                host: head.host,
+                target: head.target,
                 status: status.as_u16(),
                 names: Arc::clone(&self.log_names),
                 route,
@@ -465,8 +464,7 @@ fn log_head<B>(log: &AccessLog, req: &Request<B>) -> LoggedHead {
         set_id,
         version: req.version(),
         method: req.method().clone(),
-        uri: req.uri().clone(),
-        host: req.headers().get(http::header::HOST).cloned(),
+        target: log.target(req.uri(), req.headers().get(http::header::HOST)),
     }
 }
 
@@ -478,8 +476,7 @@ struct LoggedHead {
     set_id: bool,
     version: http::Version,
     method: http::Method,
-    uri: http::Uri,
-    host: Option<http::HeaderValue>,
+    target: access_log::Target,
 }
 
 /// Why an upstream exchange failed, logged: the client's body (`fault`), or the upstream.
