@@ -10,6 +10,7 @@
 //! - [`proxy`]: listeners, the request path, routes and upstream pools.
 //! - [`ratelimit`]: token buckets per key (route rate limits, the verification budget).
 //! - [`metrics`], [`admin`]: counters and the loopback admin endpoint.
+//! - [`access_log`]: one JSON line per request, written by its own thread; `X-Request-Id`.
 //! - [`deny`]: the deny list (kernel maps + durable state file); [`abuse`]: automatic bans.
 //! - [`cli`]: the `gateway` command line.
 // `deny`, not `forbid`: one audited exception registers the event ring buffer's fd with tokio
@@ -17,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod abuse;
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;

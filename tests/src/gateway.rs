@@ -64,6 +64,20 @@ pub fn source_stats<'a>(stats: &'a serde_json::Value, addr: &str) -> Option<&'a 
         .find(|s| s["addr"] == addr)
 }
 
+/// The listeners announced in a gateway's stderr: the message `proxy listening on
+/// SCHEME://ADDR`, in the text format (`TIME  INFO gateway: proxy listening on ... addr=..`)
+/// or inside a JSON line's `message`.
+pub fn listeners_in(log: &str) -> Vec<(std::net::SocketAddr, bool)> {
+    log.lines()
+        .filter_map(|l| l.split("proxy listening on ").nth(1))
+        .filter_map(|rest| {
+            let url = rest.split(|c: char| c.is_whitespace() || c == '"').next()?;
+            let (scheme, addr) = url.split_once("://")?;
+            Some((addr.parse().ok()?, scheme == "https"))
+        })
+        .collect()
+}
+
 /// A running `gateway run`, stopped with SIGTERM on drop.
 pub struct GatewayProcess {
     child: Option<Child>,
@@ -166,14 +180,7 @@ impl GatewayProcess {
 
     /// The proxy listeners the log announced so far: (address, is TLS), in log order.
     pub fn proxy_listeners(&self) -> Vec<(std::net::SocketAddr, bool)> {
-        self.log_text()
-            .lines()
-            .filter_map(|l| l.split("gateway: proxy listening on ").nth(1))
-            .filter_map(|url| {
-                let (scheme, addr) = url.trim().split_once("://")?;
-                Some((addr.parse().ok()?, scheme == "https"))
-            })
-            .collect()
+        listeners_in(&self.log_text())
     }
 
     /// The first announced listener of the kind asked for (TLS or plain).

@@ -72,6 +72,9 @@ pub struct Setup {
     pub upstream_addr: Option<SocketAddr>,
     /// A second server in the upstream pool, after the first.
     pub second_server: Option<SocketAddr>,
+    /// An access log in `access.log` of the test's dir, with these extra `[log]` lines
+    /// (without: the default, stdout, which the harness discards).
+    pub access_log: Option<&'static str>,
 }
 
 /// One running gateway with everything it needs. Fields drop in order: the gateway first
@@ -148,7 +151,15 @@ path_prefix = "/api/"
 upstream = "app"
 auth = "required"
 claim_headers = {{ sub = "X-Auth-Sub", scope = "X-Auth-Scope" }}
+{log}
 "#,
+            log = setup
+                .access_log
+                .map(|extra| format!(
+                    "\n[log]\naccess = \"{}/access.log\"\n{extra}\n",
+                    dir.path().display()
+                ))
+                .unwrap_or_default(),
             listen = setup.listen,
             upstream_extra = setup.upstream,
             second = setup
@@ -179,6 +190,28 @@ claim_headers = {{ sub = "X-Auth-Sub", scope = "X-Auth-Scope" }}
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// The lines of access log file `name` once there are at least `n` (waits up to 10 s),
+    /// each parsed as JSON.
+    pub fn access_lines(&self, name: &str, n: usize) -> Vec<serde_json::Value> {
+        let path = self.path(name);
+        let read = || -> Vec<serde_json::Value> {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str(l)
+                        .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {l}"))
+                })
+                .collect()
+        };
+        wait_until(
+            &format!("{n} lines in {name}"),
+            Duration::from_secs(10),
+            || read().len() >= n,
+        );
+        read()
     }
 
     /// `gateway token mint` with the trusted key (or `key` = "wrong.pem"), issuer and

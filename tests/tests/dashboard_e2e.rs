@@ -422,7 +422,8 @@ fn the_dashboard_shows_the_gateway_and_lifts_a_ban() {
         .expect("eval");
     assert_eq!(upstream[0], "app", "{upstream}");
     assert_eq!(upstream[2], "in rotation", "{upstream}");
-    // Its up/down gauge says the same; its latency is not measured yet, and the page says so.
+    // Its up/down gauge says the same; its latency comes from the upstream duration
+    // histogram (the client's requests above reached it).
     let server = env.upstream.addr().to_string();
     assert_eq!(
         env.metric_lines("gateway_upstream_server_up"),
@@ -435,8 +436,21 @@ fn the_dashboard_shows_the_gateway_and_lifts_a_ban() {
         (&s0["addr"], &s0["in_rotation"]),
         (&json!(server), &json!(true))
     );
-    assert_eq!(s0["latency_ms"], Value::Null, "{s0}");
-    assert_eq!(upstream[5], "not measured", "{upstream}");
+    let (p50, p99) = (
+        s0["latency_ms"]["p50"].as_f64().expect("p50"),
+        s0["latency_ms"]["p99"].as_f64().expect("p99"),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{s0}");
+    let count = env
+        .metric_lines("gateway_upstream_duration_seconds_count")
+        .into_iter()
+        .find(|l| l.contains(&format!("server=\"{server}\"")))
+        .expect("the server's upstream duration count");
+    assert!(!count.ends_with(" 0"), "{count}");
+    assert!(
+        upstream[5].starts_with("≤ ") && upstream[5].contains(" / ≤ "),
+        "{upstream}"
+    );
     // The build: the version the header shows, the compiler that built it.
     let build = env.metric_lines("gateway_build_info");
     assert_eq!(build.len(), 1, "{build:?}");

@@ -64,18 +64,6 @@ pub fn emit(text: &str) -> Result<(), ExitCode> {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// A duration for humans: `3m12s`, `45s`, `900ms`.
 pub fn human_duration(d: std::time::Duration) -> String {
     let secs = d.as_secs();

@@ -5,6 +5,7 @@ mod common;
 mod config_cmd;
 mod deny;
 mod docs;
+mod logging;
 mod notify;
 mod reload;
 mod run;

@@ -9,6 +9,7 @@
 
 use super::run::{apply_ipv6_prefix, StartError};
 use crate::abuse::AbuseEngine;
+use crate::access_log::{self, AccessLog};
 use crate::config::diff::{self, Changes};
 use crate::config::{Config, Plan};
 use crate::deny::{DenyStore, Protected};
@@ -39,6 +40,9 @@ pub(super) struct RunningProxy {
     certs: Option<Arc<CertStore>>,
     health: HashMap<String, JoinHandle<()>>,
     jwks: Vec<JoinHandle<()>>,
+    /// The access log every worker's proxy writes to, and its writer (SIGUSR1 reopens
+    /// its file); `None` when it is off.
+    access: Option<(AccessLog, access_log::Writer)>,
 }
 
 impl RunningProxy {
@@ -48,6 +52,7 @@ impl RunningProxy {
         jwks: Vec<Fetched>,
         metrics: Arc<Metrics>,
         certs: Option<Arc<CertStore>>,
+        access: Option<(AccessLog, access_log::Writer)>,
     ) -> Self {
         let mut running = Self {
             workers: Vec::new(),
@@ -55,6 +60,7 @@ impl RunningProxy {
             certs,
             health: HashMap::new(),
             jwks: Vec::new(),
+            access,
         };
         running.install(built, jwks, None);
         running
@@ -62,6 +68,20 @@ impl RunningProxy {
 
     pub(super) fn workers(&self) -> &[Arc<LiveProxy>] {
         &self.workers
+    }
+
+    /// The access log's writer, when the log is on.
+    pub(super) fn access_writer(&self) -> Option<&access_log::Writer> {
+        self.access.as_ref().map(|(_, w)| w)
+    }
+
+    /// The access log's writer, taken at shutdown to write what is still queued.
+    pub(super) fn take_access_writer(&mut self) -> Option<access_log::Writer> {
+        self.access.take().map(|(_, w)| w)
+    }
+
+    fn access_log(&self) -> Option<&AccessLog> {
+        self.access.as_ref().map(|(l, _)| l)
     }
 
     /// Swaps every worker to `built` (requests in flight finish on the proxy they started
@@ -150,6 +170,7 @@ impl Proxies {
         plan: &Arc<Plan>,
         metrics: &Arc<Metrics>,
         abuse: Option<&Arc<AbuseEngine>>,
+        access: Option<&AccessLog>,
         workers: usize,
         running: Option<&[Arc<LiveProxy>]>,
     ) -> Result<Self, StartError> {
@@ -166,6 +187,9 @@ impl Proxies {
         )?;
         if let Some(a) = abuse {
             base = base.with_abuse(a.clone());
+        }
+        if let Some(log) = access {
+            base = base.with_access_log(log.clone());
         }
         let mut proxies: Vec<Proxy> = (1..workers.max(1)).map(|_| base.for_worker()).collect();
         proxies.push(base);
@@ -242,6 +266,8 @@ pub(super) struct Staged {
     abuse: Option<Arc<AbuseEngine>>,
     replace_abuse: bool,
     proxies: Option<(Proxies, Vec<Fetched>)>,
+    /// A new access log (its output or `query` changed): `Some(None)` turns it off.
+    access: Option<Option<(AccessLog, access_log::Writer)>>,
     certs: Option<CertStore>,
     ebpf: Option<DataPlaneLists>,
     /// What no ban may cover: the allow list, and what the new config depends on.
@@ -292,12 +318,24 @@ async fn stage(path: &Path, running: &Running<'_>) -> Result<Staged, Vec<String>
 
     let mut proxies = None;
     let mut certs = None;
+    let mut access = None;
     if let (Some(proxy), true) = (running.proxy.as_deref(), plan.has_proxy()) {
         let workers = proxy.workers();
+        if diff::access_log_changed(running.plan, &plan) {
+            match access_log::start(&plan.log, proxy.metrics.access_log_dropped()) {
+                Ok(log) => access = Some(log),
+                Err(e) => problems.push(format!("log.access: {e}")),
+            }
+        }
+        let log = match &access {
+            Some(new) => new.as_ref().map(|(l, _)| l),
+            None => proxy.access_log(),
+        };
         match Proxies::build(
             &plan,
             &proxy.metrics,
             abuse.as_ref(),
+            log,
             workers.len(),
             Some(workers),
         ) {
@@ -347,6 +385,7 @@ async fn stage(path: &Path, running: &Running<'_>) -> Result<Staged, Vec<String>
         abuse,
         replace_abuse,
         proxies,
+        access,
         certs,
         ebpf,
         protected,
@@ -378,6 +417,13 @@ impl Staged {
             }
             if let Some((built, fetched)) = self.proxies {
                 proxy.install(built, fetched, Some(running.plan));
+            }
+            if let Some(new) = self.access {
+                // Requests in flight on the old proxies still hold the old log: its writer
+                // gets what they queue until it finishes (off this runtime: it may wait).
+                if let Some((_, old)) = std::mem::replace(&mut proxy.access, new) {
+                    std::thread::spawn(move || old.finish());
+                }
             }
             if let (Some(store), Some(loaded)) = (&proxy.certs, self.certs) {
                 store.replace_with(loaded);

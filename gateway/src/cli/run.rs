@@ -8,7 +8,7 @@
 //! requests up to `[listen] shutdown_grace`, then detach the programs. Under systemd
 //! (`Type=notify`) each of these steps is reported on `$NOTIFY_SOCKET` ([`Notifier`]).
 
-use super::common::{fail, init_tracing, EXIT_FAILURE, EXIT_USAGE};
+use super::common::{fail, EXIT_FAILURE, EXIT_USAGE};
 use super::notify::Notifier;
 use super::reload::{self, Proxies, RunningProxy};
 use crate::abuse::AbuseEngine;
@@ -43,11 +43,13 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
-    init_tracing();
+    // The log format comes from the config: until it is read, errors are plain
+    // `gateway: ...` lines (as every command's are).
     let config = match Config::load(&args.config) {
         Ok(c) => Arc::new(c),
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    super::logging::init(config.log.format);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -75,6 +77,10 @@ async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
     ) {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => return fail(EXIT_FAILURE, "cannot install signal handlers"),
+    };
+    // SIGUSR1: reopen the access log (logrotate).
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return fail(EXIT_FAILURE, "cannot install signal handlers");
     };
 
     // A second gateway on the same addresses stops here, before it touches the data plane.
@@ -137,8 +143,12 @@ async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
         });
     }
     if let (Some(p), Some(cfg)) = (&plane, &ebpf) {
-        eprintln!(
-            "gateway: data plane running on {} ({}), maps pinned at {}; `gateway stats --pin-path {}` shows counters",
+        tracing::info!(
+            target: "gateway",
+            interface = p.interface(),
+            mode = %p.mode(),
+            pin_path = %cfg.pin_path.display(),
+            "data plane running on {} ({}), maps pinned at {}; `gateway stats --pin-path {}` shows counters",
             p.interface(),
             p.mode(),
             cfg.pin_path.display(),
@@ -184,10 +194,8 @@ async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
         }
         match admin::bind(admin_cfg).await {
             Ok(listener) => {
-                eprintln!(
-                    "gateway: admin endpoint on http://{}",
-                    listener.local_addr()
-                );
+                let addr = listener.local_addr();
+                tracing::info!(target: "gateway", %addr, "admin endpoint on http://{addr}");
                 let mut rx = shutdown_rx.clone();
                 let stop = async move {
                     while !*rx.borrow() {
@@ -197,7 +205,8 @@ async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
                     }
                 };
                 if let Some(path) = listener.socket_path() {
-                    eprintln!("gateway: admin endpoint on unix:{}", path.display());
+                    let path = path.display();
+                    tracing::info!(target: "gateway", socket = %path, "admin endpoint on unix:{path}");
                 }
                 // A deny acts through the data plane, or the proxy's user-space check.
                 let enforced = plane.is_some() || config.has_proxy();
@@ -222,6 +231,11 @@ async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr1.recv() => {
+                if let Some(w) = running_proxy.as_ref().and_then(RunningProxy::access_writer) {
+                    w.reopen();
+                }
+            }
             _ = hup.recv() => {
                 notify.reloading();
                 let running = reload::Running {
@@ -253,6 +267,13 @@ async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
     let _ = shutdown_tx.send(true);
     if let Some(t) = proxy_task {
         let _ = t.await;
+    }
+    // The workers are done: what they logged is queued; write it.
+    if let Some(w) = running_proxy
+        .as_mut()
+        .and_then(RunningProxy::take_access_writer)
+    {
+        w.finish();
     }
     if let Some(t) = admin_task {
         let _ = t.await;
@@ -310,19 +331,25 @@ async fn start_proxy(
     crate::proxy::fd_limit::raise_and_check(crate::proxy::fd_limit::needed(config, workers));
     // Keys and verifier, only when some route checks tokens; JWKS URLs are fetched once
     // before the proxy serves.
-    let mut built = Proxies::build(config, &metrics, abuse.as_ref(), workers, None)?;
+    let access = crate::access_log::start(&config.log, metrics.access_log_dropped())?;
+    let mut built = Proxies::build(
+        config,
+        &metrics,
+        abuse.as_ref(),
+        access.as_ref().map(|(log, _)| log),
+        workers,
+        None,
+    )?;
     let (fetched, failed) = built.fetch_jwks().await;
     for problem in failed {
         tracing::warn!("{problem}; retrying in the background");
     }
-    let running = RunningProxy::start(built, fetched, metrics.clone(), certs);
+    let running = RunningProxy::start(built, fetched, metrics.clone(), certs, access);
     let listeners = Listeners::bind(&listen, workers)?;
     let bound = listeners.local_addrs();
     for &(addr, tls) in &bound {
-        eprintln!(
-            "gateway: proxy listening on {}://{addr}",
-            if tls { "https" } else { "http" }
-        );
+        let scheme = if tls { "https" } else { "http" };
+        tracing::info!(target: "gateway", %addr, tls, "proxy listening on {scheme}://{addr}");
     }
     let threads = server::spawn_workers(
         running.workers().to_vec(),
@@ -407,6 +434,8 @@ pub(super) enum StartError {
     Maps(#[from] MapsError),
     #[error(transparent)]
     Deny(#[from] DenyError),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
 }
 
 impl From<Issue> for StartError {

@@ -213,7 +213,19 @@ pub fn diff(old: &Plan, new: &Plan) -> Changes {
     if differ(&old.fleet, &new.fleet) {
         c.restart.push("fleet");
     }
+    // The operational log's format is set once, when logging starts.
+    if old.log.format != new.log.format {
+        c.restart.push("log.format");
+    }
+    if access_log_changed(old, new) {
+        c.applied.push("access log reopened".to_owned());
+    }
     c
+}
+
+/// Whether a reload starts a new access log: its output or what its lines hold changed.
+pub fn access_log_changed(old: &Plan, new: &Plan) -> bool {
+    old.log.access != new.log.access || old.log.query != new.log.query
 }
 
 /// What changed of the proxy's routes, upstreams and token issuers.

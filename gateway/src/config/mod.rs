@@ -14,6 +14,7 @@ pub mod ebpf;
 pub mod env;
 mod files;
 pub mod fleet;
+pub mod log;
 pub mod plan;
 pub mod proxy;
 
@@ -25,6 +26,7 @@ pub use admin::AdminConfig;
 pub use duration::DurationSecs;
 pub use ebpf::{DataPlaneMode, EbpfConfig};
 pub use fleet::FleetConfig;
+pub use log::{AccessTarget, LogConfig, LogFormat};
 pub use plan::{Plan, RouteAuth, RoutePlan, UpstreamId};
 pub use proxy::{
     AuthMode, CertConfig, EncodedSlashes, HealthCheckConfig, ListenConfig, RouteConfig,
@@ -56,6 +58,9 @@ pub struct Config {
     pub abuse: Option<AbuseConfig>,
     /// Bans shared with other gateways through Redis. Absent: this node bans alone.
     pub fleet: Option<FleetConfig>,
+    /// The access log and the operational log's format.
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// A configuration that cannot be used, located as precisely as we can.

@@ -110,6 +110,8 @@ pub struct Plan {
     pub abuse: Option<AbuseConfig>,
     /// Bans and abuse counts shared with other nodes through Redis. Absent: this node alone.
     pub fleet: Option<super::FleetConfig>,
+    /// `[log]` (defaults when absent).
+    pub log: super::LogConfig,
     /// What is allowed but has no effect or is probably not meant, one `file:line: key:
     /// message` line each; the caller decides how to tell.
     pub(super) warnings: Vec<String>,
@@ -206,6 +208,7 @@ pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
     if let Some(fleet) = &config.fleet {
         check(Section::one("fleet"), fleet.validate());
     }
+    check(Section::one("log"), config.log.validate());
     if let Some(tls) = &config.tls {
         check(Section::one("tls"), tls.validate());
     }
@@ -307,6 +310,7 @@ pub(super) fn compile(config: Config) -> Result<(Plan, Issues), Issues> {
         admin: config.admin,
         abuse: config.abuse,
         fleet: config.fleet,
+        log: config.log,
         warnings: Vec::new(),
     };
     Ok((plan, unused))

@@ -29,14 +29,16 @@ mod histogram;
 mod names;
 
 pub use build_info::{BuildInfo, BUILD};
-pub use histogram::LatencyHistogram;
+pub use histogram::{LatencyHistogram, LatencySummary};
 pub use names::{exposed, name};
 
 use crate::jwt::Verifier;
 use crate::keys::JwksSource;
 use crate::proxy::refusal::DenialReason;
 use crate::proxy::upstream::UpstreamErrorKind;
+use crate::tls::HandshakeFailure;
 use exposition::ScrapeSources;
+use histogram::{Labelled, REQUEST_BUCKETS_NS};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -95,6 +97,26 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    upstream: String,
+    server: String,
+}
+
+/// One upstream server's latency (response heads), for `/stats.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServerLatency {
+    pub upstream: String,
+    pub server: String,
+    #[serde(flatten)]
+    pub latency: LatencySummary,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
     issuer: String,
     source: String,
@@ -150,18 +172,31 @@ impl RouteRequests {
 /// running one: requests in flight keep recording by the indices they started with, and a
 /// name both sets know continues the same series.
 pub struct Series {
-    requests: Family<RequestLabels, Counter>,
+    families: Families,
     /// One per route, then one for "no route matched".
     routes: Vec<RouteRequests>,
+    /// Time to the response head, indexed like `routes`.
+    durations: Vec<LatencyHistogram>,
     /// Per upstream: indexed by [`UpstreamErrorKind`].
     upstream_errors: Vec<[Counter; UpstreamErrorKind::ALL.len()]>,
+    /// Per upstream, per server (config order): time to the server's response head.
+    server_durations: Vec<Vec<LatencyHistogram>>,
+}
+
+/// The metric families whose series depend on the config's route, upstream and server
+/// names; every [`Series`] records into them.
+#[derive(Clone)]
+struct Families {
+    requests: Family<RequestLabels, Counter>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    request_durations: Labelled<RouteLabel>,
+    upstream_durations: Labelled<ServerLabels>,
 }
 
 /// The process's metrics. Cheap to record into from any thread; share it as `Arc<Metrics>`.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    upstream_family: Family<UpstreamErrorLabels, Counter>,
+    families: Families,
     /// The series of the names given to [`Metrics::new`].
     series: Arc<Series>,
     /// Indexed by [`DenialReason::index`].
@@ -169,6 +204,9 @@ pub struct Metrics {
     verify: LatencyHistogram,
     tls_ok: Counter,
     tls_failed: Counter,
+    /// Indexed by [`HandshakeFailure::index`].
+    tls_failures: [Counter; HandshakeFailure::ALL.len()],
+    access_log_dropped: Counter,
     /// Indexed like [`REFUSAL_REASONS`], then `other`.
     refused: Vec<Counter>,
     connections_open: Gauge,
@@ -197,7 +235,18 @@ fn with_other(list: &'static [&'static str]) -> impl Iterator<Item = &'static st
 impl Metrics {
     /// Registers every metric and creates the per-route, per-reason and per-upstream series.
     /// `routes` and `upstreams` give the names behind the indices the recording calls use.
+    /// No upstream has servers (see [`Metrics::with_servers`]).
     pub fn new(routes: &[String], upstreams: &[String]) -> Self {
+        Self::with_servers(routes, upstreams, &[])
+    }
+
+    /// [`Metrics::new`], with each upstream's servers (in the order of `upstreams`, then of
+    /// their `servers`): their latency histograms exist from the start.
+    pub fn with_servers(
+        routes: &[String],
+        upstreams: &[String],
+        servers: &[Vec<std::net::SocketAddr>],
+    ) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
 
         let requests = Family::<RequestLabels, Counter>::default();
@@ -223,6 +272,22 @@ impl Metrics {
             verify.clone(),
         );
 
+        let request_durations = Labelled::new(&REQUEST_BUCKETS_NS);
+        registry.register_with_unit(
+            name::REQUEST_DURATION,
+            "Time from a request's head until its response head, by route",
+            Unit::Seconds,
+            request_durations.clone(),
+        );
+        let upstream_durations = Labelled::new(&REQUEST_BUCKETS_NS);
+        registry.register_with_unit(
+            name::UPSTREAM_DURATION,
+            "Time from sending a request to an upstream server until its response head, by \
+             upstream and server",
+            Unit::Seconds,
+            upstream_durations.clone(),
+        );
+
         let tls = Family::<ResultLabel, Counter>::default();
         registry.register(
             name::TLS_HANDSHAKES,
@@ -231,6 +296,21 @@ impl Metrics {
         );
         let tls_ok = tls.get_or_create_owned(&ResultLabel { result: "ok" });
         let tls_failed = tls.get_or_create_owned(&ResultLabel { result: "failed" });
+        let failure_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            name::TLS_HANDSHAKE_FAILURES,
+            "Failed TLS handshakes by reason (timeout, closed, not_tls, incompatible, \
+             no_certificate, client_alert, other)",
+            failure_family.clone(),
+        );
+        let tls_failures = HandshakeFailure::ALL
+            .map(|r| failure_family.get_or_create_owned(&ReasonLabel { reason: r.as_str() }));
+        let access_log_dropped = Counter::default();
+        registry.register(
+            name::ACCESS_LOG_DROPPED,
+            "Access log lines dropped because the writer could not keep up",
+            access_log_dropped.clone(),
+        );
 
         let upstream_family = Family::<UpstreamErrorLabels, Counter>::default();
         registry.register(
@@ -238,7 +318,13 @@ impl Metrics {
             "Upstream failures by upstream and kind (connect, timeout, no_healthy, protocol)",
             upstream_family.clone(),
         );
-        let series = Arc::new(Series::new(&requests, &upstream_family, routes, upstreams));
+        let families = Families {
+            requests,
+            upstream_errors: upstream_family,
+            request_durations,
+            upstream_durations,
+        };
+        let series = Arc::new(Series::new(&families, routes, upstreams, servers));
 
         let refused_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -262,13 +348,14 @@ impl Metrics {
 
         Self {
             registry,
-            requests,
-            upstream_family,
+            families,
             series,
             denials,
             verify,
             tls_ok,
             tls_failed,
+            tls_failures,
+            access_log_dropped,
             refused,
             connections_open,
             scrape,
@@ -287,15 +374,26 @@ impl Metrics {
         self.series.upstream_error(upstream, kind);
     }
 
+    /// See [`Series::request_duration`] (the names given to [`Metrics::new`]).
+    pub fn request_duration(&self, route: Option<usize>, d: Duration) {
+        self.series.request_duration(route, d);
+    }
+
+    /// See [`Series::upstream_duration`] (the names given to [`Metrics::with_servers`]).
+    pub fn upstream_duration(&self, upstream: usize, server: usize, d: Duration) {
+        self.series.upstream_duration(upstream, server, d);
+    }
+
     /// The series of another set of route and upstream names (a reload's), in this
     /// registry: a name the running set also has continues its counts.
-    pub fn series(&self, routes: &[String], upstreams: &[String]) -> Arc<Series> {
-        Arc::new(Series::new(
-            &self.requests,
-            &self.upstream_family,
-            routes,
-            upstreams,
-        ))
+    /// `servers`: each upstream's servers, in the order of `upstreams`.
+    pub fn series(
+        &self,
+        routes: &[String],
+        upstreams: &[String],
+        servers: &[Vec<std::net::SocketAddr>],
+    ) -> Arc<Series> {
+        Arc::new(Series::new(&self.families, routes, upstreams, servers))
     }
 
     /// One refusal by the auth layer.
@@ -313,6 +411,34 @@ impl Metrics {
     /// One finished TLS handshake.
     pub fn tls_handshake(&self, ok: bool) {
         if ok { &self.tls_ok } else { &self.tls_failed }.inc();
+    }
+
+    /// One failed TLS handshake, by reason (counted in `tls_handshakes_total` too).
+    pub fn tls_handshake_failed(&self, reason: HandshakeFailure) {
+        self.tls_failed.inc();
+        if let Some(c) = self.tls_failures.get(reason.index()) {
+            c.inc();
+        }
+    }
+
+    /// Every upstream server's latency so far (count, mean, p50, p99), servers of earlier
+    /// configs included, in the order they were first served.
+    pub fn server_latencies(&self) -> Vec<ServerLatency> {
+        self.families
+            .upstream_durations
+            .snapshot()
+            .into_iter()
+            .map(|(labels, h)| ServerLatency {
+                upstream: labels.upstream,
+                server: labels.server,
+                latency: h.summary(),
+            })
+            .collect()
+    }
+
+    /// The counter of access log lines dropped (the access log's writer counts into it).
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
     }
 
     /// One connection closed at accept (one of [`REFUSAL_REASONS`]; anything else counts as
@@ -377,11 +503,18 @@ impl Metrics {
     }
 
     /// Response latency quantiles of `server` in `upstream`, from the upstream duration
-    /// histogram. That histogram (per upstream and server) is not recorded yet, so this is
-    /// `None`, and the dashboard says "not measured" rather than inventing a number.
+    /// histogram; `None` before its first answer (the dashboard says "not measured"
+    /// rather than inventing a number).
     pub fn upstream_latency(&self, upstream: &str, server: SocketAddr) -> Option<LatencyQuantiles> {
-        let _ = (upstream, server);
-        None
+        let labels = ServerLabels {
+            upstream: upstream.to_owned(),
+            server: server.to_string(),
+        };
+        let summary = self.families.upstream_durations.find(&labels)?.summary();
+        (summary.count > 0).then_some(LatencyQuantiles {
+            p50: summary.p50_ms,
+            p99: summary.p99_ms,
+        })
     }
 
     /// Where the kernel's maps are pinned; their global counters are read at scrape time and
@@ -406,12 +539,12 @@ impl Metrics {
 
 impl Series {
     fn new(
-        requests: &Family<RequestLabels, Counter>,
-        upstream_family: &Family<UpstreamErrorLabels, Counter>,
+        families: &Families,
         routes: &[String],
         upstreams: &[String],
+        servers: &[Vec<std::net::SocketAddr>],
     ) -> Self {
-        let routes = routes
+        let routes: Vec<RouteRequests> = routes
             .iter()
             .cloned()
             .chain(std::iter::once(NO_ROUTE.to_owned()))
@@ -421,17 +554,68 @@ impl Series {
             .iter()
             .map(|name| {
                 UpstreamErrorKind::ALL.map(|kind| {
-                    upstream_family.get_or_create_owned(&UpstreamErrorLabels {
-                        upstream: name.clone(),
-                        kind: kind.as_str(),
-                    })
+                    families
+                        .upstream_errors
+                        .get_or_create_owned(&UpstreamErrorLabels {
+                            upstream: name.clone(),
+                            kind: kind.as_str(),
+                        })
                 })
             })
             .collect();
+        let durations = routes
+            .iter()
+            .map(|r| {
+                families.request_durations.get_or_create(&RouteLabel {
+                    route: r.name.clone(),
+                })
+            })
+            .collect();
+        let server_durations = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, upstream)| {
+                servers
+                    .get(i)
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .map(|addr| {
+                        families.upstream_durations.get_or_create(&ServerLabels {
+                            upstream: upstream.clone(),
+                            server: addr.to_string(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
         Self {
-            requests: requests.clone(),
+            families: families.clone(),
             routes,
+            durations,
             upstream_errors,
+            server_durations,
+        }
+    }
+
+    /// Time until the response head of a request: index into the route names (`None` or
+    /// out of range: no route).
+    pub fn request_duration(&self, route: Option<usize>, d: Duration) {
+        let none = self.durations.len() - 1;
+        let i = route.filter(|&i| i < none).unwrap_or(none);
+        if let Some(h) = self.durations.get(i) {
+            h.observe(d);
+        }
+    }
+
+    /// Time until server `server` (index into the upstream's servers) of upstream
+    /// `upstream` sent its response head. Indices out of range are ignored.
+    pub fn upstream_duration(&self, upstream: usize, server: usize, d: Duration) {
+        if let Some(h) = self
+            .server_durations
+            .get(upstream)
+            .and_then(|s| s.get(server))
+        {
+            h.observe(d);
         }
     }
 
@@ -456,7 +640,7 @@ impl Series {
                 } else {
                     status.to_string()
                 };
-                self.requests.get_or_create_owned(&RequestLabels {
+                self.families.requests.get_or_create_owned(&RequestLabels {
                     route: r.name.clone(),
                     status,
                 })

@@ -32,6 +32,23 @@ series! {
         VERIFY_DURATION_SUM = "_seconds_sum",
         VERIFY_DURATION_COUNT = "_seconds_count"
     ],
+    /// Time until the response head, per route (seconds).
+    REQUEST_DURATION = "request_duration" => [
+        REQUEST_DURATION_BUCKET = "_seconds_bucket",
+        REQUEST_DURATION_SUM = "_seconds_sum",
+        REQUEST_DURATION_COUNT = "_seconds_count"
+    ],
+    /// Time from sending to an upstream server until its response head, per upstream and
+    /// server (seconds).
+    UPSTREAM_DURATION = "upstream_duration" => [
+        UPSTREAM_DURATION_BUCKET = "_seconds_bucket",
+        UPSTREAM_DURATION_SUM = "_seconds_sum",
+        UPSTREAM_DURATION_COUNT = "_seconds_count"
+    ],
+    /// Failed TLS handshakes by reason ([`crate::tls::HandshakeFailure`]).
+    TLS_HANDSHAKE_FAILURES = "tls_handshake_failures" => [TLS_HANDSHAKE_FAILURES = "_total"],
+    /// Access log lines dropped because the writer fell behind.
+    ACCESS_LOG_DROPPED = "access_log_dropped" => [ACCESS_LOG_DROPPED = "_total"],
     TLS_HANDSHAKES = "tls_handshakes" => [TLS_HANDSHAKES = "_total"],
     UPSTREAM_ERRORS = "upstream_errors" => [UPSTREAM_ERRORS = "_total"],
     CONNECTIONS_REFUSED = "connections_refused" => [CONNECTIONS_REFUSED = "_total"],

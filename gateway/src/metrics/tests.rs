@@ -1,5 +1,6 @@
 use super::*;
 use crate::jwt::Reason;
+use crate::tls::HandshakeFailure;
 use std::collections::HashMap;
 
 fn names(list: &[&str]) -> Vec<String> {
@@ -266,6 +267,84 @@ fn histogram_buckets_are_cumulative_with_inclusive_bounds() {
 }
 
 #[test]
+fn request_and_upstream_durations_are_labelled_by_route_and_server() {
+    let servers: Vec<std::net::SocketAddr> = vec![
+        "10.0.0.1:80".parse().unwrap(),
+        "10.0.0.2:80".parse().unwrap(),
+    ];
+    let m = Metrics::with_servers(
+        &names(&["api"]),
+        &names(&["a", "b"]),
+        &[vec![servers[0]], servers.clone()],
+    );
+    m.request_duration(Some(0), Duration::from_millis(3));
+    m.request_duration(None, Duration::from_micros(100));
+    m.request_duration(Some(9), Duration::from_micros(100)); // out of range: no route
+    for ms in [1, 1, 1, 200] {
+        m.upstream_duration(1, 1, Duration::from_millis(ms));
+    }
+    m.upstream_duration(0, 0, Duration::from_millis(40));
+    m.upstream_duration(0, 1, Duration::from_millis(1)); // `a` has one server: ignored
+    m.upstream_duration(7, 0, Duration::from_millis(1)); // no such upstream
+    m.tls_handshake_failed(HandshakeFailure::NotTls);
+    m.tls_handshake_failed(HandshakeFailure::NotTls);
+    m.tls_handshake_failed(HandshakeFailure::Timeout);
+    let t = m.render();
+    let get = |k: &str| value(&t, k).unwrap_or_else(|| panic!("{k} missing:\n{t}"));
+    assert_eq!(
+        get("gateway_request_duration_seconds_bucket{route=\"api\",le=\"0.005\"}"),
+        "1"
+    );
+    assert_eq!(
+        get("gateway_request_duration_seconds_count{route=\"(none)\"}"),
+        "2"
+    );
+    assert_eq!(
+        get("gateway_upstream_duration_seconds_count{upstream=\"b\",server=\"10.0.0.2:80\"}"),
+        "4"
+    );
+    assert_eq!(
+        get("gateway_upstream_duration_seconds_count{upstream=\"a\",server=\"10.0.0.1:80\"}"),
+        "1"
+    );
+    assert_eq!(
+        get("gateway_upstream_duration_seconds_count{upstream=\"b\",server=\"10.0.0.1:80\"}"),
+        "0"
+    );
+    assert_eq!(
+        get("gateway_tls_handshake_failures_total{reason=\"not_tls\"}"),
+        "2"
+    );
+    assert_eq!(
+        get("gateway_tls_handshake_failures_total{reason=\"timeout\"}"),
+        "1"
+    );
+    assert_eq!(
+        get("gateway_tls_handshake_failures_total{reason=\"other\"}"),
+        "0"
+    );
+    assert_eq!(get("gateway_tls_handshakes_total{result=\"failed\"}"), "3");
+    // Per-server figures for /stats.json: p50 and p99 are bucket bounds.
+    let lat = m.server_latencies();
+    assert_eq!(lat.len(), 3);
+    assert_eq!(
+        (lat[2].upstream.as_str(), lat[2].server.as_str()),
+        ("b", "10.0.0.2:80")
+    );
+    let l = lat[2].latency;
+    assert_eq!(l.count, 4);
+    assert_eq!(l.p50_ms, Some(1.0));
+    assert_eq!(l.p99_ms, Some(250.0));
+    assert!((l.mean_ms.unwrap() - 50.75).abs() < 1e-9, "{l:?}");
+    assert_eq!(lat[1].latency.count, 0);
+    assert_eq!(lat[1].latency.p50_ms, None);
+    assert_eq!(lat[1].latency.mean_ms, None);
+    let json = serde_json::to_value(&lat[0]).unwrap();
+    assert_eq!(json["server"], "10.0.0.1:80");
+    assert_eq!(json["p99_ms"], 50.0);
+}
+
+#[test]
 fn verifier_cache_and_keys_are_read_at_scrape_time() {
     use crate::jwt::now_unix;
     let (v, token) = hmac_verifier_and_token();
@@ -301,7 +380,8 @@ fn metrics_is_send_and_sync() {
 fn every_exposed_name_is_what_the_registry_renders() {
     use crate::jwt::now_unix;
     let (v, token) = hmac_verifier_and_token();
-    let m = Metrics::new(&names(&["api"]), &names(&["u"]));
+    let server: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let m = Metrics::with_servers(&names(&["api"]), &names(&["u"]), &[vec![server]]);
     m.set_verifier(Arc::clone(&v));
     m.request(Some(0), 200);
     v.verify(&token, now_unix()).expect("valid");
@@ -389,7 +469,7 @@ fn a_reloads_series_continue_the_names_both_sets_have() {
     m.request(Some(0), 200);
     m.upstream_error(0, UpstreamErrorKind::Timeout);
     // The reload's names, in another order, one kept, one new.
-    let s = m.series(&names(&["new", "api"]), &names(&["v", "u"]));
+    let s = m.series(&names(&["new", "api"]), &names(&["v", "u"]), &[]);
     s.request(Some(1), 200);
     s.request(Some(0), 200);
     s.request(Some(2), 200); // out of range: no route

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -82,6 +82,8 @@ pub struct Stalled(Duration);
 /// side has let go of it before its end.
 struct Shared<B> {
     stage: AtomicU8,
+    /// Body bytes passed to the upstream side so far (the access log's `bytes_in`).
+    received: AtomicU64,
     rest: Mutex<Rest<B>>,
 }
 
@@ -133,6 +135,13 @@ where
             Stage::AwaitingClient if timed_out => Some(ClientFault::Stalled),
             _ => None,
         }
+    }
+
+    /// Body bytes passed to the upstream side so far.
+    pub fn received(&self) -> u64 {
+        self.0
+            .as_ref()
+            .map_or(0, |s| s.received.load(Ordering::Relaxed))
     }
 
     /// The body as the response's end holds it (see [`super::linger::ResponseEnd::leftover`]), to linger
@@ -202,6 +211,7 @@ where
         let shared = (!inner.is_end_stream()).then(|| {
             Arc::new(Shared {
                 stage: AtomicU8::new(0),
+                received: AtomicU64::new(0),
                 rest: Mutex::new(Rest::Upstream),
             })
         });
@@ -283,6 +293,9 @@ where
                 match this.left.checked_sub(len) {
                     Some(left) => {
                         *this.left = left;
+                        if let Some(s) = this.shared.as_ref() {
+                            s.received.fetch_add(len, Ordering::Relaxed);
+                        }
                         (Stage::Forwarding, Poll::Ready(Some(Ok(frame))))
                     }
                     None => {

@@ -12,9 +12,11 @@ use super::proxy_protocol::{self, Origin, Prefixed};
 use super::send_timeout::SendTimeout;
 use super::ProxyBody;
 use crate::abuse::{source_key, Signal};
+use crate::access_log::{ConnEventKind, TlsInfo};
 use crate::config::abuse::AbuseConfig;
 use crate::config::ListenConfig;
 use crate::deny::DenyStore;
+use crate::tls::HandshakeFailure;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -393,11 +395,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
         if shared.proxy_protocol {
             if !shared.trusted.contains(peer.ip()) {
                 tracing::debug!(peer = %peer, "connection refused: not a trusted proxy");
-                shared
-                    .proxy
-                    .peek()
-                    .metrics()
-                    .connection_refused("untrusted_proxy");
+                refused(&shared, peer, "untrusted_proxy");
                 continue;
             }
             // The header is read on the connection's own task: a slow proxy never holds up
@@ -415,7 +413,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
             });
             continue;
         }
-        let Some(slot) = admit(&shared, peer.ip()) else {
+        let Some(slot) = admit(&shared, peer) else {
             continue;
         };
         let mut conn = ConnInfo::new(peer, tls.is_some());
@@ -429,19 +427,33 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
     }
 }
 
+/// A connection closed at accept: counted, and logged (rate-limited) in the access log.
+/// `reason` is one of [`crate::metrics::REFUSAL_REASONS`].
+fn refused(shared: &Shared, client: SocketAddr, reason: &'static str) {
+    let proxy = shared.proxy.peek();
+    proxy.metrics().connection_refused(reason);
+    if let Some(log) = proxy.access_log() {
+        log.conn_event(client, ConnEventKind::Refused(reason));
+    }
+}
+
 /// The user-space admission of a client: its bans (the data plane drops a banned TCP peer
 /// before it gets here; a client named by a proxy, or every client without a data plane,
 /// stops here) and its connection limit.
-fn admit(shared: &Shared, client: IpAddr) -> Option<SourceSlot> {
+fn admit(shared: &Shared, client: SocketAddr) -> Option<SourceSlot> {
     let proxy = shared.proxy.peek();
-    if shared.deny.as_ref().is_some_and(|d| d.is_denied(client)) {
-        proxy.metrics().connection_refused("denied");
+    if shared
+        .deny
+        .as_ref()
+        .is_some_and(|d| d.is_denied(client.ip()))
+    {
+        refused(shared, client, "denied");
         return None;
     }
-    let Some(slot) = shared.limit.take(client) else {
-        proxy.metrics().connection_refused("per_source_limit");
+    let Some(slot) = shared.limit.take(client.ip()) else {
+        refused(shared, client, "per_source_limit");
         if let Some(a) = proxy.abuse() {
-            a.record(client, Signal::ConnectionRefused);
+            a.record(client.ip(), Signal::ConnectionRefused);
         }
         return None;
     };
@@ -462,11 +474,7 @@ async fn proxied(
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(peer = %proxy_addr, error = %e, "connection refused: PROXY header");
-                shared
-                    .proxy
-                    .peek()
-                    .metrics()
-                    .connection_refused("proxy_header");
+                refused(shared, proxy_addr, "proxy_header");
                 return None;
             }
         };
@@ -474,7 +482,7 @@ async fn proxied(
         Origin::Client(c) => c,
         Origin::Proxy => proxy_addr,
     };
-    let slot = admit(shared, client.ip())?;
+    let slot = admit(shared, client)?;
     let mut conn = ConnInfo::new(client, tls);
     conn.via = Some(proxy_addr);
     conn.trust_forwarded_for = !tls && shared.trusted.contains(client.ip());
@@ -486,29 +494,33 @@ async fn serve_conn<IO>(io: IO, conn: ConnInfo, tls: Option<TlsAcceptor>, shared
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(conn);
     shared.proxy.peek().metrics().connection_opened();
     match tls {
-        None => drive(io, conn, shared, Proxy::handle).await,
-        Some(acceptor) => match handshake(acceptor, io, &conn, shared).await {
-            // HTTP/2 runs each request in a task of its own, and spawning moves the
-            // request's future (a few KiB) several times: boxed, only a pointer moves.
-            // HTTP/1 keeps it inline, where boxing would cost more than it saves.
-            Some(s) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                drive(s, conn, shared, |p, c, r, a| {
-                    Box::pin(Proxy::handle(p, c, r, a))
-                })
-                .await
+        None => drive(io, Arc::new(conn), shared, Proxy::handle).await,
+        Some(acceptor) => {
+            if let Some(s) = handshake(acceptor, io, &conn, shared).await {
+                let mut conn = conn;
+                conn.tls = Some(TlsInfo::of(s.get_ref().1));
+                let conn = Arc::new(conn);
+                // HTTP/2 runs each request in a task of its own, and spawning moves the
+                // request's future (a few KiB) several times: boxed, only a pointer moves.
+                // HTTP/1 keeps it inline, where boxing would cost more than it saves.
+                if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    drive(s, conn, shared, |p, c, r, a| {
+                        Box::pin(Proxy::handle(p, c, r, a))
+                    })
+                    .await
+                } else {
+                    drive(s, conn, shared, Proxy::handle).await
+                }
             }
-            Some(s) => drive(s, conn, shared, Proxy::handle).await,
-            None => {}
-        },
+        }
     }
     shared.proxy.peek().metrics().connection_closed();
 }
 
-/// The TLS handshake under its deadline; failures are counted and reported to the abuse
-/// engine.
+/// The TLS handshake under its deadline; failures are counted by reason, logged in the
+/// access log (rate-limited) and reported to the abuse engine.
 async fn handshake<IO>(
     acceptor: TlsAcceptor,
     stream: IO,
@@ -519,16 +531,25 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let outcome = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await;
-    match outcome {
+    let reason = match outcome {
         Ok(Ok(s)) => {
             shared.proxy.peek().metrics().tls_handshake(true);
             return Some(s);
         }
-        Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
-    }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            HandshakeFailure::of(&e)
+        }
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+            HandshakeFailure::Timeout
+        }
+    };
     let proxy = shared.proxy.peek();
-    proxy.metrics().tls_handshake(false);
+    proxy.metrics().tls_handshake_failed(reason);
+    if let Some(log) = proxy.access_log() {
+        log.conn_event(conn.peer, ConnEventKind::HandshakeFailed(reason));
+    }
     if let Some(a) = proxy.abuse() {
         a.record(conn.peer.ip(), Signal::TlsFailure);
     }

@@ -246,15 +246,15 @@ impl Upstream {
                 || now_ms >= s.down_until_ms.load(Ordering::Relaxed))
     }
 
-    /// The next healthy server (and this worker's pool for it), round robin.
-    fn pick(&self) -> Option<(&Server, &Arc<ServerPool>)> {
+    /// The next healthy server (its index, and this worker's pool for it), round robin.
+    fn pick(&self) -> Option<(usize, &Server, &Arc<ServerPool>)> {
         let n = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         (0..n)
             .map(|i| (start + i) % n)
             .find(|&i| self.usable(&self.servers[i], now))
-            .and_then(|i| Some((self.servers.get(i)?, self.pools.get(i)?)))
+            .and_then(|i| Some((i, self.servers.get(i)?, self.pools.get(i)?)))
     }
 
     fn record(&self, s: &Server, connect_failed: bool) {
@@ -274,15 +274,19 @@ impl Upstream {
     }
 
     /// Sends `req` (origin-form URI, Host header set) to the next healthy server; `end` goes
-    /// with the response body (dropped with a failed exchange).
+    /// with the response body (dropped with a failed exchange). `picked` is set to the
+    /// server chosen (its index in the upstream's `servers`, and address), for the latency
+    /// metrics and the access log.
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
         mut end: ResponseEnd,
+        picked: &mut Option<(usize, SocketAddr)>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let (server, pool) = self
+        let (index, server, pool) = self
             .pick()
             .ok_or_else(|| UpstreamError::NoHealthy(self.name.clone()))?;
+        *picked = Some((index, server.addr));
         end.server_slot = Some(self.slot(server).await?);
         if !req.headers().contains_key(HOST) {
             // An HTTP/1.0 client may send none; HTTP/1.1 servers require one.

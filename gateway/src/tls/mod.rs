@@ -2,6 +2,10 @@
 //! chosen by SNI, stateless session resumption, and certificates that reload without
 //! dropping connections (the resolver swaps its set; handshakes in progress keep theirs).
 
+mod failure;
+
+pub use failure::HandshakeFailure;
+
 use crate::config::{CertConfig, TlsConfig};
 use arc_swap::ArcSwap;
 use rustls::crypto::ring as ring_provider;

@@ -9,6 +9,7 @@
 //! when an assertion fails. Waits poll with deadlines; nothing sleeps for a fixed time.
 //! One test binary, one module per topic, so every test runs in parallel with the others.
 
+mod access_log;
 mod auth;
 mod connections;
 mod forwarding;

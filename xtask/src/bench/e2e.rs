@@ -13,7 +13,8 @@ use anyhow::Result;
 
 use super::load::{parse_row, Load, Row};
 use super::peer::{
-    our_config, our_es256_config, start_backend, start_haproxy, start_ours, Material, Ports,
+    our_config, our_es256_config, start_backend, start_haproxy, start_ours, with_access_log,
+    Material, Ports,
 };
 use super::util::{self, Proc};
 use super::Ctx;
@@ -44,6 +45,17 @@ struct Scenario {
     ours_port: u16,
     ours_path: &'static str,
     theirs_port: u16,
+    /// Also run against our second gateway, whose access log is on (its cost).
+    log_too: bool,
+}
+
+/// Who serves one load run.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Ours,
+    /// Our main gateway's twin with the access log written to a file.
+    OursLogged,
+    Theirs,
 }
 
 /// The scenarios in the order they run and are reported. HAProxy is always asked for
@@ -62,6 +74,7 @@ fn scenarios(p: &Ports) -> Vec<Scenario> {
             ours: Which::Main,
             ours_port: p.gw_http,
             ours_path: "/plain/items",
+            log_too: true,
             theirs_port: p.hp_plain_http,
         },
         Scenario {
@@ -75,6 +88,7 @@ fn scenarios(p: &Ports) -> Vec<Scenario> {
             ours: Which::Main,
             ours_port: p.gw_tls,
             ours_path: "/plain/items",
+            log_too: true,
             theirs_port: p.hp_plain_tls,
         },
         Scenario {
@@ -88,6 +102,7 @@ fn scenarios(p: &Ports) -> Vec<Scenario> {
             ours: Which::Main,
             ours_port: p.gw_tls,
             ours_path: "/plain/items",
+            log_too: true,
             theirs_port: p.hp_plain_tls,
         },
         Scenario {
@@ -101,6 +116,7 @@ fn scenarios(p: &Ports) -> Vec<Scenario> {
             ours: Which::Main,
             ours_port: p.gw_http,
             ours_path: "/api/items",
+            log_too: true,
             theirs_port: p.hp_jwt_http,
         },
         Scenario {
@@ -114,6 +130,7 @@ fn scenarios(p: &Ports) -> Vec<Scenario> {
             ours: Which::Main,
             ours_port: p.gw_tls,
             ours_path: "/api/items",
+            log_too: false,
             theirs_port: p.hp_jwt_tls,
         },
         Scenario {
@@ -127,6 +144,7 @@ fn scenarios(p: &Ports) -> Vec<Scenario> {
             ours: Which::Main,
             ours_port: p.gw_tls,
             ours_path: "/api/items",
+            log_too: false,
             theirs_port: p.hp_jwt_tls,
         },
         Scenario {
@@ -140,6 +158,7 @@ fn scenarios(p: &Ports) -> Vec<Scenario> {
             ours: Which::Main,
             ours_port: p.gw_http,
             ours_path: "/api/items",
+            log_too: false,
             theirs_port: p.hp_jwt_http,
         },
         Scenario {
@@ -153,6 +172,7 @@ fn scenarios(p: &Ports) -> Vec<Scenario> {
             ours: Which::Es256,
             ours_port: p.gw_es256_http,
             ours_path: "/api/items",
+            log_too: false,
             theirs_port: p.hp_es256_http,
         },
     ]
@@ -161,6 +181,8 @@ fn scenarios(p: &Ports) -> Vec<Scenario> {
 struct Series {
     ours: Vec<Row>,
     theirs: Vec<Row>,
+    /// Runs against the gateway with the access log on.
+    logged: Vec<Row>,
     /// Cache hit ratio of our verifier per run (main gateway only).
     hit: Vec<f64>,
 }
@@ -186,14 +208,27 @@ struct Running {
     haproxy: Proc,
     ours: Proc,
     ours_es: Proc,
+    ours_log: Proc,
 }
 
-fn start_all(ctx: &Ctx, ports: &Ports, m: &Material, cfg: &Path, es_cfg: &Path) -> Result<Running> {
+fn start_all(
+    ctx: &Ctx,
+    ports: &Ports,
+    m: &Material,
+    cfgs: (&Path, &Path, &Path),
+) -> Result<Running> {
+    let (cfg, es_cfg, log_cfg) = cfgs;
     let ours = start_ours(
         ctx,
         "gateway",
         cfg,
         &[ports.gw_http, ports.gw_tls, ports.gw_admin],
+    )?;
+    let ours_log = start_ours(
+        ctx,
+        "gateway-logged",
+        log_cfg,
+        &[ports.gw_log_http, ports.gw_log_tls, ports.gw_log_admin],
     )?;
     let ours_es = start_ours(ctx, "gateway-es256", es_cfg, &[ports.gw_es256_http])?;
     let haproxy = start_haproxy(ctx, ports, m)?;
@@ -201,6 +236,7 @@ fn start_all(ctx: &Ctx, ports: &Ports, m: &Material, cfg: &Path, es_cfg: &Path) 
         haproxy,
         ours,
         ours_es,
+        ours_log,
     })
 }
 
@@ -231,6 +267,24 @@ pub fn run(
     std::fs::write(&cfg, our_config(ctx, &ports, (m.pool_size / 16).max(64))?)?;
     let es_cfg = ctx.run_dir.join("gateway-es256.toml");
     std::fs::write(&es_cfg, our_es256_config(&ports, &m.keys))?;
+    // The twin with the access log on, on ports of its own.
+    let log_ports = Ports {
+        gw_http: ports.gw_log_http,
+        gw_tls: ports.gw_log_tls,
+        gw_admin: ports.gw_log_admin,
+        ..ports
+    };
+    let log_cfg = ctx.run_dir.join("gateway-logged.toml");
+    let access_log = ctx.run_dir.join("access.log");
+    std::fs::write(
+        &log_cfg,
+        with_access_log(
+            &our_config(ctx, &log_ports, (m.pool_size / 16).max(64))?,
+            &access_log,
+        ),
+    )?;
+    let mut dropped = 0.0;
+    let mut lines = 0u64;
     let backend = start_backend(ctx, &ports)?;
     let list = scenarios(&ports);
     let mut series: Vec<Series> = list.iter().map(|_| Series::default()).collect();
@@ -240,19 +294,37 @@ pub fn run(
             "\n==> e2e round {round}/{}: (re)starting both gateways",
             opts.rounds
         );
-        let run = start_all(ctx, &ports, m, &cfg, &es_cfg)?;
+        let run = start_all(ctx, &ports, m, (&cfg, &es_cfg, &log_cfg))?;
         for (sc, se) in list.iter().zip(series.iter_mut()) {
-            for theirs in [false, true] {
-                let (port, path, pid) = if theirs {
-                    (sc.theirs_port, "/api/items", run.haproxy.pid())
-                } else {
-                    let pid = match sc.ours {
-                        Which::Main => run.ours.pid(),
-                        Which::Es256 => run.ours_es.pid(),
-                    };
-                    (sc.ours_port, sc.ours_path, pid)
+            let sides: &[Side] = if sc.log_too {
+                &[Side::Ours, Side::OursLogged, Side::Theirs]
+            } else {
+                &[Side::Ours, Side::Theirs]
+            };
+            for &who in sides {
+                let (port, path, pid) = match who {
+                    Side::Theirs => (sc.theirs_port, "/api/items", run.haproxy.pid()),
+                    Side::OursLogged => {
+                        let port = if sc.ours_port == ports.gw_tls {
+                            ports.gw_log_tls
+                        } else {
+                            ports.gw_log_http
+                        };
+                        (port, sc.ours_path, run.ours_log.pid())
+                    }
+                    Side::Ours => {
+                        let pid = match sc.ours {
+                            Which::Main => run.ours.pid(),
+                            Which::Es256 => run.ours_es.pid(),
+                        };
+                        (sc.ours_port, sc.ours_path, pid)
+                    }
                 };
-                let side = if theirs { "haproxy" } else { "ours" };
+                let side = match who {
+                    Side::Theirs => "haproxy",
+                    Side::OursLogged => "ours-logged",
+                    Side::Ours => "ours",
+                };
                 println!("==> round {round}: {} [{side}]", sc.key);
                 let load = Load {
                     label: format!("{side}-{}#{round}", sc.key),
@@ -269,10 +341,11 @@ pub fn run(
                     be_pid: Some(backend.pid()),
                     rotate: sc.rotate.then_some(m.pool.as_path()),
                 };
-                let counts =
-                    (!theirs && sc.ours == Which::Main && sc.ours_path.starts_with("/api/"))
-                        .then(|| cache_counts(ports.gw_admin))
-                        .flatten();
+                let counts = (who == Side::Ours
+                    && sc.ours == Which::Main
+                    && sc.ours_path.starts_with("/api/"))
+                .then(|| cache_counts(ports.gw_admin))
+                .flatten();
                 let row = load.run(ctx, &m.tokens)?;
                 if let (Some((h0, m0)), Some((h1, m1))) =
                     (counts, counts.and_then(|_| cache_counts(ports.gw_admin)))
@@ -282,10 +355,20 @@ pub fn run(
                         se.hit.push(h / (h + mi));
                     }
                 }
-                if theirs {
-                    se.theirs.push(row);
-                } else {
-                    se.ours.push(row);
+                match who {
+                    Side::Theirs => se.theirs.push(row),
+                    Side::Ours => se.ours.push(row),
+                    Side::OursLogged => {
+                        // Count the lines written, then start the file again: the disk
+                        // holds a few runs' worth, not the whole bench's.
+                        if let Ok(text) = std::fs::read(&access_log) {
+                            lines += text.iter().filter(|b| **b == b'\n').count() as u64;
+                        }
+                        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&access_log) {
+                            let _ = f.set_len(0);
+                        }
+                        se.logged.push(row);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -317,10 +400,23 @@ pub fn run(
                 probes.0.push(p);
             }
         }
+        if let Some(d) = util::http_get(ports.gw_log_admin, "/metrics")
+            .ok()
+            .and_then(|t| util::metric(&t, "gateway_access_log_dropped_total"))
+        {
+            dropped += d;
+        }
         drop(run);
     }
     drop(backend);
-    Ok(report::render(&list, &series, &probes, opts, verdicts))
+    Ok(report::render(
+        &list,
+        &series,
+        &probes,
+        opts,
+        (lines, dropped),
+        verdicts,
+    ))
 }
 
 /// Valid TLS clients (10 connections) while another client floods bad-signature tokens over

@@ -29,11 +29,15 @@ pub struct Ports {
     pub gw_tls: u16,
     pub gw_admin: u16,
     pub gw_es256_http: u16,
+    /// The e2e section's second gateway, the same config with an access log.
+    pub gw_log_http: u16,
+    pub gw_log_tls: u16,
+    pub gw_log_admin: u16,
 }
 
 impl Ports {
     pub fn pick() -> Result<Self> {
-        let p = util::free_ports(11)?;
+        let p = util::free_ports(14)?;
         Ok(Self {
             backend: p[0],
             hp_jwt_http: p[1],
@@ -46,6 +50,9 @@ impl Ports {
             gw_tls: p[8],
             gw_admin: p[9],
             gw_es256_http: p[10],
+            gw_log_http: p[11],
+            gw_log_tls: p[12],
+            gw_log_admin: p[13],
         })
     }
 }
@@ -227,7 +234,9 @@ pub fn start_haproxy(ctx: &Ctx, ports: &Ports, m: &Material) -> Result<Proc> {
 /// `examples/peer-haproxy.toml` with this run's ports, plus: a `/plain/` route with
 /// `auth = "none"` (the no-JWT baseline, like HAProxy's plain_proxy frontend), connection
 /// limits and an idle timeout high enough for the memory section's idle connections, and a
-/// verified-token cache smaller than the token pool (so rotating tokens miss).
+/// verified-token cache smaller than the token pool (so rotating tokens miss), and the access
+/// log off (its cost is measured on its own, by the e2e section's second gateway:
+/// [`with_access_log`]).
 pub fn our_config(ctx: &Ctx, ports: &Ports, cache_entries: usize) -> Result<String> {
     let example = ctx.root.join("examples/peer-haproxy.toml");
     let mut text =
@@ -258,9 +267,18 @@ pub fn our_config(ctx: &Ctx, ports: &Ports, cache_entries: usize) -> Result<Stri
         "\n# bench: the no-JWT baseline (HAProxy: frontend plain_proxy)\n\
          [[route]]\nname = \"plain\"\npath_prefix = \"/plain/\"\nupstream = \"app\"\nauth = \"none\"\n\
          \n# bench: smaller than the rotating token pool, so that scenario misses\n\
-         [jwt.cache]\nmax_entries = {cache_entries}\n"
+         [jwt.cache]\nmax_entries = {cache_entries}\n\
+         \n# bench: comparable with runs before the access log existed\n\
+         [log]\n{ACCESS_OFF}\n"
     );
     Ok(text)
+}
+
+const ACCESS_OFF: &str = "access = \"off\"";
+
+/// [`our_config`] text with the access log written to `file` instead of off.
+pub fn with_access_log(config: &str, file: &Path) -> String {
+    config.replace(ACCESS_OFF, &format!("access = \"{}\"", file.display()))
 }
 
 /// The ES256 twin of HAProxy's port 8083: plain HTTP, ES256 only, the peer's P-256 key.

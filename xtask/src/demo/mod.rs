@@ -275,7 +275,9 @@ fn pass_through(stderr: impl Read, seen: &Mutex<Seen>) {
         let _ = std::io::stderr().write_all(&line);
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if text.starts_with("gateway: data plane running") {
+        // Start-up events are log lines (`TIME  INFO gateway: ...`); fatal errors are
+        // plain `gateway: ...` lines.
+        if text.contains("gateway: data plane running") {
             s.data_plane_running = true;
         } else if let Some(message) = text.strip_prefix("gateway: ") {
             s.last_error = Some(message.to_string());

@@ -32,14 +32,22 @@ auth = "none"
 #[test]
 fn a_reload_keeps_each_workers_unchanged_upstreams_and_replaces_the_others() {
     let metrics = Arc::new(Metrics::new(&[], &[]));
-    let first = Proxies::build(&plan("127.0.0.1:9000"), &metrics, None, 2, None).expect("built");
+    let first =
+        Proxies::build(&plan("127.0.0.1:9000"), &metrics, None, None, 2, None).expect("built");
     let live: Vec<Arc<LiveProxy>> = first
         .proxies
         .into_iter()
         .map(|p| LiveProxy::new(Arc::new(p)))
         .collect();
-    let second =
-        Proxies::build(&plan("127.0.0.1:9999"), &metrics, None, 2, Some(&live)).expect("built");
+    let second = Proxies::build(
+        &plan("127.0.0.1:9999"),
+        &metrics,
+        None,
+        None,
+        2,
+        Some(&live),
+    )
+    .expect("built");
     assert_eq!(second.proxies.len(), 2);
     for (w, (new, old)) in second.proxies.iter().zip(&live).enumerate() {
         let old = old.peek();

@@ -23,9 +23,10 @@ use super::slots::Slots;
 use super::upstream::{Upstream, UpstreamError};
 use super::{BoxError, ErrorChain, ProxyBody};
 use crate::abuse::AbuseEngine;
+use crate::access_log::{self, AccessLog, LoggedBody, Names, Record, TlsInfo};
 use crate::config::Plan;
 use crate::deny::DenyStore;
-use crate::jwt::{Verifier, VerifierConfig};
+use crate::jwt::{VerifiedToken, Verifier, VerifierConfig};
 use crate::metrics::{Metrics, Series};
 use bytes::Bytes;
 use http::header::HeaderName;
@@ -35,6 +36,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the server knows about a connection, shared by its requests.
 #[derive(Debug)]
@@ -51,6 +53,8 @@ pub struct ConnInfo {
     pub forwarding: Forwarding,
     /// Requests in progress, for closing the connection when it goes quiet.
     pub activity: Arc<Activity>,
+    /// The negotiated TLS version and ALPN (for the access log); `None` on plain HTTP.
+    pub tls: Option<TlsInfo>,
 }
 
 impl ConnInfo {
@@ -61,6 +65,7 @@ impl ConnInfo {
             trust_forwarded_for: false,
             forwarding: Forwarding::new(peer.ip(), tls),
             activity: Arc::new(Activity::new()),
+            tls: None,
         }
     }
 
@@ -96,7 +101,28 @@ pub struct Proxy {
     /// Requests in progress, all workers (`max_requests_in_flight`).
     requests: Arc<Slots>,
     abuse: Option<Arc<AbuseEngine>>,
+    /// The access log; also decides whether requests get an `X-Request-Id`.
+    access: Option<AccessLog>,
+    /// Route and upstream names for access log lines.
+    log_names: Arc<Names>,
 }
+
+/// What the request path learnt on its way, for the access log.
+#[derive(Default)]
+struct Trail {
+    token: Option<Arc<VerifiedToken>>,
+    upstream: Option<usize>,
+    server: Option<std::net::SocketAddr>,
+    upstream_time: Option<Duration>,
+    bytes_in: u64,
+    /// An `X-Request-Id` of ours for the upstream (set after the head checks, which count
+    /// the client's headers only).
+    set_id: Option<http::HeaderValue>,
+}
+
+/// The reason code of a refusal, carried on its response to the access log line.
+#[derive(Clone, Copy)]
+struct RefusalCode(&'static str);
 
 impl Proxy {
     /// `verifier` builds the token verifier from the plan's `[jwt]`: called once, and only
@@ -114,7 +140,9 @@ impl Proxy {
             .collect();
         let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
         let upstream_names: Vec<String> = plan.upstreams().iter().map(|u| u.name.clone()).collect();
-        let series = metrics.series(&route_names, &upstream_names);
+        let servers: Vec<Vec<std::net::SocketAddr>> =
+            plan.upstreams().iter().map(|u| u.servers.clone()).collect();
+        let series = metrics.series(&route_names, &upstream_names, &servers);
         let mut claim_header_names: Vec<HeaderName> = Vec::new();
         for name in routes.iter().flat_map(|r| r.claim_headers.names()) {
             if !claim_header_names.contains(name) {
@@ -122,6 +150,10 @@ impl Proxy {
             }
         }
         let listen = plan.listen.clone().unwrap_or_default();
+        let log_names = Arc::new(Names {
+            routes: routes.iter().map(|r| r.name.as_str().into()).collect(),
+            upstreams: upstreams.iter().map(|u| u.name().into()).collect(),
+        });
         Ok(Self {
             plan: Arc::clone(plan),
             routes,
@@ -135,6 +167,8 @@ impl Proxy {
             max_headers: listen.max_headers,
             requests: Slots::new(listen.max_requests_in_flight),
             abuse: None,
+            access: None,
+            log_names,
         })
     }
 
@@ -159,6 +193,8 @@ impl Proxy {
             max_headers: self.max_headers,
             requests: Arc::clone(&self.requests),
             abuse: self.abuse.clone(),
+            access: self.access.clone(),
+            log_names: Arc::clone(&self.log_names),
         }
     }
 
@@ -184,6 +220,16 @@ impl Proxy {
     /// The plan this proxy serves.
     pub fn plan(&self) -> &Arc<Plan> {
         &self.plan
+    }
+
+    /// Logs every request (and gives each an `X-Request-Id`) into `log`.
+    pub fn with_access_log(mut self, log: AccessLog) -> Self {
+        self.access = Some(log);
+        self
+    }
+
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access.as_ref()
     }
 
     /// Feeds the abuse engine with this proxy's signals, and closes banned sources'
@@ -222,6 +268,7 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let started = Instant::now();
         // What the request holds ends with the response (it goes into the upstream's
         // response body), or here.
         let mut end = ResponseEnd {
@@ -229,11 +276,20 @@ impl Proxy {
             ..ResponseEnd::default()
         };
         let client = conn.client_of(&req);
-        let banned = req
-            .extensions()
-            .get::<ForwardedClient>()
-            .is_some_and(|c| c.banned);
+        let forwarded = req.extensions().get::<ForwardedClient>();
+        let banned = forwarded.is_some_and(|c| c.banned);
+        let port = forwarded.is_none().then_some(conn.peer.port());
         let is_head = req.method() == http::Method::HEAD;
+        // With an access log: the request's id (sent upstream with it) and what the line
+        // needs of its head, taken before the request is consumed.
+        let logged = self.access.as_ref().map(|log| log_head(log, &req));
+        let mut trail = Trail {
+            set_id: logged
+                .as_ref()
+                .filter(|h| h.set_id)
+                .map(|h| h.request_id.clone()),
+            ..Trail::default()
+        };
         let (route, mut resp) = if banned {
             // A banned client behind a trusted proxy: the kernel sees only the proxy.
             (None, self.refuse(None, Refusal::Banned))
@@ -241,12 +297,13 @@ impl Proxy {
             (None, self.refuse(None, Refusal::AmbiguousFraming))
         } else if let Some(slot) = self.requests.try_take() {
             end.request_slot = Some(slot);
-            self.route_and_forward(&conn, req, end).await
+            self.route_and_forward(&conn, req, end, &mut trail).await
         } else {
             (None, self.refuse(None, Refusal::Overloaded))
         };
         let status = resp.status();
         self.series.request(route, status.as_u16());
+        self.series.request_duration(route, started.elapsed());
         // A banned client's refusals are not evidence again.
         if let Some(abuse) = self.abuse.as_ref().filter(|_| !banned) {
             abuse.request(client, status);
@@ -254,6 +311,36 @@ impl Proxy {
         if is_head {
             // A HEAD response has no body; our own refusals must not send one either.
             *resp.body_mut() = super::empty_body();
+        }
+        if let (Some(log), Some(head)) = (&self.access, logged) {
+            let record = Box::new(Record {
+                time: head.time,
+                request_id: head.request_id,
+                client,
+                port,
+                tls: conn.tls,
+                version: head.version,
+                method: head.method,
+                target: head.target,
+                status: status.as_u16(),
+                names: Arc::clone(&self.log_names),
+                route,
+                upstream: trail.upstream,
+                server: trail.server,
+                bytes_in: trail.bytes_in,
+                bytes_out: 0,
+                total: Duration::ZERO,
+                upstream_time: trail.upstream_time,
+                token: trail.token,
+                reason: resp.extensions().get::<RefusalCode>().map(|c| c.0),
+            });
+            resp.headers_mut().insert(
+                access_log::request_id::X_REQUEST_ID.clone(),
+                record.request_id.clone(),
+            );
+            resp = resp.map(|body| {
+                http_body_util::BodyExt::boxed(LoggedBody::new(body, record, log.clone(), started))
+            });
         }
         Ok(resp)
     }
@@ -263,6 +350,7 @@ impl Proxy {
         conn: &ConnInfo,
         req: Request<B>,
         end: ResponseEnd,
+        trail: &mut Trail,
     ) -> (Option<usize>, Response<ProxyBody>)
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -306,10 +394,16 @@ impl Proxy {
             host.as_deref(),
             token.as_deref(),
         );
+        trail.token = token;
         if let Err(r) = rewritten {
             return (Some(idx), self.refuse(Some(route), r));
         }
-        let resp = self.forward(route, parts, body, end).await;
+        if let Some(id) = trail.set_id.take() {
+            parts
+                .headers
+                .insert(access_log::request_id::X_REQUEST_ID.clone(), id);
+        }
+        let resp = self.forward(route, parts, body, end, trail).await;
         (Some(idx), resp)
     }
 
@@ -321,6 +415,7 @@ impl Proxy {
         parts: http::request::Parts,
         body: B,
         mut end: ResponseEnd,
+        trail: &mut Trail,
     ) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -329,9 +424,24 @@ impl Proxy {
         let (body, progress) =
             request_body::forwarded(body, self.max_body_bytes, self.body_timeout);
         // Routes and upstreams come from one plan, whose ids always index its upstreams.
-        let upstream = &self.upstreams[route.upstream.index()];
+        let index = route.upstream.index();
+        let upstream = &self.upstreams[index];
         end.leftover = progress.leftover();
-        let sent = upstream.send(Request::from_parts(parts, body), end).await;
+        let mut picked = None;
+        let sending = Instant::now();
+        let sent = upstream
+            .send(Request::from_parts(parts, body), end, &mut picked)
+            .await;
+        trail.upstream = Some(index);
+        trail.bytes_in = progress.received();
+        if let Some((server, addr)) = picked {
+            trail.server = Some(addr);
+            if sent.is_ok() {
+                let took = sending.elapsed();
+                self.series.upstream_duration(index, server, took);
+                trail.upstream_time = Some(took);
+            }
+        }
         match sent {
             Ok(mut resp) => {
                 outbound::strip_hop_by_hop(resp.headers_mut());
@@ -356,8 +466,41 @@ impl Proxy {
         if let (Refusal::Upstream(kind), Some(route)) = (&refusal, route) {
             self.series.upstream_error(route.upstream.index(), *kind);
         }
-        refusal.into_response()
+        let code = self.access.as_ref().map(|_| {
+            refusal
+                .denial_reason()
+                .map_or_else(|| refusal.code(), |r| r.as_str())
+        });
+        let mut resp = refusal.into_response();
+        if let Some(code) = code {
+            resp.extensions_mut().insert(RefusalCode(code));
+        }
+        resp
     }
+}
+
+/// The request's id (taken or made) and what its access log line needs of the head.
+fn log_head<B>(log: &AccessLog, req: &Request<B>) -> LoggedHead {
+    let (request_id, set_id) = log.request_id(req.headers());
+    LoggedHead {
+        time: SystemTime::now(),
+        request_id,
+        set_id,
+        version: req.version(),
+        method: req.method().clone(),
+        target: log.target(req.uri(), req.headers().get(http::header::HOST)),
+    }
+}
+
+/// What an access log line needs of a request's head.
+struct LoggedHead {
+    time: SystemTime,
+    request_id: http::HeaderValue,
+    /// `request_id` is ours: the upstream must get it instead of what the client sent.
+    set_id: bool,
+    version: http::Version,
+    method: http::Method,
+    target: access_log::Target,
 }
 
 /// Why an upstream exchange failed, logged: the client's body (`fault`), or the upstream.

@@ -717,3 +717,4 @@ async fn an_ambiguously_framed_upstream_answer_is_a_502() {
         Some("1")
     );
 }
+mod access;

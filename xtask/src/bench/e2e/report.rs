@@ -14,6 +14,7 @@ pub(super) fn render(
     series: &[Series],
     probes: &(Vec<Probe>, Vec<Probe>),
     opts: &Opts,
+    access_log: (u64, f64),
     verdicts: &mut Vec<(String, bool)>,
 ) -> String {
     let mut md = format!(
@@ -72,6 +73,7 @@ pub(super) fn render(
             util::median(&vals(&se.theirs, |r| r.rps)).map_or("–".into(), |v| format!("{v:.0}")),
         );
     }
+    md += &access_log_table(list, series, access_log, verdicts);
     // The probe.
     let (o, t) = probes;
     let cpu_o: Vec<f64> = o.iter().map(|p| p.us_per_req).collect();
@@ -129,5 +131,55 @@ pub(super) fn render(
            requests miss (\"our cache hits\" is measured from the gateway's /metrics); HAProxy has no \
            cache, so for it every scenario is a full verify. ES256 sends one repeated token, so \
            ours is a cache hit there. errors = socket errors + responses of the wrong status class.\n";
+    md
+}
+
+/// Our gateway with the access log off and on (written to a file), interleaved in the same
+/// rounds: its cost per request.
+fn access_log_table(
+    list: &[Scenario],
+    series: &[Series],
+    (lines, dropped): (u64, f64),
+    verdicts: &mut Vec<(String, bool)>,
+) -> String {
+    let mut md = String::from(
+        "\n**Access log cost** (our gateway and its twin with `[log] access` = a file, same \
+         rounds, interleaved: ours → ours with the log → HAProxy):\n\n\
+         | scenario | log off µs CPU/req | log on µs CPU/req | on ÷ off | target | log off rps | log on rps |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (sc, se) in list.iter().zip(series) {
+        if se.logged.is_empty() {
+            continue;
+        }
+        let off = vals(&se.ours, |r| r.us_per_req);
+        let on = vals(&se.logged, |r| r.us_per_req);
+        let ratio = match (util::median(&on), util::median(&off)) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let ok = ratio.is_some_and(|r| r <= 1.05);
+        verdicts.push((
+            format!(
+                "{}: access log CPU/req on ÷ off {} ≤ 1.05",
+                sc.key,
+                ratio.map_or("–".into(), |r| format!("{r:.3}"))
+            ),
+            ok,
+        ));
+        md += &format!(
+            "| {} | {} | {} | {} | ≤ 1.05 {} | {} | {} |\n",
+            sc.what,
+            util::med_spread(&off, 1),
+            util::med_spread(&on, 1),
+            ratio.map_or("–".into(), |r| format!("**{r:.3}**")),
+            if ok { "✓" } else { "✗" },
+            util::median(&vals(&se.ours, |r| r.rps)).map_or("–".into(), |v| format!("{v:.0}")),
+            util::median(&vals(&se.logged, |r| r.rps)).map_or("–".into(), |v| format!("{v:.0}")),
+        );
+    }
+    md += &format!(
+        "\nLines written: {lines}; dropped by the gateway (`gateway_access_log_dropped_total`): {dropped:.0}.\n"
+    );
     md
 }
