@@ -95,7 +95,11 @@ pub struct SourceStats {
     /// a packet costs one lookup here instead of three. Valid while `cached_gen` equals the
     /// `GENERATION` map's value and, when `cached_until_ns` is not 0, until that time.
     pub cached_class: u32,
-    pub _pad: u32,
+    /// Drops of this source not yet added to its deny entry's `hits`. The drop path adds
+    /// them in one write when the coarse clock has ticked since the source's previous packet
+    /// (so a source sending slower than one packet per tick adds each drop at once) and
+    /// before the source is classified again; a flood thus costs no deny-map lookup.
+    pub pending_hits: u32,
     pub cached_gen: u64,
     pub cached_until_ns: u64,
 }

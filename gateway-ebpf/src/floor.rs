@@ -1,12 +1,17 @@
-//! Reference programs for the data-plane benchmark, run through the same test-run harness:
-//! `floor_pass` only returns XDP_PASS (the harness's own cost), `floor_lookup` does nothing
-//! but one hash-map lookup keyed by 16 packet bytes (the cost of any per-source state).
-//! Not loaded by the gateway.
+//! Reference programs for the data-plane benchmarks, not loaded by the gateway.
+//!
+//! Through the test-run harness: `floor_pass` only returns XDP_PASS (the harness's own
+//! cost), `floor_lookup` does nothing but one hash-map lookup keyed by 16 packet bytes (the
+//! cost of any per-source state). On the live-frames path: `floor_drop` only returns
+//! XDP_DROP (the least a receiving program can cost), and `live_gen` is the traffic
+//! generator, run with `BPF_F_TEST_XDP_LIVE_FRAMES`, redirecting every frame out of the
+//! interface whose index the loader writes into `LIVE_GEN_IFINDEX`.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_redirect,
     macros::{map, xdp},
     maps::HashMap,
     programs::XdpContext,
@@ -18,6 +23,24 @@ static FLOOR_MAP: HashMap<[u8; 16], u64> = HashMap::with_max_entries(1024, 0);
 #[xdp]
 pub fn floor_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn floor_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// The interface `live_gen` sends to; set at load time (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static LIVE_GEN_IFINDEX: u32 = 0;
+
+#[xdp]
+pub fn live_gen(_ctx: XdpContext) -> u32 {
+    // SAFETY: a read of a global the loader initialised; volatile so that the compiler does
+    // not fold in the 0 it was declared with.
+    let ifindex = unsafe { core::ptr::read_volatile(&LIVE_GEN_IFINDEX) };
+    // SAFETY: the helper only queues the frame for the interface; flags must be 0.
+    unsafe { bpf_redirect(ifindex, 0) as u32 }
 }
 
 #[xdp]

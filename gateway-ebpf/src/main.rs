@@ -9,7 +9,9 @@
 //!
 //! Per-source and per-entry counters use plain adds: a locked add per counter would cost more
 //! than the rest of the path, and two CPUs updating one source at the same instant lose at
-//! most a count. The global totals are per-CPU and exact.
+//! most a count. The global totals are per-CPU and exact. A drop adds to its deny entry's
+//! `hits` at most once per clock tick per source (see `SourceStats::pending_hits`), so a
+//! flood's drops cost one map lookup, the source's.
 #![no_std]
 #![no_main]
 
@@ -151,21 +153,26 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
         // Only if the LRU map refused an insert; classify without remembering.
         let mut scratch = SourceStats::default();
         classify(&mut scratch, &pkt.src, now, generation);
-        return apply_class(&mut scratch, &pkt.src, totals);
+        return apply_class(&mut scratch, &pkt.src, totals, true);
     };
     stats.packets += 1;
     stats.bytes += len;
     if pkt.syn {
         stats.syns += 1;
     }
+    // A new clock tick since the source's previous packet: time to add pending hits.
+    let mut flush = stats.last_seen_ns != now;
     stats.last_seen_ns = now;
     if created
         || stats.cached_gen != generation
         || (stats.cached_until_ns != 0 && now >= stats.cached_until_ns)
     {
+        // The pending hits belong to the entry of the class about to be replaced.
+        flush_hits(stats, &pkt.src);
         classify(stats, &pkt.src, now, generation);
+        flush = true;
     }
-    let verdict = apply_class(stats, &pkt.src, totals);
+    let verdict = apply_class(stats, &pkt.src, totals, flush);
     if verdict == Verdict::Drop || stats.cached_class == class::ALLOWED {
         return verdict;
     }
@@ -218,44 +225,31 @@ fn classify(stats: &mut SourceStats, src: &SourceKey, now: u64, generation: u64)
     };
 }
 
-/// Counts and decides by the cached class. Drops look the entry up once more to count its
-/// hits; passing packets cost no list lookup at all.
+/// Counts and decides by the cached class. A drop adds to the source's pending hits, and
+/// only when `flush` looks its entry up to add them; passing packets cost no list lookup.
 #[inline(always)]
 fn apply_class(
     stats: &mut SourceStats,
     src: &SourceKey,
     totals: &mut [u64; counter::COUNT as usize],
+    flush: bool,
 ) -> Verdict {
     match stats.cached_class {
         class::ALLOWED => {
             totals[counter::ALLOWED as usize] += 1;
             Verdict::Pass
         }
-        class::DENY_EXACT => {
-            if let Some(entry) = DENY.get_ptr_mut(src) {
-                // SAFETY: a value pointer from a successful lookup, valid for this run.
-                unsafe { (*entry).hits += 1 };
-            }
+        class::DENY_EXACT | class::DENY_CIDR => {
             stats.drops_deny += 1;
-            totals[counter::DROP_DENY as usize] += 1;
-            Verdict::Drop
-        }
-        class::DENY_CIDR => {
-            let prefix = Key::new(128, *src);
-            // SAFETY: the map pointer is the map definition the loader relocated; the
-            // helper returns a pointer to the value or null.
-            let entry = unsafe {
-                bpf_map_lookup_elem(
-                    &DENY_CIDR as *const _ as *mut c_void,
-                    &prefix as *const _ as *const c_void,
-                )
-            } as *mut DenyEntry;
-            if !entry.is_null() {
-                // SAFETY: non-null value pointer from the lookup, valid for this run.
-                unsafe { (*entry).hits += 1 };
+            stats.pending_hits += 1;
+            if flush {
+                flush_hits(stats, src);
             }
-            stats.drops_deny += 1;
-            totals[counter::DROP_DENY_CIDR as usize] += 1;
+            totals[if stats.cached_class == class::DENY_EXACT {
+                counter::DROP_DENY
+            } else {
+                counter::DROP_DENY_CIDR
+            } as usize] += 1;
             Verdict::Drop
         }
         class::PASS_EXPIRED => {
@@ -264,6 +258,36 @@ fn apply_class(
         }
         _ => Verdict::Pass,
     }
+}
+
+/// Adds the source's pending hits to the deny entry of its cached class (if it still
+/// exists).
+#[inline(always)]
+fn flush_hits(stats: &mut SourceStats, src: &SourceKey) {
+    if stats.pending_hits == 0 {
+        return;
+    }
+    let entry = match stats.cached_class {
+        class::DENY_EXACT => DENY.get_ptr_mut(src),
+        class::DENY_CIDR => {
+            let prefix = Key::new(128, *src);
+            // SAFETY: the map pointer is the map definition the loader relocated; the
+            // helper returns a pointer to the value or null.
+            let p = unsafe {
+                bpf_map_lookup_elem(
+                    &DENY_CIDR as *const _ as *mut c_void,
+                    &prefix as *const _ as *const c_void,
+                )
+            } as *mut DenyEntry;
+            (!p.is_null()).then_some(p)
+        }
+        _ => None,
+    };
+    if let Some(entry) = entry {
+        // SAFETY: a non-null value pointer from a lookup, valid for this program run.
+        unsafe { (*entry).hits += u64::from(stats.pending_hits) };
+    }
+    stats.pending_hits = 0;
 }
 
 #[inline(always)]

@@ -209,3 +209,19 @@ impl TestNet {
         self.fs.pin_path().display().to_string()
     }
 }
+
+/// Starts a thread that has entered namespace `ns` and runs `f` there: for long-lived
+/// workers (a benchmark's traffic generator) that [`in_netns`] would block on.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).with_context(|| format!("cannot open {path}"))?;
+    let ns = ns.to_owned();
+    Ok(std::thread::spawn(move || -> Result<T> {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns into {ns}"))?;
+        Ok(f())
+    }))
+}

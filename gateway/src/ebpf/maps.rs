@@ -11,7 +11,7 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use gateway_common::{
-    counter, limits, map_name, origin, AllowEntry, DataPlaneConfig, DenyEntry, SourceKey,
+    class, counter, limits, map_name, origin, AllowEntry, DataPlaneConfig, DenyEntry, SourceKey,
     SourceStats, Totals,
 };
 use ipnet::IpNet;
@@ -306,8 +306,18 @@ impl PinnedMaps {
     }
 
     /// The deny entry for exactly this target, if any (for a prefix, that exact prefix, not
-    /// the longest match an LPM lookup would return).
+    /// the longest match an LPM lookup would return). Hits as [`Self::deny_list`] counts them.
     pub fn find_deny(&self, target: &Target) -> Result<Option<DenyEntry>, MapsError> {
+        let mut entry = self.find_deny_as_stored(target)?;
+        if let (Some(e), Target::Addr(a)) = (&mut entry, target) {
+            e.hits += self.pending_hits(&addr::key_of(*a));
+        }
+        Ok(entry)
+    }
+
+    /// [`Self::find_deny`] with the hits as the map holds them: what to carry over when an
+    /// entry is rewritten, since the kernel adds the pending ones to the new entry.
+    fn find_deny_as_stored(&self, target: &Target) -> Result<Option<DenyEntry>, MapsError> {
         let Target::Addr(a) = target else {
             return Ok(self
                 .deny_list()?
@@ -322,11 +332,24 @@ impl PinnedMaps {
         }
     }
 
-    /// Every deny entry, exact addresses first, each group in address order.
+    /// Drops of an exactly denied source that the kernel has not yet added to its entry's
+    /// hits (see `SourceStats::pending_hits`): at most the drops of the clock tick of its
+    /// latest packet. CIDR entries are not completed this way (it would take a scan of every
+    /// source), so their hits may lag by that much per source.
+    fn pending_hits(&self, key: &SourceKey) -> u64 {
+        match self.sources.get(key, 0) {
+            Ok(s) if s.cached_class == class::DENY_EXACT => u64::from(s.pending_hits),
+            _ => 0,
+        }
+    }
+
+    /// Every deny entry, exact addresses first, each group in address order. An exact
+    /// entry's hits include its source's pending drops.
     pub fn deny_list(&self) -> Result<Vec<DenyRecord>, MapsError> {
         let mut out = Vec::new();
         for item in self.deny.iter() {
-            let (key, entry) = item.map_err(op("iterate", map_name::DENY))?;
+            let (key, mut entry) = item.map_err(op("iterate", map_name::DENY))?;
+            entry.hits += self.pending_hits(&key);
             out.push(DenyRecord {
                 target: Target::Addr(addr::addr_of(&key)),
                 entry,
@@ -361,7 +384,7 @@ impl PinnedMaps {
             self.remove_deny(t)?;
         }
         for t in nets {
-            let hits = match self.find_deny(t)? {
+            let hits = match self.find_deny_as_stored(t)? {
                 Some(e) if e.origin == origin::CONFIG => e.hits,
                 _ => 0,
             };

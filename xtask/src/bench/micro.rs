@@ -1,5 +1,6 @@
-//! Section 1 and 2: the criterion benchmarks of the gateway crate (`jwt`, `dataplane`), read
-//! back from `target/criterion/**/new/estimates.json` (median point estimate, ns).
+//! Section 1 and 2: the criterion benchmarks of the gateway crate (`jwt`, `dataplane`,
+//! `xdp_live`), read back from `target/criterion/**/new/estimates.json` (median point
+//! estimate, ns).
 
 use std::path::{Path, PathBuf};
 
@@ -123,6 +124,53 @@ pub fn dataplane(ctx: &Ctx) -> Result<String> {
             fmt(v),
             ratio(v, floor),
             ratio(v, lookup)
+        );
+    }
+    md += "\n";
+    md += &live(ctx)?;
+    Ok(md)
+}
+
+/// The live-frames path (`gateway/benches/xdp_live.rs`): ns per received frame with the
+/// generator's own cost subtracted, against the bare XDP_DROP and nftables.
+fn live(ctx: &Ctx) -> Result<String> {
+    run_bench(ctx, "xdp_live", if ctx.quick { 1 } else { 3 })?;
+    let dir = criterion_dir(&ctx.root).join("xdp_live");
+    let gen = median_ns(&dir, "generator_alone");
+    let net = |id: &str| match (median_ns(&dir, id), gen) {
+        (Some(v), Some(g)) => Some(v - g),
+        _ => None,
+    };
+    let bare = net("bare_xdp_drop");
+    let ours = net("gateway_xdp_deny");
+    let mut md = format!(
+        "### Drop per packet on the live-frames path (criterion, `gateway/benches/xdp_live.rs`)\n\n\
+         Frames sent with `BPF_PROG_TEST_RUN` in live-frames mode, redirected out of one end of \
+         a veth pair, so the other end's XDP program runs before any skb exists. Generator alone \
+         (frames to a veth whose peer is down): {} ns per frame, subtracted below.\n\n\
+         | receiver | ns/received frame | × bare XDP_DROP | × our XDP deny |\n\
+         | --- | ---: | ---: | ---: |\n",
+        fmt(gen)
+    );
+    for (id, label) in [
+        ("bare_xdp_drop", "bare `XDP_DROP`"),
+        ("gateway_xdp_deny", "gateway XDP, deny hit"),
+        (
+            "nft_netdev_ingress",
+            "`XDP_PASS` + nftables netdev ingress drop",
+        ),
+        (
+            "nft_inet_prerouting",
+            "`XDP_PASS` + nftables inet prerouting drop",
+        ),
+        ("gateway_tc_deny", "`XDP_PASS` + gateway TC, deny hit"),
+    ] {
+        let v = net(id);
+        md += &format!(
+            "| {label} | {} | {} | {} |\n",
+            fmt(v),
+            ratio(v, bare),
+            ratio(v, ours)
         );
     }
     Ok(md)
