@@ -81,11 +81,20 @@ fn decode_strict(t: &[u8; 256], input: &[u8], out: &mut [u8]) -> Result<usize, B
     let mut chunks_in = input.chunks_exact(4);
     let mut pos = 0usize;
     for (o, c) in (&mut chunks_out).zip(&mut chunks_in) {
-        let w = (sextet(t, c, 0).map_err(|e| shift(e, pos))? << 18)
-            | (sextet(t, c, 1).map_err(|e| shift(e, pos))? << 12)
-            | (sextet(t, c, 2).map_err(|e| shift(e, pos))? << 6)
-            | sextet(t, c, 3).map_err(|e| shift(e, pos))?;
-        o.copy_from_slice(&w.to_be_bytes()[1..]);
+        let &[a, b, c2, d] = c else {
+            return Err(B64Error::InvalidLength);
+        };
+        let [a, b, c2, d] = [a, b, c2, d].map(|x| t[usize::from(x)]);
+        // INVALID has the top bit set, which no sextet has: one test for the four.
+        if (a | b | c2 | d) & 0x80 != 0 {
+            let first_bad = [a, b, c2, d].iter().position(|&v| v == INVALID);
+            return Err(B64Error::InvalidByte(pos + first_bad.unwrap_or(0)));
+        }
+        if let [o0, o1, o2] = o {
+            *o0 = (a << 2) | (b >> 4);
+            *o1 = (b << 4) | (c2 >> 2);
+            *o2 = (c2 << 6) | d;
+        }
         pos += 4;
     }
     let rest = chunks_in.remainder();

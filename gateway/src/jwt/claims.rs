@@ -1,7 +1,7 @@
 //! Registered-claim checks (RFC 7519 §4.1): exp, nbf, iat with leeway; iss; aud; required names.
 
 use super::error::ClaimsError;
-use serde_json::{Map, Value};
+use super::scan::{Aud, Num, RawClaims, Str};
 
 /// The NumericDates of a verified token, normalised to whole seconds. Fractions round in the
 /// strict direction: `exp` down, `nbf`/`iat` up.
@@ -18,25 +18,14 @@ pub struct Times {
 /// 2^63 as f64; the first float outside the i64 range.
 const I64_END: f64 = 9_223_372_036_854_775_808.0;
 
-fn numeric_date(
-    claims: &Map<String, Value>,
-    name: &'static str,
-    round_up: bool,
-) -> Result<Option<i64>, ClaimsError> {
-    let Some(v) = claims.get(name) else {
-        return Ok(None);
+fn numeric_date(n: Num, name: &'static str, round_up: bool) -> Result<Option<i64>, ClaimsError> {
+    let f = match n {
+        Num::Absent => return Ok(None),
+        Num::Int(i) => return Ok(Some(i)),
+        // Above i64::MAX, or not a number.
+        Num::BigInt | Num::Other => return Err(ClaimsError::BadNumericDate(name)),
+        Num::Float(f) => f,
     };
-    let Value::Number(n) = v else {
-        return Err(ClaimsError::BadNumericDate(name));
-    };
-    if let Some(i) = n.as_i64() {
-        return Ok(Some(i));
-    }
-    if n.is_u64() {
-        // Above i64::MAX.
-        return Err(ClaimsError::BadNumericDate(name));
-    }
-    let f = n.as_f64().ok_or(ClaimsError::BadNumericDate(name))?;
     let r = if round_up { f.ceil() } else { f.floor() };
     if !r.is_finite() || !(-I64_END..I64_END).contains(&r) {
         return Err(ClaimsError::BadNumericDate(name));
@@ -46,11 +35,11 @@ fn numeric_date(
 }
 
 /// Reads and type-checks `exp`, `nbf` and `iat`.
-pub fn times(claims: &Map<String, Value>) -> Result<Times, ClaimsError> {
+pub fn times(claims: &RawClaims<'_>) -> Result<Times, ClaimsError> {
     Ok(Times {
-        exp: numeric_date(claims, "exp", false)?,
-        nbf: numeric_date(claims, "nbf", true)?,
-        iat: numeric_date(claims, "iat", true)?,
+        exp: numeric_date(claims.exp, "exp", false)?,
+        nbf: numeric_date(claims.nbf, "nbf", true)?,
+        iat: numeric_date(claims.iat, "iat", true)?,
     })
 }
 
@@ -95,46 +84,39 @@ pub struct ClaimsPolicy {
 
 impl ClaimsPolicy {
     /// Runs every claim check in a fixed order (so the reason code is deterministic):
-    /// NumericDate types, exp presence, times, iss, aud, required claims.
-    pub fn check(&self, claims: &Map<String, Value>, now: i64) -> Result<Times, ClaimsError> {
+    /// NumericDate types, exp presence, times, iss, aud, required claims. `claims` must have
+    /// been read with this policy's `required` names ([`super::scan::claims`]).
+    pub fn check(&self, claims: &RawClaims<'_>, now: i64) -> Result<Times, ClaimsError> {
         let t = times(claims)?;
         if self.require_exp && t.exp.is_none() {
             return Err(ClaimsError::Missing("exp".into()));
         }
         check_times(&t, now, self.leeway)?;
         if !self.issuers.is_empty() {
-            match claims.get("iss") {
-                None => return Err(ClaimsError::Missing("iss".into())),
-                Some(Value::String(iss)) => {
+            match &claims.iss {
+                Str::Absent => return Err(ClaimsError::Missing("iss".into())),
+                Str::Text(iss) => {
                     if !self.issuers.iter().any(|i| i == iss) {
                         return Err(ClaimsError::BadIssuer);
                     }
                 }
-                Some(_) => return Err(ClaimsError::BadType("iss")),
+                Str::Other => return Err(ClaimsError::BadType("iss")),
             }
         }
         if !self.audiences.is_empty() {
-            let ok = match claims.get("aud") {
-                None => return Err(ClaimsError::Missing("aud".into())),
-                Some(Value::String(a)) => self.audiences.iter().any(|x| x == a),
-                Some(Value::Array(items)) => {
-                    let mut found = false;
-                    for item in items {
-                        let Value::String(a) = item else {
-                            return Err(ClaimsError::BadType("aud"));
-                        };
-                        found |= self.audiences.iter().any(|x| x == a);
-                    }
-                    found
-                }
-                Some(_) => return Err(ClaimsError::BadType("aud")),
+            let accepted = |a: &str| self.audiences.iter().any(|x| x == a);
+            let ok = match &claims.aud {
+                Aud::Absent => return Err(ClaimsError::Missing("aud".into())),
+                Aud::One(a) => accepted(a),
+                Aud::Many(items) => items.iter().any(accepted),
+                Aud::BadType => return Err(ClaimsError::BadType("aud")),
             };
             if !ok {
                 return Err(ClaimsError::BadAudience);
             }
         }
-        for name in &self.required {
-            if !claims.contains_key(name) {
+        for (i, name) in self.required.iter().enumerate() {
+            if !claims.has_required(i) {
                 return Err(ClaimsError::Missing(name.clone()));
             }
         }
@@ -144,19 +126,19 @@ impl ClaimsPolicy {
 
 #[cfg(test)]
 mod tests {
+    use super::super::scan;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        }
+    /// Reads `v` as the verifier does, then runs `f` on it.
+    fn with<R>(v: &Value, required: &[String], f: impl FnOnce(&RawClaims<'_>) -> R) -> R {
+        let text = v.to_string();
+        f(&scan::claims(text.as_bytes(), required).unwrap())
     }
 
     #[test]
     fn numeric_dates() {
-        let t = times(&obj(json!({"exp": 10.9, "nbf": 1.1, "iat": -5}))).unwrap();
+        let t = with(&json!({"exp": 10.9, "nbf": 1.1, "iat": -5}), &[], times).unwrap();
         assert_eq!(t.exp, Some(10));
         assert_eq!(t.nbf, Some(2));
         assert_eq!(t.iat, Some(-5));
@@ -168,9 +150,27 @@ mod tests {
             json!({"iat": null}),
             json!({"exp": true}),
         ] {
-            assert!(times(&obj(bad)).is_err());
+            assert!(with(&bad, &[], times).is_err(), "{bad}");
         }
-        assert!(times(&obj(json!({"exp": i64::MAX, "nbf": i64::MIN}))).is_ok());
+        let extreme = json!({"exp": i64::MAX, "nbf": i64::MIN});
+        assert!(with(&extreme, &[], times).is_ok());
+        // Integers beyond u64 and exponents arrive as floats: in range they round, strictly.
+        let t = with(
+            &serde_json::from_str(r#"{"exp":1e3,"nbf":0.5e1,"iat":-0.5}"#).unwrap(),
+            &[],
+            times,
+        );
+        assert_eq!(
+            t,
+            Ok(Times {
+                exp: Some(1000),
+                nbf: Some(5),
+                iat: Some(0)
+            })
+        );
+        let huge = r#"{"exp":123456789012345678901234567890}"#;
+        let c = scan::claims(huge.as_bytes(), &[]).unwrap();
+        assert_eq!(times(&c), Err(ClaimsError::BadNumericDate("exp")));
     }
 
     #[test]
@@ -204,21 +204,55 @@ mod tests {
             leeway: 0,
             required: vec!["sub".into()],
         };
-        let ok = obj(json!({"iss":"https://i","aud":["x","api"],"exp":10,"sub":"u"}));
-        assert!(p.check(&ok, 5).is_ok());
-        let mut m = ok.clone();
-        m.insert("aud".into(), json!("x"));
-        assert_eq!(p.check(&m, 5), Err(ClaimsError::BadAudience));
-        m.insert("aud".into(), json!([]));
-        assert_eq!(p.check(&m, 5), Err(ClaimsError::BadAudience));
-        let mut m = ok.clone();
-        m.insert("iss".into(), json!("https://I"));
-        assert_eq!(p.check(&m, 5), Err(ClaimsError::BadIssuer));
-        let mut m = ok.clone();
-        m.remove("sub");
-        assert_eq!(p.check(&m, 5), Err(ClaimsError::Missing("sub".into())));
-        let mut m = ok;
-        m.remove("exp");
-        assert_eq!(p.check(&m, 5), Err(ClaimsError::Missing("exp".into())));
+        let req = &p.required;
+        let check = |v: Value| with(&v, req, |c| p.check(c, 5));
+        let ok = json!({"iss":"https://i","aud":["x","api"],"exp":10,"sub":"u"});
+        assert!(check(ok.clone()).is_ok());
+        let set = |name: &str, v: Option<Value>| {
+            let mut m = ok.clone();
+            if let Some(obj) = m.as_object_mut() {
+                match v {
+                    Some(v) => obj.insert(name.into(), v),
+                    None => obj.remove(name),
+                };
+            }
+            m
+        };
+        let bad_aud = Err(ClaimsError::BadAudience);
+        assert_eq!(check(set("aud", Some(json!("x")))), bad_aud);
+        assert_eq!(check(set("aud", Some(json!([])))), bad_aud);
+        assert!(check(set("aud", Some(json!("api")))).is_ok());
+        assert!(check(set("aud", Some(json!(["a", "b", "c", "d", "e", "api"])))).is_ok());
+        let bad_type = Err(ClaimsError::BadType("aud"));
+        assert_eq!(check(set("aud", Some(json!(["api", 1])))), bad_type);
+        assert_eq!(check(set("aud", Some(json!({"api": 1})))), bad_type);
+        assert_eq!(check(set("aud", Some(json!(null)))), bad_type);
+        let missing_aud = Err(ClaimsError::Missing("aud".into()));
+        assert_eq!(check(set("aud", None)), missing_aud);
+        assert_eq!(
+            check(set("iss", Some(json!("https://I")))),
+            Err(ClaimsError::BadIssuer)
+        );
+        assert_eq!(
+            check(set("iss", Some(json!(["https://i"])))),
+            Err(ClaimsError::BadType("iss"))
+        );
+        assert_eq!(
+            check(set("iss", None)),
+            Err(ClaimsError::Missing("iss".into()))
+        );
+        assert_eq!(
+            check(set("sub", None)),
+            Err(ClaimsError::Missing("sub".into()))
+        );
+        assert!(check(set("sub", Some(json!(null)))).is_ok());
+        assert_eq!(
+            check(set("exp", None)),
+            Err(ClaimsError::Missing("exp".into()))
+        );
+        // Escaped strings compare by their value.
+        let escaped = r#"{"iss":"https:\/\/i","aud":"\u0061pi","exp":10,"sub":"u"}"#;
+        let c = scan::claims(escaped.as_bytes(), req).unwrap();
+        assert!(p.check(&c, 5).is_ok());
     }
 }

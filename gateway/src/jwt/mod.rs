@@ -30,6 +30,7 @@ mod claims;
 mod config;
 mod error;
 pub mod json;
+mod scan;
 mod sign;
 mod token;
 mod verifier;

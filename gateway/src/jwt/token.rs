@@ -4,7 +4,9 @@ use super::alg::Algorithm;
 use super::b64;
 use super::error::{ParseError, Rejection, Segment};
 use super::json;
+use super::scan::{self, Crit, RawHeader, Str};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// Default maximum token length in bytes (checked before any decoding).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -47,52 +49,61 @@ pub fn split(token: &str, max_len: usize) -> Result<Parts<'_>, ParseError> {
     })
 }
 
-/// A decoded, checked protected header.
+/// A checked protected header, borrowing its strings from the decoded JSON.
+///
+/// `jku`, `x5u`, `jwk` and `x5c` are deliberately ignored: keys come only from the key
+/// store, never from the token.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Header {
+pub struct Header<'a> {
     alg: Algorithm,
-    map: Map<String, Value>,
+    kid: Option<Cow<'a, str>>,
+    typ: Option<Cow<'a, str>>,
 }
 
-impl Header {
-    /// Validates the registered parameters of a decoded header object.
-    ///
-    /// `jku`, `x5u`, `jwk` and `x5c` are deliberately ignored: keys come only from the key
-    /// store, never from the token.
-    pub fn from_map(map: Map<String, Value>) -> Result<Self, Rejection> {
-        let alg = match map.get("alg") {
-            None => return Err(ParseError::MissingAlg.into()),
-            Some(Value::String(s)) => match Algorithm::from_name(s) {
+impl<'a> Header<'a> {
+    /// Reads and checks a decoded header (strict JSON, `alg` known and not `none`, `kid`,
+    /// `typ`, `cty` strings, no `crit`).
+    pub fn parse(json: &'a [u8]) -> Result<Self, Rejection> {
+        let raw = scan::header(json).map_err(|e| ParseError::Json(Segment::Header, e))?;
+        Self::check(raw)
+    }
+
+    fn check(h: RawHeader<'a>) -> Result<Self, Rejection> {
+        let alg = match &h.alg {
+            Str::Absent => return Err(ParseError::MissingAlg.into()),
+            Str::Text(s) => match Algorithm::from_name(s) {
                 Some(a) => a,
                 None if s.eq_ignore_ascii_case("none") => {
                     return Err(Rejection::AlgNotAllowed("none".into()))
                 }
                 None => return Err(Rejection::AlgNotAllowed(truncate(s))),
             },
-            Some(_) => return Err(ParseError::HeaderType("alg").into()),
+            Str::Other => return Err(ParseError::HeaderType("alg").into()),
         };
-        for name in ["kid", "typ", "cty"] {
-            if let Some(v) = map.get(name) {
-                if !v.is_string() {
-                    return Err(ParseError::HeaderType(name).into());
-                }
+        for (name, v) in [("kid", &h.kid), ("typ", &h.typ), ("cty", &h.cty)] {
+            if *v == Str::Other {
+                return Err(ParseError::HeaderType(name).into());
             }
         }
-        if let Some(crit) = map.get("crit") {
+        match h.crit {
+            Crit::Absent => {}
             // RFC 7515 §4.1.11: a non-empty array of names; we understand no extension.
-            let Value::Array(items) = crit else {
-                return Err(ParseError::HeaderType("crit").into());
-            };
-            let Some(first) = items.first() else {
-                return Err(ParseError::HeaderType("crit").into());
-            };
-            return Err(match first {
-                Value::String(s) => ParseError::UnsupportedCrit(truncate(s)),
-                _ => ParseError::HeaderType("crit"),
+            Crit::First(Str::Text(s)) => {
+                return Err(ParseError::UnsupportedCrit(truncate(&s)).into())
             }
-            .into());
+            Crit::NotArray | Crit::Empty | Crit::First(_) => {
+                return Err(ParseError::HeaderType("crit").into())
+            }
         }
-        Ok(Header { alg, map })
+        let string = |v: Str<'a>| match v {
+            Str::Text(s) => Some(s),
+            _ => None,
+        };
+        Ok(Header {
+            alg,
+            kid: string(h.kid),
+            typ: string(h.typ),
+        })
     }
 
     /// The algorithm the token claims (still to be matched against the key's binding).
@@ -101,19 +112,19 @@ impl Header {
     }
     /// The key id, an opaque lookup string.
     pub fn kid(&self) -> Option<&str> {
-        self.map.get("kid").and_then(Value::as_str)
+        self.kid.as_deref()
     }
     /// The declared media type.
     pub fn typ(&self) -> Option<&str> {
-        self.map.get("typ").and_then(Value::as_str)
+        self.typ.as_deref()
     }
-    /// All header parameters as decoded.
-    pub fn as_map(&self) -> &Map<String, Value> {
-        &self.map
-    }
-    /// Consumes the header, returning its parameters.
-    pub fn into_map(self) -> Map<String, Value> {
-        self.map
+    /// The same header, owning its strings.
+    pub fn into_owned(self) -> Header<'static> {
+        Header {
+            alg: self.alg,
+            kid: self.kid.map(|k| Cow::Owned(k.into_owned())),
+            typ: self.typ.map(|t| Cow::Owned(t.into_owned())),
+        }
     }
 }
 
@@ -127,10 +138,9 @@ pub(crate) fn decode_segment(seg: &str, which: Segment) -> Result<Vec<u8>, Parse
 }
 
 /// Decodes and checks the header segment.
-pub fn decode_header(seg: &str) -> Result<Header, Rejection> {
+pub fn decode_header(seg: &str) -> Result<Header<'static>, Rejection> {
     let bytes = decode_segment(seg, Segment::Header)?;
-    let map = json::parse_object(&bytes).map_err(|e| ParseError::Json(Segment::Header, e))?;
-    Header::from_map(map)
+    Header::parse(&bytes).map(Header::into_owned)
 }
 
 /// Decodes the payload segment as a strict JSON object.
@@ -169,7 +179,7 @@ pub fn decode_unverified(token: &str, max_len: usize) -> Result<Unverified, Pars
 mod tests {
     use super::*;
 
-    fn hdr(json: &str) -> Result<Header, Rejection> {
+    fn hdr(json: &str) -> Result<Header<'static>, Rejection> {
         decode_header(&b64::encode_url(json.as_bytes()))
     }
 

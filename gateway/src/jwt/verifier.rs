@@ -6,20 +6,29 @@ use super::cache::{CacheStats, TokenCache};
 use super::claims::{self, ClaimsPolicy, Times};
 use super::config::{ConfigError, VerifierConfig, DEFAULT_ISSUER};
 use super::error::{ParseError, Rejection, Segment};
+use super::json;
+use super::scan::{self, Str};
 use super::token::{self, Header};
 use crate::keys::{JwksSource, KeyStore};
 use crate::ratelimit::{Decision, KeyedLimiter};
 use serde_json::{Map, Value};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A token whose signature and claims passed. Shared (`Arc`) between the cache and callers.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// It keeps the decoded header and claims JSON; their maps ([`Self::header`],
+/// [`Self::claims`]) are built on first use, so verifying does not build a document tree
+/// that most requests never look at.
+#[derive(Debug, Clone)]
 pub struct VerifiedToken {
-    header: Map<String, Value>,
-    claims: Map<String, Value>,
+    /// Decoded header JSON followed by decoded claims JSON, both strictly valid.
+    json: Box<[u8]>,
+    header_len: usize,
+    header: OnceLock<Map<String, Value>>,
+    claims: OnceLock<Map<String, Value>>,
     alg: Algorithm,
     times: Times,
     key_fingerprint: u64,
@@ -28,18 +37,40 @@ pub struct VerifiedToken {
     issuer_name: Arc<str>,
 }
 
+impl PartialEq for VerifiedToken {
+    fn eq(&self, other: &Self) -> bool {
+        // The maps are functions of `json`.
+        self.json == other.json
+            && self.header_len == other.header_len
+            && self.alg == other.alg
+            && self.times == other.times
+            && self.key_fingerprint == other.key_fingerprint
+            && self.issuer == other.issuer
+            && self.issuer_name == other.issuer_name
+    }
+}
+
+/// Parses JSON that verification already read strictly ([`super::scan`] is as strict as
+/// [`json::parse_object`], which unit tests hold it to); an empty map should they ever
+/// disagree, so a claim is missing rather than wrong.
+fn object(json: &[u8]) -> Map<String, Value> {
+    json::parse_object(json).unwrap_or_default()
+}
+
 impl VerifiedToken {
     /// The protected header.
     pub fn header(&self) -> &Map<String, Value> {
-        &self.header
+        self.header
+            .get_or_init(|| object(self.json.get(..self.header_len).unwrap_or_default()))
     }
     /// Every claim.
     pub fn claims(&self) -> &Map<String, Value> {
-        &self.claims
+        self.claims
+            .get_or_init(|| object(self.json.get(self.header_len..).unwrap_or_default()))
     }
     /// One claim.
     pub fn claim(&self, name: &str) -> Option<&Value> {
-        self.claims.get(name)
+        self.claims().get(name)
     }
     /// The algorithm that verified it.
     pub fn alg(&self) -> Algorithm {
@@ -47,15 +78,15 @@ impl VerifiedToken {
     }
     /// The header's `kid`.
     pub fn kid(&self) -> Option<&str> {
-        self.header.get("kid").and_then(Value::as_str)
+        self.header().get("kid").and_then(Value::as_str)
     }
     /// `sub`, if a string.
     pub fn subject(&self) -> Option<&str> {
-        self.claims.get("sub").and_then(Value::as_str)
+        self.claims().get("sub").and_then(Value::as_str)
     }
     /// `iss`, if a string.
     pub fn issuer(&self) -> Option<&str> {
-        self.claims.get("iss").and_then(Value::as_str)
+        self.claims().get("iss").and_then(Value::as_str)
     }
     /// `exp` in Unix seconds.
     pub fn exp(&self) -> Option<i64> {
@@ -81,13 +112,13 @@ impl VerifiedToken {
     /// Granted scopes: the space-separated `scope` string (RFC 8693/9068) and the `scp`
     /// array or string some issuers use. No allocation.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        let scope = self
-            .claims
+        let claims = self.claims();
+        let scope = claims
             .get("scope")
             .and_then(Value::as_str)
             .into_iter()
             .flat_map(|s| s.split(' '));
-        let scp = self.claims.get("scp");
+        let scp = claims.get("scp");
         let scp_str = scp
             .and_then(Value::as_str)
             .into_iter()
@@ -155,6 +186,9 @@ pub struct Verifier {
     /// Every algorithm some issuer accepts (an early, cheap refusal).
     any_allowed: AlgSet,
     typ: Option<String>,
+    /// Claim names every token must have (every issuer's policy has the same list, so the
+    /// claims are read once, before the issuer is known).
+    required: Vec<String>,
     max_token_bytes: usize,
     cache: Option<TokenCache>,
     /// Signature verifications per source.
@@ -171,6 +205,18 @@ impl std::fmt::Debug for Verifier {
             .field("any_allowed", &self.any_allowed)
             .finish()
     }
+}
+
+/// Whether a token's `typ` is the required one (`want`, normalised): compared without
+/// case and without an `application/` prefix (RFC 7515 §4.1.9), as [`normalize_typ`] does,
+/// without allocating. Absent is the empty string.
+fn typ_matches(found: Option<&str>, want: &str) -> bool {
+    let t = found.unwrap_or_default();
+    let rest = match t.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => t.get(12..),
+        _ => Some(t),
+    };
+    rest.is_some_and(|r| r.eq_ignore_ascii_case(want))
 }
 
 fn normalize_typ(t: &str) -> String {
@@ -325,6 +371,7 @@ impl Verifier {
             default,
             any_allowed,
             typ: config.typ.as_deref().map(normalize_typ),
+            required: config.required_claims.clone(),
             max_token_bytes: config.max_token_bytes,
             cache: config.cache.enabled.then(|| TokenCache::new(&config.cache)),
             budget: b
@@ -542,9 +589,9 @@ impl Verifier {
     }
 
     /// The issuer a token's claims select.
-    fn select_issuer(&self, claims: &Map<String, Value>) -> Option<usize> {
-        if let Some(Value::String(iss)) = claims.get("iss") {
-            if let Some((_, i)) = self.by_iss.iter().find(|(s, _)| **s == **iss) {
+    fn select_issuer(&self, iss: &Str<'_>) -> Option<usize> {
+        if let Some(iss) = iss.as_str() {
+            if let Some((_, i)) = self.by_iss.iter().find(|(s, _)| **s == *iss) {
                 return Some(*i);
             }
         }
@@ -573,24 +620,36 @@ impl Verifier {
         source: Option<IpAddr>,
     ) -> Result<VerifiedToken, Failed> {
         let parts = token::split(token, self.max_token_bytes)?;
-        let header: Header = token::decode_header(parts.header)?;
+        // Header and payload are decoded into one buffer, which a verified token keeps.
+        let header_len = b64::decoded_len(parts.header.len()).ok_or(ParseError::Base64(
+            Segment::Header,
+            b64::B64Error::InvalidLength,
+        ))?;
+        let payload_len = b64::decoded_len(parts.payload.len()).unwrap_or(0);
+        let mut json = vec![0u8; header_len + payload_len];
+        let (header_json, payload_json) = json.split_at_mut(header_len);
+        b64::decode_url_into(parts.header.as_bytes(), header_json)
+            .map_err(|e| ParseError::Base64(Segment::Header, e))?;
+        // A payload encoding error is reported after the header's checks, as it always was.
+        let payload_decoded = b64::decode_url_into(parts.payload.as_bytes(), payload_json)
+            .map_err(|e| ParseError::Base64(Segment::Payload, e));
+        let (header_json, payload_json) = json.split_at(header_len);
+        let header = Header::parse(header_json)?;
         let alg = header.alg();
         if !self.any_allowed.contains(alg) {
             return Err(Rejection::alg(alg).into());
         }
         if let Some(want) = &self.typ {
-            let found = header.typ().map(normalize_typ).unwrap_or_default();
-            if &found != want {
+            if !typ_matches(header.typ(), want) {
                 return Err(ParseError::Typ {
-                    found,
+                    found: header.typ().map(normalize_typ).unwrap_or_default(),
                     required: want.clone(),
                 }
                 .into());
             }
         }
         // Decode (and so validate) every segment before touching keys.
-        b64::validate_url(parts.payload.as_bytes())
-            .map_err(|e| ParseError::Base64(Segment::Payload, e))?;
+        payload_decoded?;
         let mut sig_buf = [0u8; MAX_SIG];
         let sig = match b64::decode_url_into(parts.signature.as_bytes(), &mut sig_buf) {
             Ok(n) => sig_buf.get(..n).unwrap_or_default(),
@@ -604,8 +663,9 @@ impl Verifier {
         };
         // The claims are read before the signature is checked: their `iss` chooses whose
         // keys may verify it. They are trusted only after the signature passed.
-        let claims = token::decode_claims(parts.payload)?;
-        let Some(index) = self.select_issuer(&claims) else {
+        let claims = scan::claims(payload_json, &self.required)
+            .map_err(|e| ParseError::Json(Segment::Payload, e))?;
+        let Some(index) = self.select_issuer(&claims.iss) else {
             self.unknown_issuer.fetch_add(1, Ordering::Relaxed);
             return Err(Rejection::Claims(super::error::ClaimsError::BadIssuer).into());
         };
@@ -659,8 +719,10 @@ impl Verifier {
             .check(&claims, now)
             .map_err(|e| in_issuer(e.into()))?;
         Ok(VerifiedToken {
-            header: header.into_map(),
-            claims,
+            json: json.into_boxed_slice(),
+            header_len,
+            header: OnceLock::new(),
+            claims: OnceLock::new(),
             alg,
             times,
             key_fingerprint: fingerprint,
@@ -675,4 +737,38 @@ impl Verifier {
 fn empty_store() -> &'static KeyStore {
     static EMPTY: std::sync::OnceLock<KeyStore> = std::sync::OnceLock::new();
     EMPTY.get_or_init(KeyStore::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typ_matches_as_normalised() {
+        let cases = [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "APPLICATION/At+Jwt",
+            "application/",
+            "application",
+            "applicationXat+jwt",
+            "application/application/at+jwt",
+            "",
+            "jwt",
+            "applicatioñ/at+jwt",
+            "ñ",
+        ];
+        for want in ["at+jwt", "jwt", "application/at+jwt", ""] {
+            let want = normalize_typ(want);
+            for found in cases {
+                assert_eq!(
+                    typ_matches(Some(found), &want),
+                    normalize_typ(found) == want,
+                    "{found:?} vs {want:?}"
+                );
+            }
+            assert_eq!(typ_matches(None, &want), want.is_empty());
+        }
+    }
 }

@@ -764,3 +764,59 @@ fn config_embeds_as_toml() {
     }
     let _ = KeyStore::new();
 }
+
+#[test]
+fn escaped_strings_many_members_and_claims_read_back() {
+    let p = pair(Algorithm::HS256, Some("k/1"));
+    let v = verifier_with(vec![public_of(&p, Some("k/1"))], |c| {
+        c.required_claims = vec!["sub".into(), "tenant".into()];
+        c.typ = Some("application/at+JWT".into());
+    });
+    let exp = NOW + 60;
+    // Every string the verifier reads is escaped: compared by value, not by bytes.
+    let header = r#"{"alg":"HS\u0032\u00356","kid":"k\/1","typ":"AT+jwt"}"#;
+    let payload = format!(
+        r#"{{"iss":"https:\/\/issuer.test\/","aud":["a","b","c","d","e","\u0061pi"],"exp":{exp},"sub":"\"u\"","tenant":null,"\u0073cope":"read"}}"#
+    );
+    let t = mint_raw(&p, header, &payload);
+    let ok = v.verify(&t, NOW).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.kid(), Some("k/1"));
+    assert_eq!(ok.subject(), Some("\"u\""));
+    assert_eq!(ok.issuer(), Some("https://issuer.test/"));
+    assert_eq!(ok.exp(), Some(exp));
+    assert!(ok.has_scope("read"));
+    assert_eq!(ok.claim("tenant"), Some(&Value::Null));
+    assert_eq!(ok.header().get("alg"), Some(&json!("HS256")));
+    assert_eq!(
+        ok.claims(),
+        &obj(serde_json::from_str::<Value>(&payload).unwrap())
+    );
+    // The required name only nested, or the typ not matching: refused.
+    let nested = format!(
+        r#"{{"iss":"https://issuer.test/","aud":"api","exp":{exp},"sub":"u","x":{{"tenant":1}}}}"#
+    );
+    let t = mint_raw(&p, header, &nested);
+    assert_eq!(reason(v.verify(&t, NOW)), "missing_claim");
+    let t = mint_raw(&p, r#"{"alg":"HS256","kid":"k/1","typ":"JWT"}"#, &payload);
+    assert_eq!(reason(v.verify(&t, NOW)), "malformed");
+    let t = mint_raw(&p, r#"{"alg":"HS256","kid":"k/1"}"#, &payload);
+    assert_eq!(reason(v.verify(&t, NOW)), "malformed");
+
+    // Hundreds of members (past the inline duplicate check): fine, and a late duplicate of
+    // an early registered claim is still caught.
+    let filler: Vec<String> = (0..500).map(|i| format!(r#""m{i}":{i}"#)).collect();
+    let base = format!(
+        r#""iss":"https://issuer.test/","aud":"api","exp":{exp},"sub":"u","tenant":1,{}"#,
+        filler.join(",")
+    );
+    let t = mint_raw(&p, header, &format!("{{{base}}}"));
+    assert_eq!(reason(v.verify(&t, NOW)), "valid");
+    for late in [
+        r#""iss":"https://evil/""#,
+        r#""\u0069ss":"https://evil/""#,
+        r#""m0":0"#,
+    ] {
+        let t = mint_raw(&p, header, &format!("{{{base},{late}}}"));
+        assert_eq!(reason(v.verify(&t, NOW)), "malformed", "{late}");
+    }
+}

@@ -1,0 +1,829 @@
+//! Borrowed reading of a token's header and claims: one pass over the decoded JSON that keeps
+//! only what verification needs, without building a document tree.
+//!
+//! A small recursive-descent scanner, held to accept exactly what [`super::json`] accepts
+//! (serde_json's grammar, duplicate member names refused at every depth after unescaping,
+//! nesting bounded by [`MAX_DEPTH`], no trailing data); unit and property tests compare the
+//! two. The rare forms whose exact meaning is serde_json's business are handed to it: strings
+//! with escapes (decoded by serde_json, so escapes and surrogates follow it exactly) and
+//! numbers with a fraction or exponent or beyond 64 bits (converted, or refused as out of
+//! range, by serde_json). Plain strings are borrowed from the input; nothing else allocates
+//! for documents of ordinary shape: member names are checked for duplicates in a small
+//! inline set, which spills to a sorted set only for objects with many members (so a
+//! hostile object of thousands of members stays O(n log n)).
+
+use super::json::{JsonError, MAX_DEPTH};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+/// A member that should be a string: absent, a string, or some other JSON type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Str<'a> {
+    /// Not in the document.
+    #[default]
+    Absent,
+    /// A string (borrowed unless it had escapes).
+    Text(Cow<'a, str>),
+    /// Present with another type.
+    Other,
+}
+
+impl Str<'_> {
+    /// The string, if the member is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Str::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A member that should be a number, as serde_json's tokenizer reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Num {
+    /// Not in the document.
+    #[default]
+    Absent,
+    /// An integer in the i64 range.
+    Int(i64),
+    /// An integer above `i64::MAX`.
+    BigInt,
+    /// A number with a fraction or exponent, or an integer beyond u64.
+    Float(f64),
+    /// Present with another type.
+    Other,
+}
+
+/// A few strings inline, more on the heap: `aud` arrays.
+#[derive(Debug, Clone, Default)]
+pub struct Strs<'a> {
+    inline: [Cow<'a, str>; 4],
+    len: usize,
+    spill: Vec<Cow<'a, str>>,
+}
+
+impl<'a> Strs<'a> {
+    fn push(&mut self, s: Cow<'a, str>) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = s;
+                self.len += 1;
+            }
+            None => self.spill.push(s),
+        }
+    }
+
+    /// The strings in document order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.inline
+            .iter()
+            .take(self.len)
+            .chain(&self.spill)
+            .map(|s| &**s)
+    }
+}
+
+/// The `aud` claim: one string, an array of strings, or something else.
+#[derive(Debug, Clone, Default)]
+pub enum Aud<'a> {
+    /// Not in the document.
+    #[default]
+    Absent,
+    /// A single string.
+    One(Cow<'a, str>),
+    /// An array whose items are all strings.
+    Many(Strs<'a>),
+    /// Another type, or an array with a non-string item.
+    BadType,
+}
+
+/// The `crit` header parameter, as far as a verifier that implements no extension needs it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Crit<'a> {
+    /// Not in the header.
+    #[default]
+    Absent,
+    /// Not an array.
+    NotArray,
+    /// An empty array (forbidden by RFC 7515 §4.1.11).
+    Empty,
+    /// A non-empty array; its first item.
+    First(Str<'a>),
+}
+
+/// The registered parameters of a protected header, unchecked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawHeader<'a> {
+    /// `alg`.
+    pub alg: Str<'a>,
+    /// `kid`.
+    pub kid: Str<'a>,
+    /// `typ`.
+    pub typ: Str<'a>,
+    /// `cty`.
+    pub cty: Str<'a>,
+    /// `crit`.
+    pub crit: Crit<'a>,
+}
+
+/// The registered claims a verifier checks, unchecked, and which required names are present.
+#[derive(Debug, Clone, Default)]
+pub struct RawClaims<'a> {
+    /// `iss`.
+    pub iss: Str<'a>,
+    /// `aud`.
+    pub aud: Aud<'a>,
+    /// `exp`.
+    pub exp: Num,
+    /// `nbf`.
+    pub nbf: Num,
+    /// `iat`.
+    pub iat: Num,
+    /// Bit i: the i-th required name (i < 64) is a top-level member.
+    present: u64,
+    /// The same for required names from the 65th on (empty, so unallocated, below that).
+    present_more: Vec<bool>,
+}
+
+impl RawClaims<'_> {
+    /// Whether the `i`-th of the required names given to [`claims`] is a member.
+    pub fn has_required(&self, i: usize) -> bool {
+        match i.checked_sub(64) {
+            None => self.present & (1 << i) != 0,
+            Some(j) => self.present_more.get(j).copied().unwrap_or(false),
+        }
+    }
+
+    fn mark_required(&mut self, i: usize, of: usize) {
+        match i.checked_sub(64) {
+            None => self.present |= 1 << i,
+            Some(j) => {
+                if self.present_more.is_empty() {
+                    self.present_more = vec![false; of.saturating_sub(64)];
+                }
+                if let Some(p) = self.present_more.get_mut(j) {
+                    *p = true;
+                }
+            }
+        }
+    }
+}
+
+/// Reads a protected header strictly.
+pub fn header(json: &[u8]) -> Result<RawHeader<'_>, JsonError> {
+    let mut p = Scanner::new(json);
+    let mut h = RawHeader::default();
+    p.document(&mut |name, p| {
+        let slot = match name {
+            "alg" => &mut h.alg,
+            "kid" => &mut h.kid,
+            "typ" => &mut h.typ,
+            "cty" => &mut h.cty,
+            "crit" => {
+                h.crit = p.crit(1)?;
+                return Ok(true);
+            }
+            _ => return Ok(false),
+        };
+        *slot = p.string_or_skip(1)?;
+        Ok(true)
+    })?;
+    Ok(h)
+}
+
+/// Reads a claims set strictly, noting which of `required` are top-level members.
+pub fn claims<'a>(json: &'a [u8], required: &[String]) -> Result<RawClaims<'a>, JsonError> {
+    let mut p = Scanner::new(json);
+    let mut c = RawClaims::default();
+    p.document(&mut |name, p| {
+        if let Some(i) = required.iter().position(|r| r == name) {
+            c.mark_required(i, required.len());
+        }
+        let num = match name {
+            "iss" => {
+                c.iss = p.string_or_skip(1)?;
+                return Ok(true);
+            }
+            "aud" => {
+                c.aud = p.aud(1)?;
+                return Ok(true);
+            }
+            "exp" => &mut c.exp,
+            "nbf" => &mut c.nbf,
+            "iat" => &mut c.iat,
+            _ => return Ok(false),
+        };
+        *num = p.number_or_skip(1)?;
+        Ok(true)
+    })?;
+    Ok(c)
+}
+
+/// Member names of one object, to refuse duplicates: `N` inline (with a cheap hash compared
+/// first), then a sorted set.
+struct Seen<'a, const N: usize> {
+    hashes: [u32; N],
+    names: [Cow<'a, str>; N],
+    len: usize,
+    spill: BTreeSet<Cow<'a, str>>,
+}
+
+fn name_hash(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+impl<'a, const N: usize> Seen<'a, N> {
+    fn new() -> Self {
+        Seen {
+            hashes: [0; N],
+            names: [const { Cow::Borrowed("") }; N],
+            len: 0,
+            spill: BTreeSet::new(),
+        }
+    }
+
+    /// Adds `name`; false if it was already there.
+    fn insert(&mut self, name: Cow<'a, str>) -> bool {
+        if !self.spill.is_empty() {
+            return self.spill.insert(name);
+        }
+        let h = name_hash(&name);
+        let hashes = self.hashes.get(..self.len).unwrap_or_default();
+        for (i, _) in hashes.iter().enumerate().filter(|(_, &x)| x == h) {
+            if self.names.get(i).is_some_and(|n| *n == name) {
+                return false;
+            }
+        }
+        match (self.names.get_mut(self.len), self.hashes.get_mut(self.len)) {
+            (Some(slot), Some(hash)) => {
+                *slot = name;
+                *hash = h;
+                self.len += 1;
+            }
+            _ => {
+                self.spill.extend(self.names.iter_mut().map(std::mem::take));
+                self.spill.insert(name);
+            }
+        }
+        true
+    }
+}
+
+/// Objects up to this many members check names without allocating (top level).
+const TOP_INLINE: usize = 16;
+/// The same for nested objects, which are rarer and smaller; keeps deep nesting's stack small.
+const NESTED_INLINE: usize = 8;
+
+type Res<T> = Result<T, JsonError>;
+
+/// Offered each member name of an object; reads the value and says so if it wants it.
+type Take<'t, 'a> = dyn FnMut(&str, &mut Scanner<'a>) -> Res<bool> + 't;
+
+/// The scanner's position in the document.
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Scanner { b, i: 0 }
+    }
+
+    fn err<T>(&self, what: &str) -> Res<T> {
+        Err(JsonError::Syntax(format!("{what} at byte {}", self.i)))
+    }
+
+    /// The next byte that is not JSON whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(&c) = self.b.get(self.i) {
+            if !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+                return Some(c);
+            }
+            self.i += 1;
+        }
+        None
+    }
+
+    fn eat(&mut self, c: u8) -> Res<()> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            self.err("unexpected character or end")
+        }
+    }
+
+    /// A whole document: one object, then only whitespace.
+    fn document(&mut self, take: &mut Take<'_, 'a>) -> Res<()> {
+        if self.peek() != Some(b'{') {
+            return match self.peek() {
+                Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
+                    // Valid JSON or not, it is not an object.
+                    Err(JsonError::NotObject)
+                }
+                _ => self.err("expected a JSON object"),
+            };
+        }
+        self.object::<TOP_INLINE>(1, take)?;
+        if self.peek().is_some() {
+            return self.err("trailing characters");
+        }
+        Ok(())
+    }
+
+    /// An object at nesting `depth` (1 for the top level), at its `{`.
+    fn object<const N: usize>(&mut self, depth: usize, take: &mut Take<'_, 'a>) -> Res<()> {
+        if depth > MAX_DEPTH {
+            return self.err("nesting too deep");
+        }
+        self.eat(b'{')?;
+        let mut seen = Seen::<N>::new();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return self.err("expected a member name");
+            }
+            let name = self.string()?;
+            self.eat(b':')?;
+            if !take(&name, self)? {
+                self.skip(depth)?;
+            }
+            if !seen.insert(name) {
+                return self.err("duplicate member name");
+            }
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return self.err("expected `,` or `}`"),
+            }
+        }
+    }
+
+    /// An array inside a container at `depth`, at its `[`; `item` reads each element.
+    fn array(&mut self, depth: usize, item: &mut dyn FnMut(&mut Self) -> Res<()>) -> Res<()> {
+        if depth + 1 > MAX_DEPTH {
+            return self.err("nesting too deep");
+        }
+        self.eat(b'[')?;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return self.err("expected `,` or `]`"),
+            }
+        }
+    }
+
+    /// Any value inside a container at `depth`, checked and dropped.
+    fn skip(&mut self, depth: usize) -> Res<()> {
+        match self.peek() {
+            Some(b'{') => self.object::<NESTED_INLINE>(depth + 1, &mut |_, _| Ok(false)),
+            Some(b'[') => self.array(depth, &mut |p| p.skip(depth + 1)),
+            Some(b'"') => self.string().map(drop),
+            Some(b'-' | b'0'..=b'9') => self.number().map(drop),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            _ => self.err("expected a value"),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Res<()> {
+        let end = self.i + word.len();
+        if self.b.get(self.i..end) == Some(word) {
+            self.i = end;
+            Ok(())
+        } else {
+            self.err("invalid literal")
+        }
+    }
+
+    /// A string, at its opening quote: borrowed when it has no escapes, else decoded by
+    /// serde_json.
+    fn string(&mut self) -> Res<Cow<'a, str>> {
+        let open = self.i;
+        let start = open + 1;
+        let mut i = start;
+        loop {
+            match self.b.get(i) {
+                Some(b'"') => break,
+                Some(b'\\') => return self.escaped_string(open),
+                Some(&c) if c < 0x20 => {
+                    self.i = i;
+                    return self.err("control character in a string");
+                }
+                Some(_) => i += 1,
+                None => {
+                    self.i = i;
+                    return self.err("unterminated string");
+                }
+            }
+        }
+        let raw = self.b.get(start..i).unwrap_or_default();
+        self.i = i + 1;
+        match std::str::from_utf8(raw) {
+            Ok(s) => Ok(Cow::Borrowed(s)),
+            Err(_) => self.err("invalid UTF-8 in a string"),
+        }
+    }
+
+    /// A string with escapes from its opening quote at `open`: the closing quote is the
+    /// first `"` not escaped; serde_json decodes (and judges) what lies between.
+    fn escaped_string(&mut self, open: usize) -> Res<Cow<'a, str>> {
+        let mut i = open + 1;
+        loop {
+            match self.b.get(i) {
+                Some(b'"') => break,
+                Some(b'\\') => i += 2,
+                Some(_) => i += 1,
+                None => {
+                    self.i = i;
+                    return self.err("unterminated string");
+                }
+            }
+        }
+        let quoted = self.b.get(open..=i).unwrap_or_default();
+        let s: String = serde_json::from_slice(quoted)
+            .map_err(|e| JsonError::Syntax(format!("{e} in the string at byte {open}")))?;
+        self.i = i + 1;
+        Ok(Cow::Owned(s))
+    }
+
+    /// A number, at its first character: JSON's grammar checked here, then plain integers
+    /// converted here and every other form by serde_json (which refuses infinities).
+    fn number(&mut self) -> Res<Num> {
+        let start = self.i;
+        let mut i = start;
+        let negative = self.b.get(i) == Some(&b'-');
+        if negative {
+            i += 1;
+        }
+        let digits = |i: &mut usize| {
+            let from = *i;
+            while self.b.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            *i - from
+        };
+        let int_start = i;
+        let int_len = digits(&mut i);
+        if int_len == 0 || (int_len > 1 && self.b.get(int_start) == Some(&b'0')) {
+            self.i = i;
+            return self.err("invalid number");
+        }
+        let mut plain = true;
+        if self.b.get(i) == Some(&b'.') {
+            i += 1;
+            plain = false;
+            if digits(&mut i) == 0 {
+                self.i = i;
+                return self.err("invalid number");
+            }
+        }
+        if matches!(self.b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            plain = false;
+            if matches!(self.b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if digits(&mut i) == 0 {
+                self.i = i;
+                return self.err("invalid number");
+            }
+        }
+        self.i = i;
+        let text = self.b.get(start..i).unwrap_or_default();
+        if plain {
+            let magnitude = self
+                .b
+                .get(int_start..i)
+                .unwrap_or_default()
+                .iter()
+                .try_fold(0u64, |m, &d| {
+                    m.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                });
+            match (negative, magnitude) {
+                (false, Some(m)) => return Ok(i64::try_from(m).map_or(Num::BigInt, Num::Int)),
+                // -0 is a float to serde_json; so are magnitudes beyond i64's.
+                (true, Some(m)) if m != 0 && m <= 1 << 63 => {
+                    return Ok(Num::Int((-i128::from(m)) as i64));
+                }
+                _ => {}
+            }
+        }
+        match serde_json::from_slice::<f64>(text) {
+            Ok(f) => Ok(Num::Float(f)),
+            Err(e) => Err(JsonError::Syntax(format!(
+                "{e} in the number at byte {start}"
+            ))),
+        }
+    }
+
+    /// A value that should be a string, inside a container at `depth`.
+    fn string_or_skip(&mut self, depth: usize) -> Res<Str<'a>> {
+        if self.peek() == Some(b'"') {
+            return self.string().map(Str::Text);
+        }
+        self.skip(depth).map(|()| Str::Other)
+    }
+
+    /// A value that should be a number, inside a container at `depth`.
+    fn number_or_skip(&mut self, depth: usize) -> Res<Num> {
+        match self.peek() {
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => self.skip(depth).map(|()| Num::Other),
+        }
+    }
+
+    /// The `crit` value, inside the header (`depth` 1).
+    fn crit(&mut self, depth: usize) -> Res<Crit<'a>> {
+        if self.peek() != Some(b'[') {
+            return self.skip(depth).map(|()| Crit::NotArray);
+        }
+        let mut first = None;
+        self.array(depth, &mut |p| {
+            if first.is_none() {
+                first = Some(p.string_or_skip(depth + 1)?);
+                Ok(())
+            } else {
+                p.skip(depth + 1)
+            }
+        })?;
+        Ok(first.map_or(Crit::Empty, Crit::First))
+    }
+
+    /// The `aud` value, inside the claims (`depth` 1).
+    fn aud(&mut self, depth: usize) -> Res<Aud<'a>> {
+        match self.peek() {
+            Some(b'"') => return self.string().map(Aud::One),
+            Some(b'[') => {}
+            _ => return self.skip(depth).map(|()| Aud::BadType),
+        }
+        let mut items = Strs::default();
+        let mut all_strings = true;
+        self.array(depth, &mut |p| {
+            match p.string_or_skip(depth + 1)? {
+                Str::Text(s) if all_strings => items.push(s),
+                _ => all_strings = false,
+            }
+            Ok(())
+        })?;
+        Ok(if all_strings {
+            Aud::Many(items)
+        } else {
+            Aud::BadType
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::json;
+    use super::*;
+
+    /// Every document either both readers accept or both refuse.
+    fn agree(doc: impl AsRef<[u8]>) -> bool {
+        let doc = doc.as_ref();
+        let strict = json::parse_object(doc).is_ok();
+        let as_header = header(doc).is_ok();
+        let as_claims = claims(doc, &[]).is_ok();
+        let doc = String::from_utf8_lossy(doc);
+        assert_eq!(strict, as_header, "header reader disagrees on {doc:?}");
+        assert_eq!(strict, as_claims, "claims reader disagrees on {doc:?}");
+        strict
+    }
+
+    #[test]
+    fn duplicates_refused_at_every_depth_and_through_escapes() {
+        for doc in [
+            r#"{"alg":"HS256","alg":"HS256"}"#,
+            r#"{"alg":"none","alg":"HS256"}"#,
+            r#"{"iss":"a","\u0069ss":"b"}"#,
+            r#"{"x":1,"x":1}"#,
+            r#"{"x":{"b":[{"c":1,"c":1}]}}"#,
+            r#"{"crit":[{"a":1,"a":2}]}"#,
+            r#"{"aud":["a",{"k":1,"k":1}]}"#,
+            r#"{"jwk":{"kty":"oct","k":"AA","\u006b":"AB"}}"#,
+        ] {
+            assert!(!agree(doc), "{doc} accepted");
+        }
+        assert!(agree(r#"{"x":{"b":[{"c":1,"d":1}]},"y":{"c":1}}"#));
+    }
+
+    #[test]
+    fn many_members_spill_and_still_catch_duplicates() {
+        let members: Vec<String> = (0..300).map(|i| format!("\"m{i}\":{i}")).collect();
+        let doc = format!("{{{}}}", members.join(","));
+        assert!(agree(&doc));
+        let doc = format!("{{{},\"m7\":0}}", members.join(","));
+        assert!(!agree(&doc));
+        // A duplicate of a name seen while still inline, found after the spill.
+        let doc = format!("{{\"aud\":\"x\",{},\"aud\":\"y\"}}", members.join(","));
+        assert!(!agree(&doc));
+        let nested = format!("{{\"o\":{{{},\"m299\":1}}}}", members.join(","));
+        assert!(!agree(&nested));
+    }
+
+    #[test]
+    fn syntax_depth_and_numbers_as_strict_as_the_tree_parser() {
+        for doc in [
+            "",
+            "[1]",
+            "\"x\"",
+            "{} x",
+            "{",
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":1e999}"#,
+            r#"{"exp":1e999}"#,
+            r#"{"a":01}"#,
+            r#"{"a":"x\u0000"}"#,
+            "{\"a\":\"\x01\"}",
+            r#"{"a":NaN}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"exp":-0}"#,
+            r#"{"exp":123456789012345678901234567890}"#,
+            r#"{"crit":"exp"}"#,
+            r#"{"aud":[]}"#,
+            // Escapes and encodings.
+            r#"{"a":"\ud83d\ude00"}"#,
+            r#"{"a":"\udc00"}"#,
+            r#"{"a":"\ud800\u0041"}"#,
+            r#"{"a":"\x"}"#,
+            r#"{"a":"\u12"}"#,
+            r#"{"a":"\u00e9\n\t\b\f\r\/\\\""}"#,
+            r#"{"a\"":1,"a\u0022":2}"#,
+            r#"{"a":"\"}"#,
+            r#"{"a":"\\"}"#,
+            "{\"a\":\"\x7f\"}",
+            "{\"a\":\"\u{e9}\"}",
+            "{\"a\":\"\t\"}",
+            // Numbers at the edges of the grammar and of each representation.
+            r#"{"a":-}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":1e+}"#,
+            r#"{"a":-01}"#,
+            r#"{"a":00}"#,
+            r#"{"a":+1}"#,
+            r#"{"a":1E5,"b":1e-5,"c":-0.0,"d":0}"#,
+            r#"{"a":-9223372036854775808,"b":-9223372036854775809}"#,
+            r#"{"a":18446744073709551615,"b":18446744073709551616}"#,
+            r#"{"a":1e308,"b":2e-400}"#,
+            r#"{"a":1.7976931348623159e308}"#,
+            r#"{"a":1.7976931348623157e308}"#,
+            // Literals and structure.
+            r#"{"a":tru}"#,
+            r#"{"a":truex}"#,
+            r#"{"a":nulll}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":[,1]}"#,
+            r#"{"a":1,}"#,
+            r#"{,}"#,
+            r#"{"a" 1}"#,
+            r#"{1:1}"#,
+            " \t\r\n{ \"a\" : [ 1 , { } ] } \n",
+            "{\"a\":1}\u{c}",
+        ] {
+            agree(doc);
+        }
+        for bad in [
+            &b"{\"a\":\"\xff\"}"[..],
+            b"{\"a\":\"\xc3\x28\"}",
+            b"{\"\xe9\":1}",
+        ] {
+            assert!(!agree(bad));
+        }
+        // Numbers mean what serde_json says they mean.
+        let c = claims(br#"{"exp":-9223372036854775809,"nbf":-0,"iat":1e2}"#, &[]).unwrap();
+        assert_eq!(c.exp, Num::Float(-9223372036854775809f64));
+        assert_eq!(c.nbf, Num::Float(-0.0));
+        assert_eq!(c.iat, Num::Float(100.0));
+        let c = claims(
+            br#"{"exp":-9223372036854775808,"nbf":9223372036854775808}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!((c.exp, c.nbf), (Num::Int(i64::MIN), Num::BigInt));
+        for depth in [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 10_000] {
+            for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
+                let doc = format!("{{\"a\":{}1{}}}", open.repeat(depth), close.repeat(depth));
+                agree(&doc);
+                let doc = format!(
+                    "{{\"crit\":{}1{}}}",
+                    open.repeat(depth),
+                    close.repeat(depth)
+                );
+                agree(&doc);
+                let doc = format!("{{\"aud\":{}1{}}}", open.repeat(depth), close.repeat(depth));
+                agree(&doc);
+            }
+        }
+        let mut ok = "[".repeat(MAX_DEPTH - 1);
+        ok.push_str(&"]".repeat(MAX_DEPTH - 1));
+        assert!(agree(format!("{{\"a\":{ok}}}")));
+    }
+
+    #[test]
+    fn header_members_typed_and_unescaped() {
+        let h =
+            header(br#"{"alg":"HS\u0032\u00356","kid":"k\"1","typ":7,"crit":["exp",1]}"#).unwrap();
+        assert_eq!(h.alg, Str::Text(Cow::Owned("HS256".into())));
+        assert_eq!(h.kid.as_str(), Some("k\"1"));
+        assert_eq!(h.typ, Str::Other);
+        assert_eq!(h.cty, Str::Absent);
+        assert_eq!(h.crit, Crit::First(Str::Text("exp".into())));
+        let h = header(br#"{"alg":"RS256","kid":"plain"}"#).unwrap();
+        assert!(matches!(h.kid, Str::Text(Cow::Borrowed("plain"))));
+        assert_eq!(header(br#"{"crit":[]}"#).unwrap().crit, Crit::Empty);
+        assert_eq!(header(br#"{"crit":{}}"#).unwrap().crit, Crit::NotArray);
+        assert_eq!(
+            header(br#"{"crit":[{"x":[1]}]}"#).unwrap().crit,
+            Crit::First(Str::Other)
+        );
+    }
+
+    #[test]
+    fn claims_members_typed() {
+        let req: Vec<String> = ["sub", "jti", "exp"].map(String::from).into();
+        let c = claims(
+            br#"{"iss":"i","aud":["a","b\/c","d","e","f"],"exp":1.5,"nbf":18446744073709551615,"iat":-3,"sub":null}"#,
+            &req,
+        )
+        .unwrap();
+        assert_eq!(c.iss.as_str(), Some("i"));
+        let Aud::Many(items) = &c.aud else {
+            panic!("{:?}", c.aud)
+        };
+        assert_eq!(
+            items.iter().collect::<Vec<_>>(),
+            ["a", "b/c", "d", "e", "f"]
+        );
+        assert_eq!(c.exp, Num::Float(1.5));
+        assert_eq!(c.nbf, Num::BigInt);
+        assert_eq!(c.iat, Num::Int(-3));
+        assert!(c.has_required(0) && !c.has_required(1) && c.has_required(2));
+        let c = claims(br#"{"aud":["a",1,"b"],"iss":["i"],"exp":"1"}"#, &[]).unwrap();
+        assert!(matches!(c.aud, Aud::BadType));
+        assert_eq!(c.iss, Str::Other);
+        assert_eq!(c.exp, Num::Other);
+        let c = claims(br#"{"aud":{"a":1},"exp":null}"#, &[]).unwrap();
+        assert!(matches!(c.aud, Aud::BadType));
+        assert_eq!(c.exp, Num::Other);
+        // Nested members named like registered claims are not the claims.
+        let c = claims(br#"{"x":{"iss":"i","exp":1,"sub":1}}"#, &req).unwrap();
+        assert_eq!(c.iss, Str::Absent);
+        assert_eq!(c.exp, Num::Absent);
+        assert!(!c.has_required(0));
+    }
+
+    #[test]
+    fn required_names_beyond_64() {
+        let req: Vec<String> = (0..70).map(|i| format!("c{i}")).collect();
+        let c = claims(br#"{"c3":1,"c66":1}"#, &req).unwrap();
+        let present: Vec<usize> = (0..70).filter(|&i| c.has_required(i)).collect();
+        assert_eq!(present, [3, 66]);
+        assert!(!c.has_required(200));
+    }
+
+    proptest::proptest! {
+        /// Documents made of JSON's own characters (so that many parse, and many almost do):
+        /// the borrowed readers accept exactly what the tree parser accepts.
+        #[test]
+        fn agrees_with_the_tree_parser_on_json_like_input(
+            body in r#"[{}\[\]":, abcikstu0-9eE.+\-\\/]{0,80}"#,
+        ) {
+            agree(format!("{{{body}}}"));
+            agree(format!("{{\"aud\":{body}}}"));
+            agree(format!("{{\"crit\":[{body}]}}"));
+            agree(&body);
+        }
+
+        /// Valid registered claims with one byte changed.
+        #[test]
+        fn agrees_on_mutated_claims(at in 0usize..120, byte in proptest::prelude::any::<u8>()) {
+            let doc = r#"{"iss":"https:\/\/i","aud":["a","\u0062"],"exp":1.5e3,"sub":"u","x":{"y":[1,{"z":null}]}}"#;
+            let mut b = doc.as_bytes().to_vec();
+            let i = at % b.len();
+            b[i] = byte;
+            agree(&b);
+        }
+    }
+}
