@@ -331,7 +331,9 @@ fn dashboard_upstreams(gw: &Gw) -> Vec<String> {
             .log_text()
             .lines()
             .find_map(|l| l.split("admin endpoint on http://").nth(1))
-            .and_then(|a| a.trim().parse().ok())
+            // The text format follows the message with the event's fields.
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
     };
     wait_until(
         "the admin address in the log",
