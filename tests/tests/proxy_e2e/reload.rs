@@ -414,3 +414,85 @@ fn an_upstream_removed_by_a_reload_is_no_longer_health_checked() {
         assert_eq!(r.status, 404, "its route went with it");
     });
 }
+
+/// `[log] access` and `query` change with a reload: the next request's line goes to the new
+/// file with the new setting, the old file keeps the earlier lines; an output that cannot
+/// be opened refuses the reload (the running log keeps writing); `format` is named as
+/// needing a restart.
+#[test]
+fn a_reload_moves_the_access_log_and_names_the_log_format_as_restart_only() {
+    let gw = Gw::start(Setup {
+        access_log: Some(""),
+        ..Setup::default()
+    });
+    let rt = runtime();
+    let get = |path: &str| {
+        rt.block_on(gw.http.send(Proto::H1, Req::get(path)))
+            .expect("request")
+    };
+    assert_eq!(get("/open/one?q=1").status, 200);
+    let first = gw.access_lines("access.log", 1);
+    assert_eq!(first[0]["path"], "/open/one", "query off: {}", first[0]);
+
+    let old = gw.path("access.log").display().to_string();
+    let new = gw.path("moved.log").display().to_string();
+    reload(
+        &gw,
+        &edited(
+            &gw,
+            &[
+                (old.as_str(), new.as_str()),
+                ("[log]\n", "[log]\nquery = true\n"),
+            ],
+        ),
+        APPLIED,
+    );
+    assert!(
+        gw.proc.log_text().contains("access log reopened"),
+        "{}",
+        gw.proc.log_text()
+    );
+    assert_eq!(get("/open/two?q=2").status, 200);
+    let moved = gw.access_lines("moved.log", 1);
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["path"], "/open/two?q=2", "query on: {}", moved[0]);
+    assert_eq!(
+        gw.access_lines("access.log", 1).len(),
+        1,
+        "the old file keeps its line"
+    );
+
+    // A directory that does not exist: refused, and the running log keeps its file.
+    let missing = gw.path("no-such-dir/x.log").display().to_string();
+    reload(
+        &gw,
+        &edited(&gw, &[(new.as_str(), missing.as_str())]),
+        REFUSED,
+    );
+    assert!(
+        gw.proc.log_text().contains("log.access"),
+        "{}",
+        gw.proc.log_text()
+    );
+    assert_eq!(get("/open/three").status, 200);
+    assert_eq!(gw.access_lines("moved.log", 2).len(), 2);
+
+    // The operational log's format is set once: named, the rest applied.
+    reload(
+        &gw,
+        &edited(
+            &gw,
+            &[
+                (missing.as_str(), new.as_str()),
+                ("[log]\n", "[log]\nformat = \"json\"\n"),
+            ],
+        ),
+        APPLIED,
+    );
+    let text = gw.proc.log_text();
+    let warning = text
+        .lines()
+        .rfind(|l| l.contains("take effect only after a restart"))
+        .unwrap_or_else(|| panic!("no restart warning:\n{text}"));
+    assert!(warning.contains("log.format"), "{warning}");
+}
