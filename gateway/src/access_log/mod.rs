@@ -93,15 +93,7 @@ pub fn start(
             .spawn(move || writer::run(rx, out, flags))
             .map_err(AccessLogError::Thread)?
     };
-    let log = AccessLog {
-        inner: Arc::new(Inner {
-            tx,
-            dropped,
-            limiter: limiter::EventLimiter::default(),
-            ids: request_id::IdGen::new(),
-            query: cfg.query,
-        }),
-    };
+    let log = AccessLog::new(tx, dropped, cfg.query);
     Ok(Some((
         log,
         Writer {
@@ -112,19 +104,23 @@ pub fn start(
 }
 
 impl AccessLog {
-    /// A log whose lines nobody writes: the tests read them off the channel.
-    #[cfg(test)]
-    fn unwritten(capacity: usize, dropped: Counter) -> (Self, std::sync::mpsc::Receiver<Line>) {
-        let (tx, rx) = sync_channel(capacity);
-        let log = AccessLog {
+    fn new(tx: SyncSender<Line>, dropped: Counter, query: bool) -> Self {
+        AccessLog {
             inner: Arc::new(Inner {
                 tx,
                 dropped,
                 limiter: limiter::EventLimiter::default(),
                 ids: request_id::IdGen::new(),
-                query: false,
+                query,
             }),
-        };
+        }
+    }
+
+    /// A log whose lines nobody writes: the tests read them off the channel.
+    #[cfg(test)]
+    fn unwritten(capacity: usize, dropped: Counter) -> (Self, std::sync::mpsc::Receiver<Line>) {
+        let (tx, rx) = sync_channel(capacity);
+        let log = AccessLog::new(tx, dropped, false);
         (log, rx)
     }
 

@@ -33,6 +33,12 @@ fn edited(gw: &Gw, edits: &[(&str, &str)]) -> String {
     text
 }
 
+/// The gateway's log has a line containing `needle`.
+fn assert_logged(gw: &Gw, needle: &str) {
+    let text = gw.proc.log_text();
+    assert!(text.contains(needle), "no `{needle}` in the log:\n{text}");
+}
+
 const APPLIED: &str = "config reloaded:";
 const REFUSED: &str = "reload refused";
 
@@ -447,11 +453,7 @@ fn a_reload_moves_the_access_log_and_names_the_log_format_as_restart_only() {
         ),
         APPLIED,
     );
-    assert!(
-        gw.proc.log_text().contains("access log reopened"),
-        "{}",
-        gw.proc.log_text()
-    );
+    assert_logged(&gw, "access log reopened");
     assert_eq!(get("/open/two?q=2").status, 200);
     let moved = gw.access_lines("moved.log", 1);
     assert_eq!(moved.len(), 1, "{moved:?}");
@@ -469,11 +471,7 @@ fn a_reload_moves_the_access_log_and_names_the_log_format_as_restart_only() {
         &edited(&gw, &[(new.as_str(), missing.as_str())]),
         REFUSED,
     );
-    assert!(
-        gw.proc.log_text().contains("log.access"),
-        "{}",
-        gw.proc.log_text()
-    );
+    assert_logged(&gw, "log.access");
     assert_eq!(get("/open/three").status, 200);
     assert_eq!(gw.access_lines("moved.log", 2).len(), 2);
 
