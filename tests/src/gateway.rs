@@ -43,6 +43,17 @@ pub fn cli_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `gateway token mint` of an HS256 token with the secret in `secret`, `claims` (JSON)
+/// and `extra` arguments (`--iss`, `--aud`, ...).
+pub fn mint_hs256(secret: &Path, claims: &str, extra: &[&str]) -> String {
+    let key = secret.display().to_string();
+    let mut args = vec![
+        "token", "mint", "--key", &key, "--alg", "HS256", "--claims", claims,
+    ];
+    args.extend_from_slice(extra);
+    cli_ok(&args).trim().to_owned()
+}
+
 /// `gateway stats --json` for a pin path.
 pub fn stats(pin_path: &Path) -> serde_json::Value {
     let out = cli_ok(&[

@@ -3,7 +3,7 @@
 //! and the kernel dropping the client's packets once the engine has banned it.
 
 use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section, xdp_section};
-use gateway_tests::gateway::{cli, cli_ok, source_stats, stats, GatewayProcess};
+use gateway_tests::gateway::{cli, cli_ok, mint_hs256, source_stats, stats, GatewayProcess};
 use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
 use gateway_tests::probe::{connects_from, curl_status_from};
 use socket2::{Domain, Socket, Type};
@@ -141,18 +141,11 @@ upstream = "app"
     }
 
     fn token(&self) -> String {
-        cli_ok(&[
-            "token",
-            "mint",
-            "--key",
-            &self.secret.display().to_string(),
-            "--alg",
-            "HS256",
-            "--claims",
+        mint_hs256(
+            &self.secret,
             r#"{"scope":"read write","sub":"good-client"}"#,
-        ])
-        .trim()
-        .to_string()
+            &[],
+        )
     }
 
     /// One HTTPS GET from `src` in the client namespace; the status, or 0 when no HTTP

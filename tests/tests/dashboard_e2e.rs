@@ -14,7 +14,7 @@
 use anyhow::Result;
 use gateway_tests::browser::Browser;
 use gateway_tests::config::{hs256_jwt_section, self_signed_ip_cert, tls_section, xdp_section};
-use gateway_tests::gateway::{bin, cli_ok, GatewayProcess};
+use gateway_tests::gateway::{bin, mint_hs256, GatewayProcess};
 use gateway_tests::netns::{exec_in, in_netns, NetnsPair, TestNet};
 use gateway_tests::probe::curl_status_from;
 use gateway_tests::upstream::EchoUpstream;
@@ -184,18 +184,11 @@ api_token_file = "{d}/admin.token"
 
     /// A token the gateway accepts.
     fn token(&self) -> String {
-        cli_ok(&[
-            "token",
-            "mint",
-            "--key",
-            &self.secret.display().to_string(),
-            "--alg",
-            "HS256",
-            "--claims",
+        mint_hs256(
+            &self.secret,
             r#"{"scope":"read write","sub":"dashboard"}"#,
-        ])
-        .trim()
-        .to_owned()
+            &[],
+        )
     }
 }
 

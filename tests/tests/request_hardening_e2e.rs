@@ -8,7 +8,7 @@
 //! same upstream, so every routing differential would land on the open route.
 
 use gateway_tests::client::{Client, Proto, Reply, Req};
-use gateway_tests::gateway::{cli_ok, GatewayProcess};
+use gateway_tests::gateway::{mint_hs256, GatewayProcess};
 use gateway_tests::tls::TestCa;
 use gateway_tests::upstream::EchoUpstream;
 use std::net::SocketAddr;
@@ -158,13 +158,7 @@ servers = ["{upstream}"]
     }
 
     fn mint(&self, claims: &str) -> String {
-        let key = self.path("secret").display().to_string();
-        cli_ok(&[
-            "token", "mint", "--key", &key, "--alg", "HS256", "--iss", ISS, "--aud", AUD,
-            "--claims", claims,
-        ])
-        .trim()
-        .to_string()
+        mint_hs256(&self.path("secret"), claims, &["--iss", ISS, "--aud", AUD])
     }
 
     fn plain_addr(&self) -> SocketAddr {

@@ -225,4 +225,5 @@ impl ServerPool {
 }
 
 #[cfg(test)]
-mod tests;
+// The handler's tests borrow its hand-written upstream.
+pub(super) mod tests;

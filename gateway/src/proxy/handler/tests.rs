@@ -669,32 +669,13 @@ async fn limit_429s_are_not_client_errors_for_the_abuse_engine() {
 /// never relayed.
 #[tokio::test]
 async fn an_ambiguously_framed_upstream_answer_is_a_502() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n\
-                          0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL",
-                    )
-                    .await;
-                let _ = stream.read(&mut chunk).await;
-            });
-        }
-    });
+    let upstream = crate::proxy::pool::tests::TestUpstream::raw(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n\
+          0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL",
+        true,
+    )
+    .await;
+    let addr = upstream.addr;
     let config = plan(&addr.to_string(), "", "", Some("host = \"public.example\""));
     let p = with_verifier(
         config,

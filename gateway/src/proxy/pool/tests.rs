@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A real HTTP/1.1 server on loopback that counts the connections it accepts.
-struct TestUpstream {
-    addr: SocketAddr,
+pub(in crate::proxy) struct TestUpstream {
+    pub(in crate::proxy) addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     /// Connections closed (counted by the hyper server only).
     closed: Arc<AtomicUsize>,
@@ -96,7 +96,7 @@ impl TestUpstream {
 
     /// A hand-written server: `reply` once a request head has arrived, then either
     /// close, or read and discard until the client closes.
-    async fn raw(reply: &'static [u8], keep_reading: bool) -> Self {
+    pub(in crate::proxy) async fn raw(reply: &'static [u8], keep_reading: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
