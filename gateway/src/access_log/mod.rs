@@ -9,6 +9,7 @@
 //! upstream and the client see.
 
 mod body;
+mod json;
 mod limiter;
 pub mod record;
 pub mod request_id;

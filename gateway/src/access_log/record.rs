@@ -5,11 +5,11 @@
 //! Never in a line: the token, the `Authorization` header, cookies, any other header, or
 //! the query string unless `[log] query = true`. A record has no field that could hold them.
 
+use super::json::{bytes_string, integer, ip, key, millis, socket_addr, string, Clock};
 use crate::jwt::VerifiedToken;
 use crate::tls::HandshakeFailure;
 use http::header::HeaderValue;
 use http::{Method, Uri, Version};
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -151,54 +151,38 @@ pub enum Line {
 
 impl Line {
     /// Appends the line's JSON and a newline to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    pub(super) fn write_json(&self, out: &mut Vec<u8>, clock: &mut Clock) {
         match self {
-            Line::Request(r) => r.write_json(out),
-            Line::Conn(e) => e.write_json(out),
+            Line::Request(r) => r.write_json(out, clock),
+            Line::Conn(e) => e.write_json(out, clock),
         }
         out.push(b'\n');
     }
 }
 
-/// `"key":` with the separator before it (every line starts with `time`).
-fn key(out: &mut Vec<u8>, k: &str) {
-    out.push(b',');
-    out.push(b'"');
-    out.extend_from_slice(k.as_bytes());
-    out.extend_from_slice(b"\":");
-}
-
-/// A JSON string, escaped; bytes that are not UTF-8 are replaced.
-fn string(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-fn bytes_string(out: &mut Vec<u8>, b: &[u8]) {
-    string(out, &String::from_utf8_lossy(b));
-}
-
-fn time(out: &mut Vec<u8>, t: SystemTime) {
-    out.extend_from_slice(b"{\"time\":\"");
-    let _ = write!(out, "{}", humantime::format_rfc3339_millis(t));
-    out.push(b'"');
-}
-
-fn millis(out: &mut Vec<u8>, d: Duration) {
-    let _ = write!(out, "{:.3}", d.as_secs_f64() * 1e3);
+/// How the protocol is named in a line (as `http::Version`'s `Debug` does).
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "other",
+    }
 }
 
 impl Record {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        time(out, self.time);
+    fn write_json(&self, out: &mut Vec<u8>, clock: &mut Clock) {
+        clock.open_line(out, self.time);
         out.extend_from_slice(b",\"event\":\"request\"");
         key(out, "request_id");
         bytes_string(out, self.request_id.as_bytes());
         key(out, "client");
-        let _ = write!(out, "\"{}\"", self.client);
+        ip(out, self.client);
         if let Some(port) = self.port {
             key(out, "port");
-            let _ = write!(out, "{port}");
+            integer(out, port);
         }
         if let Some(tls) = self.tls {
             key(out, "tls");
@@ -209,7 +193,7 @@ impl Record {
             }
         }
         key(out, "protocol");
-        let _ = write!(out, "\"{:?}\"", self.version);
+        string(out, protocol(self.version));
         key(out, "method");
         string(out, self.method.as_str());
         if let Some(h) = self.target.host() {
@@ -219,7 +203,7 @@ impl Record {
         key(out, "path");
         string(out, self.target.path());
         key(out, "status");
-        let _ = write!(out, "{}", self.status);
+        integer(out, self.status);
         if let Some(name) = self.route.and_then(|i| self.names.routes.get(i)) {
             key(out, "route");
             string(out, name);
@@ -230,12 +214,12 @@ impl Record {
         }
         if let Some(server) = self.server {
             key(out, "server");
-            let _ = write!(out, "\"{server}\"");
+            socket_addr(out, server);
         }
         key(out, "bytes_in");
-        let _ = write!(out, "{}", self.bytes_in);
+        integer(out, self.bytes_in);
         key(out, "bytes_out");
-        let _ = write!(out, "{}", self.bytes_out);
+        integer(out, self.bytes_out);
         key(out, "duration_ms");
         millis(out, self.total);
         if let Some(d) = self.upstream_time {
@@ -261,8 +245,8 @@ impl Record {
 }
 
 impl ConnEvent {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        time(out, self.time);
+    fn write_json(&self, out: &mut Vec<u8>, clock: &mut Clock) {
+        clock.open_line(out, self.time);
         let (event, reason) = match self.kind {
             ConnEventKind::HandshakeFailed(r) => ("tls_handshake_failed", r.as_str()),
             ConnEventKind::Refused(r) => ("connection_refused", r),
@@ -270,9 +254,9 @@ impl ConnEvent {
         key(out, "event");
         string(out, event);
         key(out, "client");
-        let _ = write!(out, "\"{}\"", self.client.ip());
+        ip(out, self.client.ip());
         key(out, "port");
-        let _ = write!(out, "{}", self.client.port());
+        integer(out, self.client.port());
         key(out, "reason");
         string(out, reason);
         out.push(b'}');

@@ -43,7 +43,7 @@ fn record_with(uri: &str, query: bool) -> Record {
 
 fn json(line: &Line) -> serde_json::Value {
     let mut out = Vec::new();
-    line.write_json(&mut out);
+    line.write_json(&mut out, &mut json::Clock::default());
     assert_eq!(out.last(), Some(&b'\n'));
     assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
     serde_json::from_slice(&out)
@@ -86,7 +86,7 @@ fn the_query_is_left_out_unless_asked_for() {
     let v = json(&line);
     assert_eq!(v["path"], "/v1/items");
     let mut out = Vec::new();
-    line.write_json(&mut out);
+    line.write_json(&mut out, &mut json::Clock::default());
     assert!(!String::from_utf8_lossy(&out).contains("s3cret"));
     let kept = Line::Request(Box::new(record_with("/v1/items?token=s3cret&b=2", true)));
     assert_eq!(json(&kept)["path"], "/v1/items?token=s3cret&b=2");

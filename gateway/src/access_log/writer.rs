@@ -3,6 +3,7 @@
 //! logrotate has renamed it). It is the only place that blocks on the output, so a slow
 //! disk or a stuck stdout reader costs dropped lines, never a waiting request.
 
+use super::json::Clock;
 use super::record::Line;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -88,6 +89,7 @@ pub(super) struct Flags {
 pub(super) fn run(rx: Receiver<Line>, mut out: Output, flags: Arc<Flags>) {
     let mut buf = Vec::with_capacity(BATCH_BYTES * 2);
     let mut failing = false;
+    let mut clock = Clock::default();
     loop {
         let stopping = flags.stop.load(Ordering::Acquire);
         if flags.reopen.swap(false, Ordering::AcqRel) {
@@ -97,7 +99,7 @@ pub(super) fn run(rx: Receiver<Line>, mut out: Output, flags: Arc<Flags>) {
         loop {
             match rx.try_recv() {
                 Ok(line) => {
-                    line.write_json(&mut buf);
+                    line.write_json(&mut buf, &mut clock);
                     if buf.len() >= BATCH_BYTES {
                         flush(&mut out, &mut buf, &mut failing);
                     }
