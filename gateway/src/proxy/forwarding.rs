@@ -49,10 +49,6 @@ impl Forwarding {
     /// (lower case, without port), added to Forwarded and sent as X-Forwarded-Host when it
     /// is a plain host name or address (X-Forwarded-Host is removed otherwise).
     pub fn apply(&self, headers: &mut HeaderMap, host: Option<&str>) {
-        // Room for the (up to) five added at once: a map sized for the client's few headers
-        // would otherwise be grown, and rehashed, more than once. Failure is only past
-        // `HeaderMap`'s size limit, where the inserts below grow it as before.
-        let _ = headers.try_reserve(5);
         headers.insert(X_FORWARDED_FOR, self.client.clone());
         headers.insert(X_REAL_IP, self.client.clone());
         headers.insert(X_FORWARDED_PROTO, self.proto.clone());
