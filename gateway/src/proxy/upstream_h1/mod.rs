@@ -26,11 +26,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{request, response, Method, Response, StatusCode, Version};
 use hyper::body::Body;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Largest response head (status line and fields). nginx's default is 4 or 8 KiB.
@@ -39,8 +39,8 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// Most interim (1xx) answers before the final one.
 pub const MAX_INTERIM: usize = 8;
-/// What a read asks for at first: an API answer fits, and the buffer a read offers must be
-/// zeroed first (see [`Conn::poll_fill`]). Reads that fill it double it, up to [`MAX_READ`].
+/// Spare capacity a read is offered at least, at first: an API answer fits. Reads that fill
+/// what they are offered double it, up to [`MAX_READ`] (see [`Conn::poll_fill`]).
 const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 64 * 1024;
 /// Request body bytes buffered before they are written.
@@ -439,27 +439,23 @@ impl Conn {
         Ok(Some(parts))
     }
 
-    /// Reads what the server sent into the read buffer; `Ok(0)` at its close. Through
-    /// `poll_read`, which forgets the socket's readiness after a short read, so that
-    /// [`Conn::is_quiet`] costs no system call on a connection that stayed quiet; the price
-    /// is zeroing what the read is offered (safe code cannot offer uninitialised bytes),
-    /// hence a read size that starts small and grows only for bodies that fill it.
+    /// Reads what the server sent into the read buffer's spare capacity; `Ok(0)` at its
+    /// close. tokio's `read_buf` offers that capacity uninitialised (`ReadBuf::uninit`), so
+    /// nothing is zeroed first, and goes through `poll_read`, which forgets the socket's
+    /// readiness after a short read, so that [`Conn::is_quiet`] costs no system call on a
+    /// connection that stayed quiet. The capacity offered starts small and grows only for
+    /// bodies that fill it.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        // Nothing to zero while nothing has arrived.
-        ready!(self.io.poll_read_ready(cx))?;
-        let len = self.rbuf.len();
-        let size = self.read_size;
-        self.rbuf.resize(len + size, 0);
-        let mut read = ReadBuf::new(&mut self.rbuf[len..]);
-        let polled = Pin::new(&mut self.io).poll_read(cx, &mut read);
-        let n = read.filled().len();
-        self.rbuf.truncate(len + n);
-        if n == size {
-            self.read_size = (size * 2).min(MAX_READ);
-        } else if n < size / 8 {
-            self.read_size = (size / 2).max(MIN_READ);
+        self.rbuf.reserve(self.read_size);
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        // Polled once and dropped: `read_buf` keeps no state between polls.
+        let n = ready!(pin!(self.io.read_buf(&mut self.rbuf)).poll(cx))?;
+        if n == spare {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < self.read_size / 8 {
+            self.read_size = (self.read_size / 2).max(MIN_READ);
         }
-        polled.map_ok(|()| n)
+        Poll::Ready(Ok(n))
     }
 }
 
