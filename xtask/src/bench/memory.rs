@@ -215,7 +215,7 @@ pub fn run(
          http/1.1), then stayed open; one process at a time held them (HAProxy first, then \
          ours), each freshly started. Ours: the bench config raises `max_connections_per_source` \
          and `header_read_timeout`; HAProxy: its `plain_proxy` TLS frontend, the peer's \
-         haproxy.cfg with `maxconn` N + 100 and the client, http-request and keep-alive timeouts \
+         haproxy.cfg with `maxconn` N + 100, `no strict-limits` and the client, http-request and keep-alive timeouts \
          at 300 s (`haproxy-memory.cfg` in the run directory), RSS summed over its processes \
          (one, 2 threads).\n",
         mib(ours.start),

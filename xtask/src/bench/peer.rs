@@ -280,15 +280,16 @@ pub fn our_config(ctx: &Ctx, ports: &Ports, cache_entries: usize) -> Result<Stri
 }
 
 /// The peer's `haproxy.cfg` with room for the memory section's idle connections, like
-/// [`our_config`] gives ours: `maxconn` `conns` + 100 (HAProxy wants twice that many file
-/// descriptors, and refuses to start if it cannot have them) and the client, request and keep-alive
+/// [`our_config`] gives ours: `maxconn` `conns` + 100, `no strict-limits` (HAProxy asks for two
+/// file descriptors per `maxconn`, one for each side, and by default refuses to start if it
+/// cannot have them, while an idle client connection holds one), and the client, request and keep-alive
 /// timeouts at 300 s (our `header_read_timeout`). Written to the run directory; the peer's
 /// file is left alone.
 pub fn haproxy_idle_config(ctx: &Ctx, conns: u32) -> Result<PathBuf> {
     let src = ctx.peer.join("haproxy.cfg");
     let mut text =
         std::fs::read_to_string(&src).with_context(|| format!("read {}", src.display()))?;
-    let maxconn = format!("    maxconn {}\n", conns + 100);
+    let maxconn = format!("    maxconn {}\n    no strict-limits\n", conns + 100);
     for (from, to) in [
         ("    maxconn 4096\n", maxconn.as_str()),
         ("    timeout client  30s\n", "    timeout client  300s\n"),
