@@ -10,7 +10,6 @@ use super::handler::{ConnInfo, Proxy};
 use super::live::LiveProxy;
 use super::proxy_protocol::{self, Origin, Prefixed};
 use super::send_timeout::SendTimeout;
-use super::ProxyBody;
 use crate::abuse::{source_key, Signal};
 use crate::access_log::{ConnEventKind, TlsInfo};
 use crate::config::abuse::AbuseConfig;
@@ -496,23 +495,13 @@ where
 {
     shared.proxy.peek().metrics().connection_opened();
     match tls {
-        None => drive(io, Arc::new(conn), shared, Proxy::handle).await,
+        None => drive(io, Arc::new(conn), shared).await,
         Some(acceptor) => {
             if let Some(s) = handshake(acceptor, io, &conn, shared).await {
                 let mut conn = conn;
                 conn.tls = Some(TlsInfo::of(s.get_ref().1));
                 let conn = Arc::new(conn);
-                // HTTP/2 runs each request in a task of its own, and spawning moves the
-                // request's future (a few KiB) several times: boxed, only a pointer moves.
-                // HTTP/1 keeps it inline, where boxing would cost more than it saves.
-                if s.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    drive(s, conn, shared, |p, c, r, a| {
-                        Box::pin(Proxy::handle(p, c, r, a))
-                    })
-                    .await
-                } else {
-                    drive(s, conn, shared, Proxy::handle).await
-                }
+                drive(s, conn, shared).await
             }
         }
     }
@@ -558,16 +547,9 @@ where
 
 /// Serves HTTP on one connection until it ends; on shutdown, when its source gets banned,
 /// or when it has gone quiet, it finishes the requests in flight and closes.
-/// `serve`: [`Proxy::handle`], or a wrapper of it.
-async fn drive<I, S, F>(io: I, conn: Arc<ConnInfo>, shared: &Shared, serve: S)
+async fn drive<I>(io: I, conn: Arc<ConnInfo>, shared: &Shared)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: Fn(Arc<Proxy>, Arc<ConnInfo>, hyper::Request<hyper::body::Incoming>, bool) -> F
-        + Send
-        + 'static,
-    F: std::future::Future<Output = Result<hyper::Response<ProxyBody>, std::convert::Infallible>>
-        + Send
-        + 'static,
 {
     let proxy = shared.proxy.clone();
     let verdicts = Arc::new(Verdicts::default());
@@ -586,8 +568,13 @@ where
                 req.extensions_mut().insert(ForwardedClient { ip, banned });
             }
         }
-        // The proxy of this request, kept to its end (see [`LiveProxy`]).
-        serve(proxy.current(), conn.clone(), req, ambiguous)
+        // The proxy of this request, kept to its end (see [`LiveProxy`]). Boxed: hyper
+        // keeps a slot for the request's future (a few KiB) for as long as an HTTP/1
+        // connection lives, idle or not; boxed, the slot is a pointer and the future's
+        // memory goes with the response (BENCHMARKS.md, memory). HTTP/2 runs each request
+        // in a task of its own, and spawning moves the future several times: boxed, only a
+        // pointer moves.
+        Box::pin(Proxy::handle(proxy.current(), conn.clone(), req, ambiguous))
     });
     let connection = shared
         .builder

@@ -175,10 +175,10 @@ fn mint_pool(ctx: &Ctx, keys: &Path, pool_size: usize) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `haproxy -f <peer>/<cfg> -db` (in the foreground, logging to stderr).
-fn haproxy(ctx: &Ctx, cfg: &str) -> Command {
+/// `haproxy -f <cfg> -db` (in the foreground, logging to stderr).
+fn haproxy(cfg: &Path) -> Command {
     let mut c = Command::new("haproxy");
-    c.arg("-f").arg(ctx.peer.join(cfg)).arg("-db");
+    c.arg("-f").arg(cfg).arg("-db");
     c
 }
 
@@ -187,7 +187,7 @@ pub fn start_backend(ctx: &Ctx, ports: &Ports) -> Result<Proc> {
     let log = ctx.run_dir.join("backend.log");
     let mut p = Proc::spawn(
         "upstream (haproxy backend.cfg)",
-        haproxy(ctx, "backend.cfg")
+        haproxy(&ctx.peer.join("backend.cfg"))
             .env("BACKEND_ADDR", format!("127.0.0.1:{}", ports.backend))
             .env("BACKEND_THREADS", "1"),
         &log,
@@ -198,11 +198,16 @@ pub fn start_backend(ctx: &Ctx, ports: &Ports) -> Result<Proc> {
 
 /// HAProxy as run.sh starts it: `haproxy.cfg` with its environment, nbthread 2.
 pub fn start_haproxy(ctx: &Ctx, ports: &Ports, m: &Material) -> Result<Proc> {
+    start_haproxy_with(ctx, ports, m, &ctx.peer.join("haproxy.cfg"))
+}
+
+/// [`start_haproxy`] with another config (a variant of the peer's `haproxy.cfg`).
+pub fn start_haproxy_with(ctx: &Ctx, ports: &Ports, m: &Material, cfg: &Path) -> Result<Proc> {
     let log = ctx.run_dir.join("haproxy.log");
     let a = |p: u16| format!("127.0.0.1:{p}");
     let mut p = Proc::spawn(
         "haproxy (haproxy.cfg)",
-        haproxy(ctx, "haproxy.cfg")
+        haproxy(cfg)
             .env("GW_THREADS", "2")
             .env("BACKEND_ADDR", a(ports.backend))
             .env("GW_JWT_HTTP", a(ports.hp_jwt_http))
@@ -272,6 +277,43 @@ pub fn our_config(ctx: &Ctx, ports: &Ports, cache_entries: usize) -> Result<Stri
          [log]\n{ACCESS_OFF}\n"
     );
     Ok(text)
+}
+
+/// The peer's `haproxy.cfg` with room for the memory section's idle connections, like
+/// [`our_config`] gives ours: `maxconn` `conns` + 100, `no strict-limits` (HAProxy asks for two
+/// file descriptors per `maxconn`, one for each side, and by default refuses to start if it
+/// cannot have them, while an idle client connection holds one), and the client, request and keep-alive
+/// timeouts at 300 s (our `header_read_timeout`). Written to the run directory; the peer's
+/// file is left alone.
+pub fn haproxy_idle_config(ctx: &Ctx, conns: u32) -> Result<PathBuf> {
+    let src = ctx.peer.join("haproxy.cfg");
+    let mut text =
+        std::fs::read_to_string(&src).with_context(|| format!("read {}", src.display()))?;
+    let maxconn = format!("    maxconn {}\n    no strict-limits\n", conns + 100);
+    for (from, to) in [
+        ("    maxconn 4096\n", maxconn.as_str()),
+        ("    timeout client  30s\n", "    timeout client  300s\n"),
+        (
+            "    timeout http-request 10s\n",
+            "    timeout http-request 300s\n",
+        ),
+        (
+            "    timeout http-keep-alive 30s\n",
+            "    timeout http-keep-alive 300s\n",
+        ),
+    ] {
+        if text.matches(from).count() != 1 {
+            bail!(
+                "{} should have `{}` exactly once (the memory section raises it)",
+                src.display(),
+                from.trim()
+            );
+        }
+        text = text.replace(from, to);
+    }
+    let out = ctx.run_dir.join("haproxy-memory.cfg");
+    std::fs::write(&out, text).with_context(|| format!("write {}", out.display()))?;
+    Ok(out)
 }
 
 const ACCESS_OFF: &str = "access = \"off\"";

@@ -167,6 +167,34 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Resident set size of a process and all its descendants in KiB (HAProxy in master-worker
+/// mode runs more than one process; threads share their process's RSS).
+pub fn rss_tree_kib(pid: u32) -> Option<u64> {
+    let mut total = rss_kib(pid)?;
+    let mut todo = children(pid);
+    while let Some(c) = todo.pop() {
+        total += rss_kib(c).unwrap_or(0);
+        todo.extend(children(c));
+    }
+    Some(total)
+}
+
+/// Child processes of `pid` (of all its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// Aggregate CPU time from the first line of /proc/stat, in ticks: (user+nice, system,
 /// softirq, irq, idle).
 #[derive(Clone, Copy, Default, Debug)]
