@@ -15,6 +15,7 @@
 #![no_std]
 #![no_main]
 
+mod log;
 mod parse;
 
 use aya_ebpf::{
@@ -111,6 +112,9 @@ fn process(data: usize, data_end: usize, len: u64) -> Verdict {
         }
         Parsed::Malformed => {
             totals[counter::MALFORMED as usize] += 1;
+            if log::malformed_on() {
+                log::malformed(len);
+            }
             Verdict::Pass
         }
         Parsed::Ip(pkt) => decide(&pkt, len, totals),
@@ -173,6 +177,9 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
         flush = true;
     }
     let verdict = apply_class(stats, &pkt.src, totals, flush);
+    if log::first_deny_on() && verdict == Verdict::Drop && stats.drops_deny == 1 {
+        log::first_deny(&pkt.src, pkt.ipv4);
+    }
     if verdict == Verdict::Drop || stats.cached_class == class::ALLOWED {
         return verdict;
     }

@@ -10,6 +10,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
 use criterion::{criterion_group, criterion_main, Criterion};
 use gateway::config::EbpfConfig;
+use gateway::ebpf::kernel_log::KernelLevel;
 use gateway::ebpf::maps::new_deny_entry;
 use gateway::ebpf::{loader, PinnedMaps, Target};
 use gateway_common::{origin, program_name};
@@ -54,6 +55,20 @@ fn bench(c: &mut Criterion) {
     load_xdp(&mut ebpf, program_name::XDP);
     let floor_path = Path::new(env!("GATEWAY_EBPF_OBJECT")).with_file_name("floor");
     let mut floor = Ebpf::load_file(&floor_path).expect("load the floor programs");
+    // The same object with its kernel log lines on (info: first deny drops), sharing the
+    // pinned maps; and, when given, an object built without logging (main's), for the side
+    // by side that shows what logging compiled in costs with its level off.
+    let mut logging = loader::load_object_with_log(&fs.pin_path(), KernelLevel::INFO)
+        .expect("load with the log level on");
+    load_xdp(&mut logging, program_name::XDP);
+    let mut baseline = std::env::var_os("GATEWAY_BASELINE_OBJECT").map(|path| {
+        let mut b = aya::EbpfLoader::new()
+            .default_map_pin_directory(fs.pin_path())
+            .load_file(&path)
+            .expect("load the baseline object");
+        load_xdp(&mut b, program_name::XDP);
+        b
+    });
     load_xdp(&mut floor, "floor_pass");
     load_xdp(&mut floor, "floor_lookup");
 
@@ -113,6 +128,31 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|n| per_packet(prog, &syn, 2, n))
     });
     g.finish();
+
+    let log_prog: &Xdp = logging
+        .program(program_name::XDP)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut g = c.benchmark_group("xdp_kernel_log");
+    let mut variants = vec![("log_off", prog), ("log_info", log_prog)];
+    if let Some(b) = baseline.as_mut() {
+        variants.push((
+            "no_logging",
+            b.program(program_name::XDP).unwrap().try_into().unwrap(),
+        ));
+    }
+    for (name, p) in variants {
+        g.bench_function(format!("pass_known_source/{name}"), |b| {
+            b.iter_custom(|n| per_packet(p, &known, 2, n))
+        });
+        g.bench_function(format!("drop_deny_hit/{name}"), |b| {
+            b.iter_custom(|n| per_packet(p, &deny_hit, 1, n))
+        });
+    }
+    g.finish();
+    drop(baseline);
+    drop(logging);
     drop(maps);
     drop(ebpf);
     drop(fs);

@@ -142,6 +142,13 @@ async fn serve(config_path: &Path, mut config: Arc<Plan>) -> ExitCode {
             }
         });
     }
+    if let Some(log) = plane.as_mut().and_then(DataPlane::take_log) {
+        tokio::spawn(async move {
+            if let Err(e) = crate::ebpf::kernel_log::forward(log).await {
+                tracing::error!(error = %e, "kernel log reader stopped");
+            }
+        });
+    }
     if let (Some(p), Some(cfg)) = (&plane, &ebpf) {
         tracing::info!(
             target: "gateway",

@@ -1,6 +1,7 @@
 //! Loading and attaching the kernel programs, with errors that say what to do.
 
 use super::access::{self, AccessError, Capability};
+use super::kernel_log::{self, KernelLevel, KernelLogger};
 use super::maps::{MapsError, PinnedMaps};
 use crate::config::{DataPlaneMode, EbpfConfig, Issue};
 use aya::maps::{MapData, RingBuf};
@@ -91,6 +92,7 @@ pub struct DataPlane {
     _ebpf: Ebpf,
     maps: PinnedMaps,
     events: Option<RingBuf<MapData>>,
+    log: Option<KernelLogger>,
     interface: String,
     mode: DataPlaneMode,
 }
@@ -106,7 +108,8 @@ impl DataPlane {
         if !Path::new("/sys/class/net").join(&interface).exists() {
             return Err(LoadError::NoSuchInterface(interface));
         }
-        let mut ebpf = load_object(&cfg.pin_path)?;
+        let level = kernel_log::level_for_tracing();
+        let mut ebpf = load_object_with_log(&cfg.pin_path, level)?;
         let mut maps = PinnedMaps::open(&cfg.pin_path)?;
         access::share_pins(&cfg.pin_path, cfg.pin_group.as_deref())?;
         let kernel = cfg.to_kernel().map_err(LoadError::Config)?;
@@ -118,16 +121,19 @@ impl DataPlane {
         let events = ebpf
             .take_map(map_name::EVENTS)
             .and_then(|m| RingBuf::try_from(m).ok());
+        let log = kernel_log::take(&mut ebpf, kernel_log::ToTracing);
         tracing::info!(
             interface = %interface,
             mode = %cfg.mode,
             pin_path = %cfg.pin_path.display(),
+            kernel_log_level = level.0,
             "data plane attached"
         );
         Ok(Self {
             _ebpf: ebpf,
             maps,
             events,
+            log,
             interface,
             mode: cfg.mode,
         })
@@ -140,6 +146,11 @@ impl DataPlane {
     /// The rate-limit event ring buffer; it has one consumer, so it can be taken once.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The kernel programs' log reader (see [`kernel_log`]); one consumer, taken once.
+    pub fn take_log(&mut self) -> Option<KernelLogger> {
+        self.log.take()
     }
 
     pub fn interface(&self) -> &str {
@@ -159,8 +170,15 @@ impl Drop for DataPlane {
 
 /// Loads the object into the kernel with its maps pinned under `pin_path` (reusing maps
 /// already pinned there), without loading or attaching any program. The gateway attaches
-/// afterwards; tests and benchmarks run the programs through `BPF_PROG_TEST_RUN`.
+/// afterwards; tests and benchmarks run the programs through `BPF_PROG_TEST_RUN`. The
+/// kernel's own log lines are off.
 pub fn load_object(pin_path: &Path) -> Result<Ebpf, LoadError> {
+    load_object_with_log(pin_path, KernelLevel::OFF)
+}
+
+/// [`load_object`] with the kernel's log lines on up to `level`. The level is frozen into the
+/// object, so the verifier removes the logging branches of the levels that are off.
+pub fn load_object_with_log(pin_path: &Path, level: KernelLevel) -> Result<Ebpf, LoadError> {
     prepare_pin_dir(pin_path)?;
     // Maps pinned by an older build must match our layout before the programs use them.
     if pin_path.join(map_name::DENY).exists() {
@@ -168,6 +186,8 @@ pub fn load_object(pin_path: &Path) -> Result<Ebpf, LoadError> {
     }
     EbpfLoader::new()
         .default_map_pin_directory(pin_path)
+        // An older object without the global loads as before.
+        .override_global(aya_log::LEVEL, &level.0, false)
         .load(OBJECT)
         .map_err(classify_load_error)
 }

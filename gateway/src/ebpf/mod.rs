@@ -7,11 +7,13 @@
 //! - [`loader`]: load, attach (XDP native/generic, TC), detach on drop.
 //! - [`maps`]: typed wrappers over the pinned maps, for the gateway and the CLI alike.
 //! - [`events`]: rate-limit trips from the ring buffer.
+//! - [`kernel_log`]: the kernel programs' own log lines, forwarded into `tracing`.
 
 pub mod access;
 pub mod addr;
 pub mod clock;
 pub mod events;
+pub mod kernel_log;
 pub mod loader;
 pub mod maps;
 
