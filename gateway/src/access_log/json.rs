@@ -9,17 +9,62 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `,"key":` (every line starts with its `time`, so a separator always comes first).
-pub(super) fn key(out: &mut Vec<u8>, k: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(k.as_bytes());
-    out.extend_from_slice(b"\":");
+/// `,"key":` for a key known when compiling: one copy of one literal. Every line starts
+/// with its `time`, so a separator always comes first.
+macro_rules! key {
+    ($out:expr, $k:literal) => {
+        $out.extend_from_slice(concat!(",\"", $k, "\":").as_bytes())
+    };
+}
+pub(super) use key;
+
+/// Bytes a JSON string holds as they are: all but `"`, `\` and control characters.
+static PLAIN: [bool; 256] = {
+    let mut t = [true; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = false;
+        i += 1;
+    }
+    t[b'"' as usize] = false;
+    t[b'\\' as usize] = false;
+    t
+};
+
+/// Whether `b` is ASCII that a JSON string holds as it is, eight bytes at a time: most of
+/// a line's bytes are paths, hosts and ids, and a byte-by-byte test was the largest part
+/// of writing a line.
+fn is_plain_ascii(b: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Exact as a yes/no: whether any byte of `x` is zero, or below 0x20.
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let has_below_space = |x: u64| x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
+    let mut chunks = b.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(word);
+        if x & HIGH != 0
+            || has_below_space(x)
+            || has_zero(x ^ (ONES * u64::from(b'"')))
+            || has_zero(x ^ (ONES * u64::from(b'\\')))
+        {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&c| c < 0x80 && PLAIN[usize::from(c)])
 }
 
 /// A JSON string. Most values (paths, names, ids) need no escaping and are copied; the
 /// others go through `serde_json`'s escaper.
+#[inline]
 pub(super) fn string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if is_plain_ascii(s.as_bytes()) || s.bytes().all(|b| PLAIN[usize::from(b)]) {
+        out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -29,14 +74,34 @@ pub(super) fn string(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Bytes from a header as a JSON string; what is not UTF-8 is replaced.
+/// `,"key":"value"` rendered once, for values known before any request (route and
+/// upstream names): a line copies it.
+pub(super) fn field(k: &str, value: &str) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(k.len() + value.len() + 6);
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(k.as_bytes());
+    out.extend_from_slice(b"\":");
+    string(&mut out, value);
+    out.into_boxed_slice()
+}
+
+/// Bytes from a header as a JSON string; what is not UTF-8 is replaced. Plain ASCII (a
+/// request id, a host) is copied without a UTF-8 check.
 pub(super) fn bytes_string(out: &mut Vec<u8>, b: &[u8]) {
+    if is_plain_ascii(b) {
+        out.reserve(b.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return;
+    }
     match std::str::from_utf8(b) {
         Ok(s) => string(out, s),
         Err(_) => string(out, &String::from_utf8_lossy(b)),
     }
 }
 
+#[inline]
 pub(super) fn integer(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
@@ -80,11 +145,11 @@ pub(super) fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 fn ip_bare(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                integer(out, octet);
+            let [a, b, c, d] = v4.octets();
+            octet(out, a);
+            for o in [b, c, d] {
+                out.push(b'.');
+                octet(out, o);
             }
         }
         // IPv6 text form has rules (the longest run of zeros, embedded IPv4) that std
@@ -92,6 +157,18 @@ fn ip_bare(out: &mut Vec<u8>, ip: IpAddr) {
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
         }
+    }
+}
+
+/// A byte in decimal, without leading zeros.
+#[inline]
+fn octet(out: &mut Vec<u8>, o: u8) {
+    if o >= 100 {
+        out.extend_from_slice(&[b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10]);
+    } else if o >= 10 {
+        out.extend_from_slice(&[b'0' + o / 10, b'0' + o % 10]);
+    } else {
+        out.push(b'0' + o);
     }
 }
 
@@ -210,6 +287,49 @@ mod tests {
             text(|o| bytes_string(o, b"evil\"\xff")),
             "\"evil\\\"\u{fffd}\""
         );
+        assert_eq!(text(|o| bytes_string(o, b"a1-b2")), "\"a1-b2\"");
+        assert_eq!(text(|o| bytes_string(o, b"new\nline")), "\"new\\nline\"");
+        assert_eq!(
+            text(|o| bytes_string(o, "caf\u{e9}".as_bytes())),
+            "\"caf\u{e9}\""
+        );
+    }
+
+    #[test]
+    fn fields_rendered_once_are_escaped_like_any_string() {
+        for name in ["api", "odd \"name\"\n"] {
+            let got = String::from_utf8(field("route", name).into_vec()).unwrap();
+            let back: serde_json::Value = serde_json::from_str(&format!("{{\"a\":1{got}}}"))
+                .unwrap_or_else(|e| panic!("{got}: {e}"));
+            assert_eq!(back["route"], name);
+        }
+        let mut out = Vec::new();
+        key!(out, "bytes_in");
+        assert_eq!(out, b",\"bytes_in\":");
+    }
+
+    #[test]
+    fn the_word_at_a_time_test_agrees_with_the_byte_table() {
+        // Every byte value at every position of strings from 1 to 19 bytes (two words and
+        // a remainder), in fillers at the edges of what is plain (borrows between bytes).
+        for filler in [b'a', b' ', b'!', b'#', b'[', b']', b'~', 0x7f] {
+            for len in 1..20 {
+                for pos in 0..len {
+                    for b in 0..=255u8 {
+                        let mut s = vec![filler; len];
+                        s[pos] = b;
+                        let want = b < 0x80 && PLAIN[usize::from(b)];
+                        assert_eq!(
+                            is_plain_ascii(&s),
+                            want,
+                            "{b:#x} at {pos} of {len} in {filler:#x}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(is_plain_ascii(b""));
+        assert!(is_plain_ascii(b" !#~/v1/items?x=1&y=[2]"));
     }
 
     #[test]
@@ -221,6 +341,8 @@ mod tests {
             "[2001:db8::5]:8080",
             "[::ffff:192.0.2.1]:443",
             "[::1]:9",
+            "100.10.1.99:80",
+            "9.99.200.0:65535",
         ] {
             let addr: SocketAddr = a.parse().unwrap();
             assert_eq!(text(|o| socket_addr(o, addr)), format!("\"{addr}\""));

@@ -5,7 +5,7 @@
 //! Never in a line: the token, the `Authorization` header, cookies, any other header, or
 //! the query string unless `[log] query = true`. A record has no field that could hold them.
 
-use super::json::{bytes_string, integer, ip, key, millis, socket_addr, string, Clock};
+use super::json::{bytes_string, field, integer, ip, key, millis, socket_addr, string, Clock};
 use crate::jwt::VerifiedToken;
 use crate::tls::HandshakeFailure;
 use http::header::HeaderValue;
@@ -42,11 +42,27 @@ impl TlsInfo {
 }
 
 /// Route and upstream names by index, shared by every record of one proxy (one `Arc`
-/// increment per request instead of copying names).
+/// increment per request instead of copying names), kept as the line's finished
+/// `,"route":"..."` and `,"upstream":"..."` fields.
 #[derive(Debug, Default)]
 pub struct Names {
-    pub routes: Vec<Box<str>>,
-    pub upstreams: Vec<Box<str>>,
+    routes: Vec<Box<[u8]>>,
+    upstreams: Vec<Box<[u8]>>,
+}
+
+impl Names {
+    pub fn new<'a>(
+        routes: impl IntoIterator<Item = &'a str>,
+        upstreams: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        Self {
+            routes: routes.into_iter().map(|n| field("route", n)).collect(),
+            upstreams: upstreams
+                .into_iter()
+                .map(|n| field("upstream", n))
+                .collect(),
+        }
+    }
 }
 
 /// One request, as logged when its response has been sent.
@@ -88,10 +104,11 @@ pub struct Record {
     pub reason: Option<&'static str>,
 }
 
-/// A request's path and host, copied into one allocation.
+/// A request's path and host, copied into one allocation (bytes: the host is a header's,
+/// checked when the line is written, not on the request path).
 #[derive(Debug, Default)]
 pub struct Target {
-    text: String,
+    text: Vec<u8>,
     path_len: usize,
 }
 
@@ -107,21 +124,21 @@ impl Target {
             .map(str::as_bytes)
             .or(host_header.map(HeaderValue::as_bytes))
             .unwrap_or_default();
-        let mut text = String::with_capacity(path.len() + host.len());
-        text.push_str(path);
-        text.push_str(&String::from_utf8_lossy(host));
+        let mut text = Vec::with_capacity(path.len() + host.len());
+        text.extend_from_slice(path.as_bytes());
+        text.extend_from_slice(host);
         Self {
             path_len: path.len(),
             text,
         }
     }
 
-    pub fn path(&self) -> &str {
+    pub fn path(&self) -> &[u8] {
         self.text.get(..self.path_len).unwrap_or_default()
     }
 
     /// `None` without a host.
-    pub fn host(&self) -> Option<&str> {
+    pub fn host(&self) -> Option<&[u8]> {
         self.text.get(self.path_len..).filter(|h| !h.is_empty())
     }
 }
@@ -160,15 +177,15 @@ impl Line {
     }
 }
 
-/// How the protocol is named in a line (as `http::Version`'s `Debug` does).
-fn protocol(v: Version) -> &'static str {
+/// The `protocol` field, as `http::Version`'s `Debug` names it.
+fn protocol_field(v: Version) -> &'static [u8] {
     match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2.0",
-        Version::HTTP_3 => "HTTP/3.0",
-        _ => "other",
+        Version::HTTP_09 => b",\"protocol\":\"HTTP/0.9\"",
+        Version::HTTP_10 => b",\"protocol\":\"HTTP/1.0\"",
+        Version::HTTP_11 => b",\"protocol\":\"HTTP/1.1\"",
+        Version::HTTP_2 => b",\"protocol\":\"HTTP/2.0\"",
+        Version::HTTP_3 => b",\"protocol\":\"HTTP/3.0\"",
+        _ => b",\"protocol\":\"other\"",
     }
 }
 
@@ -176,68 +193,65 @@ impl Record {
     fn write_json(&self, out: &mut Vec<u8>, clock: &mut Clock) {
         clock.open_line(out, self.time);
         out.extend_from_slice(b",\"event\":\"request\"");
-        key(out, "request_id");
+        key!(out, "request_id");
         bytes_string(out, self.request_id.as_bytes());
-        key(out, "client");
+        key!(out, "client");
         ip(out, self.client);
         if let Some(port) = self.port {
-            key(out, "port");
+            key!(out, "port");
             integer(out, port);
         }
         if let Some(tls) = self.tls {
-            key(out, "tls");
+            key!(out, "tls");
             string(out, tls.version);
             if let Some(alpn) = tls.alpn {
-                key(out, "alpn");
+                key!(out, "alpn");
                 string(out, alpn);
             }
         }
-        key(out, "protocol");
-        string(out, protocol(self.version));
-        key(out, "method");
+        out.extend_from_slice(protocol_field(self.version));
+        key!(out, "method");
         string(out, self.method.as_str());
         if let Some(h) = self.target.host() {
-            key(out, "host");
-            string(out, h);
+            key!(out, "host");
+            bytes_string(out, h);
         }
-        key(out, "path");
-        string(out, self.target.path());
-        key(out, "status");
+        key!(out, "path");
+        bytes_string(out, self.target.path());
+        key!(out, "status");
         integer(out, self.status);
-        if let Some(name) = self.route.and_then(|i| self.names.routes.get(i)) {
-            key(out, "route");
-            string(out, name);
+        if let Some(route) = self.route.and_then(|i| self.names.routes.get(i)) {
+            out.extend_from_slice(route);
         }
-        if let Some(name) = self.upstream.and_then(|i| self.names.upstreams.get(i)) {
-            key(out, "upstream");
-            string(out, name);
+        if let Some(upstream) = self.upstream.and_then(|i| self.names.upstreams.get(i)) {
+            out.extend_from_slice(upstream);
         }
         if let Some(server) = self.server {
-            key(out, "server");
+            key!(out, "server");
             socket_addr(out, server);
         }
-        key(out, "bytes_in");
+        key!(out, "bytes_in");
         integer(out, self.bytes_in);
-        key(out, "bytes_out");
+        key!(out, "bytes_out");
         integer(out, self.bytes_out);
-        key(out, "duration_ms");
+        key!(out, "duration_ms");
         millis(out, self.total);
         if let Some(d) = self.upstream_time {
-            key(out, "upstream_ms");
+            key!(out, "upstream_ms");
             millis(out, d);
         }
         if let Some(t) = &self.token {
             if let Some(sub) = t.subject() {
-                key(out, "sub");
+                key!(out, "sub");
                 string(out, sub);
             }
             if let Some(iss) = t.issuer() {
-                key(out, "iss");
+                key!(out, "iss");
                 string(out, iss);
             }
         }
         if let Some(reason) = self.reason {
-            key(out, "reason");
+            key!(out, "reason");
             string(out, reason);
         }
         out.push(b'}');
@@ -251,13 +265,13 @@ impl ConnEvent {
             ConnEventKind::HandshakeFailed(r) => ("tls_handshake_failed", r.as_str()),
             ConnEventKind::Refused(r) => ("connection_refused", r),
         };
-        key(out, "event");
+        key!(out, "event");
         string(out, event);
-        key(out, "client");
+        key!(out, "client");
         ip(out, self.client.ip());
-        key(out, "port");
+        key!(out, "port");
         integer(out, self.client.port());
-        key(out, "reason");
+        key!(out, "reason");
         string(out, reason);
         out.push(b'}');
     }

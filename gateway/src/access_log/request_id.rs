@@ -1,8 +1,9 @@
 //! `X-Request-Id`: the client's, when it is a short token of safe characters, else one we
 //! make. The upstream and the client see the same id as the access log line.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -50,8 +51,7 @@ impl IdGen {
             *o = b"0123456789abcdef"[nibble as usize];
         }
         // Hex digits are always a valid header value.
-        HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&out))
-            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+        header_value(&out).unwrap_or_else(|| HeaderValue::from_static("0"))
     }
 
     /// The request's id: its one valid `X-Request-Id`, else a new one; `true` when the new
@@ -62,7 +62,7 @@ impl IdGen {
         if let (Some(v), None) = (values.next(), values.next()) {
             if is_valid(v.as_bytes()) {
                 // A copy: a clone would share (and pin) the connection's read buffer.
-                if let Ok(copy) = HeaderValue::from_bytes(v.as_bytes()) {
+                if let Some(copy) = header_value(v.as_bytes()) {
                     return (copy, false);
                 }
             }
@@ -75,6 +75,34 @@ impl Default for IdGen {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// How many bytes of ids one allocation holds (a few hundred ids).
+const ARENA_BYTES: usize = 4096;
+
+thread_local! {
+    /// Each worker's block of id bytes: an id is a slice of it, so making one costs no
+    /// allocation of its own, and its clones (for the upstream, the client and the log
+    /// line) only count references. A block is freed with the last id in it.
+    static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// `id` copied into this thread's arena, as a header value; `None` if it is not one.
+fn header_value(id: &[u8]) -> Option<HeaderValue> {
+    let bytes = ARENA
+        .try_with(|arena| {
+            let mut arena = arena.try_borrow_mut().ok()?;
+            if arena.capacity() < id.len() {
+                arena.reserve(ARENA_BYTES.max(id.len()));
+            }
+            arena.extend_from_slice(id);
+            Some(arena.split().freeze())
+        })
+        .ok()
+        .flatten()
+        // Only while the thread ends (or re-entered): a copy of its own.
+        .unwrap_or_else(|| Bytes::copy_from_slice(id));
+    HeaderValue::from_maybe_shared(bytes).ok()
 }
 
 /// A bijection on u64 with good mixing (SplitMix64's finaliser): distinct inputs, distinct
@@ -145,6 +173,32 @@ mod tests {
         // them as header values before we ever see them).
         for b in (0u8..0x20).chain([0x7f]) {
             assert!(!is_valid(&[b'a', b, b'b']), "{b:#x}");
+        }
+    }
+
+    #[test]
+    fn ids_sharing_an_arena_block_stay_intact() {
+        let ids = IdGen::new();
+        // Ids over several blocks, client ids among them, kept alive while many more are
+        // made (and some dropped, so a block may be reclaimed): none may change.
+        let mut live = Vec::new();
+        for i in 0..3 * ARENA_BYTES / 16 {
+            let v = if i % 50 == 0 {
+                let id = format!("client-{i}");
+                ids.take_or_make(&headers(&[id.as_bytes()])).0
+            } else {
+                ids.generate()
+            };
+            live.push((v.as_bytes().to_vec(), v));
+            if i % 3 == 0 {
+                // Dropped at once: its bytes may be reused only when the whole block is free.
+                drop(ids.generate());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (copy, v) in &live {
+            assert_eq!(v.as_bytes(), &copy[..]);
+            assert!(seen.insert(copy.clone()), "an id repeated");
         }
     }
 

@@ -25,10 +25,7 @@ fn record_with(uri: &str, query: bool) -> Record {
         method: http::Method::POST,
         target: Target::of(&uri, None, query),
         status: 201,
-        names: Arc::new(Names {
-            routes: vec!["api".into()],
-            upstreams: vec!["app".into()],
-        }),
+        names: Arc::new(Names::new(["api"], ["app"])),
         route: Some(0),
         upstream: Some(0),
         server: Some("10.0.0.5:8080".parse().unwrap()),

@@ -150,10 +150,10 @@ impl Proxy {
             }
         }
         let listen = plan.listen.clone().unwrap_or_default();
-        let log_names = Arc::new(Names {
-            routes: routes.iter().map(|r| r.name.as_str().into()).collect(),
-            upstreams: upstreams.iter().map(|u| u.name().into()).collect(),
-        });
+        let log_names = Arc::new(Names::new(
+            routes.iter().map(|r| r.name.as_str()),
+            upstreams.iter().map(|u| u.name()),
+        ));
         Ok(Self {
             plan: Arc::clone(plan),
             routes,
@@ -334,10 +334,13 @@ impl Proxy {
                 token: trail.token,
                 reason: resp.extensions().get::<RefusalCode>().map(|c| c.0),
             });
-            resp.headers_mut().insert(
-                access_log::request_id::X_REQUEST_ID.clone(),
-                record.request_id.clone(),
-            );
+            // Marked sensitive, HTTP/2 sends it as a never-indexed literal: an id differs
+            // on every response, so indexing it only churns the HPACK table (measured:
+            // a fifth of an HTTP/2 request's CPU with the log on) and evicts useful entries.
+            let mut id = record.request_id.clone();
+            id.set_sensitive(true);
+            resp.headers_mut()
+                .insert(access_log::request_id::X_REQUEST_ID.clone(), id);
             resp = resp.map(|body| {
                 http_body_util::BodyExt::boxed(LoggedBody::new(body, record, log.clone(), started))
             });

@@ -41,11 +41,11 @@ impl Proxy {
         token: Option<&VerifiedToken>,
     ) -> Result<(), Refusal> {
         let headers = &mut parts.headers;
-        // Room for what is added below (five forwarding headers, and Host for an HTTP/2
-        // request) at once: the map is sized for the client's few headers and would
-        // otherwise grow, and rehash, more than once. Failure is only past `HeaderMap`'s
-        // size limit, where the inserts grow it as before.
-        let _ = headers.try_reserve(6);
+        // Room for what is added below (five forwarding headers, Host for an HTTP/2
+        // request) and the access log's `X-Request-Id`, at once: the map is sized for the
+        // client's few headers and would otherwise grow, and rehash, more than once.
+        // Failure is only past `HeaderMap`'s size limit, where the inserts grow it as before.
+        let _ = headers.try_reserve(7);
         strip_hop_by_hop(headers);
         // Override headers go on routes with token checks, unless the route opted out.
         let overrides = !matches!(route.auth, Auth::None) && route.config.strip_override_headers;

@@ -422,7 +422,9 @@ impl Conn {
             );
         }
         let head = self.rbuf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // One more than the upstream sent: the access log adds `X-Request-Id`, which
+        // would otherwise make a full map grow and rehash.
+        let mut headers = HeaderMap::with_capacity(count + 1);
         for &(name, name_len, value, value_len) in &spans[..count] {
             let (name, value) = (name as usize, value as usize);
             let (name_len, value_len) = (name_len as usize, value_len as usize);
