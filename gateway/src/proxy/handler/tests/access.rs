@@ -59,6 +59,8 @@ async fn lines_tell_what_happened_and_never_the_secrets() {
     .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.headers["x-request-id"], "client-id-1");
+    // HTTP/2 sends it never-indexed: a value that never repeats must not churn HPACK's table.
+    assert!(a.headers["x-request-id"].is_sensitive());
     assert!(a.body.contains("x-request-id: client-id-1"), "{}", a.body);
     let a_bytes = a.body.len();
 
