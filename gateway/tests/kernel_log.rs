@@ -3,20 +3,14 @@
 //! once, a flood of malformed packets yields a bounded number of samples, and with the level
 //! off nothing is logged at all.
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
-use aya::Ebpf;
+mod kernel;
+
 use gateway::ebpf::kernel_log::{self, KernelLevel};
-use gateway::ebpf::maps::new_deny_entry;
-use gateway::ebpf::{loader, PinnedMaps, Target};
-use gateway_common::{origin, program_name};
-use gateway_tests::netns::Bpffs;
+use gateway::ebpf::loader;
 use gateway_tests::packet::{self, ETH_P_IP, SYN};
-use gateway_tests::privileged;
+use kernel::{Loaded, XDP_DROP, XDP_PASS};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 /// Keeps every record aya-log hands over.
 #[derive(Clone, Default)]
@@ -36,58 +30,25 @@ impl log::Log for Capture {
 }
 
 struct Harness {
-    ebpf: Ebpf,
-    maps: PinnedMaps,
+    k: Loaded,
     log: kernel_log::KernelLogger<Capture>,
     lines: Capture,
-    _fs: Bpffs,
 }
 
 fn harness(name: &str, level: KernelLevel) -> Option<Harness> {
-    if !privileged::require(name) {
-        return None;
-    }
-    let fs = Bpffs::new(&format!("kl-{name}-{}", std::process::id())).expect("bpffs");
-    let mut ebpf = loader::load_object_with_log(&fs.pin_path(), level).expect("load the object");
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program_name::XDP)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    loader::load_program(|| xdp.load()).expect("the verifier accepts the XDP program");
-    let maps = PinnedMaps::open(&fs.pin_path()).expect("maps are pinned");
+    let mut k = kernel::load("kl", name, |pin| loader::load_object_with_log(pin, level))?;
     let lines = Capture::default();
-    let log = kernel_log::take(&mut ebpf, lines.clone()).expect("the object has AYA_LOGS");
-    Some(Harness {
-        ebpf,
-        maps,
-        log,
-        lines,
-        _fs: fs,
-    })
+    let log = kernel_log::take(&mut k.ebpf, lines.clone()).expect("the object has AYA_LOGS");
+    Some(Harness { k, log, lines })
 }
 
 impl Harness {
     fn xdp(&self, pkt: &[u8]) -> u32 {
-        let prog: &Xdp = self
-            .ebpf
-            .program(program_name::XDP)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        prog.test_run(TestRunOptions {
-            data_in: Some(pkt),
-            ..TestRunOptions::default()
-        })
-        .expect("test run")
-        .return_value
+        kernel::xdp(&self.k.ebpf, pkt)
     }
 
     fn deny(&mut self, target: &str) {
-        let t: Target = target.parse().unwrap();
-        self.maps
-            .deny(&t, &new_deny_entry(0, origin::MANUAL, "test"))
-            .unwrap();
+        kernel::deny(&mut self.k.maps, target, 0);
     }
 
     /// Reads the ring buffer; the lines logged so far containing `needle`.

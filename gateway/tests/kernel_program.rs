@@ -3,77 +3,39 @@
 //! bpffs. Time-dependent behaviour (token-bucket refill, expiry) is driven by writing the
 //! state in the maps, not by sleeping.
 
+mod kernel;
+
 use aya::maps::{MapData, RingBuf};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use aya::Ebpf;
+use aya::programs::SchedClassifier;
 use gateway::config::EbpfConfig;
-use gateway::ebpf::maps::new_deny_entry;
-use gateway::ebpf::{clock, loader, PinnedMaps, Target};
-use gateway_common::{counter, map_name, origin, program_name, RateLimitEvent};
-use gateway_tests::netns::Bpffs;
+use gateway::ebpf::{clock, loader};
+use gateway_common::{counter, map_name, program_name, RateLimitEvent};
 use gateway_tests::packet::{self, Ext, ACK, PROTO_TCP, PROTO_UDP, SYN};
-use gateway_tests::privileged;
+use kernel::{Loaded, XDP_DROP, XDP_PASS};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 
-/// Test-run options for one run over `pkt`.
-fn one_packet(pkt: &[u8]) -> TestRunOptions<'_> {
-    TestRunOptions {
-        data_in: Some(pkt),
-        ..TestRunOptions::default()
-    }
-}
-
 /// The object loaded with both programs ready for test runs.
-struct Harness {
-    ebpf: Ebpf,
-    maps: PinnedMaps,
-    // Dropped last: unmounting frees the pins.
-    _fs: Bpffs,
-}
+type Harness = Loaded;
 
 fn harness(name: &str) -> Option<Harness> {
-    if !privileged::require(name) {
-        return None;
-    }
-    let fs = Bpffs::new(&format!("k-{name}-{}", std::process::id())).expect("bpffs");
-    let mut ebpf = loader::load_object(&fs.pin_path()).expect("load the object");
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program_name::XDP)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    loader::load_program(|| xdp.load()).expect("the verifier accepts the XDP program");
-    let tc: &mut SchedClassifier = ebpf
+    let mut k = kernel::load("k", name, loader::load_object)?;
+    let tc: &mut SchedClassifier = k
+        .ebpf
         .program_mut(program_name::TC)
         .unwrap()
         .try_into()
         .unwrap();
     loader::load_program(|| tc.load()).expect("the verifier accepts the TC program");
-    let maps = PinnedMaps::open(&fs.pin_path()).expect("maps are pinned");
-    Some(Harness {
-        ebpf,
-        maps,
-        _fs: fs,
-    })
+    Some(k)
 }
 
 impl Harness {
     fn xdp(&self, pkt: &[u8]) -> u32 {
-        let prog: &Xdp = self
-            .ebpf
-            .program(program_name::XDP)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        prog.test_run(one_packet(pkt))
-            .expect("test run")
-            .return_value
+        kernel::xdp(&self.ebpf, pkt)
     }
 
     fn tc(&self, pkt: &[u8]) -> u32 {
@@ -83,14 +45,8 @@ impl Harness {
 
     /// `None` when the kernel refuses to build an skb from `pkt` (EINVAL).
     fn try_tc(&self, pkt: &[u8]) -> Option<u32> {
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(program_name::TC)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        match prog.test_run(one_packet(pkt)) {
-            Ok(r) => Some(r.return_value),
+        match kernel::run::<SchedClassifier>(&self.ebpf, program_name::TC, pkt) {
+            Ok(r) => Some(r),
             Err(aya::programs::ProgramError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
             {
@@ -107,10 +63,7 @@ impl Harness {
     }
 
     fn deny(&mut self, target: &str, expires_ns: u64) {
-        let t: Target = target.parse().unwrap();
-        self.maps
-            .deny(&t, &new_deny_entry(expires_ns, origin::MANUAL, "test"))
-            .unwrap();
+        kernel::deny(&mut self.maps, target, expires_ns);
     }
 
     /// Totals by name, only the non-zero ones.

@@ -2,37 +2,15 @@
 //! abuse engine does: one /64 gets one bucket however many of its addresses it uses. The
 //! real object through `BPF_PROG_TEST_RUN`, its maps pinned in a private bpffs.
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
-use aya::Ebpf;
+mod kernel;
+
 use gateway::config::EbpfConfig;
-use gateway::ebpf::{loader, PinnedMaps};
-use gateway_common::program_name;
-use gateway_tests::netns::Bpffs;
+use gateway::ebpf::loader;
 use gateway_tests::packet::{self, SYN};
-use gateway_tests::privileged;
+use kernel::{Loaded, XDP_DROP, XDP_PASS};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
-struct Harness {
-    ebpf: Ebpf,
-    maps: PinnedMaps,
-    _fs: Bpffs,
-}
-
-fn harness(name: &str, ipv6_prefix: u32) -> Option<Harness> {
-    if !privileged::require(name) {
-        return None;
-    }
-    let fs = Bpffs::new(&format!("k6-{name}-{}", std::process::id())).expect("bpffs");
-    let mut ebpf = loader::load_object(&fs.pin_path()).expect("load the object");
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program_name::XDP)
-        .expect("XDP program")
-        .try_into()
-        .expect("an XDP program");
-    loader::load_program(|| xdp.load()).expect("the verifier accepts the XDP program");
-    let mut maps = PinnedMaps::open(&fs.pin_path()).expect("maps are pinned");
+fn harness(name: &str, ipv6_prefix: u32) -> Option<Loaded> {
+    let mut k = kernel::load("k6", name, loader::load_object)?;
     // One SYN per second per bucket, no burst beyond it.
     let mut cfg = EbpfConfig {
         interface: Some("lo".into()),
@@ -44,33 +22,17 @@ fn harness(name: &str, ipv6_prefix: u32) -> Option<Harness> {
     .to_kernel()
     .expect("valid config");
     cfg.ipv6_prefix = ipv6_prefix;
-    maps.write_config(&cfg).expect("write config");
-    Some(Harness {
-        ebpf,
-        maps,
-        _fs: fs,
-    })
+    k.maps.write_config(&cfg).expect("write config");
+    Some(k)
 }
 
-impl Harness {
-    fn syn(&self, src: &str) -> u32 {
-        let pkt = match src.parse().expect("address") {
-            std::net::IpAddr::V4(a) => packet::tcp4(a, 443, SYN),
-            std::net::IpAddr::V6(a) => packet::tcp6(a, 443, SYN),
-        };
-        let prog: &Xdp = self
-            .ebpf
-            .program(program_name::XDP)
-            .expect("XDP program")
-            .try_into()
-            .expect("an XDP program");
-        prog.test_run(TestRunOptions {
-            data_in: Some(&pkt),
-            ..TestRunOptions::default()
-        })
-        .expect("test run")
-        .return_value
-    }
+/// The XDP verdict on a SYN from `src` to the protected port.
+fn syn(k: &Loaded, src: &str) -> u32 {
+    let pkt = match src.parse().expect("address") {
+        std::net::IpAddr::V4(a) => packet::tcp4(a, 443, SYN),
+        std::net::IpAddr::V6(a) => packet::tcp6(a, 443, SYN),
+    };
+    kernel::xdp(&k.ebpf, &pkt)
 }
 
 #[test]
@@ -78,20 +40,20 @@ fn ipv6_sources_share_one_syn_bucket_per_prefix() {
     let Some(h) = harness("prefix64", 64) else {
         return;
     };
-    assert_eq!(h.syn("2001:db8:1:2::1"), XDP_PASS, "the /64's one token");
+    assert_eq!(syn(&h, "2001:db8:1:2::1"), XDP_PASS, "the /64's one token");
     // Rotating addresses inside the /64 buys nothing.
     for host in [
         "2001:db8:1:2::2",
         "2001:db8:1:2:ffff:ffff:ffff:ffff",
         "2001:db8:1:2::1",
     ] {
-        assert_eq!(h.syn(host), XDP_DROP, "{host}");
+        assert_eq!(syn(&h, host), XDP_DROP, "{host}");
     }
     // The neighbouring /64 has its own bucket, and IPv4 sources keep one per address.
-    assert_eq!(h.syn("2001:db8:1:3::1"), XDP_PASS);
-    assert_eq!(h.syn("10.9.0.1"), XDP_PASS);
-    assert_eq!(h.syn("10.9.0.2"), XDP_PASS);
-    assert_eq!(h.syn("10.9.0.1"), XDP_DROP);
+    assert_eq!(syn(&h, "2001:db8:1:3::1"), XDP_PASS);
+    assert_eq!(syn(&h, "10.9.0.1"), XDP_PASS);
+    assert_eq!(syn(&h, "10.9.0.2"), XDP_PASS);
+    assert_eq!(syn(&h, "10.9.0.1"), XDP_DROP);
     // The drops are still counted per address for `gateway stats`.
     let s = h
         .maps
@@ -106,9 +68,9 @@ fn a_full_length_prefix_counts_each_ipv6_address() {
     let Some(h) = harness("prefix128", 128) else {
         return;
     };
-    assert_eq!(h.syn("2001:db8:1:2::1"), XDP_PASS);
-    assert_eq!(h.syn("2001:db8:1:2::2"), XDP_PASS, "its own bucket");
-    assert_eq!(h.syn("2001:db8:1:2::1"), XDP_DROP);
+    assert_eq!(syn(&h, "2001:db8:1:2::1"), XDP_PASS);
+    assert_eq!(syn(&h, "2001:db8:1:2::2"), XDP_PASS, "its own bucket");
+    assert_eq!(syn(&h, "2001:db8:1:2::1"), XDP_DROP);
 }
 
 #[test]
