@@ -66,6 +66,43 @@ impl Body for LoggedBody {
     }
 }
 
+/// The body of every response to a client: as the upstream or the gateway made it, or that
+/// body counted for its access log line. An enum, not a box around the boxed body: one
+/// allocation and one indirect call per frame fewer for every logged response.
+pub enum ClientBody {
+    Plain(ProxyBody),
+    Logged(LoggedBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            ClientBody::Plain(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Logged(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Plain(b) => b.is_end_stream(),
+            ClientBody::Logged(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Plain(b) => b.size_hint(),
+            ClientBody::Logged(b) => b.size_hint(),
+        }
+    }
+}
+
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         self.finish();

@@ -23,7 +23,7 @@ use super::slots::Slots;
 use super::upstream::{Upstream, UpstreamError};
 use super::{BoxError, ErrorChain, ProxyBody};
 use crate::abuse::AbuseEngine;
-use crate::access_log::{self, AccessLog, LoggedBody, Names, Record, TlsInfo};
+use crate::access_log::{self, AccessLog, ClientBody, LoggedBody, Names, Record, TlsInfo};
 use crate::config::Plan;
 use crate::deny::DenyStore;
 use crate::jwt::{VerifiedToken, Verifier, VerifierConfig};
@@ -263,7 +263,7 @@ impl Proxy {
         conn: Arc<ConnInfo>,
         req: Request<B>,
         ambiguous_framing: bool,
-    ) -> Result<Response<ProxyBody>, Infallible>
+    ) -> Result<Response<ClientBody>, Infallible>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -341,11 +341,11 @@ impl Proxy {
             id.set_sensitive(true);
             resp.headers_mut()
                 .insert(access_log::request_id::X_REQUEST_ID.clone(), id);
-            resp = resp.map(|body| {
-                http_body_util::BodyExt::boxed(LoggedBody::new(body, record, log.clone(), started))
-            });
+            return Ok(resp.map(|body| {
+                ClientBody::Logged(LoggedBody::new(body, record, log.clone(), started))
+            }));
         }
-        Ok(resp)
+        Ok(resp.map(ClientBody::Plain))
     }
 
     async fn route_and_forward<B>(
