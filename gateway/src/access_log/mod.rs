@@ -15,7 +15,7 @@ pub mod record;
 pub mod request_id;
 mod writer;
 
-pub use body::{ClientBody, LoggedBody};
+pub use body::ClientBody;
 pub use record::{ConnEvent, ConnEventKind, Line, Names, Record, Target, TlsInfo};
 
 use crate::config::{AccessTarget, LogConfig};

@@ -23,7 +23,7 @@ use super::slots::Slots;
 use super::upstream::{Upstream, UpstreamError};
 use super::{BoxError, ErrorChain, ProxyBody};
 use crate::abuse::AbuseEngine;
-use crate::access_log::{self, AccessLog, ClientBody, LoggedBody, Names, Record, TlsInfo};
+use crate::access_log::{self, AccessLog, ClientBody, Names, Record, TlsInfo};
 use crate::config::Plan;
 use crate::deny::DenyStore;
 use crate::jwt::{VerifiedToken, Verifier, VerifierConfig};
@@ -341,11 +341,9 @@ impl Proxy {
             id.set_sensitive(true);
             resp.headers_mut()
                 .insert(access_log::request_id::X_REQUEST_ID.clone(), id);
-            return Ok(resp.map(|body| {
-                ClientBody::Logged(LoggedBody::new(body, record, log.clone(), started))
-            }));
+            return Ok(resp.map(|body| ClientBody::logged(body, record, log.clone(), started)));
         }
-        Ok(resp.map(ClientBody::Plain))
+        Ok(resp.map(ClientBody::plain))
     }
 
     async fn route_and_forward<B>(
