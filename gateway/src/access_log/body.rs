@@ -3,13 +3,22 @@
 //! polling, abandoned by the client). One type for both, not a box around the boxed body:
 //! one allocation and one indirect call per frame fewer for every logged response.
 
-use super::{AccessLog, Line, Record};
+use super::{AccessLog, Names, Record};
 use crate::proxy::{BoxError, ProxyBody};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
+
+/// What a logged response needs when it ends: the log, and the names its record's indices
+/// refer to. The request's proxy gives both, moved into the body: no reference count that
+/// every worker shares is touched per request.
+pub trait LogContext: Send + Sync {
+    fn log(&self) -> Option<&AccessLog>;
+    fn names(&self) -> &Names;
+}
 
 pub struct ClientBody {
     inner: ProxyBody,
@@ -20,7 +29,7 @@ pub struct ClientBody {
 /// What a logged response still has to write.
 struct Logged {
     record: Box<Record>,
-    log: AccessLog,
+    context: Arc<dyn LogContext>,
     /// When the request's head arrived (the line's `duration_ms` runs from it).
     started: Instant,
 }
@@ -34,13 +43,18 @@ impl ClientBody {
         }
     }
 
-    /// A response whose line `record` is sent to `log` when it ends.
-    pub fn logged(inner: ProxyBody, record: Box<Record>, log: AccessLog, started: Instant) -> Self {
+    /// A response whose line `record` goes to `context`'s log when it ends.
+    pub fn logged(
+        inner: ProxyBody,
+        record: Box<Record>,
+        context: Arc<dyn LogContext>,
+        started: Instant,
+    ) -> Self {
         Self {
             inner,
             logged: Some(Logged {
                 record,
-                log,
+                context,
                 started,
             }),
         }
@@ -49,12 +63,14 @@ impl ClientBody {
     fn finish(&mut self) {
         if let Some(Logged {
             mut record,
-            log,
+            context,
             started,
         }) = self.logged.take()
         {
             record.total = started.elapsed();
-            log.send(Line::Request(record));
+            if let Some(log) = context.log() {
+                log.request(&record, context.names());
+            }
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The access log (`[log] access`): one JSON line per request, and one per connection that
 //! failed its TLS handshake or was refused at accept (rate-limited per source, [`limiter`]).
 //!
-//! The request path never waits for it: a [`Record`] (reference-counted pieces of the
-//! request, no formatting) goes into a bounded channel with `try_send`; when the channel is
-//! full the line is dropped and counted (`gateway_access_log_dropped_total`). One thread
-//! ([`writer`]) formats and writes; SIGUSR1 makes it reopen its file (logrotate).
+//! The request path never waits for it: a response's line is formatted when the response
+//! ends, into a bounded buffer of the worker's own ([`shard`]); when that is full the line
+//! is dropped and counted (`gateway_access_log_dropped_total`). One thread ([`writer`])
+//! takes the buffers every few milliseconds and writes them; SIGUSR1 makes it reopen its
+//! file (logrotate).
 //! `X-Request-Id` handling lives here too ([`request_id`]): the log's id is the one the
 //! upstream and the client see.
 
@@ -13,21 +14,18 @@ mod json;
 mod limiter;
 pub mod record;
 pub mod request_id;
+mod shard;
 mod writer;
 
-pub use body::ClientBody;
-pub use record::{ConnEvent, ConnEventKind, Line, Names, Record, Target, TlsInfo};
+pub use body::{ClientBody, LogContext};
+pub use record::{ConnEvent, ConnEventKind, Names, Record, Target, TlsInfo};
 
 use crate::config::{AccessTarget, LogConfig};
 use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-/// Lines waiting for the writer; beyond this they are dropped.
-pub const CAPACITY: usize = 8192;
 
 /// How long the stopping gateway waits for the writer to write what is queued.
 const FINISH_WAIT: Duration = Duration::from_secs(2);
@@ -40,7 +38,7 @@ pub struct AccessLog {
 
 #[derive(Debug)]
 struct Inner {
-    tx: SyncSender<Line>,
+    shards: Arc<shard::Shards>,
     dropped: Counter,
     limiter: limiter::EventLimiter,
     ids: request_id::IdGen,
@@ -85,16 +83,16 @@ pub fn start(
             })?
         }
     };
-    let (tx, rx) = sync_channel(CAPACITY);
+    let shards = Arc::new(shard::Shards::new(shard::LIMIT));
     let flags = Arc::new(writer::Flags::default());
     let thread = {
-        let flags = flags.clone();
+        let (flags, shards) = (flags.clone(), shards.clone());
         std::thread::Builder::new()
             .name("gateway-log".into())
-            .spawn(move || writer::run(rx, out, flags))
+            .spawn(move || writer::run(shards, out, flags))
             .map_err(AccessLogError::Thread)?
     };
-    let log = AccessLog::new(tx, dropped, cfg.query);
+    let log = AccessLog::new(shards, dropped, cfg.query);
     Ok(Some((
         log,
         Writer {
@@ -105,10 +103,10 @@ pub fn start(
 }
 
 impl AccessLog {
-    fn new(tx: SyncSender<Line>, dropped: Counter, query: bool) -> Self {
+    fn new(shards: Arc<shard::Shards>, dropped: Counter, query: bool) -> Self {
         AccessLog {
             inner: Arc::new(Inner {
-                tx,
+                shards,
                 dropped,
                 limiter: limiter::EventLimiter::default(),
                 ids: request_id::IdGen::new(),
@@ -117,33 +115,49 @@ impl AccessLog {
         }
     }
 
-    /// A log whose lines nobody writes: the tests read them off the channel.
+    /// A log whose lines nobody writes (each thread may hold `limit` bytes): the tests
+    /// take them with [`AccessLog::take_pending`].
     #[cfg(test)]
-    fn unwritten(capacity: usize, dropped: Counter) -> (Self, std::sync::mpsc::Receiver<Line>) {
-        let (tx, rx) = sync_channel(capacity);
-        let log = AccessLog::new(tx, dropped, false);
-        (log, rx)
+    fn unwritten(limit: usize, dropped: Counter) -> Self {
+        AccessLog::new(Arc::new(shard::Shards::new(limit)), dropped, false)
     }
 
-    /// Queues a line, or drops and counts it when the writer is behind.
-    pub fn send(&self, line: Line) {
-        match self.inner.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.inner.dropped.inc();
-            }
+    /// The lines waiting in every thread's buffer, taken (`last`: as the writer's last
+    /// batch).
+    #[cfg(test)]
+    fn take_pending(&self, last: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        shard::Taker::default().take(&self.inner.shards, last, |b| out.extend_from_slice(b));
+        String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Formats a line into this thread's buffer, or drops and counts it when the writer
+    /// is behind (or gone).
+    fn append(&self, write: impl FnOnce(&mut Vec<u8>, &mut json::Clock)) {
+        if !self.inner.shards.append(write) {
+            self.inner.dropped.inc();
         }
+    }
+
+    /// Logs a request whose response has ended; `names` are those its route and upstream
+    /// indices refer to.
+    pub fn request(&self, record: &Record, names: &Names) {
+        self.append(|out, clock| record.write_json(out, clock, names));
     }
 
     /// A connection that ended before its first request, if its source has not logged one
     /// this second.
     pub fn conn_event(&self, client: SocketAddr, kind: ConnEventKind) {
         if self.inner.limiter.allow(client.ip()) {
-            self.send(Line::Conn(ConnEvent {
+            let event = ConnEvent {
                 time: SystemTime::now(),
                 kind,
                 client,
-            }));
+            };
+            self.append(|out, clock| event.write_json(out, clock));
         }
     }
 

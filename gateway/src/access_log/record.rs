@@ -1,6 +1,6 @@
 //! What one access log line says, and its JSON. The request path fills a [`Record`] with
-//! what it already has (cheap clones: reference-counted bytes and `Arc`s); the writer
-//! thread turns it into text, so formatting costs the workers nothing.
+//! what it already has (cheap clones: reference-counted bytes); when the response ends,
+//! the worker writes it as a line into its own buffer (see [`super::shard`]).
 //!
 //! Never in a line: the token, the `Authorization` header, cookies, any other header, or
 //! the query string unless `[log] query = true`. A record has no field that could hold them.
@@ -41,9 +41,8 @@ impl TlsInfo {
     }
 }
 
-/// Route and upstream names by index, shared by every record of one proxy (one `Arc`
-/// increment per request instead of copying names), kept as the line's finished
-/// `,"route":"..."` and `,"upstream":"..."` fields.
+/// Route and upstream names by index, of one proxy (a record holds only indices), kept as
+/// the line's finished `,"route":"..."` and `,"upstream":"..."` fields.
 #[derive(Debug, Default)]
 pub struct Names {
     routes: Vec<Box<[u8]>>,
@@ -84,7 +83,7 @@ pub struct Record {
     /// request.
     pub target: Target,
     pub status: u16,
-    pub names: Arc<Names>,
+    /// An index into the [`Names`] the line is written with.
     pub route: Option<usize>,
     pub upstream: Option<usize>,
     /// The upstream server that got the request.
@@ -159,24 +158,6 @@ pub enum ConnEventKind {
     Refused(&'static str),
 }
 
-/// A line for the writer.
-#[derive(Debug)]
-pub enum Line {
-    Request(Box<Record>),
-    Conn(ConnEvent),
-}
-
-impl Line {
-    /// Appends the line's JSON and a newline to `out`.
-    pub(super) fn write_json(&self, out: &mut Vec<u8>, clock: &mut Clock) {
-        match self {
-            Line::Request(r) => r.write_json(out, clock),
-            Line::Conn(e) => e.write_json(out, clock),
-        }
-        out.push(b'\n');
-    }
-}
-
 /// The `protocol` field, as `http::Version`'s `Debug` names it.
 fn protocol_field(v: Version) -> &'static [u8] {
     match v {
@@ -190,7 +171,8 @@ fn protocol_field(v: Version) -> &'static [u8] {
 }
 
 impl Record {
-    fn write_json(&self, out: &mut Vec<u8>, clock: &mut Clock) {
+    /// Appends the line's JSON and a newline to `out`.
+    pub(super) fn write_json(&self, out: &mut Vec<u8>, clock: &mut Clock, names: &Names) {
         clock.open_line(out, self.time);
         out.extend_from_slice(b",\"event\":\"request\"");
         key!(out, "request_id");
@@ -220,10 +202,10 @@ impl Record {
         bytes_string(out, self.target.path());
         key!(out, "status");
         integer(out, self.status);
-        if let Some(route) = self.route.and_then(|i| self.names.routes.get(i)) {
+        if let Some(route) = self.route.and_then(|i| names.routes.get(i)) {
             out.extend_from_slice(route);
         }
-        if let Some(upstream) = self.upstream.and_then(|i| self.names.upstreams.get(i)) {
+        if let Some(upstream) = self.upstream.and_then(|i| names.upstreams.get(i)) {
             out.extend_from_slice(upstream);
         }
         if let Some(server) = self.server {
@@ -254,12 +236,13 @@ impl Record {
             key!(out, "reason");
             string(out, reason);
         }
-        out.push(b'}');
+        out.extend_from_slice(b"}\n");
     }
 }
 
 impl ConnEvent {
-    fn write_json(&self, out: &mut Vec<u8>, clock: &mut Clock) {
+    /// Appends the line's JSON and a newline to `out`.
+    pub(super) fn write_json(&self, out: &mut Vec<u8>, clock: &mut Clock) {
         clock.open_line(out, self.time);
         let (event, reason) = match self.kind {
             ConnEventKind::HandshakeFailed(r) => ("tls_handshake_failed", r.as_str()),
@@ -273,6 +256,6 @@ impl ConnEvent {
         integer(out, self.client.port());
         key!(out, "reason");
         string(out, reason);
-        out.push(b'}');
+        out.extend_from_slice(b"}\n");
     }
 }

@@ -25,7 +25,6 @@ fn record_with(uri: &str, query: bool) -> Record {
         method: http::Method::POST,
         target: Target::of(&uri, None, query),
         status: 201,
-        names: Arc::new(Names::new(["api"], ["app"])),
         route: Some(0),
         upstream: Some(0),
         server: Some("10.0.0.5:8080".parse().unwrap()),
@@ -38,21 +37,30 @@ fn record_with(uri: &str, query: bool) -> Record {
     }
 }
 
-fn json(line: &Line) -> serde_json::Value {
+fn names() -> Names {
+    Names::new(["api"], ["app"])
+}
+
+/// The record's line, as text.
+fn text(r: &Record) -> Vec<u8> {
     let mut out = Vec::new();
-    line.write_json(&mut out, &mut json::Clock::default());
+    r.write_json(&mut out, &mut json::Clock::default(), &names());
+    out
+}
+
+fn json(r: &Record) -> serde_json::Value {
+    parse(&text(r))
+}
+
+fn parse(out: &[u8]) -> serde_json::Value {
     assert_eq!(out.last(), Some(&b'\n'));
     assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
-    serde_json::from_slice(&out)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    serde_json::from_slice(out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)))
 }
 
 #[test]
 fn a_request_line_has_every_field() {
-    let line = Line::Request(Box::new(record(
-        "https://api.example/v1/items?token=s3cret",
-    )));
-    let v = json(&line);
+    let v = json(&record("https://api.example/v1/items?token=s3cret"));
     let want = serde_json::json!({
         "time": "2025-12-05T07:08:03.123Z",
         "event": "request",
@@ -79,16 +87,13 @@ fn a_request_line_has_every_field() {
 
 #[test]
 fn the_query_is_left_out_unless_asked_for() {
-    let line = Line::Request(Box::new(record("/v1/items?token=s3cret&b=2")));
-    let v = json(&line);
-    assert_eq!(v["path"], "/v1/items");
-    let mut out = Vec::new();
-    line.write_json(&mut out, &mut json::Clock::default());
-    assert!(!String::from_utf8_lossy(&out).contains("s3cret"));
-    let kept = Line::Request(Box::new(record_with("/v1/items?token=s3cret&b=2", true)));
+    let line = record("/v1/items?token=s3cret&b=2");
+    assert_eq!(json(&line)["path"], "/v1/items");
+    assert!(!String::from_utf8_lossy(&text(&line)).contains("s3cret"));
+    let kept = record_with("/v1/items?token=s3cret&b=2", true);
     assert_eq!(json(&kept)["path"], "/v1/items?token=s3cret&b=2");
     // No query at all: the path alone either way.
-    let plain = Line::Request(Box::new(record_with("/v1/items", true)));
+    let plain = record_with("/v1/items", true);
     assert_eq!(json(&plain)["path"], "/v1/items");
 }
 
@@ -100,7 +105,7 @@ fn hostile_values_stay_inside_their_json_strings() {
     r.target = Target::of(&"/x".parse().unwrap(), Some(&host), false);
     r.request_id = HeaderValue::from_bytes(b"id\",\"status\":1").unwrap();
     r.reason = Some("expired");
-    let v = json(&Line::Request(Box::new(r)));
+    let v = json(&r);
     assert_eq!(v["host"], "evil\"host\\\u{fffd}");
     assert_eq!(v["request_id"], "id\",\"status\":1");
     assert_eq!(v["status"], 201, "the injected status did not win");
@@ -122,12 +127,14 @@ fn connection_events_name_client_port_and_reason() {
             "per_source_limit",
         ),
     ] {
-        let line = Line::Conn(ConnEvent {
+        let line = ConnEvent {
             time: SystemTime::now(),
             kind,
             client,
-        });
-        let v = json(&line);
+        };
+        let mut out = Vec::new();
+        line.write_json(&mut out, &mut json::Clock::default());
+        let v = parse(&out);
         assert_eq!(v["event"], event);
         assert_eq!(v["client"], "2001:db8::7");
         assert_eq!(v["port"], 5555);
@@ -138,28 +145,36 @@ fn connection_events_name_client_port_and_reason() {
 #[test]
 fn a_full_buffer_drops_lines_and_counts_them() {
     let dropped = Counter::default();
-    let (log, rx) = AccessLog::unwritten(4, dropped.clone());
+    // Room for four lines of this length: the fifth finds the buffer at its limit.
+    let one = text(&record("/0")).len();
+    let log = AccessLog::unwritten(4 * one, dropped.clone());
     for i in 0..10 {
-        log.send(Line::Request(Box::new(record(&format!("/{i}")))));
+        log.request(&record(&format!("/{i}")), &names());
     }
     assert_eq!(dropped.get(), 6);
-    let kept: Vec<String> = rx
-        .try_iter()
-        .map(|l| json(&l)["path"].as_str().unwrap().to_owned())
+    let kept: Vec<String> = log
+        .take_pending(false)
+        .iter()
+        .map(|l| {
+            parse(format!("{l}\n").as_bytes())["path"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(kept, ["/0", "/1", "/2", "/3"], "the first ones, in order");
-    // Room again: the next line is queued.
-    log.send(Line::Request(Box::new(record("/next"))));
+    // Room again: the next line waits for the writer.
+    log.request(&record("/next"), &names());
     assert_eq!(dropped.get(), 6);
-    // A writer that is gone counts as full.
-    drop(rx);
-    log.send(Line::Request(Box::new(record("/lost"))));
+    // A writer that has ended counts as full.
+    assert_eq!(log.take_pending(true).len(), 1);
+    log.request(&record("/lost"), &names());
     assert_eq!(dropped.get(), 7);
 }
 
 #[test]
 fn connection_events_are_rate_limited_per_source() {
-    let (log, rx) = AccessLog::unwritten(100, Counter::default());
+    let log = AccessLog::unwritten(shard::LIMIT, Counter::default());
     let a: SocketAddr = "198.51.100.1:1000".parse().unwrap();
     let b: SocketAddr = "198.51.100.2:1000".parse().unwrap();
     for _ in 0..20 {
@@ -167,7 +182,7 @@ fn connection_events_are_rate_limited_per_source() {
     }
     log.conn_event(b, ConnEventKind::Refused("denied"));
     // Within one second (a slow machine may cross into the next one once).
-    let n = rx.try_iter().count();
+    let n = log.take_pending(false).len();
     assert!((2..=3).contains(&n), "{n} lines");
 }
 
@@ -199,15 +214,15 @@ fn the_file_is_reopened_after_a_rename() {
     let (log, writer) = start(&file_config(&path), Counter::default())
         .unwrap()
         .expect("a file log");
-    log.send(Line::Request(Box::new(record("/before"))));
+    log.request(&record("/before"), &names());
     assert_eq!(wait_lines(&path, 1).len(), 1);
     std::fs::rename(&path, &rotated).unwrap();
     // Until told, the writer keeps its open file (now the rotated one).
-    log.send(Line::Request(Box::new(record("/renamed"))));
+    log.request(&record("/renamed"), &names());
     assert_eq!(wait_lines(&rotated, 2).len(), 2);
     assert!(!path.exists());
     writer.reopen();
-    log.send(Line::Request(Box::new(record("/after"))));
+    log.request(&record("/after"), &names());
     let new = wait_lines(&path, 1);
     assert_eq!(new.len(), 1, "{new:?}");
     assert!(new[0].contains("\"/after\""), "{new:?}");
@@ -218,7 +233,7 @@ fn the_file_is_reopened_after_a_rename() {
     assert_eq!(mode & 0o007, 0, "not world-readable: {mode:o}");
     // Finishing writes what is still queued.
     for i in 0..50 {
-        log.send(Line::Request(Box::new(record(&format!("/last{i}")))));
+        log.request(&record(&format!("/last{i}")), &names());
     }
     writer.finish();
     assert_eq!(wait_lines(&path, 51).len(), 51);

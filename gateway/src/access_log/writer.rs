@@ -1,25 +1,20 @@
-//! The writer thread: takes lines off the bounded channel every few milliseconds, formats
-//! them in batches, writes each batch with one `write` call, and reopens its file when asked (SIGUSR1, after
+//! The writer thread: takes every worker's buffered lines every few milliseconds, writes
+//! each batch with one `write` call, and reopens its file when asked (SIGUSR1, after
 //! logrotate has renamed it). It is the only place that blocks on the output, so a slow
 //! disk or a stuck stdout reader costs dropped lines, never a waiting request.
 
-use super::json::Clock;
-use super::record::Line;
+use super::shard::{Shards, Taker};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A batch is written once it holds this much.
-const BATCH_BYTES: usize = 64 * 1024;
-
 /// How often the writer takes what has queued (and looks at the reopen and stop flags): a
-/// line waits at most this long; at [`super::CAPACITY`] lines per tick, 400 000 lines/s
-/// fit.
+/// line waits at most this long; with [`super::shard::LIMIT`] bytes a thread, a worker may
+/// log some 300 000 lines/s.
 const TICK: Duration = Duration::from_millis(20);
 
 /// Where lines go.
@@ -80,52 +75,33 @@ pub(super) struct Flags {
     pub stop: AtomicBool,
 }
 
-/// The thread's loop: until every sender is gone or `stop` is set. It never blocks on the
-/// channel: it wakes every [`TICK`] and takes what has queued. A receiver waiting in
-/// `recv` would make every request's `try_send` wake it (a futex call, a context switch
-/// and a `write` per line: a third of a request's cost in the first measurement); polled,
-/// the request path only ever touches the channel's atomics and the writer writes one
-/// batch per tick.
-pub(super) fn run(rx: Receiver<Line>, mut out: Output, flags: Arc<Flags>) {
-    let mut buf = Vec::with_capacity(BATCH_BYTES * 2);
+/// The thread's loop: until the log is gone or `stop` is set. It never waits for a
+/// line: it wakes every [`TICK`] and takes what the workers have buffered. Waking it per
+/// line would cost every request a futex call and a context switch (a third of a request's
+/// cost in the first measurement).
+pub(super) fn run(shards: Arc<Shards>, mut out: Output, flags: Arc<Flags>) {
+    let mut taker = Taker::default();
     let mut failing = false;
-    let mut clock = Clock::default();
     loop {
         let stopping = flags.stop.load(Ordering::Acquire);
         if flags.reopen.swap(false, Ordering::AcqRel) {
             out.reopen();
         }
-        let mut gone = false;
-        loop {
-            match rx.try_recv() {
-                Ok(line) => {
-                    line.write_json(&mut buf, &mut clock);
-                    if buf.len() >= BATCH_BYTES {
-                        flush(&mut out, &mut buf, &mut failing);
-                    }
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    gone = true;
-                    break;
-                }
-            }
-        }
-        flush(&mut out, &mut buf, &mut failing);
-        if stopping || gone {
+        // Only this thread holds the buffers: no line can come any more.
+        let gone = Arc::strong_count(&shards) == 1;
+        let last = stopping || gone;
+        taker.take(&shards, last, |batch| write(&mut out, batch, &mut failing));
+        if last {
             return;
         }
         std::thread::sleep(TICK);
     }
 }
 
-/// Writes and empties `buf`; a failure is logged once until writing works again (the lines
-/// of a failed write are lost).
-fn flush(out: &mut Output, buf: &mut Vec<u8>, failing: &mut bool) {
-    if buf.is_empty() {
-        return;
-    }
-    match out.write_all(buf) {
+/// Writes a batch; a failure is logged once until writing works again (the lines of a
+/// failed write are lost).
+fn write(out: &mut Output, batch: &[u8], failing: &mut bool) {
+    match out.write_all(batch) {
         Ok(()) => {
             if *failing {
                 tracing::info!("access log writable again");
@@ -139,5 +115,4 @@ fn flush(out: &mut Output, buf: &mut Vec<u8>, failing: &mut bool) {
             *failing = true;
         }
     }
-    buf.clear();
 }

@@ -231,7 +231,19 @@ impl Proxy {
     pub fn access_log(&self) -> Option<&AccessLog> {
         self.access.as_ref()
     }
+}
 
+impl access_log::LogContext for Proxy {
+    fn log(&self) -> Option<&AccessLog> {
+        self.access.as_ref()
+    }
+
+    fn names(&self) -> &Names {
+        &self.log_names
+    }
+}
+
+impl Proxy {
     /// Feeds the abuse engine with this proxy's signals, and closes banned sources'
     /// connections.
     pub fn with_abuse(mut self, engine: Arc<AbuseEngine>) -> Self {
@@ -312,7 +324,7 @@ impl Proxy {
             // A HEAD response has no body; our own refusals must not send one either.
             *resp.body_mut() = super::empty_body();
         }
-        if let (Some(log), Some(head)) = (&self.access, logged) {
+        if let Some(head) = logged {
             let record = Box::new(Record {
                 time: head.time,
                 request_id: head.request_id,
@@ -323,7 +335,6 @@ impl Proxy {
                 method: head.method,
                 target: head.target,
                 status: status.as_u16(),
-                names: Arc::clone(&self.log_names),
                 route,
                 upstream: trail.upstream,
                 server: trail.server,
@@ -341,7 +352,8 @@ impl Proxy {
             id.set_sensitive(true);
             resp.headers_mut()
                 .insert(access_log::request_id::X_REQUEST_ID.clone(), id);
-            return Ok(resp.map(|body| ClientBody::logged(body, record, log.clone(), started)));
+            // The proxy goes with the response to its end, to log it there.
+            return Ok(resp.map(|body| ClientBody::logged(body, record, self, started)));
         }
         Ok(resp.map(ClientBody::plain))
     }
