@@ -14,6 +14,14 @@ fn requests(lines: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     lines.iter().filter(|l| l["event"] == "request").collect()
 }
 
+/// The one request line with this id. Each worker buffers its own lines, so lines of
+/// requests served by different workers may be written out of order within a tick.
+fn by_id<'a>(reqs: &[&'a serde_json::Value], id: &str) -> &'a serde_json::Value {
+    let found: Vec<_> = reqs.iter().filter(|l| l["request_id"] == id).collect();
+    assert_eq!(found.len(), 1, "one line with id {id}: {reqs:?}");
+    found[0]
+}
+
 #[test]
 fn lines_over_tls_name_the_client_tls_token_and_refusals_but_no_secret() {
     let gw = Gw::start(Setup {
@@ -22,7 +30,7 @@ fn lines_over_tls_name_the_client_tls_token_and_refusals_but_no_secret() {
     });
     let t = gw.tokens();
     let rt = runtime();
-    let ids = rt.block_on(async {
+    let (ids, plain_id) = rt.block_on(async {
         let ok = gw
             .https
             .send(
@@ -65,11 +73,12 @@ fn lines_over_tls_name_the_client_tls_token_and_refusals_but_no_secret() {
         let id = plain.header("x-request-id").expect("an id").to_owned();
         assert_eq!(id.len(), 16, "generated: {id}");
         assert_eq!(echoed_header(&json, "x-request-id"), [id.as_str()]);
-        [expired, scope].map(|r| {
+        let refused = [expired, scope].map(|r| {
             r.header("x-request-id")
                 .expect("refusals carry the id too")
                 .to_owned()
-        })
+        });
+        (refused, id)
     });
     let lines = gw.access_lines("access.log", 4);
     let text = std::fs::read_to_string(gw.path("access.log")).expect("access.log");
@@ -85,7 +94,7 @@ fn lines_over_tls_name_the_client_tls_token_and_refusals_but_no_secret() {
     }
     let reqs = requests(&lines);
     assert_eq!(reqs.len(), 4, "{text}");
-    let ok = reqs[0];
+    let ok = by_id(&reqs, "trace-42");
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["route"], "api");
     assert_eq!(ok["upstream"], "app");
@@ -101,7 +110,7 @@ fn lines_over_tls_name_the_client_tls_token_and_refusals_but_no_secret() {
     assert_eq!(ok["request_id"], "trace-42");
     assert!(ok["bytes_out"].as_u64().is_some_and(|b| b > 0), "{ok}");
     assert!(ok["upstream_ms"].as_f64().is_some(), "{ok}");
-    let expired = reqs[1];
+    let expired = by_id(&reqs, &ids[0]);
     assert_eq!(
         (&expired["status"], &expired["reason"], &expired["alpn"]),
         (&401.into(), &"expired".into(), &"http/1.1".into()),
@@ -109,14 +118,14 @@ fn lines_over_tls_name_the_client_tls_token_and_refusals_but_no_secret() {
     );
     assert!(expired.get("sub").is_none(), "{expired}");
     assert_eq!(expired["request_id"], ids[0].as_str());
-    let scope = reqs[2];
+    let scope = by_id(&reqs, &ids[1]);
     assert_eq!(
         (&scope["status"], &scope["reason"], &scope["method"]),
         (&403.into(), &"insufficient_scope".into(), &"POST".into()),
         "{scope}"
     );
     assert_eq!(scope["request_id"], ids[1].as_str());
-    let plain = reqs[3];
+    let plain = by_id(&reqs, &plain_id);
     assert_eq!(plain["route"], "open");
     assert!(plain.get("tls").is_none(), "{plain}");
 }
