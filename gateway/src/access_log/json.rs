@@ -1,8 +1,8 @@
-//! The pieces of a line's JSON, written straight into the worker's line buffer: integers by `itoa`,
-//! strings copied as they are unless something in them needs escaping, and the time's date
-//! and clock part formatted once a second. Measured with callgrind, `fmt` and `serde_json` for
-//! every field cost about 7 500 instructions a line, a quarter of a whole proxied request;
-//! this way it is a small fraction of that.
+//! The pieces of a line's JSON, written straight into the worker's line buffer: integers by
+//! `itoa`, strings copied as they are unless something in them needs escaping, and the
+//! time's date and clock part formatted once a second. Measured with callgrind, `fmt` and
+//! `serde_json` for every field cost about 7 500 instructions a line, a quarter of a whole
+//! proxied request; this way it is a small fraction of that.
 
 use std::fmt::Write as _;
 use std::io::Write as _;

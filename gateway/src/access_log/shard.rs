@@ -2,8 +2,9 @@
 //! formatted where its response ended, into that worker's own buffer, and the writer thread
 //! swaps each buffer for an empty one every tick. Nothing crosses threads per line: no
 //! channel operation, no record freed on another thread, no reference count shared by all
-//! workers. Same instructions as a channel of records formatted by the writer, but less
-//! CPU (BENCHMARKS.md, access log: third pass).
+//! workers. It runs the same instructions as a channel of records formatted by the writer;
+//! the CPU it saves showed in a side harness but not beyond the e2e bench's spread
+//! (BENCHMARKS.md, access log: third pass).
 //!
 //! Each buffer is bounded ([`Shards::new`]'s `limit`): past it, lines are dropped and
 //! counted, so a stalled output costs lines, never a waiting request.
