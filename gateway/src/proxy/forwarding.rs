@@ -1,10 +1,13 @@
 //! The forwarding headers we send upstream (X-Forwarded-For, X-Real-IP, X-Forwarded-Proto,
-//! X-Forwarded-Host, RFC 7239 Forwarded). We are the edge: client-sent copies are replaced,
-//! never trusted or appended to; X-Forwarded-Port, which we do not set, is removed (their `_`
-//! look-alikes go in [`super::client_headers`]). The values depend only on the connection (and the Host, which a connection rarely
-//! changes), so they are built once per connection rather than formatted per request.
+//! X-Forwarded-Host, RFC 7239 Forwarded). We are the edge: client-sent copies are removed,
+//! never trusted or appended to; X-Forwarded-Port, which we do not set, is removed too (their
+//! `_` look-alikes go in [`super::client_headers`]). The values depend only on the connection
+//! (and the Host, which a connection rarely changes), so they are rendered once per
+//! connection, as the lines the upstream's head gets ([`super::upstream_h1::Added`]), rather
+//! than inserted into every request's header map.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -14,99 +17,110 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// One connection's forwarding header values.
+/// What a client may send that only we set.
+static CLIENT_COPIES: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_REAL_IP,
+    X_FORWARDED_PROTO,
+    header::FORWARDED,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PORT,
+];
+
+/// One connection's forwarding header lines.
 #[derive(Debug)]
 pub struct Forwarding {
-    /// The client address, for X-Forwarded-For.
-    client: HeaderValue,
-    proto: HeaderValue,
-    /// `for=…;proto=…`: Forwarded without a host.
-    forwarded: HeaderValue,
-    /// Forwarded with `host=` for the last Host seen on this connection, and that host as an
-    /// X-Forwarded-Host value. The lock is
+    /// All of them, for a request without a (plain) host: X-Forwarded-For, X-Real-IP and
+    /// X-Forwarded-Proto (the first `common` bytes), then Forwarded without `host=`.
+    no_host: Bytes,
+    common: usize,
+    /// `for=…;proto=…`: Forwarded's value without a host.
+    forwarded: Box<str>,
+    /// The lines for the last Host seen on this connection, with that host. The lock is
     /// uncontended (one request at a time per HTTP/1 connection, a few per HTTP/2 one) and
     /// never held across an await.
-    with_host: Mutex<Option<(Box<str>, HeaderValue, HeaderValue)>>,
+    with_host: Mutex<Option<(Box<str>, Bytes)>>,
 }
 
 impl Forwarding {
     pub fn new(client: IpAddr, tls: bool) -> Self {
         let proto = if tls { "https" } else { "http" };
-        // RFC 7239 §6: IPv6 nodes are quoted and bracketed.
-        let node = match client {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        // RFC 7239 §6: IPv6 nodes are quoted and bracketed. (Addresses and `proto` are
+        // always valid field values.)
+        let forwarded = match client {
+            IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
+        let common = format!(
+            "x-forwarded-for: {client}\r\nx-real-ip: {client}\r\nx-forwarded-proto: {proto}\r\n"
+        );
+        let no_host = format!("{common}forwarded: {forwarded}\r\n");
         Self {
-            client: value(client.to_string()),
-            proto: HeaderValue::from_static(proto),
-            forwarded: value(format!("for={node};proto={proto}")),
+            no_host: Bytes::from(no_host),
+            common: common.len(),
+            forwarded: forwarded.into(),
             with_host: Mutex::new(None),
         }
     }
 
-    /// Replaces the request's forwarding headers with ours. `host`: the request's host
-    /// (lower case, without port), added to Forwarded and sent as X-Forwarded-Host when it
-    /// is a plain host name or address (X-Forwarded-Host is removed otherwise).
-    pub fn apply(&self, headers: &mut HeaderMap, host: Option<&str>) {
-        headers.insert(X_FORWARDED_FOR, self.client.clone());
-        headers.insert(X_REAL_IP, self.client.clone());
-        headers.insert(X_FORWARDED_PROTO, self.proto.clone());
-        headers.remove(X_FORWARDED_PORT);
+    /// Removes the request's forwarding headers and returns ours, as head lines. `host`:
+    /// the request's host (lower case, without port), added to Forwarded and sent as
+    /// X-Forwarded-Host when it is a plain host name or address.
+    pub fn apply(&self, headers: &mut HeaderMap, host: Option<&str>) -> Bytes {
+        // Most requests carry none: one pass over the names, without hashing, tells.
+        if headers.keys().any(|name| CLIENT_COPIES.contains(name)) {
+            for name in &CLIENT_COPIES {
+                headers.remove(name);
+            }
+        }
         match host.filter(|h| is_plain_host(h)) {
-            Some(h) => {
-                let (forwarded, host) = self.with_host(h);
-                headers.insert(header::FORWARDED, forwarded);
-                headers.insert(X_FORWARDED_HOST, host);
-            }
-            None => {
-                headers.insert(header::FORWARDED, self.forwarded.clone());
-                headers.remove(X_FORWARDED_HOST);
-            }
+            Some(h) => self.with_host(h),
+            None => self.no_host.clone(),
         }
     }
 
-    /// Forwarded with `host=`, and X-Forwarded-Host.
-    fn with_host(&self, host: &str) -> (HeaderValue, HeaderValue) {
+    /// The lines with `host=` in Forwarded, and X-Forwarded-Host.
+    fn with_host(&self, host: &str) -> Bytes {
         let mut last = match self.with_host.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some((seen, forwarded, host_value)) = last.as_ref() {
+        if let Some((seen, lines)) = last.as_ref() {
             if **seen == *host {
-                return (forwarded.clone(), host_value.clone());
+                return lines.clone();
             }
         }
-        let mut text = Vec::with_capacity(self.forwarded.len() + host.len() + 8);
+        let common = self.no_host.get(..self.common).unwrap_or_default();
+        let mut text = Vec::with_capacity(self.no_host.len() + 2 * host.len() + 40);
+        text.extend_from_slice(common);
+        text.extend_from_slice(b"forwarded: ");
         text.extend_from_slice(self.forwarded.as_bytes());
         text.extend_from_slice(b";host=\"");
         text.extend_from_slice(host.as_bytes());
-        text.push(b'"');
-        let v = HeaderValue::from_bytes(&text).unwrap_or_else(|_| self.forwarded.clone());
-        // A plain host is a valid header value.
-        let host_value = value(host.to_string());
-        *last = Some((host.into(), v.clone(), host_value.clone()));
-        (v, host_value)
+        text.extend_from_slice(b"\"\r\nx-forwarded-host: ");
+        text.extend_from_slice(host.as_bytes());
+        text.extend_from_slice(b"\r\n");
+        let lines = Bytes::from(text);
+        *last = Some((host.into(), lines.clone()));
+        lines
     }
 }
 
 /// Characters of host names and IP literals only: nothing that could break out of the
-/// quoted `host="…"`.
+/// quoted `host="…"` or the line.
 fn is_plain_host(h: &str) -> bool {
     !h.is_empty()
         && h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
-/// Addresses and `for=…` strings are always valid header values.
-fn value(text: String) -> HeaderValue {
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
+    /// The request's headers after `apply`, with the lines it returned added as the
+    /// upstream would read them.
     fn applied(f: &Forwarding, host: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
@@ -115,7 +129,16 @@ mod tests {
         h.insert(X_REAL_IP, HeaderValue::from_static("10.0.0.1"));
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("admin.internal"));
         h.insert(X_FORWARDED_PORT, HeaderValue::from_static("8080"));
-        f.apply(&mut h, host);
+        let lines = f.apply(&mut h, host);
+        let text = std::str::from_utf8(&lines).expect("utf-8");
+        assert!(text.ends_with("\r\n"), "{text:?}");
+        for line in text.split_terminator("\r\n") {
+            let (name, value) = line.split_once(": ").expect("a field line");
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
         h
     }
 
@@ -138,6 +161,23 @@ mod tests {
         assert_eq!(
             all(&h, &header::FORWARDED),
             ["for=192.0.2.7;proto=http;host=\"api.example.com\""]
+        );
+    }
+
+    #[test]
+    fn other_headers_are_left_alone() {
+        let f = Forwarding::new("192.0.2.7".parse().expect("ip"), false);
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.insert("x-forwarded-other", HeaderValue::from_static("kept"));
+        let lines = f.apply(&mut h, Some("api.example.com"));
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            &lines[..],
+            b"x-forwarded-for: 192.0.2.7\r\nx-real-ip: 192.0.2.7\r\n\
+              x-forwarded-proto: http\r\n\
+              forwarded: for=192.0.2.7;proto=http;host=\"api.example.com\"\r\n\
+              x-forwarded-host: api.example.com\r\n"
         );
     }
 

@@ -8,7 +8,7 @@
 //! (after our normalisation), with the Host header the handler set.
 
 use super::linger::ResponseEnd;
-use super::upstream_h1::{Conn, H1Error, UpstreamBody};
+use super::upstream_h1::{Added, Conn, H1Error, UpstreamBody};
 use super::ProxyBody;
 use http::{Request, Response};
 use std::collections::VecDeque;
@@ -108,11 +108,12 @@ impl ServerPool {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<ProxyBody>,
+        added: Added<'_>,
         end: ResponseEnd,
     ) -> Result<Response<ProxyBody>, PoolError> {
         let (parts, mut body) = req.into_parts();
         while let Some(conn) = self.checkout() {
-            match conn.exchange(&parts, body, true).await {
+            match conn.exchange(&parts, added, body, true).await {
                 Ok(ex) => return Ok(self.respond(ex, end)),
                 Err(failed) => match failed.unsent {
                     Some(unsent) => body = unsent,
@@ -121,7 +122,7 @@ impl ServerPool {
             }
         }
         let conn = self.connect().await?;
-        match conn.exchange(&parts, body, false).await {
+        match conn.exchange(&parts, added, body, false).await {
             Ok(ex) => Ok(self.respond(ex, end)),
             Err(failed) => Err(PoolError::Protocol(failed.error)),
         }

@@ -5,6 +5,7 @@
 use super::linger::ResponseEnd;
 use super::pool::{PoolError, Retry, ServerPool};
 use super::slots::{Slot, Slots};
+use super::upstream_h1::Added;
 use super::{empty_body, ProxyBody};
 use crate::config::UpstreamConfig;
 use http::header::{HeaderValue, HOST, USER_AGENT};
@@ -276,10 +277,11 @@ impl Upstream {
     /// Sends `req` (origin-form URI, Host header set) to the next healthy server; `end` goes
     /// with the response body (dropped with a failed exchange). `picked` is set to the
     /// server chosen (its index in the upstream's `servers`, and address), for the latency
-    /// metrics and the access log.
+    /// metrics and the access log. `added`: fields written after the request's own.
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
+        added: Added<'_>,
         mut end: ResponseEnd,
         picked: &mut Option<(usize, SocketAddr)>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
@@ -292,7 +294,7 @@ impl Upstream {
             // An HTTP/1.0 client may send none; HTTP/1.1 servers require one.
             req.headers_mut().insert(HOST, server.host.clone());
         }
-        match tokio::time::timeout(self.request_timeout, pool.send(req, end)).await {
+        match tokio::time::timeout(self.request_timeout, pool.send(req, added, end)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
                 addr: server.addr,
@@ -382,7 +384,12 @@ impl Upstream {
         else {
             return false;
         };
-        match tokio::time::timeout(timeout, pool.send(req, ResponseEnd::default())).await {
+        match tokio::time::timeout(
+            timeout,
+            pool.send(req, Added::default(), ResponseEnd::default()),
+        )
+        .await
+        {
             Ok(Ok(resp)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
                 // Read the (small) body so that the connection can be reused.

@@ -21,6 +21,7 @@ use super::request_body;
 use super::route::{self, Route};
 use super::slots::Slots;
 use super::upstream::{Upstream, UpstreamError};
+use super::upstream_h1::Added;
 use super::{BoxError, ErrorChain, ProxyBody};
 use crate::abuse::AbuseEngine;
 use crate::access_log::{self, AccessLog, ClientBody, Names, Record, TlsInfo};
@@ -292,14 +293,17 @@ impl Proxy {
         let banned = forwarded.is_some_and(|c| c.banned);
         let port = forwarded.is_none().then_some(conn.peer.port());
         let is_head = req.method() == http::Method::HEAD;
-        // With an access log: the request's id (sent upstream with it) and what the line
-        // needs of its head, taken before the request is consumed.
-        let logged = self.access.as_ref().map(|log| log_head(log, &req));
+        // With an access log: its line, begun with what it needs of the head (taken before
+        // the request is consumed) and the request's id, which the upstream gets too. Boxed
+        // at once: the request's future holds it across every await, as a pointer.
+        let record = self
+            .access
+            .as_ref()
+            .map(|log| begin_record(log, &req, client, port, conn.tls));
         let mut trail = Trail {
-            set_id: logged
+            set_id: record
                 .as_ref()
-                .filter(|h| h.set_id)
-                .map(|h| h.request_id.clone()),
+                .and_then(|r| r.1.then(|| r.0.request_id.clone())),
             ..Trail::default()
         };
         let (route, mut resp) = if banned {
@@ -324,27 +328,15 @@ impl Proxy {
             // A HEAD response has no body; our own refusals must not send one either.
             *resp.body_mut() = super::empty_body();
         }
-        if let Some(head) = logged {
-            let record = Box::new(Record {
-                time: head.time,
-                request_id: head.request_id,
-                client,
-                port,
-                tls: conn.tls,
-                version: head.version,
-                method: head.method,
-                target: head.target,
-                status: status.as_u16(),
-                route,
-                upstream: trail.upstream,
-                server: trail.server,
-                bytes_in: trail.bytes_in,
-                bytes_out: 0,
-                total: Duration::ZERO,
-                upstream_time: trail.upstream_time,
-                token: trail.token,
-                reason: resp.extensions().get::<RefusalCode>().map(|c| c.0),
-            });
+        if let Some((mut record, _)) = record {
+            record.status = status.as_u16();
+            record.route = route;
+            record.upstream = trail.upstream;
+            record.server = trail.server;
+            record.bytes_in = trail.bytes_in;
+            record.upstream_time = trail.upstream_time;
+            record.token = trail.token;
+            record.reason = resp.extensions().get::<RefusalCode>().map(|c| c.0);
             // Marked sensitive, HTTP/2 sends it as a never-indexed literal: an id differs
             // on every response, so indexing it only churns the HPACK table (measured:
             // a fifth of an HTTP/2 request's CPU with the log on) and evicts useful entries.
@@ -408,15 +400,16 @@ impl Proxy {
             token.as_deref(),
         );
         trail.token = token;
-        if let Err(r) = rewritten {
-            return (Some(idx), self.refuse(Some(route), r));
-        }
-        if let Some(id) = trail.set_id.take() {
-            parts
-                .headers
-                .insert(access_log::request_id::X_REQUEST_ID.clone(), id);
-        }
-        let resp = self.forward(route, parts, body, end, trail).await;
+        let forwarding = match rewritten {
+            Ok(lines) => lines,
+            Err(r) => return (Some(idx), self.refuse(Some(route), r)),
+        };
+        let request_id = trail.set_id.take();
+        let added = Added {
+            lines: &forwarding,
+            request_id: request_id.as_ref(),
+        };
+        let resp = self.forward(route, parts, added, body, end, trail).await;
         (Some(idx), resp)
     }
 
@@ -426,6 +419,7 @@ impl Proxy {
         &self,
         route: &Route,
         parts: http::request::Parts,
+        added: Added<'_>,
         body: B,
         mut end: ResponseEnd,
         trail: &mut Trail,
@@ -443,7 +437,7 @@ impl Proxy {
         let mut picked = None;
         let sending = Instant::now();
         let sent = upstream
-            .send(Request::from_parts(parts, body), end, &mut picked)
+            .send(Request::from_parts(parts, body), added, end, &mut picked)
             .await;
         trail.upstream = Some(index);
         trail.bytes_in = progress.received();
@@ -492,28 +486,38 @@ impl Proxy {
     }
 }
 
-/// The request's id (taken or made) and what its access log line needs of the head.
-fn log_head<B>(log: &AccessLog, req: &Request<B>) -> LoggedHead {
+/// A request's access log line, begun with what it needs of the head: the rest is filled in
+/// when the response is known. `true` with it: the request's id is ours, and must replace
+/// whatever the client sent on the way upstream.
+fn begin_record<B>(
+    log: &AccessLog,
+    req: &Request<B>,
+    client: std::net::IpAddr,
+    port: Option<u16>,
+    tls: Option<TlsInfo>,
+) -> (Box<Record>, bool) {
     let (request_id, set_id) = log.request_id(req.headers());
-    LoggedHead {
+    let record = Box::new(Record {
         time: SystemTime::now(),
         request_id,
-        set_id,
+        client,
+        port,
+        tls,
         version: req.version(),
         method: req.method().clone(),
         target: log.target(req.uri(), req.headers().get(http::header::HOST)),
-    }
-}
-
-/// What an access log line needs of a request's head.
-struct LoggedHead {
-    time: SystemTime,
-    request_id: http::HeaderValue,
-    /// `request_id` is ours: the upstream must get it instead of what the client sent.
-    set_id: bool,
-    version: http::Version,
-    method: http::Method,
-    target: access_log::Target,
+        status: 0,
+        route: None,
+        upstream: None,
+        server: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        total: Duration::ZERO,
+        upstream_time: None,
+        token: None,
+        reason: None,
+    });
+    (record, set_id)
 }
 
 /// Why an upstream exchange failed, logged: the client's body (`fault`), or the upstream.

@@ -8,6 +8,7 @@ use crate::proxy::client_headers;
 use crate::proxy::forwarding::Forwarding;
 use crate::proxy::refusal::Refusal;
 use crate::proxy::route::{Auth, Route};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::Version;
@@ -29,7 +30,8 @@ pub(super) static HOP_BY_HOP: [HeaderName; 9] = [
 
 impl Proxy {
     /// Hop-by-hop headers out; identity headers (claims, Authorization) as the route says;
-    /// forwarding headers; Host from the target's authority; the target in origin form;
+    /// the client's forwarding headers out, ours returned as head lines (see
+    /// [`Forwarding::apply`]); Host from the target's authority; the target in origin form;
     /// HTTP/1.1.
     pub(super) fn rewrite_head(
         &self,
@@ -39,13 +41,8 @@ impl Proxy {
         normalized: Option<String>,
         host: Option<&str>,
         token: Option<&VerifiedToken>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Bytes, Refusal> {
         let headers = &mut parts.headers;
-        // Room for what is added below (five forwarding headers, Host for an HTTP/2
-        // request) and the access log's `X-Request-Id`, at once: the map is sized for the
-        // client's few headers and would otherwise grow, and rehash, more than once.
-        // Failure is only past `HeaderMap`'s size limit, where the inserts grow it as before.
-        let _ = headers.try_reserve(7);
         strip_hop_by_hop(headers);
         // Override headers go on routes with token checks, unless the route opted out.
         let overrides = !matches!(route.auth, Auth::None) && route.config.strip_override_headers;
@@ -56,15 +53,15 @@ impl Proxy {
         if let Some(t) = token {
             route.claim_headers.apply(t, headers);
         }
-        match parts.extensions.get::<ForwardedClient>() {
+        let forwarding = match parts.extensions.get::<ForwardedClient>() {
             // Named by a trusted proxy's X-Forwarded-For: its own values, per request.
             Some(c) => Forwarding::new(c.ip, false).apply(headers, host),
             None => conn.forwarding.apply(headers, host),
-        }
+        };
         host_from_authority(parts);
         origin_form(parts, normalized, !route.config.forward_authorization)?;
         parts.version = Version::HTTP_11;
-        Ok(())
+        Ok(forwarding)
     }
 }
 

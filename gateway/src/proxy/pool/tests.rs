@@ -148,7 +148,11 @@ fn request(method: Method, path: &str) -> Request<ProxyBody> {
 
 async fn get(pool: &Arc<ServerPool>, path: &str) -> (StatusCode, Bytes) {
     let resp = pool
-        .send(request(Method::GET, path), ResponseEnd::default())
+        .send(
+            request(Method::GET, path),
+            Added::default(),
+            ResponseEnd::default(),
+        )
         .await
         .expect("send");
     let status = resp.status();
@@ -183,13 +187,21 @@ async fn empty_bodies_give_the_connection_back_unpolled() {
     // HEAD and 204: the body is known empty and dropped without being polled, as
     // hyper's server does with them.
     let head = pool
-        .send(request(Method::HEAD, "/ok"), ResponseEnd::default())
+        .send(
+            request(Method::HEAD, "/ok"),
+            Added::default(),
+            ResponseEnd::default(),
+        )
         .await
         .expect("head");
     assert!(head.body().is_end_stream());
     drop(head);
     let empty = pool
-        .send(request(Method::GET, "/empty"), ResponseEnd::default())
+        .send(
+            request(Method::GET, "/empty"),
+            Added::default(),
+            ResponseEnd::default(),
+        )
         .await
         .expect("204");
     assert_eq!(empty.status(), StatusCode::NO_CONTENT);
@@ -203,7 +215,11 @@ async fn an_abandoned_body_closes_its_connection() {
     let up = TestUpstream::hyper().await;
     let pool = pool(&up, 8);
     let resp = pool
-        .send(request(Method::GET, "/big"), ResponseEnd::default())
+        .send(
+            request(Method::GET, "/big"),
+            Added::default(),
+            ResponseEnd::default(),
+        )
         .await
         .expect("big");
     let mut body = resp.into_body();
@@ -301,7 +317,7 @@ async fn an_early_response_does_not_hold_the_next_request() {
         .body(Stalled(false).boxed())
         .expect("request");
     let resp = pool
-        .send(upload, ResponseEnd::default())
+        .send(upload, Added::default(), ResponseEnd::default())
         .await
         .expect("early response");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -358,7 +374,11 @@ async fn refused_connections_are_connect_errors() {
     drop(listener);
     let pool = ServerPool::new(addr, Duration::from_secs(2), 4, IDLE_TIMEOUT);
     match pool
-        .send(request(Method::GET, "/"), ResponseEnd::default())
+        .send(
+            request(Method::GET, "/"),
+            Added::default(),
+            ResponseEnd::default(),
+        )
         .await
     {
         Err(PoolError::Connect(_) | PoolError::ConnectTimeout(_)) => {}

@@ -22,6 +22,7 @@ pub use body::UpstreamBody;
 pub use framing::{BodyKind, Framing};
 
 use super::{BoxError, ProxyBody};
+use crate::access_log::request_id::X_REQUEST_ID;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{request, response, Method, Response, StatusCode, Version};
@@ -77,6 +78,17 @@ pub enum H1Error {
     RequestBody(#[source] BoxError),
     #[error("the request body does not match its Content-Length")]
     RequestLength,
+}
+
+/// Header fields the gateway adds to a request, already in wire form: written into the head
+/// after the request's own, instead of being inserted into its `HeaderMap` (each insert
+/// hashes, may grow the map, and is undone again by the head's writer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Added<'a> {
+    /// Complete `name: value\r\n` lines (the forwarding headers).
+    pub lines: &'a [u8],
+    /// An `X-Request-Id` of ours, sent instead of any the request has.
+    pub request_id: Option<&'a HeaderValue>,
 }
 
 /// One connection to an upstream server, with its read and write buffers.
@@ -156,10 +168,11 @@ impl Conn {
     pub async fn exchange(
         mut self,
         parts: &request::Parts,
+        added: Added<'_>,
         body: ProxyBody,
         reused: bool,
     ) -> Result<Exchange, Failed> {
-        let mut upload = self.start(parts, body);
+        let mut upload = self.start(parts, added, body);
         let head = poll_fn(|cx| self.poll_head(&mut upload, &parts.method, cx)).await;
         match head {
             Ok((head, framing)) => Ok(Exchange {
@@ -186,8 +199,9 @@ impl Conn {
         }
     }
 
-    /// Writes the request head into the write buffer, with the body's framing.
-    fn start(&mut self, parts: &request::Parts, body: ProxyBody) -> Upload {
+    /// Writes the request head into the write buffer, with the fields we add and the
+    /// body's framing.
+    fn start(&mut self, parts: &request::Parts, added: Added<'_>, body: ProxyBody) -> Upload {
         self.wbuf.clear();
         self.written = 0;
         let w = &mut self.wbuf;
@@ -200,10 +214,20 @@ impl Conn {
             target.as_bytes()
         });
         w.extend_from_slice(b" HTTP/1.1\r\n");
+        let replaced_id = added.request_id.map(|_| &X_REQUEST_ID);
         for (name, value) in &parts.headers {
+            if replaced_id == Some(name) {
+                continue;
+            }
             w.extend_from_slice(name.as_str().as_bytes());
             w.extend_from_slice(b": ");
             w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        w.extend_from_slice(added.lines);
+        if let Some(id) = added.request_id {
+            w.extend_from_slice(b"x-request-id: ");
+            w.extend_from_slice(id.as_bytes());
             w.extend_from_slice(b"\r\n");
         }
         // The handler checked the client's Content-Length and removed Transfer-Encoding

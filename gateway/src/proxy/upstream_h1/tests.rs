@@ -2,6 +2,7 @@
 //! correctly, and the next request on the pool gets its own answer (never bytes left over
 //! from the hostile one on a pooled connection).
 
+use super::Added;
 use crate::proxy::linger::ResponseEnd;
 use crate::proxy::pool::{ServerPool, IDLE_TIMEOUT};
 use crate::proxy::{empty_body, full_body, BoxError, ProxyBody};
@@ -102,7 +103,7 @@ async fn exchange(
 ) -> Result<(StatusCode, Bytes), String> {
     let run = async {
         let resp = pool
-            .send(req, ResponseEnd::default())
+            .send(req, Added::default(), ResponseEnd::default())
             .await
             .map_err(|e| format!("send: {}", crate::proxy::ErrorChain(&e)))?;
         let status = resp.status();
@@ -325,4 +326,34 @@ async fn a_body_that_breaks_its_content_length_fails_the_exchange() {
             "Content-Length {declared}"
         );
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn added_fields_follow_the_requests_own_before_the_framing() {
+    let up = Scripted::start(GOOD.to_vec(), false).await;
+    let pool = ServerPool::new(up.addr, Duration::from_secs(2), 8, IDLE_TIMEOUT);
+    let id = http::HeaderValue::from_static("abc-123");
+    let added = Added {
+        lines: b"x-forwarded-for: 192.0.2.7\r\nforwarded: for=192.0.2.7;proto=http\r\n",
+        request_id: Some(&id),
+    };
+    // The client's id goes: ours replaces it.
+    let mut req = request(Method::POST, full_body("hi"));
+    req.headers_mut().insert(
+        "x-request-id",
+        http::HeaderValue::from_static("client's own"),
+    );
+    let resp = pool
+        .send(req, added, ResponseEnd::default())
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let _ = resp.into_body().collect().await;
+    let head = String::from_utf8_lossy(&up.heads.lock().expect("lock")[0]).into_owned();
+    assert_eq!(
+        head,
+        "POST /corpus?x=1 HTTP/1.1\r\nhost: upstream.test\r\n\
+         x-forwarded-for: 192.0.2.7\r\nforwarded: for=192.0.2.7;proto=http\r\n\
+         x-request-id: abc-123\r\ncontent-length: 2\r\n\r\n"
+    );
 }
