@@ -45,10 +45,10 @@ impl IdGen {
     pub fn generate(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let x = splitmix64(self.seed.wrapping_add(n));
+        // A byte's two digits at a time, from a table.
         let mut out = [0u8; 16];
-        for (i, o) in out.iter_mut().enumerate() {
-            let nibble = (x >> (60 - 4 * i)) & 0xf;
-            *o = b"0123456789abcdef"[nibble as usize];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(x.to_be_bytes()) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
         }
         // Hex digits are always a valid header value.
         header_value(&out).unwrap_or_else(|| HeaderValue::from_static("0"))
@@ -76,6 +76,18 @@ impl Default for IdGen {
         Self::new()
     }
 }
+
+/// Every byte's two lower-case hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    t
+};
 
 /// How many bytes of ids one allocation holds (a few hundred ids).
 const ARENA_BYTES: usize = 4096;
@@ -210,6 +222,12 @@ mod tests {
             let id = ids.generate();
             assert!(is_generated(&id), "{id:?}");
             assert!(seen.insert(id), "an id repeated");
+        }
+        // The counter's mix, in lower-case hex with leading zeros.
+        let fresh = IdGen::new();
+        for n in 0..64 {
+            let want = format!("{:016x}", splitmix64(fresh.seed.wrapping_add(n)));
+            assert_eq!(fresh.generate().to_str().ok(), Some(want.as_str()));
         }
         // Another process (another seed) starts elsewhere.
         assert_ne!(IdGen::new().generate(), IdGen::new().generate());
