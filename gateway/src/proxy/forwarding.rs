@@ -27,6 +27,20 @@ static CLIENT_COPIES: [HeaderName; 6] = [
     X_FORWARDED_PORT,
 ];
 
+/// Whether `name` is one of [`CLIENT_COPIES`] (one `match`: cheaper than six comparisons
+/// for every header of every request).
+fn is_client_copy(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-forwarded-for"
+            | "x-real-ip"
+            | "x-forwarded-proto"
+            | "forwarded"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+    )
+}
+
 /// One connection's forwarding header lines.
 #[derive(Debug)]
 pub struct Forwarding {
@@ -68,7 +82,7 @@ impl Forwarding {
     /// X-Forwarded-Host when it is a plain host name or address.
     pub fn apply(&self, headers: &mut HeaderMap, host: Option<&str>) -> Bytes {
         // Most requests carry none: one pass over the names, without hashing, tells.
-        if headers.keys().any(|name| CLIENT_COPIES.contains(name)) {
+        if headers.keys().any(is_client_copy) {
             for name in &CLIENT_COPIES {
                 headers.remove(name);
             }
@@ -162,6 +176,23 @@ mod tests {
             all(&h, &header::FORWARDED),
             ["for=192.0.2.7;proto=http;host=\"api.example.com\""]
         );
+    }
+
+    #[test]
+    fn the_name_test_agrees_with_the_list() {
+        for name in &CLIENT_COPIES {
+            assert!(is_client_copy(name), "{name}");
+        }
+        for other in [
+            "x-forwarded",
+            "x-forwarded-fo",
+            "host",
+            "x-real-ip2",
+            "forwarded-for",
+        ] {
+            let name = HeaderName::from_static(other);
+            assert!(!is_client_copy(&name), "{other}");
+        }
     }
 
     #[test]

@@ -105,12 +105,30 @@ fn origin_form(
     Ok(())
 }
 
+/// Whether `name` is one of [`HOP_BY_HOP`]: one `match` on the name's text (by length,
+/// then bytes), where comparing it with each of the nine names was a tenth of the
+/// request's header work.
+pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "transfer-encoding"
+    )
+}
+
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names, without hashing, tells,
     // and spares the common case nine lookups. Connection is in the list, so a message
     // naming more headers in it always takes the full path.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     let listed: Vec<HeaderName> = headers
