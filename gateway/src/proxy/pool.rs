@@ -10,7 +10,8 @@
 use super::linger::ResponseEnd;
 use super::upstream_h1::{Added, Conn, H1Error, UpstreamBody};
 use super::ProxyBody;
-use http::{Request, Response};
+use http::request::Parts;
+use http::Response;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,26 +106,33 @@ impl ServerPool {
     /// the server because its pooled connection had gone stale is sent again on another
     /// (see [`super::upstream_h1::Failed`]).
     /// `end` goes with the response body (see [`ResponseEnd`]).
+    ///
+    /// The head is borrowed from the request's caller: every `async fn` keeps its arguments
+    /// in its future, so a head passed down by value is copied once per level.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<ProxyBody>,
+        parts: &Parts,
+        mut body: ProxyBody,
         added: Added<'_>,
         end: ResponseEnd,
     ) -> Result<Response<ProxyBody>, PoolError> {
-        let (parts, mut body) = req.into_parts();
-        while let Some(conn) = self.checkout() {
-            match conn.exchange(&parts, added, body, true).await {
+        // One exchange in the future's state, not one per place it is awaited from; the
+        // connect (rare with warm pools) boxed: the request's future, moved and copied
+        // whole, stays small.
+        loop {
+            let (conn, reused) = match self.checkout() {
+                Some(conn) => (conn, true),
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            match conn.exchange(parts, added, body, reused).await {
                 Ok(ex) => return Ok(self.respond(ex, end)),
                 Err(failed) => match failed.unsent {
+                    // Only a reused connection gives the body back (a fresh one cannot
+                    // have gone stale): the next idle one, or a new one, takes it.
                     Some(unsent) => body = unsent,
                     None => return Err(PoolError::Protocol(failed.error)),
                 },
             }
-        }
-        let conn = self.connect().await?;
-        match conn.exchange(&parts, added, body, false).await {
-            Ok(ex) => Ok(self.respond(ex, end)),
-            Err(failed) => Err(PoolError::Protocol(failed.error)),
         }
     }
 

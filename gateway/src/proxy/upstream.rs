@@ -9,6 +9,7 @@ use super::upstream_h1::Added;
 use super::{empty_body, ProxyBody};
 use crate::config::UpstreamConfig;
 use http::header::{HeaderValue, HOST, USER_AGENT};
+use http::request::Parts;
 use http::{Request, Response};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -274,13 +275,15 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (origin-form URI, Host header set) to the next healthy server; `end` goes
-    /// with the response body (dropped with a failed exchange). `picked` is set to the
-    /// server chosen (its index in the upstream's `servers`, and address), for the latency
-    /// metrics and the access log. `added`: fields written after the request's own.
+    /// Sends the request `parts` and `body` (origin-form URI; a Host header is added when
+    /// missing) to the next healthy server; `end` goes with the response body (dropped with
+    /// a failed exchange). `picked` is set to the server chosen (its index in the
+    /// upstream's `servers`, and address), for the latency metrics and the access log.
+    /// `added`: fields written after the request's own.
     pub async fn send(
         &self,
-        mut req: Request<ProxyBody>,
+        parts: &mut Parts,
+        body: ProxyBody,
         added: Added<'_>,
         mut end: ResponseEnd,
         picked: &mut Option<(usize, SocketAddr)>,
@@ -290,11 +293,11 @@ impl Upstream {
             .ok_or_else(|| UpstreamError::NoHealthy(self.name.clone()))?;
         *picked = Some((index, server.addr));
         end.server_slot = Some(self.slot(server).await?);
-        if !req.headers().contains_key(HOST) {
+        if !parts.headers.contains_key(HOST) {
             // An HTTP/1.0 client may send none; HTTP/1.1 servers require one.
-            req.headers_mut().insert(HOST, server.host.clone());
+            parts.headers.insert(HOST, server.host.clone());
         }
-        match tokio::time::timeout(self.request_timeout, pool.send(req, added, end)).await {
+        match tokio::time::timeout(self.request_timeout, pool.send(parts, body, added, end)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
                 addr: server.addr,
@@ -377,16 +380,17 @@ impl Upstream {
         path: &str,
         timeout: Duration,
     ) -> bool {
-        let Ok(req) = Request::get(path)
+        let Ok((parts, body)) = Request::get(path)
             .header(HOST, s.host.clone())
             .header(USER_AGENT, "gateway-health-check")
             .body(empty_body())
+            .map(Request::into_parts)
         else {
             return false;
         };
         match tokio::time::timeout(
             timeout,
-            pool.send(req, Added::default(), ResponseEnd::default()),
+            pool.send(&parts, body, Added::default(), ResponseEnd::default()),
         )
         .await
         {

@@ -386,7 +386,8 @@ impl Proxy {
         let token = match self.authorize(route, &req, conn.client_of(&req)).await {
             Ok(t) => t,
             Err(r) => {
-                drain(req.into_body()).await;
+                // Boxed: a refusal's path, kept out of every request's future.
+                Box::pin(drain(req.into_body())).await;
                 return (Some(idx), self.refuse(Some(route), r));
             }
         };
@@ -418,7 +419,7 @@ impl Proxy {
     async fn forward<B>(
         &self,
         route: &Route,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         added: Added<'_>,
         body: B,
         mut end: ResponseEnd,
@@ -437,7 +438,7 @@ impl Proxy {
         let mut picked = None;
         let sending = Instant::now();
         let sent = upstream
-            .send(Request::from_parts(parts, body), added, end, &mut picked)
+            .send(&mut parts, body, added, end, &mut picked)
             .await;
         trail.upstream = Some(index);
         trail.bytes_in = progress.received();

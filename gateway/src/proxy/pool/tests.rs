@@ -2,7 +2,7 @@ use super::*;
 use crate::proxy::empty_body;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST};
-use http::{Method, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::TokioIo;
@@ -148,7 +148,7 @@ fn request(method: Method, path: &str) -> Request<ProxyBody> {
 
 async fn get(pool: &Arc<ServerPool>, path: &str) -> (StatusCode, Bytes) {
     let resp = pool
-        .send(
+        .send_request(
             request(Method::GET, path),
             Added::default(),
             ResponseEnd::default(),
@@ -163,6 +163,17 @@ async fn get(pool: &Arc<ServerPool>, path: &str) -> (StatusCode, Bytes) {
 impl ServerPool {
     fn idle_count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// [`ServerPool::send`] with a whole request, as tests build them.
+    pub(crate) async fn send_request(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+        added: Added<'_>,
+        end: ResponseEnd,
+    ) -> Result<http::Response<ProxyBody>, PoolError> {
+        let (parts, body) = req.into_parts();
+        self.send(&parts, body, added, end).await
     }
 }
 
@@ -187,7 +198,7 @@ async fn empty_bodies_give_the_connection_back_unpolled() {
     // HEAD and 204: the body is known empty and dropped without being polled, as
     // hyper's server does with them.
     let head = pool
-        .send(
+        .send_request(
             request(Method::HEAD, "/ok"),
             Added::default(),
             ResponseEnd::default(),
@@ -197,7 +208,7 @@ async fn empty_bodies_give_the_connection_back_unpolled() {
     assert!(head.body().is_end_stream());
     drop(head);
     let empty = pool
-        .send(
+        .send_request(
             request(Method::GET, "/empty"),
             Added::default(),
             ResponseEnd::default(),
@@ -215,7 +226,7 @@ async fn an_abandoned_body_closes_its_connection() {
     let up = TestUpstream::hyper().await;
     let pool = pool(&up, 8);
     let resp = pool
-        .send(
+        .send_request(
             request(Method::GET, "/big"),
             Added::default(),
             ResponseEnd::default(),
@@ -317,7 +328,7 @@ async fn an_early_response_does_not_hold_the_next_request() {
         .body(Stalled(false).boxed())
         .expect("request");
     let resp = pool
-        .send(upload, Added::default(), ResponseEnd::default())
+        .send_request(upload, Added::default(), ResponseEnd::default())
         .await
         .expect("early response");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -374,7 +385,7 @@ async fn refused_connections_are_connect_errors() {
     drop(listener);
     let pool = ServerPool::new(addr, Duration::from_secs(2), 4, IDLE_TIMEOUT);
     match pool
-        .send(
+        .send_request(
             request(Method::GET, "/"),
             Added::default(),
             ResponseEnd::default(),

@@ -103,7 +103,7 @@ async fn exchange(
 ) -> Result<(StatusCode, Bytes), String> {
     let run = async {
         let resp = pool
-            .send(req, Added::default(), ResponseEnd::default())
+            .send_request(req, Added::default(), ResponseEnd::default())
             .await
             .map_err(|e| format!("send: {}", crate::proxy::ErrorChain(&e)))?;
         let status = resp.status();
@@ -344,7 +344,7 @@ async fn added_fields_follow_the_requests_own_before_the_framing() {
         http::HeaderValue::from_static("client's own"),
     );
     let resp = pool
-        .send(req, added, ResponseEnd::default())
+        .send_request(req, added, ResponseEnd::default())
         .await
         .expect("send");
     assert_eq!(resp.status(), StatusCode::OK);
