@@ -72,6 +72,91 @@ pub struct FramingWatch<I> {
     verdicts: Arc<Verdicts>,
 }
 
+/// How many CRLFs (or bare LFs) `data` starts with: allowed before a request line (RFC
+/// 9112 §2.2).
+fn leading_crlfs(data: &[u8]) -> usize {
+    data.iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(data.len())
+}
+
+/// What the framing of one request head says.
+#[derive(Debug, Clone, Copy, Default)]
+struct HeadFacts {
+    /// The request line is HTTP/2's preface.
+    h2: bool,
+    has_cl: bool,
+    /// Content-Length's value, when it is one number.
+    length: Option<u64>,
+    has_te: bool,
+    /// Transfer-Encoding ends with `chunked`.
+    chunked: bool,
+    upgrade: bool,
+}
+
+impl HeadFacts {
+    const H2: Self = Self {
+        h2: true,
+        has_cl: false,
+        length: None,
+        has_te: false,
+        chunked: false,
+        upgrade: false,
+    };
+
+    /// Reads the head `data` starts with, line by line, up to its blank line: its length
+    /// (blank line included) and what it says; `None` if its end is not in `data`. One pass:
+    /// this runs for every request.
+    fn scan(data: &[u8]) -> Option<(usize, Self)> {
+        let mut facts = Self::default();
+        let first = memchr::memchr(b'\n', data)?;
+        facts.h2 = data.starts_with(b"PRI * HTTP/2");
+        let mut from = first + 1;
+        loop {
+            let nl = from + memchr::memchr(b'\n', &data[from..])?;
+            let line = &data[from..=nl];
+            // The end is `\r\n\r\n`: a blank line after a line that ended in CRLF too.
+            if line == b"\r\n" && data[..from].ends_with(b"\r\n") {
+                return Some((nl + 1, facts));
+            }
+            facts.line(line);
+            from = nl + 1;
+        }
+    }
+
+    /// One header line (with its line end).
+    fn line(&mut self, raw: &[u8]) {
+        // Only names starting with `c`, `t` or `u` (or with whitespace before them, which
+        // the trim below takes off) can be one of the three; the rest need no search for
+        // their colon.
+        if !matches!(
+            raw.first(),
+            Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U' | b' ' | b'\t' | b'\r' | b'\x0c')
+        ) {
+            return;
+        }
+        let Some(colon) = memchr::memchr(b':', raw) else {
+            return;
+        };
+        let name = raw[..colon].trim_ascii();
+        let value = raw[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.has_cl = true;
+            self.length = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.has_te = true;
+            self.chunked = value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.upgrade = true;
+        }
+    }
+}
+
 /// Skips up to `left` bytes of `data`: the bytes after them, and how many are still to skip
 /// (`None` when all were).
 fn skip(data: &[u8], left: u64) -> (&[u8], Option<u64>) {
@@ -107,10 +192,25 @@ impl<I> FramingWatch<I> {
                     self.state = rest.map_or(State::ChunkSize, State::ChunkData);
                 }
                 State::Head => {
+                    // Usually a whole head arrives in one read: judged where it lies,
+                    // without copying it into `line`.
+                    if self.line.is_empty() {
+                        let start = leading_crlfs(data);
+                        if let Some((len, facts)) =
+                            HeadFacts::scan(&data[start..]).filter(|(n, _)| *n <= MAX_HEAD)
+                        {
+                            data = &data[start + len..];
+                            self.end_of_head(facts);
+                            continue;
+                        }
+                    }
                     let (taken, done) = self.collect(data, b"\r\n\r\n", MAX_HEAD);
                     data = &data[taken..];
                     if done {
-                        self.end_of_head();
+                        // The line holds the whole head, so the scan finds its end.
+                        let facts = HeadFacts::scan(&self.line).map_or(HeadFacts::H2, |f| f.1);
+                        self.line.clear();
+                        self.end_of_head(facts);
                     }
                 }
                 State::ChunkSize => {
@@ -141,14 +241,10 @@ impl<I> FramingWatch<I> {
     fn collect(&mut self, data: &[u8], end: &[u8], max: usize) -> (usize, bool) {
         let mut start = 0;
         if matches!(self.state, State::Head) && self.line.is_empty() {
-            // Leading CRLFs before a request line are allowed (RFC 9112 §2.2).
-            start = data
-                .iter()
-                .position(|b| *b != b'\r' && *b != b'\n')
-                .unwrap_or(data.len());
+            start = leading_crlfs(data);
         }
         let mut from = start;
-        while let Some(off) = data[from..].iter().position(|b| *b == b'\n') {
+        while let Some(off) = memchr::memchr(b'\n', &data[from..]) {
             let nl = from + off;
             if self.ends_with(&data[start..=nl], end) {
                 if self.line.len() + (nl + 1 - start) > max {
@@ -184,47 +280,24 @@ impl<I> FramingWatch<I> {
         self.line = Vec::new();
     }
 
-    fn end_of_head(&mut self) {
-        if self.line.starts_with(b"PRI * HTTP/2") {
+    /// Records a complete head's verdict and moves on to its body.
+    fn end_of_head(&mut self, head: HeadFacts) {
+        if head.h2 {
             // HTTP/2 with prior knowledge: frames from here on.
             return self.lose();
         }
-        let (mut length, mut chunked, mut has_cl, mut has_te, mut upgrade) =
-            (None, false, false, false, false);
-        for raw in self.line.split(|b| *b == b'\n').skip(1) {
-            let Some(colon) = raw.iter().position(|b| *b == b':') else {
-                continue;
-            };
-            let name = raw[..colon].trim_ascii();
-            let value = raw[colon + 1..].trim_ascii();
-            if name.eq_ignore_ascii_case(b"content-length") {
-                has_cl = true;
-                length = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                has_te = true;
-                chunked = value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
-            }
-        }
-        self.line.clear();
-        self.verdicts.push(has_cl && has_te);
-        self.state = if upgrade {
+        self.verdicts.push(head.has_cl && head.has_te);
+        self.state = if head.upgrade {
             State::Lost
-        } else if has_te {
-            if chunked {
+        } else if head.has_te {
+            if head.chunked {
                 State::ChunkSize
             } else {
                 State::Lost
             }
         } else {
-            match length {
-                Some(0) | None if !has_cl => State::Head,
+            match head.length {
+                Some(0) | None if !head.has_cl => State::Head,
                 Some(0) => State::Head,
                 Some(n) => State::Body(n),
                 None => State::Lost,
@@ -332,6 +405,35 @@ mod tests {
         // The same stream one byte at a time.
         let bytes: Vec<&[u8]> = s.chunks(1).collect();
         assert_eq!(verdicts(&bytes), vec![false, false, false, true, false]);
+    }
+
+    #[test]
+    fn any_split_of_the_stream_gives_the_same_verdicts() {
+        let s: &[u8] = b"\r\nPOST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello\
+            POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhe\r\n\r\n0\r\nX-T: 1\r\n\r\n\
+            GET /c HTTP/1.1\r\nHost: x\r\n\r\n\
+            POST /d HTTP/1.1\r\nX-A: 1\r\n Content-Length: 3\r\nTRANSFER-ENCODING: chunked\r\n\r\n0\r\n\r\n\
+            POST /e HTTP/1.1\r\nUpgrade: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let want = vec![false, false, false, true, true];
+        for size in 1..=s.len() {
+            let parts: Vec<&[u8]> = s.chunks(size).collect();
+            assert_eq!(verdicts(&parts), want, "reads of {size} bytes");
+        }
+        // A bare LF before the blank line does not end the head (`\r\n\r\n` does):
+        // whole or byte by byte, the same.
+        let bare: &[u8] =
+            b"GET /a HTTP/1.1\n\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for size in [1, bare.len()] {
+            let parts: Vec<&[u8]> = bare.chunks(size).collect();
+            assert_eq!(verdicts(&parts), vec![true], "reads of {size} bytes");
+        }
+        // Whitespace before a name (obs-fold) still counts, as before the fast path.
+        assert_eq!(
+            verdicts(&[
+                b"POST / HTTP/1.1\r\n\tcontent-length: 1\r\n\x0ctransfer-encoding: chunked\r\n\r\n"
+            ]),
+            vec![true]
+        );
     }
 
     #[test]
