@@ -114,7 +114,13 @@ pub(super) fn millis(out: &mut Vec<u8>, d: Duration) {
         .checked_mul(1_000_000)
         .and_then(|m| m.checked_add(u64::from((d.subsec_nanos() + 500) / 1000)))
         .unwrap_or(u64::MAX);
-    integer(out, micros / 1000);
+    let whole = micros / 1000;
+    if whole < 10 {
+        // Most durations: one digit before the point, no formatter.
+        out.push(b'0' + whole as u8);
+    } else {
+        integer(out, whole);
+    }
     let frac = micros % 1000;
     out.extend_from_slice(&[
         b'.',
