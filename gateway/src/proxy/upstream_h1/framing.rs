@@ -3,7 +3,7 @@
 //! whose framing we guessed would hand the next client the rest of this response.
 
 use super::H1Error;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 /// How the response body is delimited.
@@ -38,8 +38,9 @@ pub fn response(
     version: Version,
     headers: &HeaderMap,
 ) -> Result<Framing, H1Error> {
-    let keep_alive = version == Version::HTTP_11 && !says_close(headers);
-    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+    let fields = Fields::of(headers);
+    let keep_alive = version == Version::HTTP_11 && !(fields.connection && says_close(headers));
+    let has_te = fields.transfer_encoding;
     if method == Method::HEAD
         || status == StatusCode::NOT_MODIFIED
         || status == StatusCode::NO_CONTENT
@@ -48,7 +49,7 @@ pub fn response(
         // No body whatever the head says. A 204 that announces one anyway may send it:
         // those bytes must never reach the next request.
         let announces_body = status == StatusCode::NO_CONTENT
-            && (has_te || !matches!(content_length(headers), Ok(None | Some(0))));
+            && (has_te || !matches!(fields.content_length(), Ok(None | Some(0))));
         return Ok(Framing {
             kind: BodyKind::Length(0),
             reusable: keep_alive && !announces_body && !status.is_informational(),
@@ -60,7 +61,7 @@ pub fn response(
                 "Transfer-Encoding in an HTTP/1.0 response",
             ));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if fields.content_lengths > 0 {
             return Err(H1Error::Framing(
                 "both Content-Length and Transfer-Encoding",
             ));
@@ -73,7 +74,7 @@ pub fn response(
             reusable: keep_alive,
         });
     }
-    match content_length(headers)? {
+    match fields.content_length()? {
         Some(n) => Ok(Framing {
             kind: BodyKind::Length(n),
             reusable: keep_alive,
@@ -89,15 +90,58 @@ pub fn response(
 /// body is that long), in exactly one field line without a list.
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(value) = values.next() else {
+    one_content_length(values.next(), values.count())
+}
+
+/// [`content_length`] of the first of `1 + more` values.
+fn one_content_length(first: Option<&HeaderValue>, more: usize) -> Result<Option<u64>, H1Error> {
+    let Some(value) = first else {
         return Ok(None);
     };
-    if values.next().is_some() {
+    if more > 0 {
         return Err(H1Error::Framing("more than one Content-Length"));
     }
     parse_decimal(value.as_bytes())
         .map(Some)
         .ok_or(H1Error::Framing("an invalid Content-Length"))
+}
+
+/// The framing fields of a response head, found in one pass over its fields (a response
+/// has a handful; three lookups by name cost more).
+struct Fields<'a> {
+    first_content_length: Option<&'a HeaderValue>,
+    content_lengths: usize,
+    transfer_encoding: bool,
+    connection: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut f = Fields {
+            first_content_length: None,
+            content_lengths: 0,
+            transfer_encoding: false,
+            connection: false,
+        };
+        for (name, value) in headers {
+            if name == header::CONTENT_LENGTH {
+                f.first_content_length.get_or_insert(value);
+                f.content_lengths += 1;
+            } else if name == header::TRANSFER_ENCODING {
+                f.transfer_encoding = true;
+            } else if name == header::CONNECTION {
+                f.connection = true;
+            }
+        }
+        f
+    }
+
+    fn content_length(&self) -> Result<Option<u64>, H1Error> {
+        one_content_length(
+            self.first_content_length,
+            self.content_lengths.saturating_sub(1),
+        )
+    }
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
