@@ -1,4 +1,5 @@
-//! The reverse proxy: listeners and connections ([`server`], with [`send_timeout`]), the request path ([`handler`],
+//! The reverse proxy: listeners and connections ([`server`], with [`send_timeout`], and
+//! hyper's timer in [`coarse_timer`]), the request path ([`handler`],
 //! with the request's host checked in [`host`], the request body held to its limit and
 //! its failures told apart in [`request_body`], and every answer of its own in [`refusal`]),
 //! routing ([`route`], [`path`]), forwarding headers ([`forwarding`]), client headers the
@@ -13,6 +14,7 @@
 pub mod client_addr;
 pub mod client_headers;
 pub mod closing;
+pub mod coarse_timer;
 pub mod fd_limit;
 pub mod forwarding;
 pub mod framing;

@@ -5,6 +5,7 @@
 
 use super::client_addr::{ForwardedClient, TrustedProxies};
 use super::closing::{wait_true, Closer, Reason};
+use super::coarse_timer::CoarseTimer;
 use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
 use super::live::LiveProxy;
@@ -17,7 +18,7 @@ use crate::config::ListenConfig;
 use crate::deny::DenyStore;
 use crate::tls::HandshakeFailure;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -251,12 +252,14 @@ pub async fn serve(
     let trusted = Arc::new(TrustedProxies::new(
         cfg.trusted_proxy_nets().unwrap_or_default(),
     ));
+    // This worker's header-read deadlines and HTTP/2 keep-alive pings.
+    let timer = CoarseTimer::new();
     let shared = Arc::new(Shared {
         deny: deny.clone(),
         trusted,
         proxy_protocol: cfg.proxy_protocol,
         proxy,
-        builder: http_builder(&cfg),
+        builder: http_builder(&cfg, &timer),
         permits: limits.permits.clone(),
         local: Arc::new(Semaphore::new(cfg.max_connections)),
         limit: limits.source.clone(),
@@ -266,6 +269,8 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         closer: Closer::new(deny),
     });
+    // Deadlines keep firing while connections drain: stopped last.
+    let ticker = tokio::spawn(timer.run());
     let mut tasks = vec![
         tokio::spawn(shared.closer.clone().watch_bans()),
         tokio::spawn(shared.closer.clone().watch_idle(cfg.header_read_timeout.0)),
@@ -307,6 +312,7 @@ pub async fn serve(
     {
         tracing::warn!("drain deadline passed; closing the remaining connections");
     }
+    ticker.abort();
 }
 
 /// What every accept loop and connection shares.
@@ -340,10 +346,10 @@ const BANNED_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 /// hyper's own HTTP/1 header count limit when none is set.
 const HYPER_MAX_HEADERS: usize = 100;
 
-fn http_builder(cfg: &ListenConfig) -> auto::Builder<TokioExecutor> {
+fn http_builder(cfg: &ListenConfig, timer: &CoarseTimer) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
+        .timer(timer.clone())
         .header_read_timeout(cfg.header_read_timeout.0)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .writev(false)
@@ -355,7 +361,7 @@ fn http_builder(cfg: &ListenConfig) -> auto::Builder<TokioExecutor> {
         b.http1().max_headers(cfg.max_headers);
     }
     b.http2()
-        .timer(TokioTimer::new())
+        .timer(timer.clone())
         .max_concurrent_streams(cfg.max_concurrent_streams)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(cfg.header_read_timeout.0 * 3)
