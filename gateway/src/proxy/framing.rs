@@ -70,6 +70,8 @@ pub struct FramingWatch<I> {
     state: State,
     line: Vec<u8>,
     verdicts: Arc<Verdicts>,
+    /// Request heads completed so far (see [`FramingWatch::heads_seen`]).
+    heads: u64,
 }
 
 /// Skips up to `left` bytes of `data`: the bytes after them, and how many are still to skip
@@ -87,6 +89,33 @@ impl<I> FramingWatch<I> {
             state: State::Head,
             line: Vec::new(),
             verdicts,
+            heads: 0,
+        }
+    }
+
+    /// How many request heads have been read to their end: a parked connection (see
+    /// [`super::park`]) wakes hyper only once this grows, so the bytes of a partial head
+    /// stay under the header-read deadline that was already running.
+    pub fn heads_seen(&self) -> u64 {
+        self.heads
+    }
+
+    /// Between requests: every byte read so far belongs to a complete request (leading
+    /// CRLFs aside), nothing of the next one has come.
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.state, State::Head) && self.line.is_empty()
+    }
+
+    /// Still following the HTTP/1 framing (not HTTP/2, an upgrade, or garbage).
+    pub fn following(&self) -> bool {
+        !matches!(self.state, State::Lost)
+    }
+
+    /// Gives back the line buffer's memory between requests (a parked connection keeps
+    /// nothing it does not need).
+    pub fn release(&mut self) {
+        if self.line.is_empty() {
+            self.line = Vec::new();
         }
     }
 
@@ -213,6 +242,7 @@ impl<I> FramingWatch<I> {
             }
         }
         self.line.clear();
+        self.heads += 1;
         self.verdicts.push(has_cl && has_te);
         self.state = if upgrade {
             State::Lost
