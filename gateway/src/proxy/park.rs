@@ -486,6 +486,12 @@ async fn park<I>(
 where
     I: AsyncRead + Unpin,
 {
+    // Bytes hyper read while it was being ended (they came in the instant between the idle
+    // check and the end): whatever they hold, hyper takes them at once. Only leading CRLFs,
+    // which a request may start with, wait for more.
+    if ahead.iter().any(|b| *b != b'\r' && *b != b'\n') {
+        return Parked::Resume(ahead);
+    }
     io.io.get_mut().release();
     ahead.shrink_to_fit();
     let heads = io.io.get_ref().heads_seen();
