@@ -193,15 +193,18 @@ pub async fn serve<I, S, B>(
         },
     };
     if h2 {
-        let conn = protocols
-            .h2
-            .serve_connection(TokioIo::new(Lingering::new(io)), service);
         // Boxed, as the HTTP/1 connection: the task's future is as large as its largest
-        // state, and every connection's task would carry an HTTP/2 connection's size.
-        let conn = Box::pin(conn);
+        // state, and every connection's task would carry an HTTP/2 connection's size. (Built
+        // inside the box: a local holding it, even moved from, keeps its room in the future.)
+        let conn = Box::pin(
+            protocols
+                .h2
+                .serve_connection(TokioIo::new(Lingering::new(io)), service),
+        );
         run_closable(conn, protocols, registration, peer).await;
     } else {
-        serve_http1(io, service, protocols, registration, peer).await;
+        // Boxed too: the task would otherwise be as large as the largest of its states.
+        Box::pin(serve_http1(io, service, protocols, registration, peer)).await;
     }
 }
 
@@ -343,8 +346,10 @@ enum Parked {
     Closing(Reason),
     /// The client closed its side between requests.
     Eof,
-    /// The header-read deadline passed, or the read failed.
+    /// The header-read deadline passed.
     Drop,
+    /// The read failed (the client reset the connection, or closed TLS without close_notify).
+    Failed,
 }
 
 async fn serve_http1<I, S, B>(
@@ -419,6 +424,7 @@ async fn serve_http1<I, S, B>(
         }
         let parts = (*conn).into_parts();
         p.parks.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(peer = %peer, "connection parked");
         io = parts.io.into_inner();
         service = parts.service;
         let ahead = parts.read_buf.to_vec();
@@ -451,6 +457,7 @@ async fn serve_http1<I, S, B>(
                 tracing::debug!(peer = %peer, "parked connection closed: no request head in time");
                 return;
             }
+            Parked::Failed => return,
         }
     }
 }
@@ -506,7 +513,7 @@ where
         }
         let room = max_buf.saturating_sub(ahead.len());
         match ready!(read_some(&mut io.io, cx, &mut ahead, room)) {
-            Err(_) => return Poll::Ready(Parked::Drop),
+            Err(_) => return Poll::Ready(Parked::Failed),
             Ok(0) if ahead.is_empty() => return Poll::Ready(Parked::Eof),
             // hyper reads what came, then the end, and answers as it would have.
             Ok(0) => return Poll::Ready(Parked::Resume(std::mem::take(&mut ahead))),
@@ -838,6 +845,40 @@ async fn linger_close<I: AsyncRead + AsyncWrite + Unpin>(
         }
     })
     .await;
+}
+
+/// Hands the memory parked connections freed back to the system, once a second when any
+/// connection of this worker was parked in it (runs for the worker's life).
+///
+/// mimalloc purges freed pages lazily, when later allocations or frees in the same heap come
+/// by, and postpones it while frees keep coming: the buffers of connections parked last,
+/// with nothing happening after them, stayed in the process (about 4.6 KiB per idle
+/// connection, BENCHMARKS.md). A forced collection of the worker's heap purges them; it
+/// costs a walk over the heap's pages, once a second at most.
+pub async fn return_freed_memory(p: &Protocols) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = p.parks();
+    loop {
+        ticks.tick().await;
+        let parks = p.parks();
+        if parks != seen {
+            seen = parks;
+            collect_freed_memory();
+        }
+    }
+}
+
+/// mimalloc's `mi_collect(true)` on this thread's heap (the global allocator, `main.rs`;
+/// without it the call finds an empty heap).
+#[allow(unsafe_code)]
+fn collect_freed_memory() {
+    unsafe extern "C" {
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: `mi_collect` takes no pointers and may be called on any thread at any time;
+    // the symbol comes from the mimalloc library linked through the `mimalloc` crate.
+    unsafe { mi_collect(true) }
 }
 
 #[cfg(test)]

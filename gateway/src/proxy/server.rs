@@ -267,6 +267,10 @@ pub async fn serve(
     let mut tasks = vec![
         tokio::spawn(shared.closer.clone().watch_bans()),
         tokio::spawn(shared.closer.clone().watch_idle(cfg.header_read_timeout.0)),
+        tokio::spawn({
+            let shared = shared.clone();
+            async move { park::return_freed_memory(&shared.protocols).await }
+        }),
     ];
     for (listener, is_tls) in listeners {
         let listener = match TcpListener::from_std(listener) {
@@ -462,24 +466,38 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     shared.proxy.peek().metrics().connection_opened();
+    // Boxed, the handshake, the stream and the serving: the task's future is as large as
+    // its largest state, and a state's locals keep their room in it even once moved from,
+    // so the handshake's state or a stream moved on would stay in every connection's task
+    // for its whole life (BENCHMARKS.md, memory).
     match tls {
-        None => drive(io, Alpn::None, Arc::new(conn), shared).await,
+        None => Box::pin(drive(io, Alpn::None, Arc::new(conn), shared)).await,
         Some(acceptor) => {
-            // Boxed, the handshake and the stream: the task's future is as large as its
-            // largest state, and rustls' handshake state would otherwise stay in it (as
-            // room) for the connection's life (BENCHMARKS.md, memory).
-            let s = Box::pin(handshake(acceptor, io, &conn, shared)).await;
-            if let Some(s) = s {
-                let mut conn = conn;
-                let info = TlsInfo::of(s.get_ref().1);
-                let alpn = Alpn::of(info.alpn);
-                conn.tls = Some(info);
-                let conn = Arc::new(conn);
-                drive(Box::new(s), alpn, conn, shared).await
+            if let Some((s, alpn, conn)) = Box::pin(tls_start(acceptor, io, conn, shared)).await {
+                Box::pin(drive(s, alpn, conn, shared)).await
             }
         }
     }
     shared.proxy.peek().metrics().connection_closed();
+}
+
+/// The TLS handshake, then what it negotiated: the stream (boxed), its ALPN, and the
+/// connection's description with its TLS details.
+#[allow(clippy::type_complexity)]
+async fn tls_start<IO>(
+    acceptor: TlsAcceptor,
+    io: IO,
+    mut conn: ConnInfo,
+    shared: &Shared,
+) -> Option<(Box<tokio_rustls::server::TlsStream<IO>>, Alpn, Arc<ConnInfo>)>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let s = Box::new(handshake(acceptor, io, &conn, shared).await?);
+    let info = TlsInfo::of(s.get_ref().1);
+    let alpn = Alpn::of(info.alpn);
+    conn.tls = Some(info);
+    Some((s, alpn, Arc::new(conn)))
 }
 
 /// The TLS handshake under its deadline; failures are counted by reason, logged in the
