@@ -427,7 +427,12 @@ async fn serve_http1<I, S, B>(
         tracing::trace!(peer = %peer, "connection parked");
         io = parts.io.into_inner();
         service = parts.service;
-        let ahead = parts.read_buf.to_vec();
+        // Copied out and dropped here: the `Bytes` hyper gives back is a view into its read
+        // buffer, and would keep all of it (8 KiB or more) alive while parked.
+        let ahead = {
+            let read_buf = parts.read_buf;
+            read_buf.to_vec()
+        };
         let deadline = since + p.header_read_timeout;
         match park(
             &mut io,

@@ -489,7 +489,11 @@ async fn tls_start<IO>(
     io: IO,
     mut conn: ConnInfo,
     shared: &Shared,
-) -> Option<(Box<tokio_rustls::server::TlsStream<IO>>, Alpn, Arc<ConnInfo>)>
+) -> Option<(
+    Box<tokio_rustls::server::TlsStream<IO>>,
+    Alpn,
+    Arc<ConnInfo>,
+)>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
