@@ -1,9 +1,10 @@
 //! HTTP on one client connection: which protocol it speaks, and, for HTTP/1.1, parking it
 //! while it is idle.
 //!
-//! **Protocol.** ALPN decides on TLS (`h2` or `http/1.1`); without ALPN (plain TCP, or a
-//! TLS client that offered none) the first bytes are read until they confirm or refute the
-//! HTTP/2 connection preface, and are handed back to hyper in front of the stream. This is
+//! **Protocol.** ALPN `http/1.1` goes to HTTP/1.1 at once; otherwise (ALPN `h2`, plain TCP,
+//! or a TLS client that offered no ALPN) the first bytes are read until they confirm or
+//! refute the HTTP/2 connection preface, and are handed back to hyper in front of the
+//! stream. This is
 //! what hyper-util's `auto` did, which gives nothing back once a connection ends; parking
 //! needs the stream back. The preface read has no deadline of its own, as before: a
 //! connection that sends nothing is closed by the worker's idle watch ([`super::idle`]).
@@ -184,10 +185,12 @@ pub async fn serve<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut io = Prefixed::new(Bytes::new(), io);
+    // ALPN `h2` is sniffed too (as hyper-util's `auto` did): hyper's HTTP/2 server writes
+    // its SETTINGS at once and, told to close before the client's preface, waits for it, so
+    // a client silent after its handshake would hold the connection past the idle limit.
     let h2 = match alpn {
-        Alpn::H2 => true,
         Alpn::Http1 => false,
-        Alpn::None => match sniff(&mut io, registration).await {
+        Alpn::H2 | Alpn::None => match sniff(&mut io, registration).await {
             Some(h2) => h2,
             None => return,
         },
