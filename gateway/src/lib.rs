@@ -13,8 +13,10 @@
 //! - [`access_log`]: one JSON line per request, written by its own thread; `X-Request-Id`.
 //! - [`deny`]: the deny list (kernel maps + durable state file); [`abuse`]: automatic bans.
 //! - [`cli`]: the `gateway` command line.
-// `deny`, not `forbid`: one audited exception registers the event ring buffer's fd with tokio
-// (see `ebpf::events::consume`); everything else is safe code.
+// `deny`, not `forbid`: two audited exceptions, each one call across a boundary: the event
+// ring buffer's fd registered with tokio (`ebpf::events::consume`) and mimalloc's
+// `mi_collect` after idle connections are parked (`proxy::park`); everything else is safe
+// code.
 #![deny(unsafe_code)]
 
 pub mod abuse;

@@ -209,7 +209,9 @@ def rapid_reset(port, deadline):
         (":authority", "localhost:%d" % port),
         (":path", "/?delay_ms=2000"),
     ]
-    while opened < 50_000 and time.monotonic() < deadline and not closed:
+    # A GOAWAY ends the attack: h2 refuses to open streams after it (the server may keep
+    # the connection open a little to read what was sent, so no error need come first).
+    while opened < 50_000 and time.monotonic() < deadline and not closed and goaway is None:
         for _ in range(100):
             sid = conn.get_next_available_stream_id()
             conn.send_headers(sid, headers, end_stream=True)

@@ -70,6 +70,8 @@ pub struct FramingWatch<I> {
     state: State,
     line: Vec<u8>,
     verdicts: Arc<Verdicts>,
+    /// Request heads completed so far (see [`FramingWatch::heads_seen`]).
+    heads: u64,
 }
 
 /// How many CRLFs (or bare LFs) `data` starts with: allowed before a request line (RFC
@@ -95,15 +97,6 @@ struct HeadFacts {
 }
 
 impl HeadFacts {
-    const H2: Self = Self {
-        h2: true,
-        has_cl: false,
-        length: None,
-        has_te: false,
-        chunked: false,
-        upgrade: false,
-    };
-
     /// Reads the head `data` starts with, line by line, up to its blank line: its length
     /// (blank line included) and what it says; `None` if its end is not in `data`. One pass:
     /// this runs for every request.
@@ -172,6 +165,33 @@ impl<I> FramingWatch<I> {
             state: State::Head,
             line: Vec::new(),
             verdicts,
+            heads: 0,
+        }
+    }
+
+    /// How many request heads have been read to their end: a parked connection (see
+    /// [`super::park`]) wakes hyper only once this grows, so the bytes of a partial head
+    /// stay under the header-read deadline that was already running.
+    pub fn heads_seen(&self) -> u64 {
+        self.heads
+    }
+
+    /// Between requests: every byte read so far belongs to a complete request (leading
+    /// CRLFs aside), nothing of the next one has come.
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.state, State::Head) && self.line.is_empty()
+    }
+
+    /// Still following the HTTP/1 framing (not HTTP/2, an upgrade, or garbage).
+    pub fn following(&self) -> bool {
+        !matches!(self.state, State::Lost)
+    }
+
+    /// Gives back the line buffer's memory between requests (a parked connection keeps
+    /// nothing it does not need).
+    pub fn release(&mut self) {
+        if self.line.is_empty() {
+            self.line = Vec::new();
         }
     }
 
@@ -207,10 +227,15 @@ impl<I> FramingWatch<I> {
                     let (taken, done) = self.collect(data, b"\r\n\r\n", MAX_HEAD);
                     data = &data[taken..];
                     if done {
-                        // The line holds the whole head, so the scan finds its end.
-                        let facts = HeadFacts::scan(&self.line).map_or(HeadFacts::H2, |f| f.1);
-                        self.line.clear();
-                        self.end_of_head(facts);
+                        // The line holds the whole head, so the scan finds its end (if it
+                        // did not, the stream would not be followed any further).
+                        match HeadFacts::scan(&self.line) {
+                            Some((_, facts)) => {
+                                self.line.clear();
+                                self.end_of_head(facts);
+                            }
+                            None => self.lose(),
+                        }
                     }
                 }
                 State::ChunkSize => {
@@ -286,6 +311,7 @@ impl<I> FramingWatch<I> {
             // HTTP/2 with prior knowledge: frames from here on.
             return self.lose();
         }
+        self.heads += 1;
         self.verdicts.push(head.has_cl && head.has_te);
         self.state = if head.upgrade {
             State::Lost

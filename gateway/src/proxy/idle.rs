@@ -2,9 +2,10 @@
 //! limit.
 //!
 //! hyper times HTTP/1 itself once a connection has started on it (the header read timeout,
-//! which also runs between requests). Two cases have no timer there: a connection that never
-//! sends a byte (hyper-util reads the first bytes to tell HTTP/1 from HTTP/2 with no
-//! deadline, on plain TCP and after a TLS handshake alike), and an HTTP/2 connection between
+//! which also runs between requests; a parked connection keeps the same deadline, see
+//! [`super::park`]). Two cases have no timer there: a connection that never sends a byte
+//! ([`super::park`] reads the first bytes to tell HTTP/1 from HTTP/2 with no deadline, on
+//! plain TCP and after a TLS handshake without ALPN), and an HTTP/2 connection between
 //! streams, or one that never opens a stream (its pings only prove the peer is alive). Each
 //! would hold a connection slot for as long as the client likes.
 //!

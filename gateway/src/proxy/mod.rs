@@ -23,6 +23,7 @@ pub mod host;
 pub mod idle;
 pub mod linger;
 pub mod live;
+pub mod park;
 pub mod path;
 pub mod pool;
 pub mod proxy_protocol;

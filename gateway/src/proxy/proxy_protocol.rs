@@ -143,6 +143,27 @@ impl<S> Prefixed<S> {
     pub fn new(head: Bytes, io: S) -> Self {
         Self { head, io }
     }
+
+    /// Puts `head` in front of what is still to be read (the bytes a parked connection or
+    /// the HTTP/2 preface sniff read ahead, see [`super::park`]).
+    pub fn prepend(&mut self, head: Bytes) {
+        if self.head.is_empty() {
+            self.head = head;
+        } else if !head.is_empty() {
+            let mut both = Vec::with_capacity(head.len() + self.head.len());
+            both.extend_from_slice(&head);
+            both.extend_from_slice(&self.head);
+            self.head = Bytes::from(both);
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

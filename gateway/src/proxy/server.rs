@@ -4,11 +4,12 @@
 //! shutdown (stop accepting, let in-flight requests finish up to a deadline).
 
 use super::client_addr::{ForwardedClient, TrustedProxies};
-use super::closing::{wait_true, Closer, Reason};
+use super::closing::{wait_true, Closer};
 use super::coarse_timer::CoarseTimer;
 use super::framing::{FramingWatch, Verdicts};
 use super::handler::{ConnInfo, Proxy};
 use super::live::LiveProxy;
+use super::park::{self, Alpn, Protocols};
 use super::proxy_protocol::{self, Origin, Prefixed};
 use super::send_timeout::SendTimeout;
 use crate::abuse::{source_key, Signal};
@@ -18,8 +19,6 @@ use crate::config::ListenConfig;
 use crate::deny::DenyStore;
 use crate::tls::HandshakeFailure;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -259,12 +258,11 @@ pub async fn serve(
         trusted,
         proxy_protocol: cfg.proxy_protocol,
         proxy,
-        builder: http_builder(&cfg, &timer),
+        protocols: Protocols::new(&cfg, &timer),
         permits: limits.permits.clone(),
         local: Arc::new(Semaphore::new(cfg.max_connections)),
         limit: limits.source.clone(),
         handshake_timeout: cfg.tls_handshake_timeout.0,
-        shutdown_grace: cfg.shutdown_grace.0,
         send_timeout: cfg.send_timeout.0,
         shutdown: shutdown.clone(),
         closer: Closer::new(deny),
@@ -274,6 +272,10 @@ pub async fn serve(
     let mut tasks = vec![
         tokio::spawn(shared.closer.clone().watch_bans()),
         tokio::spawn(shared.closer.clone().watch_idle(cfg.header_read_timeout.0)),
+        tokio::spawn({
+            let shared = shared.clone();
+            async move { park::return_freed_memory(&shared.protocols).await }
+        }),
     ];
     for (listener, is_tls) in listeners {
         let listener = match TcpListener::from_std(listener) {
@@ -324,49 +326,19 @@ struct Shared {
     trusted: Arc<TrustedProxies>,
     /// `[listen] proxy_protocol`: every connection starts with a PROXY header.
     proxy_protocol: bool,
-    builder: auto::Builder<TokioExecutor>,
+    /// hyper's settings for both protocols (see [`park`]).
+    protocols: Protocols,
     /// Connections of all workers (`max_connections`).
     permits: Arc<Semaphore>,
     /// Connections of this worker, for draining.
     local: Arc<Semaphore>,
     limit: Arc<SourceLimit>,
     handshake_timeout: std::time::Duration,
-    shutdown_grace: std::time::Duration,
     /// Blocked writes longer than this close the connection (see [`super::send_timeout`]).
     send_timeout: std::time::Duration,
     shutdown: watch::Receiver<bool>,
     /// This worker's open connections, to close on shutdown or when their source is banned.
     closer: Arc<Closer>,
-}
-
-/// A banned source's connection gets this long to receive its last response; its packets
-/// are already dropped, so nothing it sends (not even its FIN) arrives any more.
-const BANNED_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// hyper's own HTTP/1 header count limit when none is set.
-const HYPER_MAX_HEADERS: usize = 100;
-
-fn http_builder(cfg: &ListenConfig, timer: &CoarseTimer) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(timer.clone())
-        .header_read_timeout(cfg.header_read_timeout.0)
-        .max_buf_size(cfg.max_header_bytes.max(8192))
-        .writev(false)
-        .keep_alive(true);
-    // hyper parses into a fixed array of HYPER_MAX_HEADERS; an explicit limit instead costs
-    // a heap-sized buffer filled on every request. Lower limits are exact in the handler
-    // (for both protocols), so hyper needs to hear only of higher ones.
-    if cfg.max_headers > HYPER_MAX_HEADERS {
-        b.http1().max_headers(cfg.max_headers);
-    }
-    b.http2()
-        .timer(timer.clone())
-        .max_concurrent_streams(cfg.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(cfg.header_read_timeout.0 * 3)
-        .keep_alive_timeout(cfg.header_read_timeout.0);
-    b
 }
 
 async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
@@ -500,18 +472,42 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     shared.proxy.peek().metrics().connection_opened();
+    // Boxed, the handshake, the stream and the serving: the task's future is as large as
+    // its largest state, and a state's locals keep their room in it even once moved from,
+    // so the handshake's state or a stream moved on would stay in every connection's task
+    // for its whole life (BENCHMARKS.md, memory).
     match tls {
-        None => drive(io, Arc::new(conn), shared).await,
+        None => Box::pin(drive(io, Alpn::None, Arc::new(conn), shared)).await,
         Some(acceptor) => {
-            if let Some(s) = handshake(acceptor, io, &conn, shared).await {
-                let mut conn = conn;
-                conn.tls = Some(TlsInfo::of(s.get_ref().1));
-                let conn = Arc::new(conn);
-                drive(s, conn, shared).await
+            if let Some((s, alpn, conn)) = Box::pin(tls_start(acceptor, io, conn, shared)).await {
+                Box::pin(drive(s, alpn, conn, shared)).await
             }
         }
     }
     shared.proxy.peek().metrics().connection_closed();
+}
+
+/// The TLS handshake, then what it negotiated: the stream (boxed), its ALPN, and the
+/// connection's description with its TLS details.
+#[allow(clippy::type_complexity)]
+async fn tls_start<IO>(
+    acceptor: TlsAcceptor,
+    io: IO,
+    mut conn: ConnInfo,
+    shared: &Shared,
+) -> Option<(
+    Box<tokio_rustls::server::TlsStream<IO>>,
+    Alpn,
+    Arc<ConnInfo>,
+)>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let s = Box::new(handshake(acceptor, io, &conn, shared).await?);
+    let info = TlsInfo::of(s.get_ref().1);
+    let alpn = Alpn::of(info.alpn);
+    conn.tls = Some(info);
+    Some((s, alpn, Arc::new(conn)))
 }
 
 /// The TLS handshake under its deadline; failures are counted by reason, logged in the
@@ -553,7 +549,7 @@ where
 
 /// Serves HTTP on one connection until it ends; on shutdown, when its source gets banned,
 /// or when it has gone quiet, it finishes the requests in flight and closes.
-async fn drive<I>(io: I, conn: Arc<ConnInfo>, shared: &Shared)
+async fn drive<I>(io: I, alpn: Alpn, conn: Arc<ConnInfo>, shared: &Shared)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -582,33 +578,15 @@ where
         // pointer moves.
         Box::pin(Proxy::handle(proxy.current(), conn.clone(), req, ambiguous))
     });
-    let connection = shared
-        .builder
-        .serve_connection(TokioIo::new(watched), service);
-    tokio::pin!(connection);
-    let (why, grace) = tokio::select! {
-        biased;
-        r = connection.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-            }
-            return;
-        }
-        reason = registration.closing() => match reason {
-            Reason::Shutdown => ("shutting down", shared.shutdown_grace),
-            Reason::Banned => ("source banned", BANNED_CLOSE_GRACE),
-            Reason::Idle => ("idle", shared.shutdown_grace),
-        },
-    };
-    tracing::debug!(peer = %peer, "closing connection: {why}");
-    connection.as_mut().graceful_shutdown();
-    match tokio::time::timeout(grace, connection).await {
-        Ok(Err(e)) => {
-            tracing::debug!(peer = %peer, error = %e, "connection ended with an error")
-        }
-        Ok(Ok(())) => {}
-        Err(_) => tracing::debug!(peer = %peer, "connection dropped after {grace:?}: {why}"),
-    }
+    park::serve(
+        watched,
+        alpn,
+        service,
+        &shared.protocols,
+        &registration,
+        peer,
+    )
+    .await;
 }
 
 #[cfg(test)]
