@@ -296,14 +296,15 @@ impl Proxy {
         // With an access log: its line, begun with what it needs of the head (taken before
         // the request is consumed) and the request's id, which the upstream gets too. Boxed
         // at once: the request's future holds it across every await, as a pointer.
-        let record = self
-            .access
-            .as_ref()
-            .map(|log| begin_record(log, &req, client, port, conn.tls));
+        let (record, set_id) = match self.access.as_ref() {
+            Some(log) => {
+                let (record, ours) = begin_record(log, &req, client, port, conn.tls);
+                (Some(record), ours)
+            }
+            None => (None, None),
+        };
         let mut trail = Trail {
-            set_id: record
-                .as_ref()
-                .and_then(|r| r.1.then(|| r.0.request_id.clone())),
+            set_id,
             ..Trail::default()
         };
         let (route, mut resp) = if banned {
@@ -328,7 +329,7 @@ impl Proxy {
             // A HEAD response has no body; our own refusals must not send one either.
             *resp.body_mut() = super::empty_body();
         }
-        if let Some((mut record, _)) = record {
+        if let Some(mut record) = record {
             record.status = status.as_u16();
             record.route = route;
             record.upstream = trail.upstream;
@@ -488,16 +489,17 @@ impl Proxy {
 }
 
 /// A request's access log line, begun with what it needs of the head: the rest is filled in
-/// when the response is known. `true` with it: the request's id is ours, and must replace
-/// whatever the client sent on the way upstream.
+/// when the response is known. With it, the request's id when it is ours: the upstream gets
+/// it in place of whatever the client sent.
 fn begin_record<B>(
     log: &AccessLog,
     req: &Request<B>,
     client: std::net::IpAddr,
     port: Option<u16>,
     tls: Option<TlsInfo>,
-) -> (Box<Record>, bool) {
+) -> (Box<Record>, Option<http::HeaderValue>) {
     let (request_id, set_id) = log.request_id(req.headers());
+    let ours = set_id.then(|| request_id.clone());
     let record = Box::new(Record {
         time: SystemTime::now(),
         request_id,
@@ -518,7 +520,7 @@ fn begin_record<B>(
         token: None,
         reason: None,
     });
-    (record, set_id)
+    (record, ours)
 }
 
 /// Why an upstream exchange failed, logged: the client's body (`fault`), or the upstream.
