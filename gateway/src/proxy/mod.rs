@@ -11,6 +11,7 @@
 //! [`upstream_h1`]: the HTTP/1.1 exchange on them), and the
 //! caps on requests in progress ([`slots`]).
 
+pub mod balance;
 pub mod client_addr;
 pub mod client_headers;
 pub mod closing;

@@ -3,6 +3,7 @@
 //! blocked writes, [`super::send_timeout`]), and graceful
 //! shutdown (stop accepting, let in-flight requests finish up to a deadline).
 
+use super::balance::{Balance, Handoff};
 use super::client_addr::{ForwardedClient, TrustedProxies};
 use super::closing::{wait_true, Closer};
 use super::coarse_timer::CoarseTimer;
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// A listener that could not be opened.
@@ -45,7 +46,8 @@ pub enum ServerError {
 
 /// Bound listeners, before serving: binding first lets start-up fail with the address. Each
 /// address gets one socket per worker (SO_REUSEPORT), so the kernel spreads connections over
-/// the workers and a worker never wakes another.
+/// the workers and a worker never wakes another for a request; [`super::balance`] evens out
+/// what the kernel's hash leaves uneven.
 pub struct Listeners {
     per_worker: Vec<Vec<(std::net::TcpListener, bool)>>,
     addrs: Vec<(SocketAddr, bool)>,
@@ -167,23 +169,29 @@ pub fn spawn_workers(
         .and_then(|p| p.peek().abuse().map(|a| a.ipv6_prefix()))
         .unwrap_or(AbuseConfig::default().ipv6_prefix);
     let limits = Limits::new(cfg, ipv6_prefix);
+    let (balance, inboxes) = Balance::new(proxies.len());
     let mut handles = Vec::new();
-    for (i, (proxy, socks)) in proxies.into_iter().zip(listeners.per_worker).enumerate() {
-        let (tls, cfg, shutdown, limits, deny) = (
-            tls.clone(),
-            cfg.clone(),
-            shutdown.clone(),
-            limits.clone(),
-            deny.clone(),
-        );
+    for (worker, ((proxy, socks), inbox)) in proxies
+        .into_iter()
+        .zip(listeners.per_worker)
+        .zip(inboxes)
+        .enumerate()
+    {
+        let sharing = Sharing {
+            limits: limits.clone(),
+            balance: balance.clone(),
+            worker,
+            inbox,
+        };
+        let (tls, cfg, shutdown, deny) = (tls.clone(), cfg.clone(), shutdown.clone(), deny.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         handles.push(
             std::thread::Builder::new()
-                .name(format!("gateway-w{i}"))
+                .name(format!("gateway-w{worker}"))
                 .spawn(move || {
-                    runtime.block_on(serve(proxy, socks, tls, cfg, deny, shutdown, limits))
+                    runtime.block_on(serve(proxy, socks, tls, cfg, deny, shutdown, sharing))
                 })?,
         );
     }
@@ -234,38 +242,53 @@ impl Drop for SourceSlot {
     }
 }
 
+/// What a worker shares with the others: the connection limits, and the even spread of
+/// connections (see [`super::balance`]).
+struct Sharing {
+    limits: Arc<Limits>,
+    balance: Arc<Balance>,
+    /// This worker's index.
+    worker: usize,
+    /// Connections other workers accepted for this one.
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+}
+
 /// Serves one worker's listeners until `shutdown` flips to true, then lets every connection
 /// finish its in-flight requests (HTTP/1.1 closes after the current response, HTTP/2 sends
 /// GOAWAY) for up to `shutdown_grace`.
-pub async fn serve(
+async fn serve(
     proxy: Arc<LiveProxy>,
     listeners: Vec<(std::net::TcpListener, bool)>,
     tls: Option<TlsAcceptor>,
     cfg: ListenConfig,
     deny: Option<Arc<DenyStore>>,
     mut shutdown: watch::Receiver<bool>,
-    limits: Arc<Limits>,
+    sharing: Sharing,
 ) {
     let deny = deny.or_else(|| proxy.peek().deny_store().cloned());
     // The config check has refused a list that does not parse.
     let trusted = Arc::new(TrustedProxies::new(
         cfg.trusted_proxy_nets().unwrap_or_default(),
     ));
-    // This worker's header-read deadlines and HTTP/2 keep-alive pings.
+    // This worker's header-read deadlines, HTTP/2 keep-alive pings, upstream request
+    // deadlines and idle pool clock.
     let timer = CoarseTimer::new();
+    timer.install();
     let shared = Arc::new(Shared {
         deny: deny.clone(),
         trusted,
         proxy_protocol: cfg.proxy_protocol,
         proxy,
         protocols: Protocols::new(&cfg, &timer),
-        permits: limits.permits.clone(),
+        permits: sharing.limits.permits.clone(),
         local: Arc::new(Semaphore::new(cfg.max_connections)),
-        limit: limits.source.clone(),
+        limit: sharing.limits.source.clone(),
         handshake_timeout: cfg.tls_handshake_timeout.0,
         send_timeout: cfg.send_timeout.0,
         shutdown: shutdown.clone(),
         closer: Closer::new(deny),
+        balance: sharing.balance,
+        worker: sharing.worker,
     });
     // Deadlines keep firing while connections drain: stopped last.
     let ticker = tokio::spawn(timer.run());
@@ -276,6 +299,7 @@ pub async fn serve(
             let shared = shared.clone();
             async move { park::return_freed_memory(&shared.protocols).await }
         }),
+        tokio::spawn(inbox_loop(sharing.inbox, tls.clone(), shared.clone())),
     ];
     for (listener, is_tls) in listeners {
         let listener = match TcpListener::from_std(listener) {
@@ -339,6 +363,10 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     /// This worker's open connections, to close on shutdown or when their source is banned.
     closer: Arc<Closer>,
+    /// Every worker's connection count and inbox.
+    balance: Arc<Balance>,
+    /// This worker's index in `balance`.
+    worker: usize,
 }
 
 async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
@@ -367,41 +395,107 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        if shared.proxy_protocol {
-            if !shared.trusted.contains(peer.ip()) {
-                tracing::debug!(peer = %peer, "connection refused: not a trusted proxy");
-                refused(&shared, peer, "untrusted_proxy");
-                continue;
-            }
-            // The header is read on the connection's own task: a slow proxy never holds up
-            // the accept loop.
-            tokio::spawn(async move {
-                let _permit = permit;
-                let _local = local;
-                let Some((stream, conn, slot)) =
-                    proxied(stream, peer, tls.is_some(), &shared).await
-                else {
-                    return;
-                };
-                let _slot = slot;
-                serve_conn(stream, conn, tls, &shared).await;
-            });
-            continue;
-        }
-        let Some(slot) = admit(&shared, peer) else {
+        let Some(to) = shared.balance.pick(shared.worker) else {
+            start(stream, peer, tls.clone(), permit, local, &shared);
             continue;
         };
-        let mut conn = ConnInfo::new(peer, tls.is_some());
-        conn.trust_forwarded_for = tls.is_none() && shared.trusted.contains(peer.ip());
+        drop(local);
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "connection lost before its hand-over");
+                continue;
+            }
+        };
+        let handoff = Handoff {
+            stream,
+            peer,
+            tls: tls.is_some(),
+            permit,
+        };
+        if let Err(back) = shared.balance.hand_off(to, handoff) {
+            receive(back, &tls, &shared);
+        }
+    }
+}
+
+/// Connections other workers accepted for this one (see [`super::balance`]).
+async fn inbox_loop(
+    mut inbox: mpsc::UnboundedReceiver<Handoff>,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
+    while let Some(handoff) = inbox.recv().await {
+        receive(handoff, &tls, &shared);
+    }
+}
+
+/// Serves a connection handed over by another worker (or given back by the hand-over).
+fn receive(handoff: Handoff, tls: &Option<TlsAcceptor>, shared: &Arc<Shared>) {
+    let Handoff {
+        stream,
+        peer,
+        tls: is_tls,
+        permit,
+    } = handoff;
+    // Every worker has the same acceptor; a TLS connection is never served without one.
+    let tls = match (is_tls, tls) {
+        (false, _) => None,
+        (true, Some(acceptor)) => Some(acceptor.clone()),
+        (true, None) => return,
+    };
+    // Draining: the connection closes, as one not yet accepted would.
+    let Ok(local) = shared.local.clone().try_acquire_owned() else {
+        return;
+    };
+    match TcpStream::from_std(stream) {
+        Ok(stream) => start(stream, peer, tls, permit, local, shared),
+        Err(e) => {
+            tracing::warn!(peer = %peer, error = %e, "handed-over connection could not join the runtime")
+        }
+    }
+}
+
+/// Admits an accepted connection (PROXY header, bans, per-source limit) and serves it on a
+/// task of its own.
+fn start(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    permit: OwnedSemaphorePermit,
+    local: OwnedSemaphorePermit,
+    shared: &Arc<Shared>,
+) {
+    let serving = shared.balance.serving(shared.worker);
+    let shared = shared.clone();
+    if shared.proxy_protocol {
+        if !shared.trusted.contains(peer.ip()) {
+            tracing::debug!(peer = %peer, "connection refused: not a trusted proxy");
+            refused(&shared, peer, "untrusted_proxy");
+            return;
+        }
+        // The header is read on the connection's own task: a slow proxy never holds up
+        // the accept loop.
         tokio::spawn(async move {
-            let _permit = permit;
-            let _local = local;
+            let _held = (permit, local, serving);
+            let Some((stream, conn, slot)) = proxied(stream, peer, tls.is_some(), &shared).await
+            else {
+                return;
+            };
             let _slot = slot;
             serve_conn(stream, conn, tls, &shared).await;
         });
+        return;
     }
+    let Some(slot) = admit(&shared, peer) else {
+        return;
+    };
+    let mut conn = ConnInfo::new(peer, tls.is_some());
+    conn.trust_forwarded_for = tls.is_none() && shared.trusted.contains(peer.ip());
+    tokio::spawn(async move {
+        let _held = (permit, local, serving, slot);
+        serve_conn(stream, conn, tls, &shared).await;
+    });
 }
 
 /// A connection closed at accept: counted, and logged (rate-limited) in the access log.
