@@ -6,9 +6,15 @@
 //! it is dropped, and one ticker per worker wakes what is due every [`TICK`]. A deadline
 //! fires at most one tick late; `now` is the last tick's clock, so hyper reads no clock
 //! either.
+//!
+//! The worker installs its timer on its thread ([`CoarseTimer::install`]), for what runs
+//! there but is built apart from the connections, before and across reloads: the upstream
+//! request deadline ([`within`]) and the idle pool's clock ([`now`]). Off a worker (tests,
+//! the admin runtime) both fall back to tokio's timer and the precise clock.
 
 use hyper::rt::{Sleep, Timer};
 use slab::Slab;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -73,6 +79,21 @@ impl CoarseTimer {
         }
         for waker in due.drain(..) {
             waker.wake();
+        }
+    }
+
+    /// Makes this the timer of the worker whose thread calls it (see [`now`], [`within`]).
+    pub fn install(&self) {
+        WORKER.with(|w| *w.borrow_mut() = Some(self.clone()));
+    }
+
+    /// A deadline `after` from now that never fires early: `now` may be up to a tick old,
+    /// so a tick is added; it fires at most two ticks late.
+    fn deadline(&self, after: Duration) -> CoarseSleep {
+        CoarseSleep {
+            timer: self.clone(),
+            deadline: self.now() + TICK + after,
+            slot: None,
         }
     }
 
@@ -149,6 +170,53 @@ impl Drop for CoarseSleep {
     }
 }
 
+thread_local! {
+    /// The timer of the worker running on this thread, if any.
+    static WORKER: RefCell<Option<CoarseTimer>> = const { RefCell::new(None) };
+}
+
+/// The worker's clock as of its last tick (at most a [`TICK`] old), or the precise clock
+/// off a worker: for ages measured in seconds, such as idle pooled connections'.
+pub fn now() -> Instant {
+    WORKER
+        .with(|w| w.borrow().as_ref().map(Timer::now))
+        .unwrap_or_else(Instant::now)
+}
+
+/// `future`, unless `after` passes first: on a worker, on its coarse timer (never early, at
+/// most two ticks late); elsewhere on tokio's. The future is borrowed pinned, not moved: an
+/// upstream exchange is a few KiB, and each move copies it.
+pub async fn within<F: Future>(
+    after: Duration,
+    mut future: Pin<&mut F>,
+) -> Result<F::Output, Elapsed> {
+    let deadline = WORKER.with(|w| w.borrow().as_ref().map(|t| t.deadline(after)));
+    let mut deadline = match deadline {
+        Some(d) => Deadline::Coarse(d),
+        None => Deadline::Tokio(Box::pin(tokio::time::sleep(after))),
+    };
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let passed = match &mut deadline {
+            Deadline::Coarse(d) => Pin::new(d).poll(cx),
+            Deadline::Tokio(d) => d.as_mut().poll(cx),
+        };
+        passed.map(|()| Err(Elapsed))
+    })
+    .await
+}
+
+/// The deadline of [`within`] passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+enum Deadline {
+    Coarse(CoarseSleep),
+    Tokio(Pin<Box<tokio::time::Sleep>>),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +287,67 @@ mod tests {
         let done = tokio::time::timeout(Duration::from_secs(5), waiter).await;
         assert!(matches!(done, Ok(Ok(()))), "{done:?}");
         ticker.abort();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn off_a_worker_within_and_now_use_tokio_and_the_precise_clock() {
+        let before = Instant::now();
+        assert!(now() >= before, "the precise clock, not a tick's");
+        let slow = within(
+            Duration::from_millis(20),
+            std::pin::pin!(std::future::pending::<()>()),
+        )
+        .await;
+        assert_eq!(slow, Err(Elapsed));
+        assert!(before.elapsed() >= Duration::from_millis(20));
+        assert_eq!(
+            within(Duration::from_secs(5), std::pin::pin!(async { 7 })).await,
+            Ok(7)
+        );
+    }
+
+    /// On a worker's thread: the coarse timer, never early, at most two ticks late, and its
+    /// slot given back whichever side finishes first.
+    #[test]
+    fn on_a_worker_within_uses_its_coarse_timer() {
+        let worker = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let timer = CoarseTimer::new();
+                timer.install();
+                let ticker = tokio::spawn(timer.clone().run());
+                tokio::time::sleep(TICK / 2).await;
+                let before = Instant::now();
+                assert!(now() <= before, "the last tick's clock");
+                assert!(before - now() <= 2 * TICK, "at most a tick old");
+                for wait in [Duration::ZERO, Duration::from_millis(30), 3 * TICK] {
+                    let start = Instant::now();
+                    let r = within(wait, std::pin::pin!(std::future::pending::<()>())).await;
+                    let took = start.elapsed();
+                    assert_eq!(r, Err(Elapsed));
+                    assert!(took >= wait, "{wait:?}: fired early, after {took:?}");
+                    assert!(took <= wait + 4 * TICK, "{wait:?}: fired after {took:?}");
+                    assert_eq!(timer.waiting(), 0, "a fired deadline gives its slot back");
+                }
+                // The future first: its deadline (in this worker's wheel while it waits)
+                // goes with it.
+                let sleep = std::pin::pin!(tokio::time::sleep(TICK));
+                let mut quick = Box::pin(within(Duration::from_secs(60), sleep));
+                assert!(poll_fn(|cx| Poll::Ready(quick.as_mut().poll(cx)))
+                    .await
+                    .is_pending());
+                assert_eq!(timer.waiting(), 1, "the deadline waits in the coarse wheel");
+                assert_eq!(quick.as_mut().await, Ok(()));
+                drop(quick);
+                assert_eq!(timer.waiting(), 0);
+                ticker.abort();
+            });
+        });
+        if let Err(e) = worker.join() {
+            std::panic::resume_unwind(e);
+        }
     }
 }

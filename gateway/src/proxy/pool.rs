@@ -7,6 +7,7 @@
 //! it, and is closed otherwise. Requests are sent in origin form, as the client sent them
 //! (after our normalisation), with the Host header the handler set.
 
+use super::coarse_timer;
 use super::linger::ResponseEnd;
 use super::upstream_h1::{Added, Conn, H1Error, UpstreamBody};
 use super::ProxyBody;
@@ -171,7 +172,7 @@ impl ServerPool {
             }
             idle.push_back(Idle {
                 conn,
-                since: Instant::now(),
+                since: coarse_timer::now(),
             });
         }
         if !self.reaping.load(Ordering::Relaxed) && !self.reaping.swap(true, Ordering::Relaxed) {
@@ -179,9 +180,11 @@ impl ServerPool {
         }
     }
 
-    /// Not expired, and nothing arrived on it since (not its close, not stray bytes).
+    /// Not expired (on the worker's coarse clock, within a tick), and nothing arrived on it
+    /// since (not its close, not stray bytes).
     fn usable(&self, c: &Idle) -> bool {
-        c.since.elapsed() < self.idle_timeout && c.conn.is_quiet()
+        coarse_timer::now().saturating_duration_since(c.since) < self.idle_timeout
+            && c.conn.is_quiet()
     }
 
     /// Closes (drops) idle connections that expired or that the server closed.

@@ -2,6 +2,7 @@
 //! and request timeouts, passive health (consecutive connection failures take a server out
 //! for a while) and optional active checks.
 
+use super::coarse_timer;
 use super::linger::ResponseEnd;
 use super::pool::{PoolError, Retry, ServerPool};
 use super::slots::{Slot, Slots};
@@ -297,7 +298,8 @@ impl Upstream {
             // An HTTP/1.0 client may send none; HTTP/1.1 servers require one.
             parts.headers.insert(HOST, server.host.clone());
         }
-        match tokio::time::timeout(self.request_timeout, pool.send(parts, body, added, end)).await {
+        let exchange = std::pin::pin!(pool.send(parts, body, added, end));
+        match coarse_timer::within(self.request_timeout, exchange).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
                 addr: server.addr,
