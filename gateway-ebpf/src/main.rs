@@ -161,11 +161,12 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
         None => 0,
     };
 
-    let Some((stats, created)) = source_stats(&pkt.src, now) else {
+    let src = pkt.source_key();
+    let Some((stats, created)) = source_stats(&src, now) else {
         // Only if the LRU map refused an insert; classify without remembering.
         let mut scratch = SourceStats::default();
-        classify(&mut scratch, &pkt.src, now, generation);
-        return apply_class(&mut scratch, &pkt.src, totals, true);
+        classify(&mut scratch, &src, now, generation);
+        return apply_class(&mut scratch, &src, totals, true);
     };
     stats.packets += 1;
     stats.bytes += len;
@@ -180,13 +181,13 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
         || (stats.cached_until_ns != 0 && now >= stats.cached_until_ns)
     {
         // The pending hits belong to the entry of the class about to be replaced.
-        flush_hits(stats, &pkt.src);
-        classify(stats, &pkt.src, now, generation);
+        flush_hits(stats, &src);
+        classify(stats, &src, now, generation);
         flush = true;
     }
-    let verdict = apply_class(stats, &pkt.src, totals, flush);
+    let verdict = apply_class(stats, &src, totals, flush);
     if log::first_deny_on() && verdict == Verdict::Drop && stats.drops_deny == 1 {
-        log::first_deny(&pkt.src, pkt.ipv4);
+        log::first_deny(&src, pkt.ipv4);
     }
     if verdict == Verdict::Drop || stats.cached_class == class::ALLOWED {
         return verdict;
@@ -195,7 +196,7 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
     if pkt.syn {
         if let Some(cfg) = CONFIG.get(0) {
             if cfg.flags & config_flag::SYN_LIMIT != 0 && cfg.is_protected(pkt.dst_port) {
-                return rate_limit(stats, cfg, pkt, now, totals);
+                return rate_limit(stats, cfg, pkt, &src, now, totals);
             }
         }
     }
@@ -373,11 +374,16 @@ fn source_stats(src: &SourceKey, now: u64) -> Option<(&'static mut SourceStats, 
 /// the source is counted per address (IPv4, or prefix aggregation off) or the LRU map
 /// refused an insert.
 #[inline(always)]
-fn prefix_bucket(cfg: &DataPlaneConfig, pkt: &Packet, now: u64) -> Option<&'static mut SynBucket> {
+fn prefix_bucket(
+    cfg: &DataPlaneConfig,
+    pkt: &Packet,
+    src: &SourceKey,
+    now: u64,
+) -> Option<&'static mut SynBucket> {
     if pkt.ipv4 || cfg.ipv6_prefix == 0 || cfg.ipv6_prefix >= 128 {
         return None;
     }
-    let key = prefix_key(&pkt.src, cfg.ipv6_prefix);
+    let key = prefix_key(src, cfg.ipv6_prefix);
     if let Some(p) = SYN_BUCKETS.get_ptr_mut(key) {
         // SAFETY: a value pointer from a successful lookup, valid for this program run.
         return Some(unsafe { &mut *p });
@@ -418,10 +424,11 @@ fn rate_limit(
     stats: &mut SourceStats,
     cfg: &DataPlaneConfig,
     pkt: &Packet,
+    src: &SourceKey,
     now: u64,
     totals: &mut [u64; counter::COUNT as usize],
 ) -> Verdict {
-    let shared = prefix_bucket(cfg, pkt, now);
+    let shared = prefix_bucket(cfg, pkt, src, now);
     let (taken, last_event) = match shared {
         Some(b) => {
             let taken = take_token(&mut b.credit_ns, &mut b.ts_ns, cfg, now);
@@ -458,7 +465,7 @@ fn rate_limit(
     if now.saturating_sub(*last_event) >= cfg.event_interval_ns || *last_event == 0 {
         *last_event = now;
         let event = RateLimitEvent {
-            addr: pkt.src,
+            addr: *src,
             ts_ns: now,
             limited_total,
             dst_port: pkt.dst_port,
