@@ -20,7 +20,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -59,6 +59,17 @@ static SYN_BUCKETS: LruHashMap<SourceKey, SynBucket> =
 
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(limits::EVENTS_BYTES, 0);
+
+/// Per CPU, the latest coarse clock reading and the jiffies it belongs to (see
+/// [`coarse_now`]). Not pinned: a fresh program starts with an empty cache.
+#[map]
+static CLOCK: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct ClockCache {
+    jiffies: u64,
+    now_ns: u64,
+}
 
 /// What to do with a packet; each program maps it to its own return codes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -142,10 +153,7 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
     if pkt.syn {
         totals[counter::NEW_TCP as usize] += 1;
     }
-    // CLOCK_MONOTONIC_COARSE: a tick (1-4 ms) of resolution is plenty for TTLs and
-    // connection rates, and it costs a fraction of the precise clock on every packet.
-    // SAFETY: the helper only reads the clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = coarse_now();
     // Read before any list lookup: a change that lands after it bumps the generation
     // again, so the next packet classifies afresh.
     let generation = match GENERATION.get(0) {
@@ -153,11 +161,12 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
         None => 0,
     };
 
-    let Some((stats, created)) = source_stats(&pkt.src, now) else {
+    let src = pkt.source_key();
+    let Some((stats, created)) = source_stats(&src, now) else {
         // Only if the LRU map refused an insert; classify without remembering.
         let mut scratch = SourceStats::default();
-        classify(&mut scratch, &pkt.src, now, generation);
-        return apply_class(&mut scratch, &pkt.src, totals, true);
+        classify(&mut scratch, &src, now, generation);
+        return apply_class(&mut scratch, &src, totals, true);
     };
     stats.packets += 1;
     stats.bytes += len;
@@ -172,13 +181,13 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
         || (stats.cached_until_ns != 0 && now >= stats.cached_until_ns)
     {
         // The pending hits belong to the entry of the class about to be replaced.
-        flush_hits(stats, &pkt.src);
-        classify(stats, &pkt.src, now, generation);
+        flush_hits(stats, &src);
+        classify(stats, &src, now, generation);
         flush = true;
     }
-    let verdict = apply_class(stats, &pkt.src, totals, flush);
+    let verdict = apply_class(stats, &src, totals, flush);
     if log::first_deny_on() && verdict == Verdict::Drop && stats.drops_deny == 1 {
-        log::first_deny(&pkt.src, pkt.ipv4);
+        log::first_deny(&src, pkt.ipv4);
     }
     if verdict == Verdict::Drop || stats.cached_class == class::ALLOWED {
         return verdict;
@@ -187,11 +196,46 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
     if pkt.syn {
         if let Some(cfg) = CONFIG.get(0) {
             if cfg.flags & config_flag::SYN_LIMIT != 0 && cfg.is_protected(pkt.dst_port) {
-                return rate_limit(stats, cfg, pkt, now, totals);
+                return rate_limit(stats, cfg, pkt, &src, now, totals);
             }
         }
     }
     Verdict::Pass
+}
+
+/// CLOCK_MONOTONIC_COARSE in ns: a tick (1-4 ms) of resolution is plenty for TTLs and
+/// connection rates. The clock helper is a call into the timekeeping code (~13 ns of an
+/// ~85 ns packet in `BPF_PROG_TEST_RUN`), while `bpf_jiffies64` is inlined by the verifier
+/// into one load, and the coarse clock only moves when the tick advances jiffies. So each CPU
+/// keeps its latest reading with the jiffies it was taken at, and calls the helper again only
+/// once jiffies have moved.
+///
+/// The timekeeping CPU advances jiffies first and the coarse clock just after; a reading
+/// taken in between is the previous tick's. The cache therefore only takes a reading that
+/// differs from the one it holds, and until the clock has moved every packet calls the helper
+/// (and gets the same value the helper alone would give). What the cached value can miss is a
+/// step of the coarse clock without a jiffies change (a `settimeofday`/`adjtimex` call
+/// accumulates the time elapsed since the tick): less than one tick, until the next tick.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: the helper only reads the jiffies counter.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(cache) = CLOCK.get_ptr_mut(0) else {
+        // SAFETY: the helper only reads the clock.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: a per-CPU array slot, only this CPU touches it while the program runs.
+    let cache = unsafe { &mut *cache };
+    if cache.jiffies == jiffies {
+        return cache.now_ns;
+    }
+    // SAFETY: the helper only reads the clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now != cache.now_ns {
+        cache.jiffies = jiffies;
+        cache.now_ns = now;
+    }
+    now
 }
 
 /// Looks the source up in the allow list, the exact deny map and the CIDR deny list, and
@@ -330,11 +374,16 @@ fn source_stats(src: &SourceKey, now: u64) -> Option<(&'static mut SourceStats, 
 /// the source is counted per address (IPv4, or prefix aggregation off) or the LRU map
 /// refused an insert.
 #[inline(always)]
-fn prefix_bucket(cfg: &DataPlaneConfig, pkt: &Packet, now: u64) -> Option<&'static mut SynBucket> {
+fn prefix_bucket(
+    cfg: &DataPlaneConfig,
+    pkt: &Packet,
+    src: &SourceKey,
+    now: u64,
+) -> Option<&'static mut SynBucket> {
     if pkt.ipv4 || cfg.ipv6_prefix == 0 || cfg.ipv6_prefix >= 128 {
         return None;
     }
-    let key = prefix_key(&pkt.src, cfg.ipv6_prefix);
+    let key = prefix_key(src, cfg.ipv6_prefix);
     if let Some(p) = SYN_BUCKETS.get_ptr_mut(key) {
         // SAFETY: a value pointer from a successful lookup, valid for this program run.
         return Some(unsafe { &mut *p });
@@ -375,10 +424,11 @@ fn rate_limit(
     stats: &mut SourceStats,
     cfg: &DataPlaneConfig,
     pkt: &Packet,
+    src: &SourceKey,
     now: u64,
     totals: &mut [u64; counter::COUNT as usize],
 ) -> Verdict {
-    let shared = prefix_bucket(cfg, pkt, now);
+    let shared = prefix_bucket(cfg, pkt, src, now);
     let (taken, last_event) = match shared {
         Some(b) => {
             let taken = take_token(&mut b.credit_ns, &mut b.ts_ns, cfg, now);
@@ -415,7 +465,7 @@ fn rate_limit(
     if now.saturating_sub(*last_event) >= cfg.event_interval_ns || *last_event == 0 {
         *last_event = now;
         let event = RateLimitEvent {
-            addr: pkt.src,
+            addr: *src,
             ts_ns: now,
             limited_total,
             dst_port: pkt.dst_port,

@@ -29,7 +29,11 @@ const MAX_L4_OFFSET: usize = 512;
 
 /// What the data plane needs to know about an IP packet.
 pub struct Packet {
-    pub src: SourceKey,
+    /// The source address as a [`SourceKey`], held as two words (the key's bytes in memory
+    /// order) and read from the packet with word loads: built byte by byte, the compiler kept
+    /// the key as sixteen separately spilled bytes along every parse path, and the stack
+    /// traffic cost more than the parse itself. [`Packet::source_key`] gives the key.
+    pub src: [u64; 2],
     pub ipv4: bool,
     /// IPv4 MF flag or fragment offset set, or an IPv6 fragment header.
     pub fragment: bool,
@@ -41,12 +45,45 @@ pub struct Packet {
     pub dst_port: u16,
 }
 
+impl Packet {
+    #[inline(always)]
+    pub fn source_key(&self) -> SourceKey {
+        // SAFETY: two u64 and sixteen bytes have the same size, and any bits are valid bytes.
+        unsafe { core::mem::transmute::<[u64; 2], SourceKey>(self.src) }
+    }
+}
+
+/// The second word of an IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`), given the address
+/// as loaded from the packet (network order in memory): bytes `0 0 ff ff a b c d`.
+#[inline(always)]
+fn mapped_v4(addr: u32) -> u64 {
+    let marker = u64::from_ne_bytes([0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+    let addr = u64::from(addr);
+    if cfg!(target_endian = "little") {
+        marker | addr << 32
+    } else {
+        marker | addr
+    }
+}
+
 pub enum Parsed {
     /// Not IPv4 or IPv6 (ARP, LLDP, a third VLAN tag, ...).
     NonIp,
     /// Truncated or invalid link or network header.
     Malformed,
     Ip(Packet),
+}
+
+/// Reads an integer (`u32`, `u64`) at `off` as it lies in memory, or `None` when the packet
+/// is shorter.
+#[inline(always)]
+fn load_word<T: Copy>(data: usize, data_end: usize, off: usize) -> Option<T> {
+    if data + off + core::mem::size_of::<T>() > data_end {
+        return None;
+    }
+    // SAFETY: the range [data + off, data + off + size_of::<T>()) was just checked to lie in
+    // the packet; callers only use plain integer types, for which any bits are valid.
+    Some(unsafe { core::ptr::read_unaligned((data + off) as *const T) })
 }
 
 /// Reads `N` bytes at `off`, or `None` when the packet is shorter.
@@ -111,13 +148,10 @@ fn ipv4(data: usize, data_end: usize, off: usize) -> Parsed {
     if data + off + header_len > data_end {
         return Parsed::Malformed;
     }
-    let mut src = [0u8; 16];
-    src[10] = 0xff;
-    src[11] = 0xff;
-    src[12] = h[12];
-    src[13] = h[13];
-    src[14] = h[14];
-    src[15] = h[15];
+    let Some(saddr) = load_word::<u32>(data, data_end, off + 12) else {
+        return Parsed::Malformed;
+    };
+    let src = [0, mapped_v4(saddr)];
     let frag = be16(h[6], h[7]);
     let mut pkt = Packet {
         src,
@@ -142,12 +176,13 @@ fn ipv6(data: usize, data_end: usize, off: usize) -> Parsed {
     if h[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let mut src = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        src[i] = h[8 + i];
-        i += 1;
-    }
+    let (Some(hi), Some(lo)) = (
+        load_word::<u64>(data, data_end, off + 8),
+        load_word::<u64>(data, data_end, off + 16),
+    ) else {
+        return Parsed::Malformed;
+    };
+    let src = [hi, lo];
     let mut pkt = Packet {
         src,
         ipv4: false,

@@ -5,6 +5,12 @@
 //!
 //! Needs root (it loads programs). Run with `cargo xtask bench` or
 //! `cargo bench -p gateway --bench dataplane`.
+//!
+//! With `GATEWAY_BASELINE_OBJECT` (another build's object) and `GATEWAY_AB_ROUNDS=<n>`, it
+//! first runs an interleaved A/B: n rounds, each one test-run call of 200 000 repeats per
+//! program and packet in turn, and prints min / median / max ns per packet. Criterion runs
+//! one benchmark after the other, so on a shared machine load drift between them shows up as
+//! a difference; interleaving spreads it over both.
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
@@ -40,6 +46,38 @@ fn per_packet(prog: &Xdp, pkt: &[u8], expect: u32, iters: u64) -> Duration {
         left -= u64::from(n);
     }
     total
+}
+
+/// Repeats per test-run call in the interleaved A/B (~15 ms per call).
+const AB_REPEAT: u32 = 200_000;
+
+/// The interleaved A/B (see the module doc): `rounds` rounds over every program and packet.
+/// A reference program (`true`) only passes, so it only gets the first packet.
+fn interleaved(rounds: usize, progs: &[(&str, &Xdp, bool)], packets: &[(&str, &[u8], u32)]) {
+    let mut ns: Vec<Vec<u128>> = vec![Vec::with_capacity(rounds); progs.len() * packets.len()];
+    for _ in 0..rounds {
+        for (pi, (_, prog, reference)) in progs.iter().enumerate() {
+            let take = if *reference { 1 } else { packets.len() };
+            for (ki, (_, pkt, expect)) in packets.iter().enumerate().take(take) {
+                let expect = if *reference { 2 } else { *expect };
+                let d = per_packet(prog, pkt, expect, u64::from(AB_REPEAT));
+                ns[pi * packets.len() + ki].push(d.as_nanos() / u128::from(AB_REPEAT));
+            }
+        }
+    }
+    println!("interleaved A/B, {rounds} rounds, ns/packet min / median / max:");
+    for (pi, (pname, _, _)) in progs.iter().enumerate() {
+        for (ki, (kname, _, _)) in packets.iter().enumerate() {
+            let v = &mut ns[pi * packets.len() + ki];
+            v.sort_unstable();
+            if let (Some(min), Some(max)) = (v.first(), v.last()) {
+                println!(
+                    "  {pname:>10} {kname:<18} {min:>4} / {:>4} / {max:>4}",
+                    v[v.len() / 2]
+                );
+            }
+        }
+    }
 }
 
 fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
@@ -107,6 +145,27 @@ fn bench(c: &mut Criterion) {
     let lookup_prog: &Xdp = floor.program("floor_lookup").unwrap().try_into().unwrap();
     // Make the "known source" known before measuring.
     per_packet(prog, &known, 2, 1);
+
+    let rounds = std::env::var("GATEWAY_AB_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok());
+    if let (Some(rounds), Some(b)) = (rounds, baseline.as_ref()) {
+        let base: &Xdp = b.program(program_name::XDP).unwrap().try_into().unwrap();
+        interleaved(
+            rounds,
+            &[
+                ("floor", floor_prog, true),
+                ("lookup", lookup_prog, true),
+                ("this", prog, false),
+                ("baseline", base, false),
+            ],
+            &[
+                ("pass_known_source", &known, 2),
+                ("drop_deny_hit", &deny_hit, 1),
+                ("drop_cidr", &cidr_hit, 1),
+            ],
+        );
+    }
 
     let mut g = c.benchmark_group("xdp_per_packet");
     g.bench_function("floor_xdp_pass", |b| {
