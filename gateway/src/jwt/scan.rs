@@ -196,7 +196,11 @@ pub fn claims<'a>(json: &'a [u8], required: &[String]) -> Result<RawClaims<'a>, 
     let mut p = Scanner::new(json)?;
     let mut c = RawClaims::default();
     p.document(&mut |name, p| {
-        if let Some(i) = required.iter().position(|r| r == name) {
+        // Lengths and first bytes first: most members are not required, and this keeps a
+        // library compare off the path for them.
+        let first = name.as_bytes().first();
+        let is = |r: &String| r.len() == name.len() && r.as_bytes().first() == first && r == name;
+        if let Some(i) = required.iter().position(is) {
             c.mark_required(i, required.len());
         }
         let num = match name {
@@ -224,6 +228,9 @@ pub fn claims<'a>(json: &'a [u8], required: &[String]) -> Result<RawClaims<'a>, 
 /// rare) moves the object to the set at once, so the inline part holds only borrowed
 /// slices: nothing to drop, little to initialise.
 struct Seen<'a, const N: usize> {
+    /// One bit per inline name, chosen by its key: a name whose bit is clear is new, which
+    /// settles most inserts without comparing anything.
+    bloom: u64,
     /// Keys of the inline names; [`NO_KEY`] past `len`, so all `N` can be compared at once.
     keys: [u32; N],
     names: [&'a str; N],
@@ -248,6 +255,7 @@ fn name_key(s: &str) -> u32 {
 impl<'a, const N: usize> Seen<'a, N> {
     fn new() -> Self {
         Seen {
+            bloom: 0,
             keys: [NO_KEY; N],
             names: [""; N],
             len: 0,
@@ -256,6 +264,7 @@ impl<'a, const N: usize> Seen<'a, N> {
     }
 
     /// Adds `name`; false if it was already there.
+    #[inline(always)]
     fn insert(&mut self, name: Cow<'a, str>) -> bool {
         if !self.spill.is_empty() {
             return self.spill.insert(name);
@@ -264,13 +273,9 @@ impl<'a, const N: usize> Seen<'a, N> {
             return self.spill_with(name);
         };
         let k = name_key(s);
-        // All N keys at once (a branch-free, vectorisable pass); names only on a key match.
-        let hits = self
-            .keys
-            .iter()
-            .enumerate()
-            .fold(0u64, |m, (i, &key)| m | (u64::from(key == k) << (i % 64)));
-        if hits != 0 {
+        let bit = 1u64 << (k.wrapping_mul(0x9e37_79b9) >> 26);
+        // Keys only when the bloom bit is set; names only on a key match.
+        if self.bloom & bit != 0 && self.keys.contains(&k) {
             let used = self.keys.iter().zip(&self.names).take(self.len);
             if used.into_iter().any(|(&key, &n)| key == k && n == s) {
                 return false;
@@ -280,6 +285,7 @@ impl<'a, const N: usize> Seen<'a, N> {
             (Some(slot), Some(key)) => {
                 *slot = s;
                 *key = k;
+                self.bloom |= bit;
                 self.len += 1;
                 true
             }
@@ -288,6 +294,8 @@ impl<'a, const N: usize> Seen<'a, N> {
     }
 
     /// Moves the inline names to the sorted set and adds `name` there.
+    #[cold]
+    #[inline(never)]
     fn spill_with(&mut self, name: Cow<'a, str>) -> bool {
         let inline = self.names.iter().take(self.len);
         self.spill.extend(inline.map(|&n| Cow::Borrowed(n)));
@@ -303,6 +311,7 @@ impl<'a, const N: usize> Seen<'a, N> {
 /// Eight bytes at a time (SWAR, see [`special_bytes`]); the last, partial window is read as
 /// the document's last eight bytes, overlapping bytes already found clean. Tokens' strings
 /// are short, so this beats a call into a vectorised search.
+#[inline(always)]
 fn plain_run(s: &[u8]) -> Option<usize> {
     let mut at = 0;
     while let Some(w) = s.get(at..at + 8) {
@@ -328,6 +337,7 @@ fn plain_run(s: &[u8]) -> Option<usize> {
 /// 0x20, by the classic "has a zero byte" / "has a byte below n" tests. The lowest flag is
 /// always a true one (a false flag only appears above a true one, through the borrow),
 /// which is all [`plain_run`] reads. Not eight bytes: no flags.
+#[inline(always)]
 fn special_bytes(w: &[u8]) -> u64 {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -366,6 +376,8 @@ impl<'a> Scanner<'a> {
         Ok(Scanner { s, b, i: 0 })
     }
 
+    #[cold]
+    #[inline(never)]
     fn err<T>(&self, what: &str) -> Res<T> {
         Err(JsonError::Syntax(format!("{what} at byte {}", self.i)))
     }
@@ -500,7 +512,29 @@ impl<'a> Scanner<'a> {
 
     /// A string, at its opening quote: borrowed when it has no escapes, else decoded by
     /// serde_json.
+    ///
+    /// The common case (a plain run up to the closing quote) is small enough to inline into
+    /// the member loop; everything else takes [`Self::string_slow`].
+    #[inline(always)]
     fn string(&mut self) -> Res<Cow<'a, str>> {
+        let start = self.i + 1;
+        if let Some(len) = plain_run(self.b.get(start..).unwrap_or_default()) {
+            let end = start + len;
+            if self.b.get(end) == Some(&b'"') {
+                // Both ends are ASCII quotes, so char boundaries of the checked document.
+                if let Some(s) = self.s.get(start..end) {
+                    self.i = end + 1;
+                    return Ok(Cow::Borrowed(s));
+                }
+            }
+        }
+        self.string_slow()
+    }
+
+    /// [`Self::string`] when the run ends at a backslash, a control character or the end.
+    #[cold]
+    #[inline(never)]
+    fn string_slow(&mut self) -> Res<Cow<'a, str>> {
         let open = self.i;
         let start = open + 1;
         let rest = self.b.get(start..).unwrap_or_default();
@@ -555,21 +589,28 @@ impl<'a> Scanner<'a> {
         if negative {
             i += 1;
         }
-        // The integer part's digits, accumulated as they are checked (`None` past u64).
+        // The integer part's digits, accumulated as they are checked; up to 19 digits always
+        // fit in a u64, longer runs are summed again with overflow checks (`None` past u64).
         let int_start = i;
-        let mut magnitude = Some(0u64);
+        let mut m = 0u64;
         while let Some(d) = self
             .b
             .get(i)
             .map(|c| c.wrapping_sub(b'0'))
             .filter(|&d| d < 10)
         {
-            magnitude = magnitude
-                .and_then(|m| m.checked_mul(10))
-                .and_then(|m| m.checked_add(u64::from(d)));
+            m = m.wrapping_mul(10).wrapping_add(u64::from(d));
             i += 1;
         }
         let int_len = i - int_start;
+        let magnitude = if int_len <= 19 {
+            Some(m)
+        } else {
+            let run = self.b.get(int_start..i).unwrap_or_default();
+            run.iter().try_fold(0u64, |m, &d| {
+                m.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+        };
         let digits = |i: &mut usize| {
             let from = *i;
             while self.b.get(*i).is_some_and(u8::is_ascii_digit) {

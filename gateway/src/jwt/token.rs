@@ -37,11 +37,14 @@ pub fn split(token: &str, max_len: usize) -> Result<Parts<'_>, ParseError> {
     let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err(ParseError::Segments);
     };
-    let segment = |from: usize, to: usize| token.get(from..to).ok_or(ParseError::Segments);
-    let header = segment(0, first)?;
-    let payload = segment(first + 1, second)?;
-    let signature = segment(second + 1, token.len())?;
-    let signing_input = segment(0, second)?;
+    let (Some(header), Some(payload), Some(signature), Some(signing_input)) = (
+        token.get(..first),
+        token.get(first + 1..second),
+        token.get(second + 1..),
+        token.get(..second),
+    ) else {
+        return Err(ParseError::Segments);
+    };
     Ok(Parts {
         header,
         payload,
