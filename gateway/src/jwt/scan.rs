@@ -353,6 +353,19 @@ fn special_bytes(w: &[u8]) -> u64 {
         & HI
 }
 
+/// A number that is not a plain integer of 64 bits, as serde_json reads it (which refuses
+/// infinities); `start` is its offset, for the error. Rare, so kept out of the hot path.
+#[cold]
+#[inline(never)]
+fn float(text: &[u8], start: usize) -> Res<Num> {
+    match serde_json::from_slice::<f64>(text) {
+        Ok(f) => Ok(Num::Float(f)),
+        Err(e) => Err(JsonError::Syntax(format!(
+            "{e} in the number at byte {start}"
+        ))),
+    }
+}
+
 /// Objects up to this many members check names without allocating (top level).
 const TOP_INLINE: usize = 16;
 /// The same for nested objects, which are rarer and smaller; keeps deep nesting's stack small.
@@ -582,6 +595,7 @@ impl<'a> Scanner<'a> {
 
     /// A number, at its first character: JSON's grammar checked here, then plain integers
     /// converted here and every other form by serde_json (which refuses infinities).
+    #[inline(always)]
     fn number(&mut self) -> Res<Num> {
         let start = self.i;
         let mut i = start;
@@ -654,15 +668,11 @@ impl<'a> Scanner<'a> {
                 _ => {}
             }
         }
-        match serde_json::from_slice::<f64>(text) {
-            Ok(f) => Ok(Num::Float(f)),
-            Err(e) => Err(JsonError::Syntax(format!(
-                "{e} in the number at byte {start}"
-            ))),
-        }
+        float(text, start)
     }
 
     /// A value that should be a string, inside a container at `depth`.
+    #[inline(always)]
     fn string_or_skip(&mut self, depth: usize) -> Res<Str<'a>> {
         if self.peek() == Some(b'"') {
             return self.string().map(Str::Text);
@@ -671,6 +681,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A value that should be a number, inside a container at `depth`.
+    #[inline(always)]
     fn number_or_skip(&mut self, depth: usize) -> Res<Num> {
         match self.peek() {
             Some(b'-' | b'0'..=b'9') => self.number(),
