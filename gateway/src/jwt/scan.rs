@@ -477,7 +477,10 @@ impl<'a> Scanner<'a> {
     }
 
     /// An array inside a container at `depth`, at its `[`; `item` reads each element.
-    fn array(&mut self, depth: usize, item: &mut dyn FnMut(&mut Self) -> Res<()>) -> Res<()> {
+    fn array<F>(&mut self, depth: usize, item: &mut F) -> Res<()>
+    where
+        F: FnMut(&mut Self) -> Res<()>,
+    {
         if depth + 1 > MAX_DEPTH {
             return self.err("nesting too deep");
         }
