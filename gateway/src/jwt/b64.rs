@@ -1,4 +1,7 @@
 //! Base64 codecs written for this crate so that their strictness is ours to guarantee.
+//! Token segments are decoded by `base64-simd` for speed (as strict, see
+//! [`decode_url_into`]); the scalar decoder here stays the definition: it judges every
+//! refusal and property tests hold both to it and to the `base64` crate's strict engine.
 //!
 //! Tokens use the URL-safe alphabet without padding (RFC 7515 §2), and we accept exactly the
 //! canonical encoding: no `=`, no `+`/`/`, no whitespace, and unused trailing bits must be
