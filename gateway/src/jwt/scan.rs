@@ -196,7 +196,11 @@ pub fn claims<'a>(json: &'a [u8], required: &[String]) -> Result<RawClaims<'a>, 
     let mut p = Scanner::new(json)?;
     let mut c = RawClaims::default();
     p.document(&mut |name, p| {
-        if let Some(i) = required.iter().position(|r| r == name) {
+        // Lengths and first bytes first: most members are not required, and this keeps a
+        // library compare off the path for them.
+        let first = name.as_bytes().first();
+        let is = |r: &String| r.len() == name.len() && r.as_bytes().first() == first && r == name;
+        if let Some(i) = required.iter().position(is) {
             c.mark_required(i, required.len());
         }
         let num = match name {
@@ -213,61 +217,152 @@ pub fn claims<'a>(json: &'a [u8], required: &[String]) -> Result<RawClaims<'a>, 
             "iat" => &mut c.iat,
             _ => return Ok(false),
         };
-        *num = p.number_or_skip(1)?;
+        p.number_or_skip(1, num)?;
         Ok(true)
     })?;
     Ok(c)
 }
 
-/// Member names of one object, to refuse duplicates: `N` inline (with a cheap hash compared
-/// first), then a sorted set.
+/// Member names of one object, to refuse duplicates: `N` plain (borrowed) names inline,
+/// each with a cheap key compared first, then a sorted set. A name with escapes (owned,
+/// rare) moves the object to the set at once, so the inline part holds only borrowed
+/// slices: nothing to drop, little to initialise.
 struct Seen<'a, const N: usize> {
-    hashes: [u32; N],
-    names: [Cow<'a, str>; N],
+    /// One bit per inline name, chosen by its key: a name whose bit is clear is new, which
+    /// settles most inserts without comparing anything.
+    bloom: u64,
+    /// Keys of the inline names; [`NO_KEY`] past `len`, so all `N` can be compared at once.
+    keys: [u32; N],
+    names: [&'a str; N],
     len: usize,
     spill: BTreeSet<Cow<'a, str>>,
 }
 
-fn name_hash(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+/// No name's key: its first byte would be 0xff, which UTF-8 never has.
+const NO_KEY: u32 = u32::MAX;
+
+/// Length, first, middle and last byte: tells most distinct names apart without a pass
+/// over them.
+fn name_key(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let at = |i: usize| u32::from(b.get(i).copied().unwrap_or(0));
+    (s.len() as u32 & 0xff)
+        | (at(0) << 8)
+        | (at(b.len() / 2) << 16)
+        | (at(b.len().wrapping_sub(1)) << 24)
 }
 
 impl<'a, const N: usize> Seen<'a, N> {
     fn new() -> Self {
         Seen {
-            hashes: [0; N],
-            names: [const { Cow::Borrowed("") }; N],
+            bloom: 0,
+            keys: [NO_KEY; N],
+            names: [""; N],
             len: 0,
             spill: BTreeSet::new(),
         }
     }
 
     /// Adds `name`; false if it was already there.
+    #[inline(always)]
     fn insert(&mut self, name: Cow<'a, str>) -> bool {
         if !self.spill.is_empty() {
             return self.spill.insert(name);
         }
-        let h = name_hash(&name);
-        let hashes = self.hashes.get(..self.len).unwrap_or_default();
-        for (i, _) in hashes.iter().enumerate().filter(|(_, &x)| x == h) {
-            if self.names.get(i).is_some_and(|n| *n == name) {
+        let Cow::Borrowed(s) = name else {
+            return self.spill_with(name);
+        };
+        let k = name_key(s);
+        let bit = 1u64 << (k.wrapping_mul(0x9e37_79b9) >> 26);
+        // Keys only when the bloom bit is set; names only on a key match.
+        if self.bloom & bit != 0 && self.keys.contains(&k) {
+            let used = self.keys.iter().zip(&self.names).take(self.len);
+            if used.into_iter().any(|(&key, &n)| key == k && n == s) {
                 return false;
             }
         }
-        match (self.names.get_mut(self.len), self.hashes.get_mut(self.len)) {
-            (Some(slot), Some(hash)) => {
-                *slot = name;
-                *hash = h;
+        match (self.names.get_mut(self.len), self.keys.get_mut(self.len)) {
+            (Some(slot), Some(key)) => {
+                *slot = s;
+                *key = k;
+                self.bloom |= bit;
                 self.len += 1;
+                true
             }
-            _ => {
-                self.spill.extend(self.names.iter_mut().map(std::mem::take));
-                self.spill.insert(name);
-            }
+            _ => self.spill_with(name),
         }
-        true
+    }
+
+    /// Moves the inline names to the sorted set and adds `name` there.
+    #[cold]
+    #[inline(never)]
+    fn spill_with(&mut self, name: Cow<'a, str>) -> bool {
+        let inline = self.names.iter().take(self.len);
+        self.spill.extend(inline.map(|&n| Cow::Borrowed(n)));
+        self.len = 0;
+        self.keys = [NO_KEY; N];
+        self.spill.insert(name)
+    }
+}
+
+/// The length of the plain run at the start of a string's body: the offset of the first
+/// `"`, `\\` or control character, whichever comes first, or `None` if there is none.
+///
+/// Eight bytes at a time (SWAR, see [`special_bytes`]); the last, partial window is read as
+/// the document's last eight bytes, overlapping bytes already found clean. Tokens' strings
+/// are short, so this beats a call into a vectorised search.
+#[inline(always)]
+fn plain_run(s: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(w) = s.get(at..at + 8) {
+        let found = special_bytes(w);
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    if at == s.len() {
+        return None;
+    }
+    let Some(from) = s.len().checked_sub(8) else {
+        return s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+    };
+    // `at - from` is 1..=7 here: drop the flags of the bytes before `at` (clean, so they
+    // cannot have caused a false flag above them either).
+    let found = special_bytes(s.get(from..).unwrap_or_default()) >> (8 * (at - from));
+    (found != 0).then(|| at + (found.trailing_zeros() / 8) as usize)
+}
+
+/// For eight bytes (little-endian), the top bit of each byte that is `"`, `\\` or below
+/// 0x20, by the classic "has a zero byte" / "has a byte below n" tests. The lowest flag is
+/// always a true one (a false flag only appears above a true one, through the borrow),
+/// which is all [`plain_run`] reads. Not eight bytes: no flags.
+#[inline(always)]
+fn special_bytes(w: &[u8]) -> u64 {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let Ok(bytes) = <[u8; 8]>::try_from(w) else {
+        return 0;
+    };
+    let x = u64::from_le_bytes(bytes);
+    let quote = x ^ (LO * u64::from(b'"'));
+    let backslash = x ^ (LO * u64::from(b'\\'));
+    ((quote.wrapping_sub(LO) & !quote)
+        | (backslash.wrapping_sub(LO) & !backslash)
+        | (x.wrapping_sub(LO * 0x20) & !x))
+        & HI
+}
+
+/// A number that is not a plain integer of 64 bits, as serde_json reads it (which refuses
+/// infinities); `start` is its offset, for the error. Rare, so kept out of the hot path.
+#[cold]
+#[inline(never)]
+fn float(text: &[u8], start: usize) -> Res<Num> {
+    match serde_json::from_slice::<f64>(text) {
+        Ok(f) => Ok(Num::Float(f)),
+        Err(e) => Err(JsonError::Syntax(format!(
+            "{e} in the number at byte {start}"
+        ))),
     }
 }
 
@@ -277,9 +372,6 @@ const TOP_INLINE: usize = 16;
 const NESTED_INLINE: usize = 8;
 
 type Res<T> = Result<T, JsonError>;
-
-/// Offered each member name of an object; reads the value and says so if it wants it.
-type Take<'t, 'a> = dyn FnMut(&str, &mut Scanner<'a>) -> Res<bool> + 't;
 
 /// The scanner's position in the document.
 struct Scanner<'a> {
@@ -297,6 +389,8 @@ impl<'a> Scanner<'a> {
         Ok(Scanner { s, b, i: 0 })
     }
 
+    #[cold]
+    #[inline(never)]
     fn err<T>(&self, what: &str) -> Res<T> {
         Err(JsonError::Syntax(format!("{what} at byte {}", self.i)))
     }
@@ -322,7 +416,13 @@ impl<'a> Scanner<'a> {
     }
 
     /// A whole document: one object, then only whitespace.
-    fn document(&mut self, take: &mut Take<'_, 'a>) -> Res<()> {
+    ///
+    /// `take` is offered each top-level member name; it reads the value and says so if it
+    /// wants it (generic rather than `dyn`, so that it inlines into the loop).
+    fn document<F>(&mut self, take: &mut F) -> Res<()>
+    where
+        F: FnMut(&str, &mut Self) -> Res<bool>,
+    {
         if self.peek() != Some(b'{') {
             return match self.peek() {
                 Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
@@ -332,7 +432,7 @@ impl<'a> Scanner<'a> {
                 _ => self.err("expected a JSON object"),
             };
         }
-        self.object::<TOP_INLINE>(1, take)?;
+        self.object::<TOP_INLINE, F>(1, take)?;
         if self.peek().is_some() {
             return self.err("trailing characters");
         }
@@ -340,7 +440,10 @@ impl<'a> Scanner<'a> {
     }
 
     /// An object at nesting `depth` (1 for the top level), at its `{`.
-    fn object<const N: usize>(&mut self, depth: usize, take: &mut Take<'_, 'a>) -> Res<()> {
+    fn object<const N: usize, F>(&mut self, depth: usize, take: &mut F) -> Res<()>
+    where
+        F: FnMut(&str, &mut Self) -> Res<bool>,
+    {
         if depth > MAX_DEPTH {
             return self.err("nesting too deep");
         }
@@ -374,7 +477,10 @@ impl<'a> Scanner<'a> {
     }
 
     /// An array inside a container at `depth`, at its `[`; `item` reads each element.
-    fn array(&mut self, depth: usize, item: &mut dyn FnMut(&mut Self) -> Res<()>) -> Res<()> {
+    fn array<F>(&mut self, depth: usize, item: &mut F) -> Res<()>
+    where
+        F: FnMut(&mut Self) -> Res<()>,
+    {
         if depth + 1 > MAX_DEPTH {
             return self.err("nesting too deep");
         }
@@ -399,10 +505,10 @@ impl<'a> Scanner<'a> {
     /// Any value inside a container at `depth`, checked and dropped.
     fn skip(&mut self, depth: usize) -> Res<()> {
         match self.peek() {
-            Some(b'{') => self.object::<NESTED_INLINE>(depth + 1, &mut |_, _| Ok(false)),
+            Some(b'{') => self.object::<NESTED_INLINE, _>(depth + 1, &mut |_, _| Ok(false)),
             Some(b'[') => self.array(depth, &mut |p| p.skip(depth + 1)),
             Some(b'"') => self.string().map(drop),
-            Some(b'-' | b'0'..=b'9') => self.number().map(drop),
+            Some(b'-' | b'0'..=b'9') => self.number(&mut Num::Absent),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
@@ -422,28 +528,38 @@ impl<'a> Scanner<'a> {
 
     /// A string, at its opening quote: borrowed when it has no escapes, else decoded by
     /// serde_json.
+    ///
+    /// The common case (a plain run up to the closing quote) is small enough to inline into
+    /// the member loop; everything else takes [`Self::string_slow`].
+    #[inline(always)]
     fn string(&mut self) -> Res<Cow<'a, str>> {
+        let start = self.i + 1;
+        if let Some(len) = plain_run(self.b.get(start..).unwrap_or_default()) {
+            let end = start + len;
+            if self.b.get(end) == Some(&b'"') {
+                // Both ends are ASCII quotes, so char boundaries of the checked document.
+                if let Some(s) = self.s.get(start..end) {
+                    self.i = end + 1;
+                    return Ok(Cow::Borrowed(s));
+                }
+            }
+        }
+        self.string_slow()
+    }
+
+    /// [`Self::string`] when the run ends at a backslash, a control character or the end.
+    #[cold]
+    #[inline(never)]
+    fn string_slow(&mut self) -> Res<Cow<'a, str>> {
         let open = self.i;
         let start = open + 1;
         let rest = self.b.get(start..).unwrap_or_default();
-        // The end of the plain run: memchr finds the quote or backslash, then one pass
-        // (vectorised) looks for control characters before it.
-        let Some(len) = memchr::memchr2(b'"', b'\\', rest) else {
-            return match rest.iter().position(|&c| c < 0x20) {
-                Some(at) => {
-                    self.i = start + at;
-                    self.err("control character in a string")
-                }
-                None => {
-                    self.i = self.b.len();
-                    self.err("unterminated string")
-                }
-            };
+        let Some(len) = plain_run(rest) else {
+            self.i = self.b.len();
+            return self.err("unterminated string");
         };
-        let run = rest.get(..len).unwrap_or_default();
-        if run.iter().fold(false, |bad, &c| bad | (c < 0x20)) {
-            let at = run.iter().position(|&c| c < 0x20).unwrap_or(0);
-            self.i = start + at;
+        if rest.get(len).is_some_and(|&c| c < 0x20) {
+            self.i = start + len;
             return self.err("control character in a string");
         }
         let end = start + len;
@@ -482,13 +598,40 @@ impl<'a> Scanner<'a> {
 
     /// A number, at its first character: JSON's grammar checked here, then plain integers
     /// converted here and every other form by serde_json (which refuses infinities).
-    fn number(&mut self) -> Res<Num> {
+    #[inline(always)]
+    ///
+    /// The value is written to `slot` rather than returned: returned, it was merged with the
+    /// out-of-line float path in memory and copied out through unaligned loads that stalled
+    /// store forwarding (the hottest instructions of the claims scan in the profile).
+    fn number(&mut self, slot: &mut Num) -> Res<()> {
         let start = self.i;
         let mut i = start;
         let negative = self.b.get(i) == Some(&b'-');
         if negative {
             i += 1;
         }
+        // The integer part's digits, accumulated as they are checked; up to 19 digits always
+        // fit in a u64, longer runs are summed again with overflow checks (`None` past u64).
+        let int_start = i;
+        let mut m = 0u64;
+        while let Some(d) = self
+            .b
+            .get(i)
+            .map(|c| c.wrapping_sub(b'0'))
+            .filter(|&d| d < 10)
+        {
+            m = m.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
+        }
+        let int_len = i - int_start;
+        let magnitude = if int_len <= 19 {
+            Some(m)
+        } else {
+            let run = self.b.get(int_start..i).unwrap_or_default();
+            run.iter().try_fold(0u64, |m, &d| {
+                m.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+        };
         let digits = |i: &mut usize| {
             let from = *i;
             while self.b.get(*i).is_some_and(u8::is_ascii_digit) {
@@ -496,8 +639,6 @@ impl<'a> Scanner<'a> {
             }
             *i - from
         };
-        let int_start = i;
-        let int_len = digits(&mut i);
         if int_len == 0 || (int_len > 1 && self.b.get(int_start) == Some(&b'0')) {
             self.i = i;
             return self.err("invalid number");
@@ -525,32 +666,25 @@ impl<'a> Scanner<'a> {
         self.i = i;
         let text = self.b.get(start..i).unwrap_or_default();
         if plain {
-            let magnitude = self
-                .b
-                .get(int_start..i)
-                .unwrap_or_default()
-                .iter()
-                .try_fold(0u64, |m, &d| {
-                    m.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-                });
             match (negative, magnitude) {
-                (false, Some(m)) => return Ok(i64::try_from(m).map_or(Num::BigInt, Num::Int)),
+                (false, Some(m)) => {
+                    *slot = i64::try_from(m).map_or(Num::BigInt, Num::Int);
+                    return Ok(());
+                }
                 // -0 is a float to serde_json; so are magnitudes beyond i64's.
                 (true, Some(m)) if m != 0 && m <= 1 << 63 => {
-                    return Ok(Num::Int((-i128::from(m)) as i64));
+                    *slot = Num::Int((-i128::from(m)) as i64);
+                    return Ok(());
                 }
                 _ => {}
             }
         }
-        match serde_json::from_slice::<f64>(text) {
-            Ok(f) => Ok(Num::Float(f)),
-            Err(e) => Err(JsonError::Syntax(format!(
-                "{e} in the number at byte {start}"
-            ))),
-        }
+        *slot = float(text, start)?;
+        Ok(())
     }
 
     /// A value that should be a string, inside a container at `depth`.
+    #[inline(always)]
     fn string_or_skip(&mut self, depth: usize) -> Res<Str<'a>> {
         if self.peek() == Some(b'"') {
             return self.string().map(Str::Text);
@@ -558,11 +692,16 @@ impl<'a> Scanner<'a> {
         self.skip(depth).map(|()| Str::Other)
     }
 
-    /// A value that should be a number, inside a container at `depth`.
-    fn number_or_skip(&mut self, depth: usize) -> Res<Num> {
+    /// A value that should be a number, inside a container at `depth`, into `slot`.
+    #[inline(always)]
+    fn number_or_skip(&mut self, depth: usize, slot: &mut Num) -> Res<()> {
         match self.peek() {
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => self.skip(depth).map(|()| Num::Other),
+            Some(b'-' | b'0'..=b'9') => self.number(slot),
+            _ => {
+                self.skip(depth)?;
+                *slot = Num::Other;
+                Ok(())
+            }
         }
     }
 

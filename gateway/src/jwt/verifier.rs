@@ -142,6 +142,9 @@ impl VerifiedToken {
 /// Largest signature any supported algorithm produces (RSA 8192).
 const MAX_SIG: usize = 1024;
 
+/// Largest non-RSA signature (ES512's 132 bytes).
+const SMALL_SIG: usize = 132;
+
 /// A token without `kid` is tried against at most this many of its issuer's keys (those
 /// bound to its `alg`, in configuration order): an issuer with many keys would otherwise let
 /// one kid-less token cost many signature checks.
@@ -650,8 +653,20 @@ impl Verifier {
         }
         // Decode (and so validate) every segment before touching keys.
         payload_decoded?;
-        let mut sig_buf = [0u8; MAX_SIG];
-        let sig = match b64::decode_url_into(parts.signature.as_bytes(), &mut sig_buf) {
+        // HMAC, ECDSA and EdDSA signatures fit the small buffer; only RSA needs (and zeroes)
+        // the large one.
+        let (mut small, mut large);
+        let sig_buf: &mut [u8] = match b64::decoded_len(parts.signature.len()) {
+            Some(n) if n <= SMALL_SIG => {
+                small = [0u8; SMALL_SIG];
+                &mut small
+            }
+            _ => {
+                large = [0u8; MAX_SIG];
+                &mut large
+            }
+        };
+        let sig = match b64::decode_url_into(parts.signature.as_bytes(), sig_buf) {
             Ok(n) => sig_buf.get(..n).unwrap_or_default(),
             Err(b64::B64Error::TooLong) => {
                 b64::validate_url(parts.signature.as_bytes())
