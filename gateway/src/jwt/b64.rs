@@ -109,11 +109,7 @@ fn decode_strict(t: &Tables, input: &[u8], out: &mut [u8]) -> Result<usize, B64E
         let (w1, w2) = (group([a, b, c, d]), group([e, f, g, h]));
         bad |= w1 | w2;
         let bytes = (((u64::from(w1) << 24) | u64::from(w2)) << 16).to_be_bytes();
-        if let Some(dst) = out.get_mut(o..o + 8) {
-            dst.copy_from_slice(&bytes);
-        } else if let (Some(dst), Some(src)) = (out.get_mut(o..o + 6), bytes.get(..6)) {
-            dst.copy_from_slice(src);
-        }
+        store(out, o, &bytes, 6);
         i += 8;
         o += 6;
     }
@@ -124,11 +120,7 @@ fn decode_strict(t: &Tables, input: &[u8], out: &mut [u8]) -> Result<usize, B64E
         let w = group(c);
         bad |= w;
         let bytes = (w << 8).to_be_bytes();
-        if let Some(dst) = out.get_mut(o..o + 4) {
-            dst.copy_from_slice(&bytes);
-        } else if let (Some(dst), Some(src)) = (out.get_mut(o..o + 3), bytes.get(..3)) {
-            dst.copy_from_slice(src);
-        }
+        store(out, o, &bytes, 3);
         i += 4;
         o += 3;
     }
@@ -164,6 +156,18 @@ fn decode_strict(t: &Tables, input: &[u8], out: &mut [u8]) -> Result<usize, B64E
         _ => {}
     }
     Ok(n)
+}
+
+/// Writes a decoded step at `o`: the whole `word` where `out` has room (the next step
+/// overwrites its extra bytes; one store instead of a byte at a time), else its first
+/// `useful` bytes.
+#[inline(always)]
+fn store(out: &mut [u8], o: usize, word: &[u8], useful: usize) {
+    if let Some(dst) = out.get_mut(o..o + word.len()) {
+        dst.copy_from_slice(word);
+    } else if let (Some(dst), Some(src)) = (out.get_mut(o..o + useful), word.get(..useful)) {
+        dst.copy_from_slice(src);
+    }
 }
 
 fn shift(e: B64Error, pos: usize) -> B64Error {

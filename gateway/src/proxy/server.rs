@@ -442,7 +442,10 @@ fn receive(handoff: Handoff, tls: &Option<TlsAcceptor>, shared: &Arc<Shared>) {
     let tls = match (is_tls, tls) {
         (false, _) => None,
         (true, Some(acceptor)) => Some(acceptor.clone()),
-        (true, None) => return,
+        (true, None) => {
+            tracing::warn!(peer = %peer, "TLS connection handed to a worker without TLS: closed");
+            return;
+        }
     };
     // Draining: the connection closes, as one not yet accepted would.
     let Ok(local) = shared.local.clone().try_acquire_owned() else {

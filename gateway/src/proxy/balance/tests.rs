@@ -9,13 +9,19 @@ fn permit() -> OwnedSemaphorePermit {
     }
 }
 
-/// A connected pair on loopback: (client, the accepted end).
-fn pair() -> (std::net::TcpStream, std::net::TcpStream, SocketAddr) {
+/// A connection accepted on loopback, as a hand-over: (the client's end, the hand-over).
+fn accepted(tls: bool) -> (std::net::TcpStream, Handoff) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let client =
         std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-    let (accepted, peer) = listener.accept().expect("accept");
-    (client, accepted, peer)
+    let (stream, peer) = listener.accept().expect("accept");
+    let handoff = Handoff {
+        stream,
+        peer,
+        tls,
+        permit: permit(),
+    };
+    (client, handoff)
 }
 
 #[test]
@@ -60,24 +66,13 @@ fn a_stopped_worker_is_never_picked_and_gives_connections_back() {
     let _c = balance.serving(0);
     assert_eq!(balance.pick(0), Some(1));
 
-    let (_client, accepted, peer) = pair();
-    let handoff = Handoff {
-        stream: accepted,
-        peer,
-        tls: true,
-        permit: permit(),
-    };
+    let (_client, handoff) = accepted(true);
+    let peer = handoff.peer;
     match balance.hand_off(2, handoff) {
         Err(back) => assert_eq!((back.peer, back.tls), (peer, true)),
         Ok(()) => panic!("a stopped worker took a connection"),
     }
-    let (_client, accepted, peer) = pair();
-    let handoff = Handoff {
-        stream: accepted,
-        peer,
-        tls: false,
-        permit: permit(),
-    };
+    let (_client, handoff) = accepted(false);
     assert!(balance.hand_off(7, handoff).is_err(), "no such worker");
 }
 
