@@ -5,7 +5,8 @@ Load-independent evidence for data-plane changes (this machine's timings move by
 changes do): it interprets the object's `xdp` section as the compiler emitted it (before the
 verifier inlines array lookups and `bpf_jiffies64`, and without the helpers' own work), with
 the maps stubbed in the warm state of a flood: the source known and classified, the current
-generation, the clock cache filled, no flush due. Prints, for a known passing source, an
+generation, the clock cache filled, no flush due (as maps in older objects, as global data
+in newer ones). Prints, for a known passing source, an
 exact deny hit and a CIDR deny hit (IPv4 TCP ACK), the verdict, the instruction count and the
 helper calls. Standard library only.
 
@@ -79,9 +80,17 @@ def run(path, packet, scenario):
     mapids = {}
     for m in ['TOTALS', 'GENERATION', 'CLOCK', 'CONFIG', 'SOURCES', 'DENY', 'DENY_CIDR', 'ALLOW_CIDR', 'SYN_BUCKETS', 'EVENTS', 'LOG_LIMITS', 'AYA_LOGS']:
         mapids[m] = mem.alloc(bytes(8), 'mapdef:' + m)
+    # Globals in data sections (newer objects): the same warm state as the maps above.
+    warm = {'GENERATION': GEN, 'CLOCK_JIFFIES': J, 'CLOCK_NOW_NS': T}
     secbase = {}
     def secaddr(idx):
-        if idx not in secbase: secbase[idx] = mem.alloc(secs[idx]['data'], secs[idx]['n'])
+        if idx not in secbase:
+            data = bytearray(secs[idx]['data'])
+            for sym in syms:
+                for key, val in warm.items():
+                    if sym['shndx'] == idx and key in sym['n'] and sym['size'] == 8:
+                        data[sym['value']:sym['value'] + 8] = struct.pack('<Q', val)
+            secbase[idx] = mem.alloc(bytes(data), secs[idx]['n'])
         return secbase[idx]
     pkt = mem.alloc(bytes(256) + packet, 'packet')
     ctx = mem.alloc(struct.pack('<II', 0, 0) + bytes(24), 'ctx')  # xdp_md: data, data_end as u32 (verifier-rewritten in kernel)

@@ -24,6 +24,12 @@ pub mod map_name {
     /// allow or deny lists; sources whose cached classification carries another value are
     /// classified again.
     pub const GENERATION: &str = "GENERATION";
+    /// The kernel object's data section that holds the generation (global data, read with
+    /// one load per packet instead of a map lookup); the loader pins its map as
+    /// [`GENERATION`], so user space sees the same single-entry u64 array as before.
+    pub const GENERATION_SECTION: &str = ".data.generation";
+    /// The generation's symbol in that section, which the loader sets at each load.
+    pub const GENERATION_SYMBOL: &str = "GENERATION";
     /// SYN token buckets of IPv6 sources, one per prefix of `DataPlaneConfig::ipv6_prefix`
     /// bits (IPv4 sources keep theirs in `SOURCES`).
     pub const SYN_BUCKETS: &str = "SYN_BUCKETS";

@@ -15,6 +15,7 @@
 #![no_std]
 #![no_main]
 
+mod global;
 mod log;
 mod parse;
 
@@ -30,6 +31,7 @@ use gateway_common::{
     class, config_flag, counter, limits, prefix_key, AllowEntry, DataPlaneConfig, DenyEntry,
     RateLimitEvent, SourceKey, SourceStats, SynBucket, Totals,
 };
+use global::Word;
 use parse::{Packet, Parsed};
 
 #[map]
@@ -47,8 +49,15 @@ static ALLOW_CIDR: LpmTrie<SourceKey, AllowEntry> = LpmTrie::pinned(limits::MAX_
 #[map]
 static CONFIG: Array<DataPlaneConfig> = Array::pinned(1, 0);
 
-#[map]
-static GENERATION: Array<u64> = Array::pinned(1, 0);
+/// The lists' generation: user space writes a fresh value after every change to the allow or
+/// deny lists, and a source whose cached classification carries another value is classified
+/// again. Global data rather than an array map, so that every packet reads it with one load
+/// (see [`global`]); the loader pins this section's map as `GENERATION`
+/// (`gateway_common::map_name::GENERATION_SECTION`), where `gateway deny` and the abuse engine
+/// write it, and sets a fresh value at each load (which also invalidates every cache).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.generation")]
+static GENERATION: Word = Word::new(0);
 
 #[map]
 static TOTALS: PerCpuArray<Totals> = PerCpuArray::pinned(1, 0);
@@ -60,16 +69,14 @@ static SYN_BUCKETS: LruHashMap<SourceKey, SynBucket> =
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(limits::EVENTS_BYTES, 0);
 
-/// Per CPU, the latest coarse clock reading and the jiffies it belongs to (see
-/// [`coarse_now`]). Not pinned: a fresh program starts with an empty cache.
-#[map]
-static CLOCK: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
-
-#[repr(C)]
-struct ClockCache {
-    jiffies: u64,
-    now_ns: u64,
-}
+/// The latest coarse clock reading and the jiffies it belongs to (see [`coarse_now`]), shared
+/// by all CPUs: written about once per tick, so its cache line stays shared and a read is a
+/// load, where a per-CPU map costs a lookup per packet. Not pinned: a fresh program starts
+/// with an empty cache.
+#[unsafe(link_section = ".bss.clock")]
+static CLOCK_JIFFIES: Word = Word::new(0);
+#[unsafe(link_section = ".bss.clock")]
+static CLOCK_NOW_NS: Word = Word::new(0);
 
 /// What to do with a packet; each program maps it to its own return codes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -156,10 +163,7 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
     let now = coarse_now();
     // Read before any list lookup: a change that lands after it bumps the generation
     // again, so the next packet classifies afresh.
-    let generation = match GENERATION.get(0) {
-        Some(g) => *g,
-        None => 0,
-    };
+    let generation = GENERATION.get();
 
     let src = pkt.source_key();
     let Some((stats, created)) = source_stats(&src, now) else {
@@ -206,9 +210,9 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
 /// CLOCK_MONOTONIC_COARSE in ns: a tick (1-4 ms) of resolution is plenty for TTLs and
 /// connection rates. The clock helper is a call into the timekeeping code (~13 ns of an
 /// ~85 ns packet in `BPF_PROG_TEST_RUN`), while `bpf_jiffies64` is inlined by the verifier
-/// into one load, and the coarse clock only moves when the tick advances jiffies. So each CPU
-/// keeps its latest reading with the jiffies it was taken at, and calls the helper again only
-/// once jiffies have moved.
+/// into one load, and the coarse clock only moves when the tick advances jiffies. So the
+/// latest reading is kept with the jiffies it was taken at, and the helper is called again
+/// only once jiffies have moved.
 ///
 /// The timekeeping CPU advances jiffies first and the coarse clock just after; a reading
 /// taken in between is the previous tick's. The cache therefore only takes a reading that
@@ -216,24 +220,25 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
 /// (and gets the same value the helper alone would give). What the cached value can miss is a
 /// step of the coarse clock without a jiffies change (a `settimeofday`/`adjtimex` call
 /// accumulates the time elapsed since the tick): less than one tick, until the next tick.
+///
+/// The cache is shared by all CPUs and its two words are not written atomically: the reading
+/// is stored before its jiffies, so a CPU that sees the new jiffies sees the new reading on
+/// x86 (stores and loads keep their order); where loads may pass each other (arm64) it may
+/// get the previous tick's reading, as the helper itself can just after a tick. Two CPUs
+/// storing at once store readings of the same tick or of adjacent ones. Either way the
+/// error is under one tick, until the next.
 #[inline(always)]
 fn coarse_now() -> u64 {
     // SAFETY: the helper only reads the jiffies counter.
     let jiffies = unsafe { bpf_jiffies64() };
-    let Some(cache) = CLOCK.get_ptr_mut(0) else {
-        // SAFETY: the helper only reads the clock.
-        return unsafe { bpf_ktime_get_coarse_ns() };
-    };
-    // SAFETY: a per-CPU array slot, only this CPU touches it while the program runs.
-    let cache = unsafe { &mut *cache };
-    if cache.jiffies == jiffies {
-        return cache.now_ns;
+    if CLOCK_JIFFIES.get() == jiffies {
+        return CLOCK_NOW_NS.get();
     }
     // SAFETY: the helper only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now != cache.now_ns {
-        cache.jiffies = jiffies;
-        cache.now_ns = now;
+    if now != CLOCK_NOW_NS.get() {
+        CLOCK_NOW_NS.set(now);
+        CLOCK_JIFFIES.set(jiffies);
     }
     now
 }

@@ -685,3 +685,33 @@ fn list_changes_take_effect_on_the_next_packet() {
     let s = h.source("10.13.0.1");
     assert_eq!((s.packets, s.drops_deny), (10, 4));
 }
+
+/// The generation is global data whose map is pinned where user space writes it: an object
+/// loaded later on the same pins (a second process, a restart) reads the same word, so a
+/// list change made through the pins reaches the classifications either object cached.
+#[test]
+fn list_changes_reach_every_object_loaded_on_the_same_pins() {
+    let Some(mut h) = harness("shared-gen") else {
+        return;
+    };
+    let pkt = packet::tcp4(v4("10.14.0.1"), 80, ACK);
+    assert_eq!(h.xdp(&pkt), XDP_PASS);
+    let mut second = loader::load_object(&h._fs.pin_path()).expect("a second load on the pins");
+    let xdp: &mut aya::programs::Xdp = second
+        .program_mut(program_name::XDP)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    loader::load_program(|| xdp.load()).expect("the verifier accepts the XDP program");
+    // Both cache the source as passing...
+    assert_eq!(kernel::xdp(&second, &pkt), XDP_PASS);
+    assert_eq!(kernel::xdp(&second, &pkt), XDP_PASS);
+    assert_eq!(h.xdp(&pkt), XDP_PASS);
+    // ...and one change through the pins reaches both.
+    h.deny("10.14.0.1", 0);
+    assert_eq!(kernel::xdp(&second, &pkt), XDP_DROP);
+    assert_eq!(h.xdp(&pkt), XDP_DROP);
+    assert!(h.maps.undeny(&"10.14.0.1".parse().unwrap()).unwrap());
+    assert_eq!(h.xdp(&pkt), XDP_PASS);
+    assert_eq!(kernel::xdp(&second, &pkt), XDP_PASS);
+}

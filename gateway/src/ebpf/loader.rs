@@ -64,6 +64,8 @@ pub enum LoadError {
     Object(#[source] Box<EbpfError>),
     #[error("program `{0}` is missing from the BPF object (stale build? run `cargo xtask build`)")]
     MissingProgram(&'static str),
+    #[error("map `{0}` is missing from the BPF object (stale build? run `cargo xtask build`)")]
+    MissingMap(&'static str),
     #[error("cannot attach to `{interface}` in {mode} mode: {source}; {hint}")]
     Attach {
         interface: String,
@@ -184,12 +186,25 @@ pub fn load_object_with_log(pin_path: &Path, level: KernelLevel) -> Result<Ebpf,
     if pin_path.join(map_name::DENY).exists() {
         PinnedMaps::open(pin_path)?;
     }
-    EbpfLoader::new()
+    let generation_pin = pin_path.join(map_name::GENERATION);
+    let generation = super::maps::fresh_generation();
+    let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_path)
+        // The generation is global data (one load per packet); its section's map is reused
+        // from, or pinned at, the path where user space writes it. Loading writes the
+        // section's value into it: a fresh one, so every source is classified again.
+        .map_pin_path(map_name::GENERATION_SECTION, generation_pin.as_path())
+        .override_global(map_name::GENERATION_SYMBOL, &generation, true)
         // An older object without the global loads as before.
         .override_global(aya_log::LEVEL, &level.0, false)
         .load(OBJECT)
-        .map_err(classify_load_error)
+        .map_err(classify_load_error)?;
+    // A pin path for a section the object lacks is ignored: the programs would then read a
+    // generation no one writes, and keep stale classifications.
+    if ebpf.map(map_name::GENERATION_SECTION).is_none() {
+        return Err(LoadError::MissingMap(map_name::GENERATION_SECTION));
+    }
+    Ok(ebpf)
 }
 
 fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {

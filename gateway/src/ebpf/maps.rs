@@ -153,6 +153,17 @@ pub struct PinnedMaps {
     generation: Array<MapData, u64>,
 }
 
+/// A generation value no process has written before (with overwhelming probability): random,
+/// so that two processes changing lists at once, or a load and a list change, never write the
+/// same value twice.
+pub(super) fn fresh_generation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(clock::monotonic_ns());
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 /// Opens the pinned map `name` under `dir` as `T`.
 pub(super) fn open_pinned<T>(dir: &Path, name: &str) -> Result<T, MapsError>
 where
@@ -223,12 +234,8 @@ impl PinnedMaps {
     /// packet. A fresh random value (not an increment) so that two processes changing lists
     /// at once can never write the same value twice.
     fn bump_generation(&mut self) -> Result<(), MapsError> {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(clock::monotonic_ns());
-        h.write_u32(std::process::id());
         self.generation
-            .set(0, h.finish(), 0)
+            .set(0, fresh_generation(), 0)
             .map_err(op("update", map_name::GENERATION))
     }
 
