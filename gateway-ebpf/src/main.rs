@@ -160,13 +160,20 @@ fn decide(pkt: &Packet, len: u64, totals: &mut [u64; counter::COUNT as usize]) -
     if pkt.syn {
         totals[counter::NEW_TCP as usize] += 1;
     }
+    let src = pkt.source_key();
+    // The lookup comes first: the values below are then computed after the call and need
+    // not be kept across it (the call clobbers the registers that would hold them).
+    let known = SOURCES.get_ptr_mut(&src);
     let now = coarse_now();
     // Read before any list lookup: a change that lands after it bumps the generation
     // again, so the next packet classifies afresh.
     let generation = GENERATION.get();
-
-    let src = pkt.source_key();
-    let Some((stats, created)) = source_stats(&src, now) else {
+    let found = match known {
+        // SAFETY: a value pointer from a successful lookup, valid for this program run.
+        Some(p) => Some((unsafe { &mut *p }, false)),
+        None => new_source(&src, now),
+    };
+    let Some((stats, created)) = found else {
         // Only if the LRU map refused an insert; classify without remembering.
         let mut scratch = SourceStats::default();
         classify(&mut scratch, &src, now, generation);
@@ -351,13 +358,10 @@ fn deny_in_force(entry: &DenyEntry, now: u64) -> bool {
     entry.expires_ns == 0 || now < entry.expires_ns
 }
 
-/// The source's counters, created on its first packet (full bucket); `true` when created.
+/// The counters of a source not yet in `SOURCES`, created (full bucket) on its first
+/// packet; `true` when this call created them.
 #[inline(always)]
-fn source_stats(src: &SourceKey, now: u64) -> Option<(&'static mut SourceStats, bool)> {
-    if let Some(p) = SOURCES.get_ptr_mut(src) {
-        // SAFETY: a value pointer from a successful lookup, valid for this program run.
-        return Some((unsafe { &mut *p }, false));
-    }
+fn new_source(src: &SourceKey, now: u64) -> Option<(&'static mut SourceStats, bool)> {
     let burst = match CONFIG.get(0) {
         Some(cfg) => cfg.syn_burst_ns,
         None => 0,
@@ -371,7 +375,7 @@ fn source_stats(src: &SourceKey, now: u64) -> Option<(&'static mut SourceStats, 
     };
     // BPF_NOEXIST: another CPU may have created it in between; then we use theirs.
     let _ = SOURCES.insert(src, fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
-    // SAFETY: as above.
+    // SAFETY: a value pointer from a successful lookup, valid for this program run.
     SOURCES.get_ptr_mut(src).map(|p| (unsafe { &mut *p }, true))
 }
 
