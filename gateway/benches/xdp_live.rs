@@ -12,6 +12,8 @@
 //! - `generator_alone`: the same frames sent to a second veth pair whose peer is down, so the
 //!   transmit drops them: the generator's own cost, which the report subtracts from the rest;
 //! - `bare_xdp_drop`: a program that only returns XDP_DROP (the floor of this path);
+//! - `lookup_xdp_drop`: one hash lookup keyed by packet bytes, then XDP_DROP (the floor of
+//!   any drop decided per source: it reads the packet, which the bare drop never touches);
 //! - `gateway_xdp_deny`: our XDP program, the client's address on the deny list;
 //! - `nft_netdev_ingress`, `nft_inet_prerouting`: XDP_PASS, then an nftables
 //!   `ip saddr … drop` rule on the netdev ingress hook or inet prerouting (priority raw);
@@ -319,6 +321,24 @@ fn bench(c: &mut Criterion) {
             e.program_mut("floor_drop").unwrap().try_into().unwrap(),
         );
         g.bench_function("bare_xdp_drop", |b| {
+            b.iter_custom(|n| {
+                measure(&rig, &gen, n, &|| {
+                    rx_packets(&rig.pair.server, &rig.pair.server_if)
+                })
+            })
+        });
+    }
+
+    {
+        let mut e = load_floor(&floor_path, "floor_lookup_drop");
+        attach_xdp(
+            &rig,
+            e.program_mut("floor_lookup_drop")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        g.bench_function("lookup_xdp_drop", |b| {
             b.iter_custom(|n| {
                 measure(&rig, &gen, n, &|| {
                     rx_packets(&rig.pair.server, &rig.pair.server_if)
