@@ -6,9 +6,9 @@ changes do): it interprets the object's `xdp` section as the compiler emitted it
 verifier inlines array lookups and `bpf_jiffies64`, and without the helpers' own work), with
 the maps stubbed in the warm state of a flood: the source known and classified, the current
 generation, the clock cache filled, no flush due (as maps in older objects, as global data
-in newer ones). Prints, for a known passing source, an
-exact deny hit and a CIDR deny hit (IPv4 TCP ACK), the verdict, the instruction count and the
-helper calls. Standard library only.
+in newer ones). Prints, for a known passing source, an exact deny hit and a CIDR deny hit
+(IPv4 TCP ACK), the verdict, the instruction count and the helper calls. Standard library
+only.
 
     bench/xdp_pathlen.py target/ebpf/bpfel-unknown-none/release/gateway [other objects...]
 
