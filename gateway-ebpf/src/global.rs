@@ -15,9 +15,11 @@ use core::cell::UnsafeCell;
 pub struct Word(UnsafeCell<u64>);
 
 // SAFETY: the programs run on several CPUs at once, and user space may write the value while
-// they run. Every access is one volatile load or store of an aligned u64, so a reader sees
-// either the old or the new value; what a stale value costs is said where each global is
-// declared.
+// they run. Every access is one volatile load or store of an aligned u64, which a 64-bit
+// host's JIT emits as one instruction, so a reader sees either the old or the new value; what
+// a stale value costs is said where each global is declared. (A 32-bit host's JIT splits it
+// in two, and a reader racing a writer could see half of each; the gateway targets 64-bit
+// hosts.)
 unsafe impl Sync for Word {}
 
 impl Word {
