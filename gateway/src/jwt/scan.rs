@@ -338,9 +338,7 @@ fn plain_run(s: &[u8]) -> Option<usize> {
         return None;
     }
     let Some(from) = s.len().checked_sub(8) else {
-        return s
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        return s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
     };
     // `at - from` is 1..=7 here: drop the flags of the bytes before `at` (clean, so they
     // cannot have caused a false flag above them either).
@@ -877,6 +875,11 @@ mod tests {
             r#"{"crit":[{"a":1,"a":2}]}"#,
             r#"{"aud":["a",{"k":1,"k":1}]}"#,
             r#"{"jwk":{"kty":"oct","k":"AA","\u006b":"AB"}}"#,
+            // Non-ASCII names, plain and escaped, compared as their UTF-8 bytes.
+            "{\"é\":1,\"\\u00e9\":2}",
+            "{\"\\u00e9\":1,\"é\":2}",
+            "{\"été\":1,\"été\":2}",
+            "{\"😀\":1,\"\\ud83d\\ude00\":2}",
         ] {
             assert!(!agree(doc), "{doc} accepted");
         }
@@ -1080,6 +1083,21 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The string scanner's run ends where a byte-by-byte search says, for any bytes at
+        /// any length (the eight-byte windows and the overlapping last one).
+        #[test]
+        fn plain_run_finds_the_first_special_byte(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            plain in proptest::collection::vec(0x20u8..0x7f, 0..40),
+        ) {
+            let naive = |s: &[u8]| s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            proptest::prop_assert_eq!(plain_run(&bytes), naive(&bytes));
+            // Mostly printable input, so that runs are long and the special byte is late.
+            let mut mixed = plain.clone();
+            mixed.extend(&bytes);
+            proptest::prop_assert_eq!(plain_run(&mixed), naive(&mixed));
+        }
+
         /// Integers of every length and sign read as serde_json reads them, wherever they
         /// sit (the eight-byte steps meet the document's end at every offset).
         #[test]

@@ -248,8 +248,22 @@ mod tests {
     #[test]
     fn split_outer_agrees_with_split() {
         for token in [
-            "", ".", "..", "...", "a", "a.b", "a.b.c", "a.b.c.d", "a..c", ".b.", "a.b.c.", ".a.b.c",
-            "ab.cd.ef", "a.b.c.d.e", "é.ü.ß", "a.b.c\u{2e}",
+            "",
+            ".",
+            "..",
+            "...",
+            "a",
+            "a.b",
+            "a.b.c",
+            "a.b.c.d",
+            "a..c",
+            ".b.",
+            "a.b.c.",
+            ".a.b.c",
+            "ab.cd.ef",
+            "a.b.c.d.e",
+            "é.ü.ß",
+            "a.b.c\u{2e}",
         ] {
             let outer = split_outer(token, 100);
             match split(token, 100) {

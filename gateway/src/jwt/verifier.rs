@@ -647,8 +647,10 @@ impl Verifier {
             b64::B64Error::InvalidLength,
         ))?;
         let payload_len = b64::decoded_len(parts.payload.len()).unwrap_or(0);
-        // Filled rather than `vec![0; n]`: that asks for zeroed memory (calloc), which costs
-        // more than zeroing a few hundred bytes here.
+        // Filled rather than `vec![0; n]`: that asks the allocator for zeroed memory (calloc),
+        // which cost about 160 more instructions per verify than malloc and zeroing a few
+        // hundred bytes here (callgrind, HS256 bench).
+        #[allow(clippy::slow_vector_initialization)]
         let mut json = Vec::with_capacity(header_len + payload_len);
         json.resize(header_len + payload_len, 0u8);
         let (header_json, payload_json) = json.split_at_mut(header_len);
@@ -668,9 +670,8 @@ impl Verifier {
             Some((h, p)) => (Ok(h), Ok(p)),
             None => (scan::utf8(header_json), scan::utf8(payload_json)),
         };
-        let header = Header::parse_str(
-            header_text.map_err(|e| ParseError::Json(Segment::Header, e))?,
-        )?;
+        let header =
+            Header::parse_str(header_text.map_err(|e| ParseError::Json(Segment::Header, e))?)?;
         let alg = header.alg();
         if !self.any_allowed.contains(alg) {
             return Err(Rejection::alg(alg).into());
