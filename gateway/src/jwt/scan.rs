@@ -55,31 +55,36 @@ pub enum Num {
 }
 
 /// A few strings inline, more on the heap: `aud` arrays.
+///
+/// The inline part holds borrowed strings only (nothing to drop); from the first string
+/// that is not borrowed (it had escapes) or does not fit, the rest go to the heap, so the
+/// order stays the document's.
 #[derive(Debug, Clone, Default)]
 pub struct Strs<'a> {
-    inline: [Cow<'a, str>; 4],
+    inline: [&'a str; 4],
     len: usize,
     spill: Vec<Cow<'a, str>>,
 }
 
 impl<'a> Strs<'a> {
     fn push(&mut self, s: Cow<'a, str>) {
-        match self.inline.get_mut(self.len) {
-            Some(slot) => {
-                *slot = s;
+        if let (Cow::Borrowed(b), true) = (&s, self.spill.is_empty()) {
+            if let Some(slot) = self.inline.get_mut(self.len) {
+                *slot = b;
                 self.len += 1;
+                return;
             }
-            None => self.spill.push(s),
         }
+        self.spill.push(s);
     }
 
     /// The strings in document order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.inline
+        let inline = self.inline.get(..self.len).unwrap_or_default();
+        inline
             .iter()
-            .take(self.len)
-            .chain(&self.spill)
-            .map(|s| &**s)
+            .copied()
+            .chain(self.spill.iter().map(|s| &**s))
     }
 }
 
@@ -180,19 +185,19 @@ pub fn header(json: &str) -> Result<RawHeader<'_>, JsonError> {
     let mut p = Scanner::new(json);
     let mut h = RawHeader::default();
     p.document::<HEADER_INLINE, _>(&mut |name, p| {
-        let slot = match name {
-            b"alg" => &mut h.alg,
-            b"kid" => &mut h.kid,
-            b"typ" => &mut h.typ,
-            b"cty" => &mut h.cty,
+        let (slot, bit) = match name {
+            b"alg" => (&mut h.alg, 1),
+            b"kid" => (&mut h.kid, 1 << 1),
+            b"typ" => (&mut h.typ, 1 << 2),
+            b"cty" => (&mut h.cty, 1 << 3),
             b"crit" => {
                 h.crit = p.crit(1)?;
-                return Ok(true);
+                return Ok(Member::read(1 << 4));
             }
-            _ => return Ok(false),
+            _ => return Ok(Member::OTHER),
         };
         *slot = p.string_or_skip(1)?;
-        Ok(true)
+        Ok(Member::read(bit))
     })?;
     Ok(h)
 }
@@ -202,33 +207,67 @@ pub fn claims<'a>(json: &'a str, required: &[String]) -> Result<RawClaims<'a>, J
     let mut p = Scanner::new(json);
     let mut c = RawClaims::default();
     p.document::<TOP_INLINE, _>(&mut |name, p| {
+        let (num, bit) = match name {
+            b"iss" => {
+                c.iss = p.string_or_skip(1)?;
+                (None, 1)
+            }
+            b"aud" => {
+                c.aud = p.aud(1)?;
+                (None, 1 << 1)
+            }
+            b"exp" => (Some(&mut c.exp), 1 << 2),
+            b"nbf" => (Some(&mut c.nbf), 1 << 3),
+            b"iat" => (Some(&mut c.iat), 1 << 4),
+            _ => (None, 0),
+        };
+        if let Some(num) = num {
+            p.number_or_skip(1, num)?;
+        }
         // Lengths and first bytes first: most members are not required, and this keeps a
         // library compare off the path for them.
         let first = name.first();
         let is = |r: &String| {
             r.len() == name.len() && r.as_bytes().first() == first && r.as_bytes() == name
         };
-        if let Some(i) = required.iter().position(is) {
+        let required_at = required.iter().position(is);
+        if let Some(i) = required_at {
             c.mark_required(i, required.len());
         }
-        let num = match name {
-            b"iss" => {
-                c.iss = p.string_or_skip(1)?;
-                return Ok(true);
-            }
-            b"aud" => {
-                c.aud = p.aud(1)?;
-                return Ok(true);
-            }
-            b"exp" => &mut c.exp,
-            b"nbf" => &mut c.nbf,
-            b"iat" => &mut c.iat,
-            _ => return Ok(false),
-        };
-        p.number_or_skip(1, num)?;
-        Ok(true)
+        Ok(match (bit, required_at) {
+            (0, Some(i)) if i < 59 => Member {
+                read: false,
+                bit: 1 << (5 + i),
+            },
+            (0, _) => Member::OTHER,
+            (bit, _) => Member::read(bit),
+        })
     })?;
     Ok(c)
+}
+
+/// What a reader did with a member it was offered: whether it read the value (else the
+/// scanner skips it), and the member's bit among the names the reader knows, 0 for any
+/// other name. Each known name has its own bit, decided by the (unescaped) name alone, so
+/// a known name never equals an unknown one: duplicates of known names are found by their
+/// bits, and only the others go through [`Seen`].
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    read: bool,
+    bit: u64,
+}
+
+impl Member {
+    /// Not a name the reader knows, value not read.
+    const OTHER: Member = Member {
+        read: false,
+        bit: 0,
+    };
+
+    /// A known name whose value the reader read.
+    const fn read(bit: u64) -> Member {
+        Member { read: true, bit }
+    }
 }
 
 /// Member names of one object, to refuse duplicates: `N` plain (borrowed) names inline,
@@ -485,7 +524,7 @@ impl<'a> Scanner<'a> {
     /// wants it (generic rather than `dyn`, so that it inlines into the loop).
     fn document<const N: usize, F>(&mut self, take: &mut F) -> Res<()>
     where
-        F: FnMut(&[u8], &mut Self) -> Res<bool>,
+        F: FnMut(&[u8], &mut Self) -> Res<Member>,
     {
         if self.peek() != Some(b'{') {
             return match self.peek() {
@@ -506,13 +545,15 @@ impl<'a> Scanner<'a> {
     /// An object at nesting `depth` (1 for the top level), at its `{`.
     fn object<const N: usize, F>(&mut self, depth: usize, take: &mut F) -> Res<()>
     where
-        F: FnMut(&[u8], &mut Self) -> Res<bool>,
+        F: FnMut(&[u8], &mut Self) -> Res<Member>,
     {
         if depth > MAX_DEPTH {
             return self.err("nesting too deep");
         }
         self.eat(b'{')?;
         let mut seen = Seen::<N>::new();
+        // Bits of the known names seen so far (see [`Member`]).
+        let mut known = 0u64;
         if self.peek() == Some(b'}') {
             self.i += 1;
             return Ok(());
@@ -523,7 +564,8 @@ impl<'a> Scanner<'a> {
             }
             let name = self.string()?;
             self.eat(b':')?;
-            if !take(&name, self)? {
+            let member = take(&name, self)?;
+            if !member.read {
                 // Most unwanted members are strings: skipped here, without a call.
                 if self.peek() == Some(b'"') {
                     self.string()?;
@@ -531,7 +573,14 @@ impl<'a> Scanner<'a> {
                     self.skip(depth)?;
                 }
             }
-            if !seen.insert(name) {
+            let new = if member.bit != 0 {
+                let new = known & member.bit == 0;
+                known |= member.bit;
+                new
+            } else {
+                seen.insert(name)
+            };
+            if !new {
                 return self.err("duplicate member name");
             }
             match self.peek() {
@@ -574,7 +623,7 @@ impl<'a> Scanner<'a> {
     /// Any value inside a container at `depth`, checked and dropped.
     fn skip(&mut self, depth: usize) -> Res<()> {
         match self.peek() {
-            Some(b'{') => self.object::<NESTED_INLINE, _>(depth + 1, &mut |_, _| Ok(false)),
+            Some(b'{') => self.object::<NESTED_INLINE, _>(depth + 1, &mut |_, _| Ok(Member::OTHER)),
             Some(b'[') => self.array(depth, &mut |p| p.skip(depth + 1)),
             Some(b'"') => self.string().map(drop),
             Some(b'-' | b'0'..=b'9') => self.number(&mut Num::Absent),
@@ -1035,6 +1084,20 @@ mod tests {
             items.iter().collect::<Vec<_>>(),
             ["a", "b/c", "d", "e", "f"]
         );
+        for (doc, want) in [
+            (
+                &br#"{"aud":["a","b","c","d","e","f\/"]}"#[..],
+                &["a", "b", "c", "d", "e", "f/"][..],
+            ),
+            (br#"{"aud":["\u0061","b"]}"#, &["a", "b"]),
+            (br#"{"aud":["a","b","c","d"]}"#, &["a", "b", "c", "d"]),
+            (br#"{"aud":[]}"#, &[]),
+        ] {
+            let Aud::Many(items) = claims(doc, &[]).unwrap().aud else {
+                panic!("{doc:?}")
+            };
+            assert_eq!(items.iter().collect::<Vec<_>>(), want);
+        }
         assert_eq!(c.exp, Num::Float(1.5));
         assert_eq!(c.nbf, Num::BigInt);
         assert_eq!(c.iat, Num::Int(-3));
@@ -1051,6 +1114,32 @@ mod tests {
         assert_eq!(c.iss, Str::Absent);
         assert_eq!(c.exp, Num::Absent);
         assert!(!c.has_required(0));
+    }
+
+    /// Known names (registered, and required ones, which get bits too) are checked for
+    /// duplicates by their bits, the rest by name: every mix is refused, escaped or not.
+    #[test]
+    fn duplicates_of_known_and_required_names() {
+        let mut req: Vec<String> = ["sub", "exp", "sub"].map(String::from).into();
+        req.extend((0..70).map(|i| format!("c{i}")));
+        for (doc, ok) in [
+            (r#"{"sub":1,"x":2,"c3":3,"c65":4,"exp":5}"#, true),
+            (r#"{"sub":1,"\u0073ub":2}"#, false),
+            (r#"{"exp":1,"x":0,"exp":2}"#, false),
+            (r#"{"c3":1,"c4":1,"c3":2}"#, false),
+            (r#"{"c58":1,"c\u0035\u0038":2}"#, false),
+            (r#"{"c65":1,"c65":2}"#, false),
+            (r#"{"x":1,"sub":1,"x":2}"#, false),
+            (r#"{"iss":"a","sub":1,"su":1,"subx":1,"Sub":1}"#, true),
+        ] {
+            assert_eq!(claims(doc.as_bytes(), &req).is_ok(), ok, "{doc}");
+        }
+        let h = r#"{"alg":"HS256","kid":"a","typ":"t","cty":"c","crit":["x"],"x":1}"#;
+        assert!(header(h.as_bytes()).is_ok());
+        for dup in ["kid", "typ", "cty", "crit", "x"] {
+            let doc = format!(r#"{{"alg":"HS256","{dup}":null,"y":1,"{dup}":null}}"#);
+            assert!(header(doc.as_bytes()).is_err(), "{doc}");
+        }
     }
 
     #[test]
