@@ -7,10 +7,12 @@
 //! two. The rare forms whose exact meaning is serde_json's business are handed to it: strings
 //! with escapes (decoded by serde_json, so escapes and surrogates follow it exactly) and
 //! numbers with a fraction or exponent or beyond 64 bits (converted, or refused as out of
-//! range, by serde_json). Plain strings are borrowed from the input; nothing else allocates
-//! for documents of ordinary shape: member names are checked for duplicates in a small
-//! inline set, which spills to a sorted set only for objects with many members (so a
-//! hostile object of thousands of members stays O(n log n)).
+//! range, by serde_json). The input is `str` (the caller checks UTF-8: the verifier does so
+//! once for header and payload together, [`utf8`] otherwise). Plain strings are borrowed
+//! from the input; nothing else allocates for documents of ordinary shape: the names a
+//! reader knows are checked for duplicates by one bit each, the others in a small inline
+//! set, which spills to a sorted set only for objects with many members (so a hostile
+//! object of thousands of members stays O(n log n)).
 
 use super::json::{JsonError, MAX_DEPTH};
 use std::borrow::Cow;
