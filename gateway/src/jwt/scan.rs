@@ -7,10 +7,12 @@
 //! two. The rare forms whose exact meaning is serde_json's business are handed to it: strings
 //! with escapes (decoded by serde_json, so escapes and surrogates follow it exactly) and
 //! numbers with a fraction or exponent or beyond 64 bits (converted, or refused as out of
-//! range, by serde_json). Plain strings are borrowed from the input; nothing else allocates
-//! for documents of ordinary shape: member names are checked for duplicates in a small
-//! inline set, which spills to a sorted set only for objects with many members (so a
-//! hostile object of thousands of members stays O(n log n)).
+//! range, by serde_json). The input is `str` (the caller checks UTF-8: the verifier does so
+//! once for header and payload together, [`utf8`] otherwise). Plain strings are borrowed
+//! from the input; nothing else allocates for documents of ordinary shape: the names a
+//! reader knows are checked for duplicates by one bit each, the others in a small inline
+//! set, which spills to a sorted set only for objects with many members (so a hostile
+//! object of thousands of members stays O(n log n)).
 
 use super::json::{JsonError, MAX_DEPTH};
 use std::borrow::Cow;
@@ -55,31 +57,36 @@ pub enum Num {
 }
 
 /// A few strings inline, more on the heap: `aud` arrays.
+///
+/// The inline part holds borrowed strings only (nothing to drop); from the first string
+/// that is not borrowed (it had escapes) or does not fit, the rest go to the heap, so the
+/// order stays the document's.
 #[derive(Debug, Clone, Default)]
 pub struct Strs<'a> {
-    inline: [Cow<'a, str>; 4],
+    inline: [&'a str; 4],
     len: usize,
     spill: Vec<Cow<'a, str>>,
 }
 
 impl<'a> Strs<'a> {
     fn push(&mut self, s: Cow<'a, str>) {
-        match self.inline.get_mut(self.len) {
-            Some(slot) => {
-                *slot = s;
+        if let (Cow::Borrowed(b), true) = (&s, self.spill.is_empty()) {
+            if let Some(slot) = self.inline.get_mut(self.len) {
+                *slot = b;
                 self.len += 1;
+                return;
             }
-            None => self.spill.push(s),
         }
+        self.spill.push(s);
     }
 
     /// The strings in document order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.inline
+        let inline = self.inline.get(..self.len).unwrap_or_default();
+        inline
             .iter()
-            .take(self.len)
-            .chain(&self.spill)
-            .map(|s| &**s)
+            .copied()
+            .chain(self.spill.iter().map(|s| &**s))
     }
 }
 
@@ -169,84 +176,127 @@ impl RawClaims<'_> {
     }
 }
 
+/// A decoded document as `str`, refused as [`super::json`] refuses it when it is not UTF-8.
+pub fn utf8(json: &[u8]) -> Result<&str, JsonError> {
+    std::str::from_utf8(json)
+        .map_err(|e| JsonError::Syntax(format!("invalid UTF-8 at byte {}", e.valid_up_to())))
+}
+
 /// Reads a protected header strictly.
-pub fn header(json: &[u8]) -> Result<RawHeader<'_>, JsonError> {
-    let mut p = Scanner::new(json)?;
+pub fn header(json: &str) -> Result<RawHeader<'_>, JsonError> {
+    let mut p = Scanner::new(json);
     let mut h = RawHeader::default();
-    p.document(&mut |name, p| {
-        let slot = match name {
-            "alg" => &mut h.alg,
-            "kid" => &mut h.kid,
-            "typ" => &mut h.typ,
-            "cty" => &mut h.cty,
-            "crit" => {
+    p.document::<HEADER_INLINE, _>(&mut |name, p| {
+        let (slot, bit) = match name {
+            b"alg" => (&mut h.alg, 1),
+            b"kid" => (&mut h.kid, 1 << 1),
+            b"typ" => (&mut h.typ, 1 << 2),
+            b"cty" => (&mut h.cty, 1 << 3),
+            b"crit" => {
                 h.crit = p.crit(1)?;
-                return Ok(true);
+                return Ok(Member::read(1 << 4));
             }
-            _ => return Ok(false),
+            _ => return Ok(Member::OTHER),
         };
         *slot = p.string_or_skip(1)?;
-        Ok(true)
+        Ok(Member::read(bit))
     })?;
     Ok(h)
 }
 
 /// Reads a claims set strictly, noting which of `required` are top-level members.
-pub fn claims<'a>(json: &'a [u8], required: &[String]) -> Result<RawClaims<'a>, JsonError> {
-    let mut p = Scanner::new(json)?;
+pub fn claims<'a>(json: &'a str, required: &[String]) -> Result<RawClaims<'a>, JsonError> {
+    let mut p = Scanner::new(json);
     let mut c = RawClaims::default();
-    p.document(&mut |name, p| {
+    p.document::<TOP_INLINE, _>(&mut |name, p| {
+        let (num, bit) = match name {
+            b"iss" => {
+                c.iss = p.string_or_skip(1)?;
+                (None, 1)
+            }
+            b"aud" => {
+                c.aud = p.aud(1)?;
+                (None, 1 << 1)
+            }
+            b"exp" => (Some(&mut c.exp), 1 << 2),
+            b"nbf" => (Some(&mut c.nbf), 1 << 3),
+            b"iat" => (Some(&mut c.iat), 1 << 4),
+            _ => (None, 0),
+        };
+        if let Some(num) = num {
+            p.number_or_skip(1, num)?;
+        }
         // Lengths and first bytes first: most members are not required, and this keeps a
         // library compare off the path for them.
-        let first = name.as_bytes().first();
-        let is = |r: &String| r.len() == name.len() && r.as_bytes().first() == first && r == name;
-        if let Some(i) = required.iter().position(is) {
+        let first = name.first();
+        let is = |r: &String| {
+            r.len() == name.len() && r.as_bytes().first() == first && r.as_bytes() == name
+        };
+        let required_at = required.iter().position(is);
+        if let Some(i) = required_at {
             c.mark_required(i, required.len());
         }
-        let num = match name {
-            "iss" => {
-                c.iss = p.string_or_skip(1)?;
-                return Ok(true);
-            }
-            "aud" => {
-                c.aud = p.aud(1)?;
-                return Ok(true);
-            }
-            "exp" => &mut c.exp,
-            "nbf" => &mut c.nbf,
-            "iat" => &mut c.iat,
-            _ => return Ok(false),
-        };
-        p.number_or_skip(1, num)?;
-        Ok(true)
+        Ok(match (bit, required_at) {
+            (0, Some(i)) if i < 59 => Member {
+                read: false,
+                bit: 1 << (5 + i),
+            },
+            (0, _) => Member::OTHER,
+            (bit, _) => Member::read(bit),
+        })
     })?;
     Ok(c)
+}
+
+/// What a reader did with a member it was offered: whether it read the value (else the
+/// scanner skips it), and the member's bit among the names the reader knows, 0 for any
+/// other name. Each known name has its own bit, decided by the (unescaped) name alone, so
+/// a known name never equals an unknown one: duplicates of known names are found by their
+/// bits, and only the others go through [`Seen`].
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    read: bool,
+    bit: u64,
+}
+
+impl Member {
+    /// Not a name the reader knows, value not read.
+    const OTHER: Member = Member {
+        read: false,
+        bit: 0,
+    };
+
+    /// A known name whose value the reader read.
+    const fn read(bit: u64) -> Member {
+        Member { read: true, bit }
+    }
 }
 
 /// Member names of one object, to refuse duplicates: `N` plain (borrowed) names inline,
 /// each with a cheap key compared first, then a sorted set. A name with escapes (owned,
 /// rare) moves the object to the set at once, so the inline part holds only borrowed
-/// slices: nothing to drop, little to initialise.
+/// slices: nothing to drop, little to initialise. Names are compared as bytes (UTF-8, and
+/// unescaped), which is what equality of JSON strings means.
 struct Seen<'a, const N: usize> {
     /// One bit per inline name, chosen by its key: a name whose bit is clear is new, which
     /// settles most inserts without comparing anything.
     bloom: u64,
     /// Keys of the inline names; [`NO_KEY`] past `len`, so all `N` can be compared at once.
     keys: [u32; N],
-    names: [&'a str; N],
+    names: [&'a [u8]; N],
     len: usize,
-    spill: BTreeSet<Cow<'a, str>>,
+    /// `None` until used: an empty set's drop is a call, paid by every object otherwise.
+    spill: Option<BTreeSet<Cow<'a, [u8]>>>,
 }
 
-/// No name's key: its first byte would be 0xff, which UTF-8 never has.
+/// No name's key: its last byte would be 0xff, which UTF-8 never has.
 const NO_KEY: u32 = u32::MAX;
 
 /// Length, first, middle and last byte: tells most distinct names apart without a pass
 /// over them.
-fn name_key(s: &str) -> u32 {
-    let b = s.as_bytes();
+fn name_key(b: &[u8]) -> u32 {
     let at = |i: usize| u32::from(b.get(i).copied().unwrap_or(0));
-    (s.len() as u32 & 0xff)
+    (b.len() as u32 & 0xff)
         | (at(0) << 8)
         | (at(b.len() / 2) << 16)
         | (at(b.len().wrapping_sub(1)) << 24)
@@ -257,17 +307,17 @@ impl<'a, const N: usize> Seen<'a, N> {
         Seen {
             bloom: 0,
             keys: [NO_KEY; N],
-            names: [""; N],
+            names: [b""; N],
             len: 0,
-            spill: BTreeSet::new(),
+            spill: None,
         }
     }
 
     /// Adds `name`; false if it was already there.
     #[inline(always)]
-    fn insert(&mut self, name: Cow<'a, str>) -> bool {
-        if !self.spill.is_empty() {
-            return self.spill.insert(name);
+    fn insert(&mut self, name: Cow<'a, [u8]>) -> bool {
+        if let Some(spill) = &mut self.spill {
+            return spill.insert(name);
         }
         let Cow::Borrowed(s) = name else {
             return self.spill_with(name);
@@ -296,12 +346,14 @@ impl<'a, const N: usize> Seen<'a, N> {
     /// Moves the inline names to the sorted set and adds `name` there.
     #[cold]
     #[inline(never)]
-    fn spill_with(&mut self, name: Cow<'a, str>) -> bool {
+    fn spill_with(&mut self, name: Cow<'a, [u8]>) -> bool {
         let inline = self.names.iter().take(self.len);
-        self.spill.extend(inline.map(|&n| Cow::Borrowed(n)));
+        let mut spill: BTreeSet<Cow<'a, [u8]>> = inline.map(|&n| Cow::Borrowed(n)).collect();
         self.len = 0;
         self.keys = [NO_KEY; N];
-        self.spill.insert(name)
+        let new = spill.insert(name);
+        self.spill = Some(spill);
+        new
     }
 }
 
@@ -309,8 +361,10 @@ impl<'a, const N: usize> Seen<'a, N> {
 /// `"`, `\\` or control character, whichever comes first, or `None` if there is none.
 ///
 /// Eight bytes at a time (SWAR, see [`special_bytes`]); the last, partial window is read as
-/// the document's last eight bytes, overlapping bytes already found clean. Tokens' strings
-/// are short, so this beats a call into a vectorised search.
+/// the slice's last eight bytes, overlapping bytes already found clean. Tokens' strings are
+/// short, so this beats a call into a vectorised search. (SSE2 would take sixteen at a time
+/// but needs `unsafe` here: its intrinsics are safe only inside `#[target_feature]`
+/// functions, which are unsafe to call from the rest of the crate.)
 #[inline(always)]
 fn plain_run(s: &[u8]) -> Option<usize> {
     let mut at = 0;
@@ -347,10 +401,54 @@ fn special_bytes(w: &[u8]) -> u64 {
     let x = u64::from_le_bytes(bytes);
     let quote = x ^ (LO * u64::from(b'"'));
     let backslash = x ^ (LO * u64::from(b'\\'));
-    ((quote.wrapping_sub(LO) & !quote)
-        | (backslash.wrapping_sub(LO) & !backslash)
-        | (x.wrapping_sub(LO * 0x20) & !x))
-        & HI
+    // Each test is `(v - LO) & !v & HI` ("v has a zero byte", and "x has a byte below
+    // 0x20" for v = x); `"` and `\\` are below 0x80, so `!quote` and `!backslash` have the
+    // top bits of `!x`, and one `& !x` serves all three.
+    (quote.wrapping_sub(LO) | backslash.wrapping_sub(LO) | x.wrapping_sub(LO * 0x20)) & !x & HI
+}
+
+/// 10^n for n in 0..=8.
+const POW10: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// How many of the eight bytes `w` starts with are ASCII digits, and their value (SWAR: a
+/// NumericDate's ten digits in two steps instead of ten). Not eight bytes: none.
+#[inline(always)]
+fn leading_digits(w: &[u8]) -> (usize, u64) {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    let Ok(bytes) = <[u8; 8]>::try_from(w) else {
+        return (0, 0);
+    };
+    let x = u64::from_le_bytes(bytes);
+    // A byte is a digit iff its high nibble is 3 and stays 3 when 6 is added (0x30..=0x39).
+    // The add carries only out of a byte of 0xfa or more, which is not a digit, and only
+    // upwards, so it cannot disturb the run of digits below the first non-digit.
+    let high = x & (LO * 0xf0);
+    let plus6 = x.wrapping_add(LO * 6) & (LO * 0xf0);
+    let not_digit = (high ^ (LO * 0x30)) | (plus6 ^ (LO * 0x30));
+    let n = (not_digit.trailing_zeros() / 8) as usize;
+    if n == 0 {
+        return (0, 0);
+    }
+    // The digits' values, the first (most significant) in the lowest byte; shifted up so
+    // that the bytes after the run fall off and zeros (leading zero digits) come in below.
+    // The subtraction borrows only from bytes at or above the first non-digit, which go.
+    let v = x.wrapping_sub(LO * 0x30) << (8 * (8 - n));
+    // Pairs, then quads, then all eight: each step multiplies the higher-order half by
+    // 10^k and adds the lower-order one.
+    let v = (v.wrapping_mul(10 * 256 + 1) >> 8) & 0x00ff_00ff_00ff_00ff;
+    let v = (v.wrapping_mul(100 * 65_536 + 1) >> 16) & 0x0000_ffff_0000_ffff;
+    let v = v.wrapping_mul(10_000 * (1 << 32) + 1) >> 32;
+    (n, v)
 }
 
 /// A number that is not a plain integer of 64 bits, as serde_json reads it (which refuses
@@ -368,25 +466,32 @@ fn float(text: &[u8], start: usize) -> Res<Num> {
 
 /// Objects up to this many members check names without allocating (top level).
 const TOP_INLINE: usize = 16;
+/// The same for a protected header, which has a handful of members: less to set up.
+const HEADER_INLINE: usize = 8;
 /// The same for nested objects, which are rarer and smaller; keeps deep nesting's stack small.
 const NESTED_INLINE: usize = 8;
 
 type Res<T> = Result<T, JsonError>;
 
 /// The scanner's position in the document.
+///
+/// The document arrives checked as UTF-8 ([`utf8`]; the verifier checks a token's header
+/// and payload in one pass). Strings are read as byte slices: member names and skipped
+/// values never need to be `str`, which saves a char-boundary check per string; only the
+/// few a reader keeps are sliced from `s` ([`Self::text`]).
 struct Scanner<'a> {
-    /// The document, checked as UTF-8 once up front (one fast pass instead of one per
-    /// string): outside strings only ASCII is valid JSON anyway.
     s: &'a str,
     b: &'a [u8],
     i: usize,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(b: &'a [u8]) -> Res<Self> {
-        let s = std::str::from_utf8(b)
-            .map_err(|e| JsonError::Syntax(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
-        Ok(Scanner { s, b, i: 0 })
+    fn new(s: &'a str) -> Self {
+        Scanner {
+            s,
+            b: s.as_bytes(),
+            i: 0,
+        }
     }
 
     #[cold]
@@ -419,9 +524,9 @@ impl<'a> Scanner<'a> {
     ///
     /// `take` is offered each top-level member name; it reads the value and says so if it
     /// wants it (generic rather than `dyn`, so that it inlines into the loop).
-    fn document<F>(&mut self, take: &mut F) -> Res<()>
+    fn document<const N: usize, F>(&mut self, take: &mut F) -> Res<()>
     where
-        F: FnMut(&str, &mut Self) -> Res<bool>,
+        F: FnMut(&[u8], &mut Self) -> Res<Member>,
     {
         if self.peek() != Some(b'{') {
             return match self.peek() {
@@ -432,7 +537,7 @@ impl<'a> Scanner<'a> {
                 _ => self.err("expected a JSON object"),
             };
         }
-        self.object::<TOP_INLINE, F>(1, take)?;
+        self.object::<N, F>(1, take)?;
         if self.peek().is_some() {
             return self.err("trailing characters");
         }
@@ -442,13 +547,15 @@ impl<'a> Scanner<'a> {
     /// An object at nesting `depth` (1 for the top level), at its `{`.
     fn object<const N: usize, F>(&mut self, depth: usize, take: &mut F) -> Res<()>
     where
-        F: FnMut(&str, &mut Self) -> Res<bool>,
+        F: FnMut(&[u8], &mut Self) -> Res<Member>,
     {
         if depth > MAX_DEPTH {
             return self.err("nesting too deep");
         }
         self.eat(b'{')?;
         let mut seen = Seen::<N>::new();
+        // Bits of the known names seen so far (see [`Member`]).
+        let mut known = 0u64;
         if self.peek() == Some(b'}') {
             self.i += 1;
             return Ok(());
@@ -459,10 +566,23 @@ impl<'a> Scanner<'a> {
             }
             let name = self.string()?;
             self.eat(b':')?;
-            if !take(&name, self)? {
-                self.skip(depth)?;
+            let member = take(&name, self)?;
+            if !member.read {
+                // Most unwanted members are strings: skipped here, without a call.
+                if self.peek() == Some(b'"') {
+                    self.string()?;
+                } else {
+                    self.skip(depth)?;
+                }
             }
-            if !seen.insert(name) {
+            let new = if member.bit != 0 {
+                let new = known & member.bit == 0;
+                known |= member.bit;
+                new
+            } else {
+                seen.insert(name)
+            };
+            if !new {
                 return self.err("duplicate member name");
             }
             match self.peek() {
@@ -505,7 +625,7 @@ impl<'a> Scanner<'a> {
     /// Any value inside a container at `depth`, checked and dropped.
     fn skip(&mut self, depth: usize) -> Res<()> {
         match self.peek() {
-            Some(b'{') => self.object::<NESTED_INLINE, _>(depth + 1, &mut |_, _| Ok(false)),
+            Some(b'{') => self.object::<NESTED_INLINE, _>(depth + 1, &mut |_, _| Ok(Member::OTHER)),
             Some(b'[') => self.array(depth, &mut |p| p.skip(depth + 1)),
             Some(b'"') => self.string().map(drop),
             Some(b'-' | b'0'..=b'9') => self.number(&mut Num::Absent),
@@ -526,19 +646,18 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A string, at its opening quote: borrowed when it has no escapes, else decoded by
-    /// serde_json.
+    /// A string, at its opening quote, as UTF-8 bytes: borrowed when it has no escapes,
+    /// else decoded by serde_json.
     ///
-    /// The common case (a plain run up to the closing quote) is small enough to inline into
-    /// the member loop; everything else takes [`Self::string_slow`].
+    /// The common case (a plain ASCII run up to the closing quote) is small enough to inline
+    /// into the member loop; everything else takes [`Self::string_slow`].
     #[inline(always)]
-    fn string(&mut self) -> Res<Cow<'a, str>> {
+    fn string(&mut self) -> Res<Cow<'a, [u8]>> {
         let start = self.i + 1;
         if let Some(len) = plain_run(self.b.get(start..).unwrap_or_default()) {
             let end = start + len;
             if self.b.get(end) == Some(&b'"') {
-                // Both ends are ASCII quotes, so char boundaries of the checked document.
-                if let Some(s) = self.s.get(start..end) {
+                if let Some(s) = self.b.get(start..end) {
                     self.i = end + 1;
                     return Ok(Cow::Borrowed(s));
                 }
@@ -547,10 +666,27 @@ impl<'a> Scanner<'a> {
         self.string_slow()
     }
 
-    /// [`Self::string`] when the run ends at a backslash, a control character or the end.
+    /// A string kept by a reader, as `str`. A borrowed body starts right after the opening
+    /// quote and ends at the closing one, both ASCII, so slicing the checked document there
+    /// cannot fail; should it, the document is refused rather than anything trusted.
+    #[inline(always)]
+    fn text(&mut self) -> Res<Cow<'a, str>> {
+        let start = self.i + 1;
+        let s = match self.string()? {
+            Cow::Borrowed(b) => self.s.get(start..start + b.len()).map(Cow::Borrowed),
+            Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
+        };
+        match s {
+            Some(s) => Ok(s),
+            None => self.err("invalid UTF-8 in a string"),
+        }
+    }
+
+    /// [`Self::string`] when the plain run ends at a backslash, a control character or the
+    /// end.
     #[cold]
     #[inline(never)]
-    fn string_slow(&mut self) -> Res<Cow<'a, str>> {
+    fn string_slow(&mut self) -> Res<Cow<'a, [u8]>> {
         let open = self.i;
         let start = open + 1;
         let rest = self.b.get(start..).unwrap_or_default();
@@ -558,25 +694,22 @@ impl<'a> Scanner<'a> {
             self.i = self.b.len();
             return self.err("unterminated string");
         };
-        if rest.get(len).is_some_and(|&c| c < 0x20) {
-            self.i = start + len;
-            return self.err("control character in a string");
-        }
         let end = start + len;
-        if self.b.get(end) == Some(&b'\\') {
-            return self.escaped_string(open);
+        match self.b.get(end) {
+            Some(b'"') => {}
+            Some(b'\\') => return self.escaped_string(open),
+            _ => {
+                self.i = end;
+                return self.err("control character in a string");
+            }
         }
         self.i = end + 1;
-        // Both ends are ASCII quotes, so char boundaries of the checked document.
-        match self.s.get(start..end) {
-            Some(s) => Ok(Cow::Borrowed(s)),
-            None => self.err("invalid UTF-8 in a string"),
-        }
+        Ok(Cow::Borrowed(rest.get(..len).unwrap_or_default()))
     }
 
     /// A string with escapes from its opening quote at `open`: the closing quote is the
     /// first `"` not escaped; serde_json decodes (and judges) what lies between.
-    fn escaped_string(&mut self, open: usize) -> Res<Cow<'a, str>> {
+    fn escaped_string(&mut self, open: usize) -> Res<Cow<'a, [u8]>> {
         let mut i = open + 1;
         loop {
             match self.b.get(i) {
@@ -593,7 +726,7 @@ impl<'a> Scanner<'a> {
         let s: String = serde_json::from_slice(quoted)
             .map_err(|e| JsonError::Syntax(format!("{e} in the string at byte {open}")))?;
         self.i = i + 1;
-        Ok(Cow::Owned(s))
+        Ok(Cow::Owned(s.into_bytes()))
     }
 
     /// A number, at its first character: JSON's grammar checked here, then plain integers
@@ -614,6 +747,15 @@ impl<'a> Scanner<'a> {
         // fit in a u64, longer runs are summed again with overflow checks (`None` past u64).
         let int_start = i;
         let mut m = 0u64;
+        // Eight bytes at a time while eight remain ([`leading_digits`]), the rest one by one.
+        while let Some(w) = self.b.get(i..i + 8) {
+            let (n, value) = leading_digits(w);
+            m = m.wrapping_mul(POW10[n]).wrapping_add(value);
+            i += n;
+            if n < 8 {
+                break;
+            }
+        }
         while let Some(d) = self
             .b
             .get(i)
@@ -687,7 +829,7 @@ impl<'a> Scanner<'a> {
     #[inline(always)]
     fn string_or_skip(&mut self, depth: usize) -> Res<Str<'a>> {
         if self.peek() == Some(b'"') {
-            return self.string().map(Str::Text);
+            return self.text().map(Str::Text);
         }
         self.skip(depth).map(|()| Str::Other)
     }
@@ -725,7 +867,7 @@ impl<'a> Scanner<'a> {
     /// The `aud` value, inside the claims (`depth` 1).
     fn aud(&mut self, depth: usize) -> Res<Aud<'a>> {
         match self.peek() {
-            Some(b'"') => return self.string().map(Aud::One),
+            Some(b'"') => return self.text().map(Aud::One),
             Some(b'[') => {}
             _ => return self.skip(depth).map(|()| Aud::BadType),
         }
@@ -751,6 +893,16 @@ mod tests {
     use super::super::json;
     use super::*;
 
+    /// [`super::header`] on bytes, as the verifier runs it: checked as UTF-8 first.
+    fn header(doc: &[u8]) -> Result<RawHeader<'_>, JsonError> {
+        super::header(utf8(doc)?)
+    }
+
+    /// [`super::claims`] on bytes, as the verifier runs it: checked as UTF-8 first.
+    fn claims<'a>(doc: &'a [u8], required: &[String]) -> Result<RawClaims<'a>, JsonError> {
+        super::claims(utf8(doc)?, required)
+    }
+
     /// Every document either both readers accept or both refuse.
     fn agree(doc: impl AsRef<[u8]>) -> bool {
         let doc = doc.as_ref();
@@ -774,6 +926,11 @@ mod tests {
             r#"{"crit":[{"a":1,"a":2}]}"#,
             r#"{"aud":["a",{"k":1,"k":1}]}"#,
             r#"{"jwk":{"kty":"oct","k":"AA","\u006b":"AB"}}"#,
+            // Non-ASCII names, plain and escaped, compared as their UTF-8 bytes.
+            "{\"é\":1,\"\\u00e9\":2}",
+            "{\"\\u00e9\":1,\"é\":2}",
+            "{\"été\":1,\"été\":2}",
+            "{\"😀\":1,\"\\ud83d\\ude00\":2}",
         ] {
             assert!(!agree(doc), "{doc} accepted");
         }
@@ -929,6 +1086,20 @@ mod tests {
             items.iter().collect::<Vec<_>>(),
             ["a", "b/c", "d", "e", "f"]
         );
+        for (doc, want) in [
+            (
+                &br#"{"aud":["a","b","c","d","e","f\/"]}"#[..],
+                &["a", "b", "c", "d", "e", "f/"][..],
+            ),
+            (br#"{"aud":["\u0061","b"]}"#, &["a", "b"]),
+            (br#"{"aud":["a","b","c","d"]}"#, &["a", "b", "c", "d"]),
+            (br#"{"aud":[]}"#, &[]),
+        ] {
+            let Aud::Many(items) = claims(doc, &[]).unwrap().aud else {
+                panic!("{doc:?}")
+            };
+            assert_eq!(items.iter().collect::<Vec<_>>(), want);
+        }
         assert_eq!(c.exp, Num::Float(1.5));
         assert_eq!(c.nbf, Num::BigInt);
         assert_eq!(c.iat, Num::Int(-3));
@@ -947,6 +1118,32 @@ mod tests {
         assert!(!c.has_required(0));
     }
 
+    /// Known names (registered, and required ones, which get bits too) are checked for
+    /// duplicates by their bits, the rest by name: every mix is refused, escaped or not.
+    #[test]
+    fn duplicates_of_known_and_required_names() {
+        let mut req: Vec<String> = ["sub", "exp", "sub"].map(String::from).into();
+        req.extend((0..70).map(|i| format!("c{i}")));
+        for (doc, ok) in [
+            (r#"{"sub":1,"x":2,"c3":3,"c65":4,"exp":5}"#, true),
+            (r#"{"sub":1,"\u0073ub":2}"#, false),
+            (r#"{"exp":1,"x":0,"exp":2}"#, false),
+            (r#"{"c3":1,"c4":1,"c3":2}"#, false),
+            (r#"{"c58":1,"c\u0035\u0038":2}"#, false),
+            (r#"{"c65":1,"c65":2}"#, false),
+            (r#"{"x":1,"sub":1,"x":2}"#, false),
+            (r#"{"iss":"a","sub":1,"su":1,"subx":1,"Sub":1}"#, true),
+        ] {
+            assert_eq!(claims(doc.as_bytes(), &req).is_ok(), ok, "{doc}");
+        }
+        let h = r#"{"alg":"HS256","kid":"a","typ":"t","cty":"c","crit":["x"],"x":1}"#;
+        assert!(header(h.as_bytes()).is_ok());
+        for dup in ["kid", "typ", "cty", "crit", "x"] {
+            let doc = format!(r#"{{"alg":"HS256","{dup}":null,"y":1,"{dup}":null}}"#);
+            assert!(header(doc.as_bytes()).is_err(), "{doc}");
+        }
+    }
+
     #[test]
     fn required_names_beyond_64() {
         let req: Vec<String> = (0..70).map(|i| format!("c{i}")).collect();
@@ -956,7 +1153,62 @@ mod tests {
         assert!(!c.has_required(200));
     }
 
+    #[test]
+    fn leading_digits_runs_and_values() {
+        for (w, want) in [
+            (&b"12345678"[..], (8, 12_345_678)),
+            (b"00000000", (8, 0)),
+            (b"99999999", (8, 99_999_999)),
+            (b"1700003,", (7, 1_700_003)),
+            (b"0,\"iat\":", (1, 0)),
+            (b"42}     ", (2, 42)),
+            (b"x1234567", (0, 0)),
+            (b"123/4567", (3, 123)),
+            (b"123:4567", (3, 123)),
+            (b"12\xfa45678", (2, 12)),
+            (b"12\xff\xff\xff\xff\xff\xff", (2, 12)),
+            (b"1234567", (0, 0)),
+        ] {
+            assert_eq!(leading_digits(w), want, "{:?}", String::from_utf8_lossy(w));
+        }
+    }
+
     proptest::proptest! {
+        /// The string scanner's run ends where a byte-by-byte search says, for any bytes at
+        /// any length (the eight-byte windows and the overlapping last one).
+        #[test]
+        fn plain_run_finds_the_first_special_byte(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            plain in proptest::collection::vec(0x20u8..0x7f, 0..40),
+        ) {
+            let naive = |s: &[u8]| s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            proptest::prop_assert_eq!(plain_run(&bytes), naive(&bytes));
+            // Mostly printable input, so that runs are long and the special byte is late.
+            let mut mixed = plain.clone();
+            mixed.extend(&bytes);
+            proptest::prop_assert_eq!(plain_run(&mixed), naive(&mixed));
+        }
+
+        /// Integers of every length and sign read as serde_json reads them, wherever they
+        /// sit (the eight-byte steps meet the document's end at every offset).
+        #[test]
+        fn integers_read_as_serde_json_does(
+            n in proptest::prelude::any::<i128>(),
+            digits in 0u32..40,
+            pad in 0usize..10,
+        ) {
+            let n = if digits < 39 { n % 10i128.pow(digits) } else { n };
+            let text = format!("{{\"exp\":{n}{}}}", " ".repeat(pad));
+            let c = claims(text.as_bytes(), &[]).unwrap();
+            let want = match serde_json::from_str::<serde_json::Value>(&n.to_string()).unwrap() {
+                serde_json::Value::Number(x) if x.is_i64() => Num::Int(x.as_i64().unwrap()),
+                serde_json::Value::Number(x) if x.is_u64() => Num::BigInt,
+                serde_json::Value::Number(x) => Num::Float(x.as_f64().unwrap()),
+                other => panic!("{other}"),
+            };
+            proptest::prop_assert_eq!(c.exp, want);
+        }
+
         /// Documents made of JSON's own characters (so that many parse, and many almost do):
         /// the borrowed readers accept exactly what the tree parser accepts.
         #[test]

@@ -53,6 +53,44 @@ pub fn split(token: &str, max_len: usize) -> Result<Parts<'_>, ParseError> {
     })
 }
 
+/// [`split`] without searching the payload: the first dot by a forward search (the header is
+/// short) and the last by a backward one (so is the signature). Two dots or fewer gives the
+/// same result as [`split`]; more leave a dot in the payload, which is not base64url, so the
+/// token can never verify: the caller must report any failure of a token whose payload has a
+/// dot as [`ParseError::Segments`] (the verifier does), and then every token is refused with
+/// the same error as after [`split`], at the cost of searching the long payload only when
+/// the token fails anyway.
+pub(crate) fn split_outer(token: &str, max_len: usize) -> Result<Parts<'_>, ParseError> {
+    if token.len() > max_len {
+        return Err(ParseError::TooLarge {
+            len: token.len(),
+            limit: max_len,
+        });
+    }
+    let bytes = token.as_bytes();
+    let (Some(first), Some(second)) = (memchr::memchr(b'.', bytes), memchr::memrchr(b'.', bytes))
+    else {
+        return Err(ParseError::Segments);
+    };
+    if first == second {
+        return Err(ParseError::Segments);
+    }
+    let (Some(header), Some(payload), Some(signature), Some(signing_input)) = (
+        token.get(..first),
+        token.get(first + 1..second),
+        token.get(second + 1..),
+        token.get(..second),
+    ) else {
+        return Err(ParseError::Segments);
+    };
+    Ok(Parts {
+        header,
+        payload,
+        signature,
+        signing_input,
+    })
+}
+
 /// A checked protected header, borrowing its strings from the decoded JSON.
 ///
 /// `jku`, `x5u`, `jwk` and `x5c` are deliberately ignored: keys come only from the key
@@ -68,6 +106,12 @@ impl<'a> Header<'a> {
     /// Reads and checks a decoded header (strict JSON, `alg` known and not `none`, `kid`,
     /// `typ`, `cty` strings, no `crit`).
     pub fn parse(json: &'a [u8]) -> Result<Self, Rejection> {
+        let text = scan::utf8(json).map_err(|e| ParseError::Json(Segment::Header, e))?;
+        Self::parse_str(text)
+    }
+
+    /// [`Self::parse`] of a header already checked as UTF-8.
+    pub fn parse_str(json: &'a str) -> Result<Self, Rejection> {
         let raw = scan::header(json).map_err(|e| ParseError::Json(Segment::Header, e))?;
         Self::check(raw)
     }
@@ -197,6 +241,50 @@ mod tests {
             ParseError::TooLarge { len: 5, limit: 4 }
         ));
         assert_eq!(split("ab.cd.ef", 100).unwrap().signing_input, "ab.cd");
+    }
+
+    /// Same parts as [`split`] wherever that finds three segments; otherwise refused, or
+    /// a payload with a dot (which the verifier reports as [`split`] would).
+    #[test]
+    fn split_outer_agrees_with_split() {
+        for token in [
+            "",
+            ".",
+            "..",
+            "...",
+            "a",
+            "a.b",
+            "a.b.c",
+            "a.b.c.d",
+            "a..c",
+            ".b.",
+            "a.b.c.",
+            ".a.b.c",
+            "ab.cd.ef",
+            "a.b.c.d.e",
+            "é.ü.ß",
+            "a.b.c\u{2e}",
+        ] {
+            let outer = split_outer(token, 100);
+            match split(token, 100) {
+                Ok(p) => {
+                    let o = outer.unwrap();
+                    assert_eq!(
+                        (o.header, o.payload, o.signature, o.signing_input),
+                        (p.header, p.payload, p.signature, p.signing_input),
+                        "{token:?}"
+                    );
+                }
+                Err(e) => match outer {
+                    Err(o) => assert_eq!(o, e, "{token:?}"),
+                    Ok(o) => assert!(o.payload.contains('.'), "{token:?}"),
+                },
+            }
+        }
+        assert!(matches!(
+            split_outer("a.b.c", 4).unwrap_err(),
+            ParseError::TooLarge { len: 5, limit: 4 }
+        ));
     }
 
     #[test]

@@ -275,6 +275,87 @@ fn kid_is_an_exact_opaque_lookup() {
     assert_eq!(reason(v.verify(&t, NOW)), "malformed");
 }
 
+/// The verifier checks header and payload as UTF-8 in one pass and searches the payload for
+/// dots only when a token fails: each failure is still reported for the right segment, in
+/// the order of the checks, exactly as before.
+#[test]
+fn utf8_and_segment_errors_name_the_right_part() {
+    use gateway::jwt::{encode_with, json::JsonError, ParseError, Segment};
+    let p = pair(Algorithm::EdDSA, None);
+    let v = verifier(vec![public_of(&p, None)]);
+    let good_payload = format!(
+        r#"{{"iss":"https://issuer.test/","aud":"api","exp":{},"sub":"ü"}}"#,
+        NOW + 60
+    );
+    let sign = |h: &[u8], c: &[u8]| encode_with(h, c, |m| p.signer.sign_bytes(m)).unwrap();
+    let parse_err = |t: &str| match v.verify(t, NOW) {
+        Err(Rejection::Parse(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    // Non-ASCII but valid: accepted.
+    let t = sign(
+        "{\"alg\":\"EdDSA\",\"x\":\"é\"}".as_bytes(),
+        good_payload.as_bytes(),
+    );
+    assert_eq!(reason(v.verify(&t, NOW)), "valid");
+    // Invalid UTF-8 in the header: the header's error.
+    let t = sign(
+        b"{\"alg\":\"EdDSA\",\"x\":\"\xff\"}",
+        good_payload.as_bytes(),
+    );
+    assert!(matches!(
+        parse_err(&t),
+        ParseError::Json(Segment::Header, JsonError::Syntax(_))
+    ));
+    // In the payload: the header's own checks come first, then the payload's error.
+    let bad_payload = b"{\"iss\":\"https://issuer.test/\",\"x\":\"\xc3\x28\"}";
+    let t = sign(br#"{"alg":"EdDSA"}"#, bad_payload);
+    assert!(matches!(
+        parse_err(&t),
+        ParseError::Json(Segment::Payload, JsonError::Syntax(_))
+    ));
+    let t = sign(br#"{"alg":"none"}"#, bad_payload);
+    assert_eq!(reason(v.verify(&t, NOW)), "alg_not_allowed");
+    // A character split by the header/payload boundary is valid in neither.
+    let t = sign(b"{\"alg\":\"EdDSA\",\"x\":\"\xc3", b"\xa9\"}");
+    assert!(matches!(
+        parse_err(&t),
+        ParseError::Json(Segment::Header, _)
+    ));
+    // Non-ASCII member names are compared after unescaping, as bytes.
+    let t = sign(
+        br#"{"alg":"EdDSA"}"#,
+        format!(
+            r#"{{"iss":"https://issuer.test/","aud":"api","exp":{},"\u00e9":1,"é":2}}"#,
+            NOW + 60
+        )
+        .as_bytes(),
+    );
+    assert!(matches!(
+        parse_err(&t),
+        ParseError::Json(Segment::Payload, _)
+    ));
+    // Extra dots: four or more segments are `Segments`, wherever the header or signature
+    // would have failed first.
+    let good = sign(br#"{"alg":"EdDSA"}"#, good_payload.as_bytes());
+    let (hp, sig) = good.rsplit_once('.').unwrap();
+    let (h, pl) = hp.split_once('.').unwrap();
+    for t in [
+        format!("{h}.{pl}.x.{sig}"),
+        format!("{h}.x.{pl}.{sig}"),
+        format!("{h}..{pl}.{sig}"),
+        format!("!!.{pl}.{sig}.{sig}"),
+        format!("{h}.{pl}.{sig}.!!"),
+        format!("{h}.{pl}.{sig}."),
+        format!(".{h}.{pl}.{sig}"),
+    ] {
+        assert_eq!(parse_err(&t), ParseError::Segments, "{t}");
+    }
+    for t in [format!("{h}.{pl}"), h.to_string(), String::new()] {
+        assert_eq!(parse_err(&t), ParseError::Segments, "{t}");
+    }
+}
+
 #[test]
 fn duplicate_members_are_malformed_at_any_depth() {
     let p = pair(Algorithm::EdDSA, None);
