@@ -26,31 +26,13 @@ pub struct Parts<'a> {
 
 /// Splits a token into exactly three segments after the size check.
 pub fn split(token: &str, max_len: usize) -> Result<Parts<'_>, ParseError> {
-    if token.len() > max_len {
-        return Err(ParseError::TooLarge {
-            len: token.len(),
-            limit: max_len,
-        });
-    }
+    check_len(token, max_len)?;
     // Three searches for the dots (vectorised) rather than a generic splitter.
     let mut dots = memchr::memchr_iter(b'.', token.as_bytes());
     let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err(ParseError::Segments);
     };
-    let (Some(header), Some(payload), Some(signature), Some(signing_input)) = (
-        token.get(..first),
-        token.get(first + 1..second),
-        token.get(second + 1..),
-        token.get(..second),
-    ) else {
-        return Err(ParseError::Segments);
-    };
-    Ok(Parts {
-        header,
-        payload,
-        signature,
-        signing_input,
-    })
+    parts_at(token, first, second)
 }
 
 /// [`split`] without searching the payload: the first dot by a forward search (the header is
@@ -61,12 +43,7 @@ pub fn split(token: &str, max_len: usize) -> Result<Parts<'_>, ParseError> {
 /// the same error as after [`split`], at the cost of searching the long payload only when
 /// the token fails anyway.
 pub(crate) fn split_outer(token: &str, max_len: usize) -> Result<Parts<'_>, ParseError> {
-    if token.len() > max_len {
-        return Err(ParseError::TooLarge {
-            len: token.len(),
-            limit: max_len,
-        });
-    }
+    check_len(token, max_len)?;
     let bytes = token.as_bytes();
     let (Some(first), Some(second)) = (memchr::memchr(b'.', bytes), memchr::memrchr(b'.', bytes))
     else {
@@ -75,6 +52,22 @@ pub(crate) fn split_outer(token: &str, max_len: usize) -> Result<Parts<'_>, Pars
     if first == second {
         return Err(ParseError::Segments);
     }
+    parts_at(token, first, second)
+}
+
+/// The size check both splitters make before looking at the token.
+fn check_len(token: &str, max_len: usize) -> Result<(), ParseError> {
+    if token.len() > max_len {
+        return Err(ParseError::TooLarge {
+            len: token.len(),
+            limit: max_len,
+        });
+    }
+    Ok(())
+}
+
+/// The segments around the dots at `first` and `second` (`first < second`).
+fn parts_at(token: &str, first: usize, second: usize) -> Result<Parts<'_>, ParseError> {
     let (Some(header), Some(payload), Some(signature), Some(signing_input)) = (
         token.get(..first),
         token.get(first + 1..second),
