@@ -314,31 +314,14 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|n| gen.run(Towards::Sink, n))
     });
 
-    {
-        let mut e = load_floor(&floor_path, "floor_drop");
-        attach_xdp(
-            &rig,
-            e.program_mut("floor_drop").unwrap().try_into().unwrap(),
-        );
-        g.bench_function("bare_xdp_drop", |b| {
-            b.iter_custom(|n| {
-                measure(&rig, &gen, n, &|| {
-                    rx_packets(&rig.pair.server, &rig.pair.server_if)
-                })
-            })
-        });
-    }
-
-    {
-        let mut e = load_floor(&floor_path, "floor_lookup_drop");
-        attach_xdp(
-            &rig,
-            e.program_mut("floor_lookup_drop")
-                .unwrap()
-                .try_into()
-                .unwrap(),
-        );
-        g.bench_function("lookup_xdp_drop", |b| {
+    // The floors of this path: a bare drop, and one lookup by packet bytes then a drop.
+    for (program, id) in [
+        ("floor_drop", "bare_xdp_drop"),
+        ("floor_lookup_drop", "lookup_xdp_drop"),
+    ] {
+        let mut e = load_floor(&floor_path, program);
+        attach_xdp(&rig, e.program_mut(program).unwrap().try_into().unwrap());
+        g.bench_function(id, |b| {
             b.iter_custom(|n| {
                 measure(&rig, &gen, n, &|| {
                     rx_packets(&rig.pair.server, &rig.pair.server_if)
