@@ -314,9 +314,11 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|n| gen.run(Towards::Sink, n))
     });
 
-    // The floors of this path: a bare drop, and one lookup by packet bytes then a drop.
+    // The floors of this path: a bare drop, a drop after reading the frame, and one lookup
+    // by packet bytes then a drop.
     for (program, id) in [
         ("floor_drop", "bare_xdp_drop"),
+        ("floor_read_drop", "read_xdp_drop"),
         ("floor_lookup_drop", "lookup_xdp_drop"),
     ] {
         let mut e = load_floor(&floor_path, program);

@@ -154,6 +154,7 @@ fn live(ctx: &Ctx) -> Result<String> {
     );
     for (id, label) in [
         ("bare_xdp_drop", "bare `XDP_DROP`"),
+        ("read_xdp_drop", "16 frame bytes read, then `XDP_DROP`"),
         ("lookup_xdp_drop", "one hash lookup, then `XDP_DROP`"),
         ("gateway_xdp_deny", "gateway XDP, deny hit"),
         (
