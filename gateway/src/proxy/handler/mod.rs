@@ -35,6 +35,7 @@ use http::{Request, Response};
 use hyper::body::Body;
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -271,148 +272,166 @@ impl Proxy {
     /// The hyper service body: never fails, every problem is a response.
     /// `ambiguous_framing`: the request head had both Content-Length and Transfer-Encoding
     /// (see [`super::framing`]); hyper has already reconciled them, we refuse the request.
-    pub async fn handle<B>(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice"
+    )]
+    pub fn handle<B>(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
         req: Request<B>,
         ambiguous_framing: bool,
-    ) -> Result<Response<ClientBody>, Infallible>
+    ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let started = Instant::now();
-        // What the request holds ends with the response (it goes into the upstream's
-        // response body), or here.
-        let mut end = ResponseEnd {
-            in_flight: conn.activity.request(req.version()),
-            ..ResponseEnd::default()
-        };
-        let client = conn.client_of(&req);
-        let forwarded = req.extensions().get::<ForwardedClient>();
-        let banned = forwarded.is_some_and(|c| c.banned);
-        let port = forwarded.is_none().then_some(conn.peer.port());
-        let is_head = req.method() == http::Method::HEAD;
-        // With an access log: its line, begun with what it needs of the head (taken before
-        // the request is consumed) and the request's id, which the upstream gets too. Boxed
-        // at once: the request's future holds it across every await, as a pointer.
-        let (record, set_id) = match self.access.as_ref() {
-            Some(log) => {
-                let (record, ours) = begin_record(log, &req, client, port, conn.tls);
-                (Some(record), ours)
+        // Not an `async fn`: one copies its arguments into its body's locals, so every
+        // request's future would hold the request twice, and the future is moved whole
+        // several times per request. An `async move` block uses what it captured in place.
+        async move {
+            let started = Instant::now();
+            // What the request holds ends with the response (it goes into the upstream's
+            // response body), or here.
+            let mut end = ResponseEnd {
+                in_flight: conn.activity.request(req.version()),
+                ..ResponseEnd::default()
+            };
+            let client = conn.client_of(&req);
+            let forwarded = req.extensions().get::<ForwardedClient>();
+            let banned = forwarded.is_some_and(|c| c.banned);
+            let port = forwarded.is_none().then_some(conn.peer.port());
+            let is_head = req.method() == http::Method::HEAD;
+            // With an access log: its line, begun with what it needs of the head (taken before
+            // the request is consumed) and the request's id, which the upstream gets too. Boxed
+            // at once: the request's future holds it across every await, as a pointer.
+            let (record, set_id) = match self.access.as_ref() {
+                Some(log) => {
+                    let (record, ours) = begin_record(log, &req, client, port, conn.tls);
+                    (Some(record), ours)
+                }
+                None => (None, None),
+            };
+            let mut trail = Trail {
+                set_id,
+                ..Trail::default()
+            };
+            let (route, mut resp) = if banned {
+                // A banned client behind a trusted proxy: the kernel sees only the proxy.
+                (None, self.refuse(None, Refusal::Banned))
+            } else if ambiguous_framing {
+                (None, self.refuse(None, Refusal::AmbiguousFraming))
+            } else if let Some(slot) = self.requests.try_take() {
+                end.request_slot = Some(slot);
+                self.route_and_forward(&conn, req, end, &mut trail).await
+            } else {
+                (None, self.refuse(None, Refusal::Overloaded))
+            };
+            let status = resp.status();
+            self.series.request(route, status.as_u16());
+            self.series.request_duration(route, started.elapsed());
+            // A banned client's refusals are not evidence again.
+            if let Some(abuse) = self.abuse.as_ref().filter(|_| !banned) {
+                abuse.request(client, status);
             }
-            None => (None, None),
-        };
-        let mut trail = Trail {
-            set_id,
-            ..Trail::default()
-        };
-        let (route, mut resp) = if banned {
-            // A banned client behind a trusted proxy: the kernel sees only the proxy.
-            (None, self.refuse(None, Refusal::Banned))
-        } else if ambiguous_framing {
-            (None, self.refuse(None, Refusal::AmbiguousFraming))
-        } else if let Some(slot) = self.requests.try_take() {
-            end.request_slot = Some(slot);
-            self.route_and_forward(&conn, req, end, &mut trail).await
-        } else {
-            (None, self.refuse(None, Refusal::Overloaded))
-        };
-        let status = resp.status();
-        self.series.request(route, status.as_u16());
-        self.series.request_duration(route, started.elapsed());
-        // A banned client's refusals are not evidence again.
-        if let Some(abuse) = self.abuse.as_ref().filter(|_| !banned) {
-            abuse.request(client, status);
+            if is_head {
+                // A HEAD response has no body; our own refusals must not send one either.
+                *resp.body_mut() = super::empty_body();
+            }
+            if let Some(mut record) = record {
+                record.status = status.as_u16();
+                record.route = route;
+                record.upstream = trail.upstream;
+                record.server = trail.server;
+                record.bytes_in = trail.bytes_in;
+                record.upstream_time = trail.upstream_time;
+                record.token = trail.token;
+                record.reason = resp.extensions().get::<RefusalCode>().map(|c| c.0);
+                // Marked sensitive, HTTP/2 sends it as a never-indexed literal: an id differs
+                // on every response, so indexing it only churns the HPACK table (measured:
+                // a fifth of an HTTP/2 request's CPU with the log on) and evicts useful entries.
+                let mut id = record.request_id.clone();
+                id.set_sensitive(true);
+                resp.headers_mut()
+                    .insert(access_log::request_id::X_REQUEST_ID.clone(), id);
+                // The proxy goes with the response to its end, to log it there.
+                return Ok(resp.map(|body| ClientBody::logged(body, record, self, started)));
+            }
+            Ok(resp.map(ClientBody::plain))
         }
-        if is_head {
-            // A HEAD response has no body; our own refusals must not send one either.
-            *resp.body_mut() = super::empty_body();
-        }
-        if let Some(mut record) = record {
-            record.status = status.as_u16();
-            record.route = route;
-            record.upstream = trail.upstream;
-            record.server = trail.server;
-            record.bytes_in = trail.bytes_in;
-            record.upstream_time = trail.upstream_time;
-            record.token = trail.token;
-            record.reason = resp.extensions().get::<RefusalCode>().map(|c| c.0);
-            // Marked sensitive, HTTP/2 sends it as a never-indexed literal: an id differs
-            // on every response, so indexing it only churns the HPACK table (measured:
-            // a fifth of an HTTP/2 request's CPU with the log on) and evicts useful entries.
-            let mut id = record.request_id.clone();
-            id.set_sensitive(true);
-            resp.headers_mut()
-                .insert(access_log::request_id::X_REQUEST_ID.clone(), id);
-            // The proxy goes with the response to its end, to log it there.
-            return Ok(resp.map(|body| ClientBody::logged(body, record, self, started)));
-        }
-        Ok(resp.map(ClientBody::plain))
     }
 
-    async fn route_and_forward<B>(
-        &self,
-        conn: &ConnInfo,
+    /// Not an `async fn`, for the reason given in [`Proxy::handle`].
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice"
+    )]
+    fn route_and_forward<'a, B>(
+        &'a self,
+        conn: &'a ConnInfo,
         req: Request<B>,
         end: ResponseEnd,
-        trail: &mut Trail,
-    ) -> (Option<usize>, Response<ProxyBody>)
+        trail: &'a mut Trail,
+    ) -> impl Future<Output = (Option<usize>, Response<ProxyBody>)> + 'a
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        if let Err(r) = self.check_head(&req) {
-            return (None, self.refuse(None, r));
-        }
-        if !route::is_acceptable_method(req.method()) {
-            return (None, self.refuse(None, Refusal::MethodNotUpperCase));
-        }
-        let host = match request_host(&req) {
-            Ok(h) => h.map(Cow::into_owned),
-            Err(e) => return (None, self.refuse(None, Refusal::Host(e))),
-        };
-        // `normalized` is `None` when the path is already normal and the request's own URI
-        // is forwarded as is.
-        let (idx, route, normalized) = match route::resolve(
-            &self.routes,
-            host.as_deref(),
-            req.uri().path(),
-            req.method(),
-        ) {
-            Ok(Some(r)) => (r.index, r.route, r.path),
-            Ok(None) => return (None, self.refuse(None, Refusal::NoRoute)),
-            Err(e) => return (None, self.refuse(None, Refusal::Path(e))),
-        };
-        let token = match self.authorize(route, &req, conn.client_of(&req)).await {
-            Ok(t) => t,
-            Err(r) => {
-                // Boxed: a refusal's path, kept out of every request's future.
-                Box::pin(drain(req.into_body())).await;
-                return (Some(idx), self.refuse(Some(route), r));
+        async move {
+            if let Err(r) = self.check_head(&req) {
+                return (None, self.refuse(None, r));
             }
-        };
-        let (mut parts, body) = req.into_parts();
-        let rewritten = self.rewrite_head(
-            &mut parts,
-            conn,
-            route,
-            normalized,
-            host.as_deref(),
-            token.as_deref(),
-        );
-        trail.token = token;
-        let forwarding = match rewritten {
-            Ok(lines) => lines,
-            Err(r) => return (Some(idx), self.refuse(Some(route), r)),
-        };
-        let request_id = trail.set_id.take();
-        let added = Added {
-            lines: &forwarding,
-            request_id: request_id.as_ref(),
-        };
-        let resp = self.forward(route, parts, added, body, end, trail).await;
-        (Some(idx), resp)
+            if !route::is_acceptable_method(req.method()) {
+                return (None, self.refuse(None, Refusal::MethodNotUpperCase));
+            }
+            let host = match request_host(&req) {
+                Ok(h) => h.map(Cow::into_owned),
+                Err(e) => return (None, self.refuse(None, Refusal::Host(e))),
+            };
+            // `normalized` is `None` when the path is already normal and the request's own URI
+            // is forwarded as is.
+            let (idx, route, normalized) = match route::resolve(
+                &self.routes,
+                host.as_deref(),
+                req.uri().path(),
+                req.method(),
+            ) {
+                Ok(Some(r)) => (r.index, r.route, r.path),
+                Ok(None) => return (None, self.refuse(None, Refusal::NoRoute)),
+                Err(e) => return (None, self.refuse(None, Refusal::Path(e))),
+            };
+            let token = match self.authorize(route, &req, conn.client_of(&req)).await {
+                Ok(t) => t,
+                Err(r) => {
+                    // Boxed: a refusal's path, kept out of every request's future.
+                    Box::pin(drain(req.into_body())).await;
+                    return (Some(idx), self.refuse(Some(route), r));
+                }
+            };
+            let (mut parts, body) = req.into_parts();
+            let rewritten = self.rewrite_head(
+                &mut parts,
+                conn,
+                route,
+                normalized,
+                host.as_deref(),
+                token.as_deref(),
+            );
+            trail.token = token;
+            let forwarding = match rewritten {
+                Ok(lines) => lines,
+                Err(r) => return (Some(idx), self.refuse(Some(route), r)),
+            };
+            let request_id = trail.set_id.take();
+            let added = Added {
+                lines: &forwarding,
+                request_id: request_id.as_ref(),
+            };
+            let resp = self
+                .forward(route, &mut parts, added, body, end, trail)
+                .await;
+            (Some(idx), resp)
+        }
     }
 
     /// Sends the request (its head rewritten for the upstream) and relays the answer (or
@@ -420,7 +439,7 @@ impl Proxy {
     async fn forward<B>(
         &self,
         route: &Route,
-        mut parts: http::request::Parts,
+        parts: &mut http::request::Parts,
         added: Added<'_>,
         body: B,
         mut end: ResponseEnd,
@@ -438,9 +457,7 @@ impl Proxy {
         end.leftover = progress.leftover();
         let mut picked = None;
         let sending = Instant::now();
-        let sent = upstream
-            .send(&mut parts, body, added, end, &mut picked)
-            .await;
+        let sent = upstream.send(parts, body, added, end, &mut picked).await;
         trail.upstream = Some(index);
         trail.bytes_in = progress.received();
         if let Some((server, addr)) = picked {
