@@ -186,7 +186,7 @@ pub fn utf8(json: &[u8]) -> Result<&str, JsonError> {
 pub fn header(json: &str) -> Result<RawHeader<'_>, JsonError> {
     let mut p = Scanner::new(json);
     let mut h = RawHeader::default();
-    p.document::<HEADER_INLINE, _>(&mut |name, p| {
+    let read = p.document::<HEADER_INLINE, _>(&mut |name, p| {
         let (slot, bit) = match name {
             b"alg" => (&mut h.alg, 1),
             b"kid" => (&mut h.kid, 1 << 1),
@@ -200,15 +200,18 @@ pub fn header(json: &str) -> Result<RawHeader<'_>, JsonError> {
         };
         *slot = p.string_or_skip(1)?;
         Ok(Member::read(bit))
-    })?;
-    Ok(h)
+    });
+    match read {
+        Ok(()) => Ok(h),
+        Err(r) => Err(p.reason(r)),
+    }
 }
 
 /// Reads a claims set strictly, noting which of `required` are top-level members.
 pub fn claims<'a>(json: &'a str, required: &[String]) -> Result<RawClaims<'a>, JsonError> {
     let mut p = Scanner::new(json);
     let mut c = RawClaims::default();
-    p.document::<TOP_INLINE, _>(&mut |name, p| {
+    let read = p.document::<TOP_INLINE, _>(&mut |name, p| {
         let (num, bit) = match name {
             b"iss" => {
                 c.iss = p.string_or_skip(1)?;
@@ -244,8 +247,11 @@ pub fn claims<'a>(json: &'a str, required: &[String]) -> Result<RawClaims<'a>, J
             (0, _) => Member::OTHER,
             (bit, _) => Member::read(bit),
         })
-    })?;
-    Ok(c)
+    });
+    match read {
+        Ok(()) => Ok(c),
+        Err(r) => Err(p.reason(r)),
+    }
 }
 
 /// What a reader did with a member it was offered: whether it read the value (else the
@@ -455,7 +461,7 @@ fn leading_digits(w: &[u8]) -> (usize, u64) {
 /// infinities); `start` is its offset, for the error. Rare, so kept out of the hot path.
 #[cold]
 #[inline(never)]
-fn float(text: &[u8], start: usize) -> Res<Num> {
+fn float(text: &[u8], start: usize) -> Result<Num, JsonError> {
     match serde_json::from_slice::<f64>(text) {
         Ok(f) => Ok(Num::Float(f)),
         Err(e) => Err(JsonError::Syntax(format!(
@@ -471,7 +477,17 @@ const HEADER_INLINE: usize = 8;
 /// The same for nested objects, which are rarer and smaller; keeps deep nesting's stack small.
 const NESTED_INLINE: usize = 8;
 
-type Res<T> = Result<T, JsonError>;
+/// A refusal inside the scanner; its reason waits in [`Scanner::error`].
+///
+/// Zero-sized, so that a reader's result costs what its value does: with `JsonError` (a
+/// `String` inside) as the error, results such as `Result<Member, JsonError>` were laid
+/// out around a one-byte tag, and LLVM copied them in odd-sized pieces at odd offsets
+/// whose reloads stalled store forwarding (the hottest instructions of the header reader in
+/// the native profile).
+#[derive(Debug, Clone, Copy)]
+struct Refused;
+
+type Res<T> = Result<T, Refused>;
 
 /// The scanner's position in the document.
 ///
@@ -483,6 +499,8 @@ struct Scanner<'a> {
     s: &'a str,
     b: &'a [u8],
     i: usize,
+    /// Why the scanner refused the document, set wherever [`Refused`] is returned.
+    error: Option<JsonError>,
 }
 
 impl<'a> Scanner<'a> {
@@ -491,13 +509,32 @@ impl<'a> Scanner<'a> {
             s,
             b: s.as_bytes(),
             i: 0,
+            error: None,
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn err<T>(&self, what: &str) -> Res<T> {
-        Err(JsonError::Syntax(format!("{what} at byte {}", self.i)))
+    fn err<T>(&mut self, what: &str) -> Res<T> {
+        self.fail(JsonError::Syntax(format!("{what} at byte {}", self.i)))
+    }
+
+    /// Refuses the document for `e`.
+    #[cold]
+    #[inline(never)]
+    fn fail<T>(&mut self, e: JsonError) -> Res<T> {
+        self.error = Some(e);
+        Err(Refused)
+    }
+
+    /// The reason for a [`Refused`] from this scanner.
+    #[cold]
+    #[inline(never)]
+    fn reason(&mut self, Refused: Refused) -> JsonError {
+        // Every `Refused` is made by `fail`, so the fallback is never used.
+        self.error
+            .take()
+            .unwrap_or_else(|| JsonError::Syntax("invalid JSON".into()))
     }
 
     /// The next byte that is not JSON whitespace, not consumed.
@@ -532,7 +569,7 @@ impl<'a> Scanner<'a> {
             return match self.peek() {
                 Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
                     // Valid JSON or not, it is not an object.
-                    Err(JsonError::NotObject)
+                    self.fail(JsonError::NotObject)
                 }
                 _ => self.err("expected a JSON object"),
             };
@@ -723,8 +760,14 @@ impl<'a> Scanner<'a> {
             }
         }
         let quoted = self.b.get(open..=i).unwrap_or_default();
-        let s: String = serde_json::from_slice(quoted)
-            .map_err(|e| JsonError::Syntax(format!("{e} in the string at byte {open}")))?;
+        let s: String = match serde_json::from_slice(quoted) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.fail(JsonError::Syntax(format!(
+                    "{e} in the string at byte {open}"
+                )))
+            }
+        };
         self.i = i + 1;
         Ok(Cow::Owned(s.into_bytes()))
     }
@@ -821,8 +864,13 @@ impl<'a> Scanner<'a> {
                 _ => {}
             }
         }
-        *slot = float(text, start)?;
-        Ok(())
+        match float(text, start) {
+            Ok(f) => {
+                *slot = f;
+                Ok(())
+            }
+            Err(e) => self.fail(e),
+        }
     }
 
     /// A value that should be a string, inside a container at `depth`.
