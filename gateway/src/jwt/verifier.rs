@@ -708,8 +708,9 @@ impl Verifier {
         };
         // The claims are read before the signature is checked: their `iss` chooses whose
         // keys may verify it. They are trusted only after the signature passed.
-        let claims = payload_text
-            .and_then(|p| scan::claims(p, &self.required))
+        let mut claims = scan::RawClaims::default();
+        payload_text
+            .and_then(|p| scan::claims_into(p, &self.required, &mut claims))
             .map_err(|e| ParseError::Json(Segment::Payload, e))?;
         let Some(index) = self.select_issuer(&claims.iss) else {
             self.unknown_issuer.fetch_add(1, Ordering::Relaxed);
