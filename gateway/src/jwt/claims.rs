@@ -108,7 +108,7 @@ impl ClaimsPolicy {
             let ok = match &claims.aud {
                 Aud::Absent => return Err(ClaimsError::Missing("aud".into())),
                 Aud::One(a) => accepted(a),
-                Aud::Many(items) => items.iter().any(accepted),
+                Aud::Many(items) => items.any(accepted),
                 Aud::BadType => return Err(ClaimsError::BadType("aud")),
             };
             if !ok {

@@ -80,6 +80,13 @@ impl<'a> Strs<'a> {
         self.spill.push(s);
     }
 
+    /// Whether `f` holds for one of the strings (document order). A loop per part rather
+    /// than [`Self::iter`]'s chained iterator, which did not inline.
+    pub fn any(&self, mut f: impl FnMut(&str) -> bool) -> bool {
+        let inline = self.inline.get(..self.len).unwrap_or_default();
+        inline.iter().any(|s| f(s)) || self.spill.iter().any(|s| f(s))
+    }
+
     /// The strings in document order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         let inline = self.inline.get(..self.len).unwrap_or_default();

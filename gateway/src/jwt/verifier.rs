@@ -145,6 +145,10 @@ const MAX_SIG: usize = 1024;
 /// Largest non-RSA signature (ES512's 132 bytes).
 const SMALL_SIG: usize = 132;
 
+/// Largest signature of HMAC, ES256 and EdDSA (64 bytes): the common tokens' buffer is
+/// zeroed by four stores.
+const TINY_SIG: usize = 64;
+
 /// A token without `kid` is tried against at most this many of its issuer's keys (those
 /// bound to its `alg`, in configuration order): an issuer with many keys would otherwise let
 /// one kid-less token cost many signature checks.
@@ -683,10 +687,14 @@ impl Verifier {
         }
         // Decode (and so validate) every segment before touching keys.
         payload_decoded?;
-        // HMAC, ECDSA and EdDSA signatures fit the small buffer; only RSA needs (and zeroes)
-        // the large one.
-        let (mut small, mut large);
+        // HMAC, ECDSA and EdDSA signatures fit the small buffer (most of them the tiny one);
+        // only RSA needs (and zeroes) the large one.
+        let (mut tiny, mut small, mut large);
         let sig_buf: &mut [u8] = match b64::decoded_len(parts.signature.len()) {
+            Some(n) if n <= TINY_SIG => {
+                tiny = [0u8; TINY_SIG];
+                &mut tiny
+            }
             Some(n) if n <= SMALL_SIG => {
                 small = [0u8; SMALL_SIG];
                 &mut small
