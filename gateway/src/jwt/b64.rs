@@ -192,6 +192,22 @@ pub fn decode_url_into(input: &[u8], out: &mut [u8]) -> Result<usize, B64Error> 
     }
 }
 
+/// Decodes canonical unpadded base64url onto the end of `out`; on failure `out` is as it
+/// was. The same decoding and refusals as [`decode_url_into`], without a zeroed buffer to
+/// decode into (the SIMD decoder writes into `out`'s spare capacity).
+pub fn decode_url_append(input: &[u8], out: &mut Vec<u8>) -> Result<(), B64Error> {
+    match base64_simd::URL_SAFE_NO_PAD.decode_append(input, out) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            // Refused: ours finds the reason (and has the last word, should they disagree).
+            let mut bytes = vec![0u8; input.len()];
+            let n = decode_strict(&URL_TABLES, input, &mut bytes)?;
+            out.extend_from_slice(bytes.get(..n).unwrap_or_default());
+            Ok(())
+        }
+    }
+}
+
 /// Checks that `input` is canonical unpadded base64url without producing output.
 pub fn validate_url(input: &[u8]) -> Result<(), B64Error> {
     decoded_len(input.len()).ok_or(B64Error::InvalidLength)?;
@@ -380,6 +396,40 @@ mod tests {
             let scalar = decode_strict(&URL_TABLES, &input, &mut scalar)
                 .map(|n| scalar.get(..n).unwrap_or_default().to_vec());
             proptest::prop_assert_eq!(scalar, ours);
+        }
+
+        /// Appending decodes what [`decode_url`] decodes, after whatever `out` held, and
+        /// refuses what it refuses with the same error, leaving `out` as it was.
+        #[test]
+        fn append_agrees_with_decode(
+            s in r"[A-Za-z0-9_\-]{0,200}",
+            odd in proptest::option::of((0usize..200, proptest::sample::select(
+                vec![b'=', b'+', b'/', b' ', b'.', b'\n', 0u8, 0x80, 0xff, b'A', b'_', b'-']
+            ))),
+            cut in 0usize..4,
+            prefix in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            let mut input = s.into_bytes();
+            if let Some((at, byte)) = odd {
+                if !input.is_empty() {
+                    let at = at % input.len();
+                    input[at] = byte;
+                }
+            }
+            input.truncate(input.len().saturating_sub(cut));
+            let mut out = prefix.clone();
+            let appended = decode_url_append(&input, &mut out);
+            match decode_url(&input) {
+                Ok(bytes) => {
+                    proptest::prop_assert_eq!(appended, Ok(()));
+                    proptest::prop_assert_eq!(out.get(..prefix.len()), Some(&prefix[..]));
+                    proptest::prop_assert_eq!(out.get(prefix.len()..), Some(&bytes[..]));
+                }
+                Err(e) => {
+                    proptest::prop_assert_eq!(appended, Err(e));
+                    proptest::prop_assert_eq!(out, prefix);
+                }
+            }
         }
 
         /// Arbitrary bytes: our encoding is the crate's, and decodes back.

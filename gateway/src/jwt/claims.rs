@@ -85,7 +85,7 @@ pub struct ClaimsPolicy {
 impl ClaimsPolicy {
     /// Runs every claim check in a fixed order (so the reason code is deterministic):
     /// NumericDate types, exp presence, times, iss, aud, required claims. `claims` must have
-    /// been read with this policy's `required` names ([`super::scan::claims`]).
+    /// been read with this policy's `required` names ([`super::scan::claims_into`]).
     pub fn check(&self, claims: &RawClaims<'_>, now: i64) -> Result<Times, ClaimsError> {
         let t = times(claims)?;
         if self.require_exp && t.exp.is_none() {
@@ -108,7 +108,7 @@ impl ClaimsPolicy {
             let ok = match &claims.aud {
                 Aud::Absent => return Err(ClaimsError::Missing("aud".into())),
                 Aud::One(a) => accepted(a),
-                Aud::Many(items) => items.iter().any(accepted),
+                Aud::Many(items) => items.any(accepted),
                 Aud::BadType => return Err(ClaimsError::BadType("aud")),
             };
             if !ok {

@@ -105,10 +105,12 @@ impl<'a> Header<'a> {
 
     /// [`Self::parse`] of a header already checked as UTF-8.
     pub fn parse_str(json: &'a str) -> Result<Self, Rejection> {
-        let raw = scan::header(json).map_err(|e| ParseError::Json(Segment::Header, e))?;
+        let mut raw = RawHeader::default();
+        scan::header_into(json, &mut raw).map_err(|e| ParseError::Json(Segment::Header, e))?;
         Self::check(raw)
     }
 
+    #[inline(always)]
     fn check(h: RawHeader<'a>) -> Result<Self, Rejection> {
         let alg = match &h.alg {
             Str::Absent => return Err(ParseError::MissingAlg.into()),
