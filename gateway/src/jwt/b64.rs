@@ -344,6 +344,26 @@ mod tests {
         assert_eq!(encode_std(&[0xfb, 0xff]), "+/8=");
     }
 
+    /// Bytes that are not base64url, and some that are, to put at any position.
+    fn odd_byte() -> impl proptest::strategy::Strategy<Value = u8> {
+        proptest::sample::select(vec![
+            b'=', b'+', b'/', b' ', b'.', b'\n', 0u8, 0x80, 0xff, b'A', b'_', b'-',
+        ])
+    }
+
+    /// `s` with `odd`'s byte at its position (modulo the length), then `cut` bytes off the end.
+    fn mangled(s: String, odd: Option<(usize, u8)>, cut: usize) -> Vec<u8> {
+        let mut input = s.into_bytes();
+        if let Some((at, byte)) = odd {
+            if !input.is_empty() {
+                let at = at % input.len();
+                input[at] = byte;
+            }
+        }
+        input.truncate(input.len().saturating_sub(cut));
+        input
+    }
+
     proptest::proptest! {
         /// Any string of base64url characters, foreign bytes, padding and whitespace, at
         /// every length: accepted exactly when the `base64` crate's strict URL-safe,
@@ -375,20 +395,11 @@ mod tests {
         #[test]
         fn long_inputs_agree(
             s in r"[A-Za-z0-9_\-]{0,400}",
-            odd in proptest::option::of((0usize..400, proptest::sample::select(
-                vec![b'=', b'+', b'/', b' ', b'.', b'\n', 0u8, 0x80, 0xff, b'A', b'_', b'-']
-            ))),
+            odd in proptest::option::of((0usize..400, odd_byte())),
             cut in 0usize..4,
         ) {
             use base64::Engine as _;
-            let mut input = s.into_bytes();
-            if let Some((at, byte)) = odd {
-                if !input.is_empty() {
-                    let at = at % input.len();
-                    input[at] = byte;
-                }
-            }
-            input.truncate(input.len().saturating_sub(cut));
+            let input = mangled(s, odd, cut);
             let theirs = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&input);
             let ours = decode_url(&input);
             proptest::prop_assert_eq!(ours.as_ref().ok(), theirs.as_ref().ok());
@@ -403,20 +414,11 @@ mod tests {
         #[test]
         fn append_agrees_with_decode(
             s in r"[A-Za-z0-9_\-]{0,200}",
-            odd in proptest::option::of((0usize..200, proptest::sample::select(
-                vec![b'=', b'+', b'/', b' ', b'.', b'\n', 0u8, 0x80, 0xff, b'A', b'_', b'-']
-            ))),
+            odd in proptest::option::of((0usize..200, odd_byte())),
             cut in 0usize..4,
             prefix in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
         ) {
-            let mut input = s.into_bytes();
-            if let Some((at, byte)) = odd {
-                if !input.is_empty() {
-                    let at = at % input.len();
-                    input[at] = byte;
-                }
-            }
-            input.truncate(input.len().saturating_sub(cut));
+            let input = mangled(s, odd, cut);
             let mut out = prefix.clone();
             let appended = decode_url_append(&input, &mut out);
             match decode_url(&input) {
